@@ -1,0 +1,1 @@
+"""Pure PyTorch library behind the ComfyUI-TalkingFace nodes; imports without ComfyUI."""

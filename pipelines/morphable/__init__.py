@@ -1,0 +1,1 @@
+"""Parametric face models, their coefficients and fitting them to landmarks."""
