@@ -1,0 +1,13 @@
+"""The pack's ComfyUI nodes: thin wrappers that validate inputs and call ``pipelines``."""
+from __future__ import annotations
+
+from . import host
+from .coefficients import LoadCoefficients, SaveCoefficients
+from .morphable import Load3DMM
+from .render import Render3DMMTarget
+
+host.register_model_folders()
+
+NODE_CLASSES = (Load3DMM, Render3DMMTarget, SaveCoefficients, LoadCoefficients)
+NODE_CLASS_MAPPINGS = {f"TalkingFace{cls.__name__}": cls for cls in NODE_CLASSES}
+NODE_DISPLAY_NAME_MAPPINGS = {f"TalkingFace{cls.__name__}": cls.DISPLAY_NAME for cls in NODE_CLASSES}

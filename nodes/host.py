@@ -1,0 +1,135 @@
+"""Everything the pack needs from its host: devices, model folders, progress, interruption, files.
+
+Inside ComfyUI this delegates to ``comfy.model_management``, ``comfy.utils.ProgressBar`` and
+``folder_paths``; anywhere else (tests, scripts) it falls back to plain torch and folders named by
+the environment variables ``TALKINGFACE_MODELS_DIR``, ``TALKINGFACE_INPUT_DIR`` and
+``TALKINGFACE_OUTPUT_DIR`` (default ``./models``, ``./input``, ``./output``).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from ..pipelines.errors import ModelFileError, TalkingFaceError
+
+try:
+    import comfy.model_management as model_management
+    import comfy.utils as comfy_utils
+    import folder_paths
+except ImportError:
+    model_management = comfy_utils = folder_paths = None
+
+IN_COMFYUI = folder_paths is not None
+
+# Model folders under ComfyUI/models/ and the file types each holds.
+MODEL_FOLDERS: dict[str, set[str]] = {
+    "3dmm": {".mat"},
+    "talkingface": {".safetensors"},
+}
+
+
+def register_model_folders() -> None:
+    """Add the pack's folders to ComfyUI's registry, keeping paths an extra_model_paths.yaml already gave."""
+    if not IN_COMFYUI:
+        return
+    for name, extensions in MODEL_FOLDERS.items():
+        default_path = os.path.join(folder_paths.models_dir, name)
+        if name in folder_paths.folder_names_and_paths:
+            paths, known = folder_paths.folder_names_and_paths[name]
+            if default_path not in paths:
+                paths.append(default_path)
+            folder_paths.folder_names_and_paths[name] = (paths, set(known) | extensions)
+        else:
+            folder_paths.folder_names_and_paths[name] = ([default_path], set(extensions))
+
+
+def _fallback_dir(variable: str, default: str) -> Path:
+    return Path(os.environ.get(variable, default))
+
+
+def model_folder_hint(folder: str) -> str:
+    return f"ComfyUI/models/{folder}/"
+
+
+def list_models(folder: str) -> list[str]:
+    """Files in a model folder, as relative names (subfolders included), sorted."""
+    if IN_COMFYUI:
+        return folder_paths.get_filename_list(folder)
+    root = _fallback_dir("TALKINGFACE_MODELS_DIR", "models") / folder
+    if not root.is_dir():
+        return []
+    return sorted(
+        path.relative_to(root).as_posix()
+        for path in root.rglob("*")
+        if path.is_file() and path.suffix.lower() in MODEL_FOLDERS[folder]
+    )
+
+
+def model_path(folder: str, name: str) -> Path:
+    """The full path of a model file, or an error that names the file and the folder it belongs in."""
+    if IN_COMFYUI:
+        found = folder_paths.get_full_path(folder, name)
+        if found:
+            return Path(found)
+    else:
+        candidate = _fallback_dir("TALKINGFACE_MODELS_DIR", "models") / folder / name
+        if candidate.is_file():
+            return candidate
+    raise ModelFileError(f"model file '{name}' not found: put it into {model_folder_hint(folder)}")
+
+
+def input_directory() -> Path:
+    if IN_COMFYUI:
+        return Path(folder_paths.get_input_directory())
+    return _fallback_dir("TALKINGFACE_INPUT_DIR", "input")
+
+
+def output_directory() -> Path:
+    if IN_COMFYUI:
+        return Path(folder_paths.get_output_directory())
+    return _fallback_dir("TALKINGFACE_OUTPUT_DIR", "output")
+
+
+def torch_device() -> torch.device:
+    if IN_COMFYUI:
+        return model_management.get_torch_device()
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def offload_device() -> torch.device:
+    if IN_COMFYUI:
+        return model_management.unet_offload_device()
+    return torch.device("cpu")
+
+
+def throw_if_interrupted() -> None:
+    """Stop between batches when the user presses Cancel in ComfyUI."""
+    if IN_COMFYUI:
+        model_management.throw_exception_if_processing_interrupted()
+
+
+class Progress:
+    """Progress of one node's work in ComfyUI's progress bar (silent outside ComfyUI)."""
+
+    def __init__(self, total: int) -> None:
+        self.bar = comfy_utils.ProgressBar(total) if IN_COMFYUI else None
+
+    def advance(self, steps: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(steps)
+
+
+def next_free_path(directory: Path, prefix: str, suffix: str) -> Path:
+    """``directory/prefix_00001_.suffix`` with the first counter that is not taken: never overwrite."""
+    target = (directory / prefix).resolve()
+    if directory.resolve() not in target.parents:
+        raise TalkingFaceError(f"filename prefix '{prefix}' points outside the output folder")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    counter = 1
+    while True:
+        candidate = target.parent / f"{target.name}_{counter:05d}_{suffix}"
+        if not candidate.exists():
+            return candidate
+        counter += 1
