@@ -1,0 +1,83 @@
+"""Execute an editor-format workflow with the pack's nodes, the way ComfyUI's executor would.
+
+ComfyUI is not installable from PyPI, so the few core nodes the example workflows use are replaced
+by stand-ins that check what they receive; the real-host run (shared/tools/comfyui_host) runs the
+same files inside a real ComfyUI.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+
+
+def _check_image(images: torch.Tensor) -> torch.Tensor:
+    assert images.ndim == 4 and images.shape[-1] == 3, f"IMAGE must be [B,H,W,3], got {tuple(images.shape)}"
+    assert images.dtype == torch.float32 and 0 <= images.min() and images.max() <= 1
+    return images
+
+
+def _mask_to_image(mask: torch.Tensor) -> tuple[torch.Tensor]:
+    assert mask.ndim == 3, f"MASK must be [B,H,W], got {tuple(mask.shape)}"
+    return (mask.unsqueeze(-1).expand(-1, -1, -1, 3).contiguous(),)
+
+
+# core node -> (widget names in order, function returning outputs or recording images)
+CORE_NODES = {
+    "SaveImage": (["filename_prefix"], lambda images, filename_prefix: {"images": _check_image(images)}),
+    "PreviewImage": ([], lambda images: {"images": _check_image(images)}),
+    "MaskToImage": ([], _mask_to_image),
+}
+
+
+def _widget_names(node_class) -> list[str]:
+    spec = node_class.INPUT_TYPES()
+    names = []
+    for section in ("required", "optional"):
+        for name, entry in spec.get(section, {}).items():
+            kind = entry[0]
+            if isinstance(kind, list) or kind in WIDGET_TYPES:
+                names.append(name)
+                if kind == "INT" and (entry[1].get("control_after_generate") or name in ("seed", "noise_seed")):
+                    names.append(None)  # the editor's "control after generate" widget value
+    return names
+
+
+def run_workflow(path: Path, node_mappings: dict) -> dict[int, dict]:
+    """Run every node; return the recorded inputs of each output node, keyed by node id."""
+    workflow = json.loads(Path(path).read_text())
+    nodes = {node["id"]: node for node in workflow["nodes"]}
+    links = {link[0]: link for link in workflow["links"]}
+    results: dict[int, tuple] = {}
+    recorded: dict[int, dict] = {}
+
+    def evaluate(node_id: int) -> tuple:
+        if node_id in results:
+            return results[node_id]
+        node = nodes[node_id]
+        kind = node["type"]
+        if kind in CORE_NODES:
+            widget_names, function = CORE_NODES[kind]
+        else:
+            node_class = node_mappings[kind]
+            widget_names = _widget_names(node_class)
+            instance = node_class()
+            function = getattr(instance, node_class.FUNCTION)
+        inputs = {name: value for name, value in zip(widget_names, node["widgets_values"]) if name}
+        for socket in node.get("inputs", []):
+            if socket.get("link") is not None:
+                _, origin, slot, *_ = links[socket["link"]]
+                inputs[socket["name"]] = evaluate(origin)[slot]
+        output = function(**inputs)
+        if kind in ("SaveImage", "PreviewImage") or getattr(node_mappings.get(kind), "OUTPUT_NODE", False):
+            recorded[node_id] = output
+            output = ()
+        results[node_id] = output
+        return output
+
+    for node_id in sorted(nodes, key=lambda i: nodes[i].get("order", 0)):
+        evaluate(node_id)
+    return recorded
