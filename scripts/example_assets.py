@@ -37,7 +37,8 @@ def demo_coefficient_sequence() -> FaceCoefficients:
     for frame in (5, 6, 7):
         coeffs.identity[frame] = torch.randn(model.dims.identity, generator=generator)
         coeffs.texture[frame] = torch.randn(model.dims.texture, generator=generator)
-        coeffs.lighting[frame] = 0.3 * torch.randn(27, generator=generator)
+        # white light from a random direction: the same 9 SH coefficients for r, g and b
+        coeffs.lighting[frame] = (0.25 * torch.randn(1, 9, generator=generator)).expand(3, 9).reshape(27)
     express(6, smile=0.6, jaw_open=0.3)
     coeffs.rotation[7] = torch.tensor([-0.15, 0.5, -0.05])
     coeffs.translation[7] = torch.tensor([0.1, -0.05, 0.0])
