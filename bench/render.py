@@ -1,0 +1,154 @@
+"""Render benchmark: BFM-size mesh, rasterizer alone and the full coefficients → maps pass.
+
+Run from the repository root: ``python -m bench.render``. Prints readable lines, then one JSON
+object as the last line. Times are milliseconds per frame, the median of several repeats after
+warm-up, at torch's default thread count. The reference in the same run is the unbatched pass:
+``batching_speedup_256`` is full_ms_256_b1 / full_ms_256_b8.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from pipelines.morphable.coefficients import BFM_DIMS, FaceCoefficients
+from pipelines.morphable.model import MorphableModel
+from pipelines.render.camera import PerspectiveCamera
+from pipelines.render.rasterizer import rasterize
+from pipelines.render.renderer import FaceRenderer
+
+# A grid of 189 × 189 vertices: 35,721 vertices and 70,688 triangles, BFM_model_front.mat's size
+# (35,709 and 70,789), as an open front-facing surface like BFM's face mask.
+GRID_SIDE = 189
+SEED = 0
+
+
+def synthetic_face_model() -> MorphableModel:
+    """An ellipsoidal cap with a nose, face-sized (about 1.5 × 1.7 model units, as BFM), with
+    smooth random bases."""
+    generator = torch.Generator().manual_seed(SEED)
+    t, s = torch.meshgrid(torch.linspace(-1, 1, GRID_SIDE), torch.linspace(-1, 1, GRID_SIDE), indexing="ij")
+    longitude, latitude = s * 1.2, t * 1.0
+    x = 0.8 * latitude.cos() * longitude.sin()
+    y = 1.0 * latitude.sin()
+    z = 0.6 * latitude.cos() * longitude.cos() + 0.25 * torch.exp(-(x**2 + (y + 0.1) ** 2) / 0.02)
+    mean_shape = torch.stack([x, y, z], -1).view(-1, 3)
+    mean_shape -= mean_shape.mean(0)
+    index = torch.arange(GRID_SIDE * GRID_SIDE).view(GRID_SIDE, GRID_SIDE)
+    a, b, c, d = index[:-1, :-1], index[:-1, 1:], index[1:, 1:], index[1:, :-1]
+    # rows go up in y, columns right in x: (a, b, c) is counter-clockwise seen from the front
+    triangles = torch.cat([torch.stack([a, b, c], -1).view(-1, 3), torch.stack([a, c, d], -1).view(-1, 3)])
+
+    def smooth_basis(size: int, scale: float) -> torch.Tensor:
+        frequencies = torch.randn(3, size * 3, generator=generator) * 2.0
+        phases = torch.rand(size * 3, generator=generator) * 2 * math.pi
+        return (scale * torch.sin(mean_shape @ frequencies + phases)).view(-1, size, 3).transpose(0, 1)
+
+    count = mean_shape.shape[0]
+    skin = torch.tensor([0.78, 0.57, 0.47])
+    return MorphableModel(
+        mean_shape=mean_shape,
+        identity_basis=smooth_basis(BFM_DIMS.identity, 0.01),
+        expression_basis=smooth_basis(BFM_DIMS.expression, 0.005),
+        mean_albedo=skin + 0.05 * torch.sin(mean_shape * 7.0),
+        albedo_basis=smooth_basis(BFM_DIMS.texture, 0.02),
+        triangles=triangles,
+        landmark_ids=torch.randperm(count, generator=generator)[:68],
+        name="synthetic BFM-size face",
+    )
+
+
+def benchmark_model() -> tuple[MorphableModel, str]:
+    """The demo face model at BFM size when the pack has one, else the synthetic face."""
+    try:
+        demo_model = importlib.import_module("pipelines.morphable.demo_model")
+    except ModuleNotFoundError:
+        return synthetic_face_model(), "synthetic"
+    builder = getattr(demo_model, "demo_face_model", None)
+    resolution = getattr(demo_model, "BFM_SIZE_RESOLUTION", None)
+    if builder is not None and resolution is not None:
+        return builder(resolution=resolution), "demo_model"
+    return synthetic_face_model(), "synthetic"
+
+
+def random_coefficients(frames: int, device: torch.device) -> FaceCoefficients:
+    generator = torch.Generator().manual_seed(SEED + frames)
+    coeffs = FaceCoefficients.from_flat(torch.randn(frames, BFM_DIMS.flat_size, generator=generator) * 0.5)
+    return coeffs.replace(
+        rotation=coeffs.rotation * 0.2,
+        lighting=coeffs.lighting * 0.2,
+        translation=coeffs.translation * 0.1,
+    ).to(device)
+
+
+def median_ms_per_frame(run: Callable[[], object], frames: int, device: torch.device, repeats: int) -> float:
+    def timed() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    for _ in range(2):
+        timed()
+    return statistics.median(timed() for _ in range(repeats)) * 1000.0 / frames
+
+
+def measure(model: MorphableModel, device: torch.device, repeats: int) -> dict[str, float]:
+    model = model.to(device)
+    results: dict[str, float] = {}
+    for size, frames, kinds in ((256, 1, ("raster", "full")), (256, 8, ("raster", "full")), (512, 8, ("full",))):
+        renderer = FaceRenderer(model, PerspectiveCamera.deep3d(size))
+        coeffs = random_coefficients(frames, device)
+        screen = renderer.camera.to_screen(model.posed_vertices(coeffs))
+        runs = {
+            "raster": lambda screen=screen, size=size: rasterize(screen, model.triangles, size, size),
+            "full": lambda renderer=renderer, coeffs=coeffs: renderer.render(coeffs),
+        }
+        for kind in kinds:
+            results[f"{kind}_ms_{size}_b{frames}"] = median_ms_per_frame(runs[kind], frames, device, repeats)
+        if size == 256 and frames == 8:
+            results["coverage_256"] = renderer.render(coeffs).mask.mean().item()
+    return results
+
+
+def main() -> None:
+    model, source = benchmark_model()
+    print(f"mesh: {source}, {model.num_vertices} vertices, {model.num_triangles} triangles")
+    threads = torch.get_num_threads()
+    with torch.inference_mode():
+        cpu = measure(model, torch.device("cpu"), repeats=7)
+        cuda = measure(model, torch.device("cuda"), repeats=20) if torch.cuda.is_available() else {}
+    print(f"cpu, {threads} threads (ms per frame):")
+    for key, value in cpu.items():
+        print(f"  {key:>16}: {value:8.3f}")
+    speedup = cpu["full_ms_256_b1"] / cpu["full_ms_256_b8"]
+    print(f"  batching 8 frames renders {speedup:.2f}x faster per frame than one at a time")
+    print(f"  target ≤ 15 ms/frame at 256² batched: {'met' if cpu['full_ms_256_b8'] <= 15 else 'missed'}")
+    summary = {key: round(value, 3) for key, value in cpu.items()}
+    summary.update(
+        device="cpu",
+        threads=threads,
+        mesh=source,
+        vertices=model.num_vertices,
+        triangles=model.num_triangles,
+        batching_speedup_256=round(speedup, 3),
+    )
+    if cuda:
+        name = torch.cuda.get_device_name()
+        print(f"cuda, {name} (ms per frame):")
+        for key, value in cuda.items():
+            print(f"  {key:>16}: {value:8.3f}")
+        summary.update({f"cuda_{key}": round(value, 4) for key, value in cuda.items()}, cuda_device=name)
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

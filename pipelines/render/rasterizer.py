@@ -1,0 +1,532 @@
+"""Batched z-buffer rasterization of triangle meshes in pure PyTorch, on CPU and CUDA.
+
+Input vertices are in screen space, ``(u, v, depth)`` as :meth:`PerspectiveCamera.to_screen` gives
+them: ``u`` right and ``v`` down in pixels, pixel (row i, column j) sampled at its centre
+(px, py) = (j + 0.5, i + 0.5), ``depth`` the positive distance along the viewing axis.
+
+The arithmetic is fixed, so any float32 implementation that repeats it (the brute-force
+reference in the tests does) covers exactly the same pixels. Per triangle, let P0, P1, P2 be
+its corners ordered by vertex id (lowest first), with coordinates (x_k, y_k, z_k):
+
+* ``area2 = (x1 - x0) * (y2 - y0) - (y1 - y0) * (x2 - x0)`` and ``s = sign(area2)``. The
+  triangle as given (``triangles[f]`` order) has the signed area ``parity * area2``, parity
+  being +1 when the id order is a rotation of the given order, else -1. With v pointing down,
+  a triangle that is counter-clockwise seen from the camera (world y up: the 3DMM's outward
+  winding) has a negative signed area, and that is front-facing. Triangles with
+  ``area2 == 0`` or a corner at ``depth <= DEPTH_EPSILON`` are skipped.
+* Edge functions, each positive inside whatever the winding, with ``d0 = s * (P2 - P1)``,
+  ``d1 = -s * (P2 - P0)``, ``d2 = s * (P1 - P0)``::
+
+      w0 = d0x * (py - y1) - d0y * (px - x1)
+      w1 = d1x * (py - y0) - d1y * (px - x0)
+      w2 = d2x * (py - y0) - d2y * (px - x0)
+
+  Every edge is measured from its lower-id end, so two triangles sharing an edge compute
+  exactly opposite values along it: meshes are watertight.
+* A pixel centre is inside when every ``w_k > 0``, or ``w_k == 0`` on an edge the triangle
+  owns: ``dy > 0``, or ``dy == 0`` and ``dx > 0``, for its ``d_k``. Of two triangles sharing an
+  edge exactly one owns it, so pixel centres on the edge are covered once. (Computed without
+  booleans, which are slow on CPUs, as ``min_k(w_k + b_k) > 0`` with ``b_k`` the smallest normal
+  float32 on owned edges and 0 elsewhere: the same test for every ``w`` outside ±that tiny value.)
+* ``r_k = (1 / z_k) / |area2|`` and ``q = w0 * r0 + w1 * r1 + w2 * r2``, the perspective-correct
+  inverse depth. The largest ``q`` (nearest surface) wins, ties going to the lowest triangle
+  id. The barycentric of P_k is ``w_k * r_k / q`` and the depth is ``1 / q``.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import torch
+
+DEPTH_EPSILON = 1e-6
+# Pixel centres this close outside a triangle's bounding box are still tested, so rounding in
+# the edge functions can never make the box disagree with a brute-force z-buffer.
+_BOX_MARGIN = 1.0 / 64.0
+_TILE = 8
+# Candidate boxes are padded to one of these widths and heights: few groups (each costs a few
+# dozen kernel launches) and little padding for the 1–3 pixel triangles that dominate a 3DMM.
+_SIZES = (1, 2, 3, 4, 6, 8)
+_SIZE_INDEX = (0, 0, 1, 2, 3, 4, 4, 5, 5)  # box size 1..8 → index into _SIZES
+_LARGE_GROUP = len(_SIZES) ** 2
+_MAX_CANDIDATES_PER_CHUNK = 1 << 21
+_MAX_TRIANGLES_PER_PASS = 1 << 20
+_MAX_PIXELS_PER_PASS = 1 << 23
+_LOW_BITS = (1 << 32) - 1
+_TINY = torch.finfo(torch.float32).tiny
+
+
+@dataclass
+class Fragments:
+    """What covers each pixel. Background pixels have ``triangle_ids == -1``, zero barycentrics
+    and zero depth."""
+
+    triangle_ids: torch.Tensor  # [B, H, W] int64
+    barycentrics: torch.Tensor  # [B, H, W, 3] perspective-correct, in triangles[id] corner order
+    depth: torch.Tensor  # [B, H, W] distance along the viewing axis
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.triangle_ids >= 0
+
+
+@dataclass
+class CoveredPixels:
+    """The same information for the covered pixels only: the compact form to compute on.
+    Per-pixel quantities with channels are planar, ``[C, P]``."""
+
+    pixels: torch.Tensor  # [P] int64 flat index frame * H * W + row * W + column, ascending
+    triangle_ids: torch.Tensor  # [P]
+    barycentrics: torch.Tensor  # [3, P]
+    depth: torch.Tensor  # [P]
+    batch: int
+    height: int
+    width: int
+
+    @classmethod
+    def of(cls, fragments: Fragments) -> CoveredPixels:
+        batch, height, width = fragments.triangle_ids.shape
+        flat_ids = fragments.triangle_ids.view(-1)
+        pixels = (flat_ids >= 0).nonzero().squeeze(1)
+        flat_barycentrics = fragments.barycentrics.view(-1, 3)
+        return cls(
+            pixels=pixels,
+            triangle_ids=flat_ids.index_select(0, pixels),
+            barycentrics=torch.stack([flat_barycentrics[:, k].index_select(0, pixels) for k in range(3)]),
+            depth=fragments.depth.view(-1).index_select(0, pixels),
+            batch=batch,
+            height=height,
+            width=width,
+        )
+
+    def frame_sizes(self) -> list[int]:
+        """Covered pixels per frame; each frame's are consecutive."""
+        frames = self.pixels // (self.height * self.width)
+        return torch.bincount(frames, minlength=self.batch).tolist()
+
+    def scatter(self, values: torch.Tensor, background: float = 0.0) -> torch.Tensor:
+        """Per-pixel ``values``, ``[P]`` or planar ``[C, P]``, to a ``[B, H, W]`` or channel-last
+        ``[B, H, W, C]`` map filled with ``background``."""
+        size = self.batch * self.height * self.width
+        if values.ndim == 1:
+            return values.new_full((size,), background).index_copy_(0, self.pixels, values).view(
+                self.batch, self.height, self.width
+            )
+        dense = values.new_full((size, values.shape[0]), background)
+        for channel, plane in enumerate(values):
+            dense[:, channel].index_copy_(0, self.pixels, plane)
+        return dense.view(self.batch, self.height, self.width, values.shape[0])
+
+    def to_fragments(self) -> Fragments:
+        return Fragments(self.scatter(self.triangle_ids, -1), self.scatter(self.barycentrics), self.scatter(self.depth))
+
+    def interpolate(self, vertex_attributes: torch.Tensor, triangles: torch.Tensor) -> torch.Tensor:
+        """Per-vertex attributes ``[B, N, C]`` (or ``[1, N, C]``, shared by all frames) at the
+        covered pixels, planar ``[C, P]``."""
+        shared = vertex_attributes.ndim == 3 and vertex_attributes.shape[0] == 1
+        if vertex_attributes.ndim != 3 or not (shared or vertex_attributes.shape[0] == self.batch):
+            raise ValueError(
+                f"vertex_attributes must be [{self.batch} or 1, N, C], got {tuple(vertex_attributes.shape)}"
+            )
+        num_vertices, channels = vertex_attributes.shape[1:]
+        corners = [triangles[:, k].index_select(0, self.triangle_ids) for k in range(3)]
+        if not shared:
+            frame_starts = self.pixels // (self.height * self.width) * num_vertices
+            corners = [corner.add_(frame_starts) for corner in corners]
+        # One contiguous plane per channel: 1-D gathers from it stay in cache far better.
+        planes = vertex_attributes.permute(2, 0, 1).reshape(channels, -1).contiguous()
+        barycentrics = self.barycentrics.to(planes.dtype)
+        result = planes.new_empty(channels, self.pixels.numel())
+        for channel, plane in enumerate(planes):
+            torch.mul(plane.index_select(0, corners[0]), barycentrics[0], out=result[channel])
+            result[channel].addcmul_(plane.index_select(0, corners[1]), barycentrics[1])
+            result[channel].addcmul_(plane.index_select(0, corners[2]), barycentrics[2])
+        return result
+
+
+def rasterize(
+    screen_vertices: torch.Tensor,
+    triangles: torch.Tensor,
+    height: int,
+    width: int,
+    cull_backfaces: bool = True,
+) -> Fragments:
+    """Z-buffer ``screen_vertices [B, N, 3]`` (u px, v px, depth) with ``triangles [F, 3]`` into
+    ``height × width`` fragments. No gradients flow through the result."""
+    return rasterize_covered(screen_vertices, triangles, height, width, cull_backfaces).to_fragments()
+
+
+def interpolate(vertex_attributes: torch.Tensor, fragments: Fragments, triangles: torch.Tensor) -> torch.Tensor:
+    """Per-vertex attributes ``[B, N, C]`` (or ``[1, N, C]``, shared by all frames) at every pixel,
+    ``[B, H, W, C]``, zero on the background."""
+    covered = CoveredPixels.of(fragments)
+    return covered.scatter(covered.interpolate(vertex_attributes, triangles))
+
+
+def rasterize_covered(
+    screen_vertices: torch.Tensor,
+    triangles: torch.Tensor,
+    height: int,
+    width: int,
+    cull_backfaces: bool = True,
+) -> CoveredPixels:
+    """:func:`rasterize`, returning the covered pixels only."""
+    if screen_vertices.ndim != 3 or screen_vertices.shape[-1] != 3:
+        raise ValueError(f"screen_vertices must be [B, N, 3], got {tuple(screen_vertices.shape)}")
+    if triangles.ndim != 2 or triangles.shape[-1] != 3:
+        raise ValueError(f"triangles must be [F, 3], got {tuple(triangles.shape)}")
+    batch = screen_vertices.shape[0]
+    device = screen_vertices.device
+    screen_vertices = screen_vertices.detach().float()
+    passes = []
+    if batch and triangles.shape[0] and height and width:
+        mesh = _SortedMesh.of(triangles.detach().to(device=device, dtype=torch.long))
+        frames_per_pass = max(
+            1, min(_MAX_TRIANGLES_PER_PASS // triangles.shape[0], _MAX_PIXELS_PER_PASS // (height * width))
+        )
+        for start in range(0, batch, frames_per_pass):
+            stop = min(start + frames_per_pass, batch)
+            passes.append(_rasterize_pass(screen_vertices[start:stop], mesh, cull_backfaces, height, width, start))
+    if len(passes) == 1:
+        pixels, triangle_ids, barycentrics, depth = passes[0]
+    elif passes:
+        pixels, triangle_ids, barycentrics, depth = (
+            torch.cat(parts, dim=-1) for parts in zip(*passes, strict=True)
+        )
+    else:
+        pixels = triangle_ids = torch.zeros(0, dtype=torch.long, device=device)
+        barycentrics, depth = torch.zeros(3, 0, device=device), torch.zeros(0, device=device)
+    return CoveredPixels(pixels, triangle_ids, barycentrics, depth, batch, height, width)
+
+
+@dataclass
+class _SortedMesh:
+    corner_ids: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # vertex ids of P0, P1, P2, each [F]
+    parity: torch.Tensor  # [F] ±1
+    slots: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # position in P0..P2 of given corner k, each [F]
+
+    @classmethod
+    def of(cls, triangles: torch.Tensor) -> _SortedMesh:
+        sorted_ids, order = triangles.sort(dim=1)
+        a, b, c = order.unbind(1)
+        parity = torch.sign((b - a) * (c - a) * (c - b)).float()
+        return cls(tuple(sorted_ids.t().contiguous()), parity, tuple(order.argsort(dim=1).t().contiguous()))
+
+
+@dataclass
+class _Triangles:
+    """Coverage constants, one contiguous vector per quantity (the layout CPUs compute on fastest)."""
+
+    p0x: torch.Tensor
+    p0y: torch.Tensor
+    p1x: torch.Tensor
+    p1y: torch.Tensor
+    d0x: torch.Tensor
+    d0y: torch.Tensor
+    d1x: torch.Tensor
+    d1y: torch.Tensor
+    d2x: torch.Tensor
+    d2y: torch.Tensor
+    r0: torch.Tensor
+    r1: torch.Tensor
+    r2: torch.Tensor
+
+    def select(self, index: torch.Tensor | slice) -> _Triangles:
+        if isinstance(index, slice):
+            return _Triangles(*(value[index] for value in self.__dict__.values()))
+        return _Triangles(*(value.index_select(0, index) for value in self.__dict__.values()))
+
+    def column(self) -> _Triangles:
+        """Every quantity as ``[S, 1]``, to broadcast over candidate pixels."""
+        return _Triangles(*(value.unsqueeze(1) for value in self.__dict__.values()))
+
+    def edge_functions(
+        self, px: torch.Tensor, py: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        ux1, uy1 = px - self.p1x, py - self.p1y
+        ux0, uy0 = px - self.p0x, py - self.p0y
+        return (
+            self.d0x * uy1 - self.d0y * ux1,
+            self.d1x * uy0 - self.d1y * ux0,
+            self.d2x * uy0 - self.d2y * ux0,
+        )
+
+    def inverse_depth(self, w0: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+        return w0 * self.r0 + w1 * self.r1 + w2 * self.r2
+
+
+@dataclass
+class _EdgeBiases:
+    """Per edge, ``tiny`` where the triangle owns it (so ``w == 0`` counts as inside), else 0."""
+
+    edge0: torch.Tensor
+    edge1: torch.Tensor
+    edge2: torch.Tensor
+
+    def select(self, index: torch.Tensor | slice) -> _EdgeBiases:
+        if isinstance(index, slice):
+            return _EdgeBiases(self.edge0[index], self.edge1[index], self.edge2[index])
+        return _EdgeBiases(*(value.index_select(0, index) for value in (self.edge0, self.edge1, self.edge2)))
+
+    def column(self) -> _EdgeBiases:
+        return _EdgeBiases(self.edge0.unsqueeze(1), self.edge1.unsqueeze(1), self.edge2.unsqueeze(1))
+
+    def inside_margin(self, w0: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+        """Positive where the pixel centre is inside."""
+        return torch.minimum(torch.minimum(w0 + self.edge0, w1 + self.edge1), w2 + self.edge2)
+
+
+def _rasterize_pass(
+    screen_vertices: torch.Tensor, mesh: _SortedMesh, cull_backfaces: bool, height: int, width: int, first_frame: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Covered pixels (flat, offset by ``first_frame``), triangle ids, barycentrics, depth."""
+    frames, num_vertices = screen_vertices.shape[:2]
+    num_triangles = mesh.parity.numel()
+    device = screen_vertices.device
+    # Everything per triangle is a contiguous [frames * F] vector, every gather is 1-D, and masks
+    # are float margins (positive = yes) rather than booleans: that is what CPUs do fast.
+    # Compacting the surviving triangles would cost more gathers than it saves.
+    planes = screen_vertices.permute(2, 0, 1).reshape(3, -1)
+    frame_starts = torch.arange(frames, device=device).unsqueeze(1) * num_vertices
+    corner_ids = [(ids.unsqueeze(0) + frame_starts).view(-1) for ids in mesh.corner_ids]
+    x0, x1, x2 = (planes[0].index_select(0, ids) for ids in corner_ids)
+    y0, y1, y2 = (planes[1].index_select(0, ids) for ids in corner_ids)
+    z0, z1, z2 = (planes[2].index_select(0, ids) for ids in corner_ids)
+    area2 = (x1 - x0) * (y2 - y0) - (y1 - y0) * (x2 - x0)
+    facing = (area2.view(frames, -1) * -mesh.parity).view(-1) if cull_backfaces else area2.abs()
+    left = torch.ceil(torch.minimum(torch.minimum(x0, x1), x2) - (0.5 + _BOX_MARGIN)).clamp_(min=0)
+    right = torch.floor(torch.maximum(torch.maximum(x0, x1), x2) - (0.5 - _BOX_MARGIN)).clamp_(max=width - 1)
+    top = torch.ceil(torch.minimum(torch.minimum(y0, y1), y2) - (0.5 + _BOX_MARGIN)).clamp_(min=0)
+    bottom = torch.floor(torch.maximum(torch.maximum(y0, y1), y2) - (0.5 - _BOX_MARGIN)).clamp_(max=height - 1)
+    box_width = right - left + 1
+    box_height = bottom - top + 1
+    # Positive for triangles to draw (NaN anywhere propagates and fails every test below).
+    keep = torch.minimum(
+        torch.minimum(facing, torch.minimum(torch.minimum(z0, z1), z2) - DEPTH_EPSILON),
+        torch.minimum(box_width, box_height),
+    )
+    # Culled triangles may have NaN boxes: make them harmless before integer casts.
+    left = left.clamp_(max=width - 1).nan_to_num_(0.0)
+    top = top.clamp_(max=height - 1).nan_to_num_(0.0)
+    triangles, biases = _coverage_constants(x0, y0, x1, y1, x2, y2, area2, z0, z1, z2)
+    zbuffer = torch.full((frames * height * width,), -1, dtype=torch.long, device=device)
+
+    # Most 3DMM triangles at render sizes have one candidate pixel centre: test those in place.
+    largest_side = torch.maximum(box_width, box_height)
+    single = torch.minimum(keep, 1.5 - largest_side)
+    frame_offsets = torch.arange(frames, device=device, dtype=torch.int32).mul_(height * width).unsqueeze(1)
+    first_pixels = (top.int().mul_(width).add_(left.int()).view(frames, -1) + frame_offsets).view(-1).long()
+    global_ids = torch.arange(frames * num_triangles, device=device, dtype=torch.int32)
+    _splat(triangles, biases, left + 0.5, top + 0.5, single, _low_bits(global_ids), first_pixels, zbuffer)
+
+    rows = (torch.minimum(keep, largest_side - 1.5) > 0).nonzero().squeeze(1)
+    box_width, box_height = box_width.index_select(0, rows), box_height.index_select(0, rows)
+    size_index = torch.tensor(_SIZE_INDEX, dtype=torch.uint8, device=device)
+    group = size_index.index_select(0, box_width.clamp(1, _TILE).long()) * len(_SIZES)
+    group += size_index.index_select(0, box_height.clamp(1, _TILE).long())
+    group.masked_fill_((box_width > _TILE) | (box_height > _TILE), _LARGE_GROUP)
+    # Stable: rows stay ascending within a group, so the gathers below read memory in order.
+    order = torch.argsort(group, stable=True)
+    rows = rows.index_select(0, order)
+    counts = torch.bincount(group, minlength=_LARGE_GROUP + 1).tolist()
+    boxes = [
+        left.index_select(0, rows).long(),
+        top.index_select(0, rows).long(),
+        box_width.index_select(0, order).long(),
+        box_height.index_select(0, order).long(),
+    ]
+    _splat_groups(
+        triangles.select(rows), biases.select(rows), rows.int(), rows // num_triangles * (height * width),
+        boxes, counts, zbuffer, width, height,
+    )  # fmt: skip
+
+    pixels = (zbuffer >= 0).nonzero().squeeze(1)
+    winners = _LOW_BITS - (zbuffer.index_select(0, pixels) & _LOW_BITS)
+    triangle_ids = winners % num_triangles
+    constants = triangles.select(winners)
+    px = (pixels % width).float().add_(0.5)
+    py = ((pixels // width) % height).float().add_(0.5)
+    weights = constants.edge_functions(px, py)
+    inverse_depth = constants.inverse_depth(*weights)
+    sorted_barycentrics = torch.stack(
+        [w * r for w, r in zip(weights, (constants.r0, constants.r1, constants.r2), strict=True)]
+    ).div_(inverse_depth)
+    # Reorder to the given corner order through 1-D gathers (torch.gather on [3, P] is slow).
+    flat_sorted, count = sorted_barycentrics.view(-1), pixels.numel()
+    within = torch.arange(count, device=device)
+    barycentrics = torch.stack(
+        [flat_sorted.index_select(0, slot.index_select(0, triangle_ids).mul_(count).add_(within)) for slot in mesh.slots]
+    )
+    return pixels + first_frame * height * width, triangle_ids, barycentrics, inverse_depth.reciprocal_()
+
+
+def _low_bits(global_ids: torch.Tensor) -> torch.Tensor:
+    """The key's low word for int32 ids: ``2**32 - 1 - id`` as a bit pattern, so the larger key
+    is the lower id."""
+    return -1 - global_ids
+
+
+def _pack_keys(signed_inverse_depth: torch.Tensor, low_bits: torch.Tensor) -> torch.Tensor:
+    """int64 keys, high word the float32 bits of ``signed_inverse_depth``, low word ``low_bits``.
+    Two int32 words stacked and viewed as one int64: faster than shifting on CPUs."""
+    high = signed_inverse_depth.view(torch.int32)
+    low = low_bits.expand_as(high)
+    words = (low, high) if sys.byteorder == "little" else (high, low)
+    return torch.stack(words, dim=-1).view(torch.int64).squeeze(-1)
+
+
+def _coverage_constants(
+    x0: torch.Tensor,
+    y0: torch.Tensor,
+    x1: torch.Tensor,
+    y1: torch.Tensor,
+    x2: torch.Tensor,
+    y2: torch.Tensor,
+    area2: torch.Tensor,
+    z0: torch.Tensor,
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+) -> tuple[_Triangles, _EdgeBiases]:
+    sign = torch.sign(area2)
+    negative_sign = -sign
+    d0x, d0y = (x2 - x1) * sign, (y2 - y1) * sign
+    d1x, d1y = (x2 - x0) * negative_sign, (y2 - y0) * negative_sign
+    d2x, d2y = (x1 - x0) * sign, (y1 - y0) * sign
+
+    def bias(dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+        # Owned (dy > 0, or dy == 0 and dx > 0) exactly when 2 sign(dy) + sign(dx) >= 1.
+        return torch.sign(dy).mul_(2.0).add_(torch.sign(dx)).clamp_(0.0, 1.0).mul_(_TINY)
+
+    scale = area2.abs()
+    triangles = _Triangles(
+        x0, y0, x1, y1, d0x, d0y, d1x, d1y, d2x, d2y,
+        z0.reciprocal() / scale, z1.reciprocal() / scale, z2.reciprocal() / scale,
+    )  # fmt: skip
+    return triangles, _EdgeBiases(bias(d0x, d0y), bias(d1x, d1y), bias(d2x, d2y))
+
+
+def _tiles(
+    boxes: list[torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Split boxes into tiles of at most ``_TILE × _TILE`` pixels: (box index, x, y, width, height)."""
+    left, top, box_width, box_height = boxes
+    tiles_x = (box_width + _TILE - 1) // _TILE
+    counts = tiles_x * ((box_height + _TILE - 1) // _TILE)
+    owner = torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device), counts)
+    local = torch.arange(owner.numel(), device=counts.device) - (torch.cumsum(counts, 0) - counts)[owner]
+    tile_x = (local % tiles_x[owner]) * _TILE
+    tile_y = (local // tiles_x[owner]) * _TILE
+    return (
+        owner,
+        left[owner] + tile_x,
+        top[owner] + tile_y,
+        (box_width[owner] - tile_x).clamp_(max=_TILE),
+        (box_height[owner] - tile_y).clamp_(max=_TILE),
+    )
+
+
+def _splat_groups(
+    triangles: _Triangles,
+    biases: _EdgeBiases,
+    global_ids: torch.Tensor,
+    frame_offsets: torch.Tensor,
+    boxes: list[torch.Tensor],
+    counts: list[int],
+    zbuffer: torch.Tensor,
+    width: int,
+    height: int,
+) -> None:
+    """Test the candidate pixel centres of every group of equally sized boxes."""
+    start = 0
+    for group, count in enumerate(counts):
+        if count == 0:
+            continue
+        members = slice(start, start + count)
+        start += count
+        if group == _LARGE_GROUP:
+            owner, left, top, tile_width, tile_height = _tiles([value[members] for value in boxes])
+            owner += members.start
+            tile_sizes = tile_width * (_TILE + 1) + tile_height
+            for size in torch.unique(tile_sizes).tolist():
+                tiles = (tile_sizes == size).nonzero().squeeze(1)
+                rows = owner.index_select(0, tiles)
+                _splat_boxes(
+                    triangles.select(rows), biases.select(rows), global_ids.index_select(0, rows),
+                    frame_offsets.index_select(0, rows), left.index_select(0, tiles), top.index_select(0, tiles),
+                    *divmod(size, _TILE + 1), zbuffer, width, height,
+                )  # fmt: skip
+            continue
+        _splat_boxes(
+            triangles.select(members), biases.select(members), global_ids[members], frame_offsets[members],
+            boxes[0][members], boxes[1][members], _SIZES[group // len(_SIZES)], _SIZES[group % len(_SIZES)],
+            zbuffer, width, height,
+        )  # fmt: skip
+
+
+def _splat_boxes(
+    triangles: _Triangles,
+    biases: _EdgeBiases,
+    global_ids: torch.Tensor,
+    frame_offsets: torch.Tensor,
+    left: torch.Tensor,
+    top: torch.Tensor,
+    box_width: int,
+    box_height: int,
+    zbuffer: torch.Tensor,
+    width: int,
+    height: int,
+) -> None:
+    """Test the ``box_width × box_height`` pixel centres from column ``left``, row ``top`` of each triangle."""
+    box_width, box_height = min(box_width, width), min(box_height, height)
+    # A padded box slides left/up to stay inside the image; the extra pixels fail the edge test.
+    left = left.clamp(max=width - box_width)
+    top = top.clamp(max=height - box_height)
+    device = zbuffer.device
+    offset_y, offset_x = torch.meshgrid(
+        torch.arange(box_height, device=device), torch.arange(box_width, device=device), indexing="ij"
+    )
+    offset_x, offset_y = offset_x.reshape(-1), offset_y.reshape(-1)
+    pixel_offsets = offset_y * width + offset_x
+    first_pixels = frame_offsets + top * width + left
+    corner_x = left.float().add_(0.5)
+    corner_y = top.float().add_(0.5)
+    low_bits = _low_bits(global_ids)
+    step = max(1, _MAX_CANDIDATES_PER_CHUNK // offset_x.numel())
+    for chunk_start in range(0, left.numel(), step):
+        chunk = slice(chunk_start, chunk_start + step)
+        _splat(
+            triangles.select(chunk).column(),
+            biases.select(chunk).column(),
+            corner_x[chunk].unsqueeze(1) + offset_x,
+            corner_y[chunk].unsqueeze(1) + offset_y,
+            None,
+            low_bits[chunk].unsqueeze(1),
+            first_pixels[chunk].unsqueeze(1) + pixel_offsets,
+            zbuffer,
+        )
+
+
+def _splat(
+    triangles: _Triangles,
+    biases: _EdgeBiases,
+    px: torch.Tensor,
+    py: torch.Tensor,
+    candidates: torch.Tensor | None,
+    low_bits: torch.Tensor,
+    pixels: torch.Tensor,
+    zbuffer: torch.Tensor,
+) -> None:
+    """Keep, per pixel, the maximum packed (q, -id) of the pixel centres (px, py) that the
+    triangles cover; ``candidates`` is negative for those not to test."""
+    w0, w1, w2 = triangles.edge_functions(px, py)
+    margin = biases.inside_margin(w0, w1, w2)
+    if candidates is not None:
+        margin = torch.minimum(margin, candidates)
+    margin = margin.nan_to_num_(nan=-1.0)  # non-finite vertices cover nothing
+    # Float arithmetic instead of booleans: q gets a negative sign unless the centre is inside
+    # (a margin of exactly tiny, an owned edge, is inside), and negative keys lose to the
+    # background's -1. Positive float32 bits order like the floats, so one int64 max picks the
+    # nearest surface and, among equal depths, the lowest id.
+    signed_q = triangles.inverse_depth(w0, w1, w2).copysign_(margin.sub_(_TINY))
+    keys = _pack_keys(signed_q, low_bits)
+    zbuffer.scatter_reduce_(0, pixels.reshape(-1), keys.reshape(-1), reduce="amax")

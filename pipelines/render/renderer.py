@@ -1,0 +1,68 @@
+"""Coefficients to TGDM's render target I_3d and the maps rasterized with it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..morphable.coefficients import FaceCoefficients
+from ..morphable.model import MorphableModel
+from .camera import PerspectiveCamera
+from .rasterizer import rasterize_covered
+from .shading import shade_planar
+
+
+@dataclass
+class RenderMaps:
+    """Channel-last maps of one batch of frames; every map is zero on the background."""
+
+    image: torch.Tensor  # [B, H, W, 3] SH-lit albedo on black, clamped to 0..1 (TGDM's I_3d)
+    mask: torch.Tensor  # [B, H, W] 1 on the face
+    depth: torch.Tensor  # [B, H, W] distance along the viewing axis
+    normals: torch.Tensor  # [B, H, W, 3] unit normals, world = camera axes (x right, y up, z to the camera)
+    albedo: torch.Tensor  # [B, H, W, 3] unlit albedo, clamped to 0..1
+    surface: torch.Tensor  # [B, H, W, 3] the model's surface coordinates (0..1) of the visible point
+    triangle_ids: torch.Tensor  # [B, H, W] int64, -1 on the background
+    landmarks: torch.Tensor  # [B, 68, 2] the model's landmark vertices projected to pixels
+
+
+def normals_to_image(normals: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A displayable IMAGE of unit normals: each component mapped from -1..1 to 0..1, black background."""
+    return (normals + 1.0) * 0.5 * mask.unsqueeze(-1)
+
+
+class FaceRenderer(nn.Module):
+    """Renders a 3DMM through a camera; moves with the model under ``.to()``."""
+
+    def __init__(self, model: MorphableModel, camera: PerspectiveCamera) -> None:
+        super().__init__()
+        self.model = model
+        self.camera = camera
+
+    def render(self, coeffs: FaceCoefficients) -> RenderMaps:
+        """Render every frame of ``coeffs``; they are moved to the model's device and dtype."""
+        self.model.check_coefficients(coeffs)
+        reference = self.model.mean_shape
+        coeffs = coeffs.to(device=reference.device, dtype=reference.dtype)
+        size = self.camera.image_size
+        triangles = self.model.triangles
+        with torch.no_grad():
+            vertices = self.model.posed_vertices(coeffs)
+            covered = rasterize_covered(self.camera.to_screen(vertices), triangles, size, size)
+            per_frame = torch.cat([self.model.vertex_normals(vertices), self.model.albedo(coeffs.texture)], dim=-1)
+            normals, albedo = covered.interpolate(per_frame, triangles).split(3)
+            surface = covered.interpolate(self.model.surface_coords.unsqueeze(0), triangles)
+            # Interpolated unit normals are shorter than 1 inside a triangle.
+            normals = normals * (normals * normals).sum(0).clamp_min_(1e-24).rsqrt_()
+            image = shade_planar(albedo, normals, coeffs.lighting, covered.frame_sizes())
+            return RenderMaps(
+                image=covered.scatter(image.clamp_(0.0, 1.0)),
+                mask=covered.scatter(torch.ones_like(covered.depth, dtype=albedo.dtype)),
+                depth=covered.scatter(covered.depth.to(albedo.dtype)),
+                normals=covered.scatter(normals),
+                albedo=covered.scatter(albedo.clamp(0.0, 1.0)),
+                surface=covered.scatter(surface),
+                triangle_ids=covered.scatter(covered.triangle_ids, -1),
+                landmarks=self.camera.project(vertices[:, self.model.landmark_ids]),
+            )
