@@ -3,13 +3,16 @@
 Run from the repository root: ``python -m bench.render``. Prints readable lines, then one JSON
 object as the last line. Times are milliseconds per frame, the median of several repeats after
 warm-up, at torch's default thread count. The reference in the same run is the unbatched pass:
-``batching_speedup_256`` is full_ms_256_b1 / full_ms_256_b8.
+``batching_speedup_256`` is full_ms_256_b1 / full_ms_256_b8. CPU figures are only meaningful on
+an otherwise idle machine (torch's worker threads stall when the cores are shared), so the run
+records the load average next to them.
 """
 from __future__ import annotations
 
 import importlib
 import json
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -76,7 +79,7 @@ def benchmark_model() -> tuple[MorphableModel, str]:
     return synthetic_face_model(), "synthetic"
 
 
-def random_coefficients(frames: int, device: torch.device) -> FaceCoefficients:
+def random_coefficients(frames: int, device: torch.device | str) -> FaceCoefficients:
     generator = torch.Generator().manual_seed(SEED + frames)
     coeffs = FaceCoefficients.from_flat(torch.randn(frames, BFM_DIMS.flat_size, generator=generator) * 0.5)
     return coeffs.replace(
@@ -114,8 +117,6 @@ def measure(model: MorphableModel, device: torch.device, repeats: int) -> dict[s
         }
         for kind in kinds:
             results[f"{kind}_ms_{size}_b{frames}"] = median_ms_per_frame(runs[kind], frames, device, repeats)
-        if size == 256 and frames == 8:
-            results["coverage_256"] = renderer.render(coeffs).mask.mean().item()
     return results
 
 
@@ -124,8 +125,14 @@ def main() -> None:
     print(f"mesh: {source}, {model.num_vertices} vertices, {model.num_triangles} triangles")
     threads = torch.get_num_threads()
     with torch.inference_mode():
-        cpu = measure(model, torch.device("cpu"), repeats=7)
+        coverage = FaceRenderer(model, PerspectiveCamera.deep3d(256)).render(random_coefficients(8, "cpu")).mask.mean()
+        print(f"the face covers {coverage.item():.0%} of a 256² frame")
+        cpu = measure(model, torch.device("cpu"), repeats=5)
         cuda = measure(model, torch.device("cuda"), repeats=20) if torch.cuda.is_available() else {}
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    cores = os.cpu_count() or 1
+    if load > cores:
+        print(f"warning: load average {load:.1f} on {cores} cores; the CPU figures are inflated")
     print(f"cpu, {threads} threads (ms per frame):")
     for key, value in cpu.items():
         print(f"  {key:>16}: {value:8.3f}")
@@ -136,6 +143,8 @@ def main() -> None:
     summary.update(
         device="cpu",
         threads=threads,
+        load_average=round(load, 2),
+        coverage_256=round(coverage.item(), 3),
         mesh=source,
         vertices=model.num_vertices,
         triangles=model.num_triangles,

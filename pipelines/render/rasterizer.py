@@ -44,12 +44,12 @@ DEPTH_EPSILON = 1e-6
 # the edge functions can never make the box disagree with a brute-force z-buffer.
 _BOX_MARGIN = 1.0 / 64.0
 _TILE = 8
-# Candidate boxes are padded to one of these widths and heights: few groups (each costs a few
-# dozen kernel launches) and little padding for the 1–3 pixel triangles that dominate a 3DMM.
-_SIZES = (1, 2, 3, 4, 6, 8)
-_SIZE_INDEX = (0, 0, 1, 2, 3, 4, 4, 5, 5)  # box size 1..8 → index into _SIZES
+# Candidate boxes are padded to one of these widths and heights. Each group costs a few dozen
+# kernel launches, which outweighs testing some padding pixels.
+_SIZES = (1, 2, 4, 8)
+_SIZE_INDEX = (0, 0, 1, 2, 2, 3, 3, 3, 3)  # box size 1..8 → index into _SIZES
 _LARGE_GROUP = len(_SIZES) ** 2
-_MAX_CANDIDATES_PER_CHUNK = 1 << 21
+_MAX_CANDIDATES_PER_CHUNK = 1 << 19
 _MAX_TRIANGLES_PER_PASS = 1 << 20
 _MAX_PIXELS_PER_PASS = 1 << 23
 _LOW_BITS = (1 << 32) - 1
@@ -236,10 +236,6 @@ class _Triangles:
             return _Triangles(*(value[index] for value in self.__dict__.values()))
         return _Triangles(*(value.index_select(0, index) for value in self.__dict__.values()))
 
-    def column(self) -> _Triangles:
-        """Every quantity as ``[S, 1]``, to broadcast over candidate pixels."""
-        return _Triangles(*(value.unsqueeze(1) for value in self.__dict__.values()))
-
     def edge_functions(
         self, px: torch.Tensor, py: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -267,9 +263,6 @@ class _EdgeBiases:
         if isinstance(index, slice):
             return _EdgeBiases(self.edge0[index], self.edge1[index], self.edge2[index])
         return _EdgeBiases(*(value.index_select(0, index) for value in (self.edge0, self.edge1, self.edge2)))
-
-    def column(self) -> _EdgeBiases:
-        return _EdgeBiases(self.edge0.unsqueeze(1), self.edge1.unsqueeze(1), self.edge2.unsqueeze(1))
 
     def inside_margin(self, w0: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
         """Positive where the pixel centre is inside."""
@@ -405,24 +398,16 @@ def _coverage_constants(
     return triangles, _EdgeBiases(bias(d0x, d0y), bias(d1x, d1y), bias(d2x, d2y))
 
 
-def _tiles(
-    boxes: list[torch.Tensor],
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Split boxes into tiles of at most ``_TILE × _TILE`` pixels: (box index, x, y, width, height)."""
-    left, top, box_width, box_height = boxes
+def _tiles(left: torch.Tensor, top: torch.Tensor, box_width: torch.Tensor, box_height: torch.Tensor) -> tuple[
+    torch.Tensor, torch.Tensor, torch.Tensor
+]:
+    """Cover boxes with ``_TILE × _TILE`` tiles: (box index, tile left, tile top) per tile."""
     tiles_x = (box_width + _TILE - 1) // _TILE
     counts = tiles_x * ((box_height + _TILE - 1) // _TILE)
     owner = torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device), counts)
     local = torch.arange(owner.numel(), device=counts.device) - (torch.cumsum(counts, 0) - counts)[owner]
-    tile_x = (local % tiles_x[owner]) * _TILE
-    tile_y = (local // tiles_x[owner]) * _TILE
-    return (
-        owner,
-        left[owner] + tile_x,
-        top[owner] + tile_y,
-        (box_width[owner] - tile_x).clamp_(max=_TILE),
-        (box_height[owner] - tile_y).clamp_(max=_TILE),
-    )
+    tiles_x = tiles_x[owner]
+    return owner, left[owner] + (local % tiles_x) * _TILE, top[owner] + (local // tiles_x) * _TILE
 
 
 def _splat_groups(
@@ -444,17 +429,13 @@ def _splat_groups(
         members = slice(start, start + count)
         start += count
         if group == _LARGE_GROUP:
-            owner, left, top, tile_width, tile_height = _tiles([value[members] for value in boxes])
+            # Whole tiles even at the edges: one group, and few triangles are this large.
+            owner, left, top = _tiles(*(value[members] for value in boxes))
             owner += members.start
-            tile_sizes = tile_width * (_TILE + 1) + tile_height
-            for size in torch.unique(tile_sizes).tolist():
-                tiles = (tile_sizes == size).nonzero().squeeze(1)
-                rows = owner.index_select(0, tiles)
-                _splat_boxes(
-                    triangles.select(rows), biases.select(rows), global_ids.index_select(0, rows),
-                    frame_offsets.index_select(0, rows), left.index_select(0, tiles), top.index_select(0, tiles),
-                    *divmod(size, _TILE + 1), zbuffer, width, height,
-                )  # fmt: skip
+            _splat_boxes(
+                triangles.select(owner), biases.select(owner), global_ids.index_select(0, owner),
+                frame_offsets.index_select(0, owner), left, top, _TILE, _TILE, zbuffer, width, height,
+            )  # fmt: skip
             continue
         _splat_boxes(
             triangles.select(members), biases.select(members), global_ids[members], frame_offsets[members],
@@ -494,14 +475,16 @@ def _splat_boxes(
     step = max(1, _MAX_CANDIDATES_PER_CHUNK // offset_x.numel())
     for chunk_start in range(0, left.numel(), step):
         chunk = slice(chunk_start, chunk_start + step)
+        # Candidates as [K, T]: per-triangle vectors broadcast over the outer dimension, so every
+        # elementwise op runs along contiguous triangles (a short inner K would not vectorize).
         _splat(
-            triangles.select(chunk).column(),
-            biases.select(chunk).column(),
-            corner_x[chunk].unsqueeze(1) + offset_x,
-            corner_y[chunk].unsqueeze(1) + offset_y,
+            triangles.select(chunk),
+            biases.select(chunk),
+            corner_x[chunk] + offset_x.unsqueeze(1),
+            corner_y[chunk] + offset_y.unsqueeze(1),
             None,
-            low_bits[chunk].unsqueeze(1),
-            first_pixels[chunk].unsqueeze(1) + pixel_offsets,
+            low_bits[chunk],
+            first_pixels[chunk] + pixel_offsets.unsqueeze(1),
             zbuffer,
         )
 

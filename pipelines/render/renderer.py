@@ -15,7 +15,7 @@ from .shading import shade_planar
 
 @dataclass
 class RenderMaps:
-    """Channel-last maps of one batch of frames; every map is zero on the background."""
+    """Channel-last maps of one batch of frames; all but ``triangle_ids`` are zero on the background."""
 
     image: torch.Tensor  # [B, H, W, 3] SH-lit albedo on black, clamped to 0..1 (TGDM's I_3d)
     mask: torch.Tensor  # [B, H, W] 1 on the face

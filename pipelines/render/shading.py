@@ -83,7 +83,6 @@ def shade_planar(
     start = 0
     for gamma, count in zip(gammas, frame_sizes, strict=True):
         run = slice(start, start + count)
-        basis = torch.stack(_sh_terms(*normals[:, run]))
-        torch.mm(gamma, basis, out=colour[:, run])
+        colour[:, run] = gamma @ torch.stack(_sh_terms(*normals[:, run]))
         start += count
     return colour.mul_(albedo)
