@@ -296,6 +296,8 @@ def test_albedo_has_the_features_and_stays_in_range(arrays, model):
     for sign in (-2.0, 2.0):
         varied = mean[:, None] + sign * basis
         assert varied.min() >= 0 and varied.max() <= 255, "each direction at ±2 stays a colour"
+        rgb = varied.reshape(-1, 3, 80)[ids[[1, 15, 29, 33]].numpy()]
+        assert ((rgb[:, 0] > rgb[:, 1] + 10) & (rgb[:, 1] > rgb[:, 2] + 5)).all(), "and skin stays skin-coloured"
     random = mean[:, None] + basis @ np.random.default_rng(0).normal(size=(80, 16))
     assert ((random >= 0) & (random <= 255)).mean() > 0.99
     assert np.linalg.matrix_rank(basis / np.linalg.norm(basis, axis=0)) == 80

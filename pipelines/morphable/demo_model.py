@@ -50,7 +50,7 @@ EAR_RADII = (0.09, 0.3, 0.16)
 FACE_KNOTS_Y = (-1.32, -1.2, -1.1, -1.0, -0.85, -0.68, -0.45, -0.15, 0.05, 0.25, 0.45)
 FACE_FRONT_Z = (0.2, 0.5, 0.77, 0.88, 0.92, 0.95, 0.95, 0.92, 0.9, 0.9, 0.8)
 FACE_HALF_WIDTH = (0.25, 0.22, 0.18, 0.3, 0.46, 0.56, 0.65, 0.72, 0.71, 0.66, 0.55)
-FACE_WIDEST_Z = (-0.05, 0.1, 0.3, 0.2, 0.05, 0.0, -0.05, -0.08, -0.1, -0.1, -0.1)
+FACE_WIDEST_Z = (-0.05, 0.1, 0.3, 0.2, 0.05, 0.05, 0.12, 0.18, 0.18, 0.15, 0.1)
 FACE_BACK_DEPTH = 0.5
 PRIMITIVE_BLEND = 0.08
 
@@ -60,7 +60,7 @@ EYEBALL_RADIUS = 0.125
 # The eyelids are an ellipsoid shell around the eyeball, this thick over the cornea: thick enough
 # that the linear path of a closing lid (a chord of the shell) stays in front of the eyeball.
 LID_THICKNESS = 0.012
-LID_SHELL_RADII = (0.2, 0.16, EYEBALL_RADIUS + LID_THICKNESS)
+LID_SHELL_RADII = (0.17, 0.16, EYEBALL_RADIUS + LID_THICKNESS)
 EYE_OPENING_PHI = math.atan2(EYE_X, EYEBALL_Z)
 EYE_OPENING_HALF_WIDTH_PHI = 0.17
 UPPER_LID_HEIGHT = 0.056
@@ -200,7 +200,7 @@ def _relief(x: np.ndarray, y: np.ndarray, phi: np.ndarray) -> np.ndarray:
     """Facial relief added along the rays: nose, brows, eye sockets, cheekbones, lips, chin."""
     ax = np.abs(x)
     brow_ridge = 0.045 * np.exp(-(((y - 0.2) / 0.08) ** 2)) * (1.0 - _smoothstep(0.4, 0.62, ax))
-    sockets = -0.11 * _gaussian(ax, y, EYE_X, 0.0, 0.17, 0.12)
+    sockets = -0.1 * _gaussian(ax, y, EYE_X, 0.03, 0.17, 0.1)
     cheeks = 0.05 * _gaussian(ax, y, 0.44, -0.2, 0.13, 0.11) + 0.02 * _gaussian(ax, y, 0.3, -0.3, 0.12, 0.12)
     mouth_s = _mouth_coordinate(phi)
     lip_span = np.clip(1.0 - mouth_s**2, 0.0, None)
@@ -224,13 +224,13 @@ def _skin_radius(phi: np.ndarray, y: np.ndarray) -> np.ndarray:
     skin = base + _relief(base * sin_phi, y, phi)
     for side in (1.0, -1.0):
         shell = _ellipsoid_exit(sin_phi, cos_phi, y, (side * EYE_X, 0.0, EYEBALL_Z), LID_SHELL_RADII)
-        skin = _smooth_max(skin, shell, 0.05)
+        skin = _smooth_max(skin, shell, 0.07)
     return skin
 
 
 # ---- eyelids and the lip seam: the grid rows that follow them -----------------------------------
 @dataclass(frozen=True)
-class EyeState:
+class _EyeState:
     """How one eye is held: 1.0 is the full expression (closed, wide open, squinting)."""
 
     closure: float = 0.0
@@ -243,7 +243,7 @@ def _eye_coordinate(phi: np.ndarray) -> np.ndarray:
     return (np.abs(phi) - EYE_OPENING_PHI) / EYE_OPENING_HALF_WIDTH_PHI
 
 
-def _eyelid_margins(eye_s: np.ndarray, state: EyeState) -> tuple[np.ndarray, np.ndarray]:
+def _eyelid_margins(eye_s: np.ndarray, state: _EyeState) -> tuple[np.ndarray, np.ndarray]:
     """Heights of the upper and lower lid margins; they meet at the corners (|eye_s| = 1)."""
     opening = np.clip(1.0 - eye_s**2, 0.0, None) ** 0.8
     line = CANTHAL_TILT * eye_s
@@ -258,10 +258,6 @@ def _eyelid_margins(eye_s: np.ndarray, state: EyeState) -> tuple[np.ndarray, np.
     return centre + half_gap, centre - half_gap
 
 
-# Away from the eyes and the mouth the feature rows run round the head at these heights.
-UPPER_MARGIN_AWAY, LOWER_MARGIN_AWAY = 0.055, -0.045
-SEAM_TOP_AWAY, SEAM_BOTTOM_AWAY = -0.655, -0.705
-FEATURE_BOUNDARIES = ("upper_margin", "lower_margin", "seam_top", "seam_bottom")
 # Horizontal bands of grid rows, top to bottom: (name, rows per unit of resolution, at least) and
 # the boundary heights between them (a name: a feature curve that varies across the face).
 ROW_BANDS = (
@@ -273,14 +269,12 @@ ROW_BOUNDARIES = (
     CROWN_Y, 0.5, 0.15, "upper_margin", "lower_margin", -0.13, -0.53, "seam_top", "seam_bottom", -0.86, -1.35,
     NECK_BOTTOM_Y,
 )
-BOUNDARIES_AWAY = {
-    "upper_margin": UPPER_MARGIN_AWAY, "lower_margin": LOWER_MARGIN_AWAY,
-    "seam_top": SEAM_TOP_AWAY, "seam_bottom": SEAM_BOTTOM_AWAY,
-}
+# Away from the eyes and the mouth the feature rows run round the head at these heights.
+BOUNDARIES_AWAY = {"upper_margin": 0.055, "lower_margin": -0.045, "seam_top": -0.655, "seam_bottom": -0.705}
 CAP_RINGS_PER_RESOLUTION = 0.08
 
 
-def _feature_boundaries(phi: np.ndarray, left: EyeState, right: EyeState) -> dict[str, np.ndarray]:
+def _feature_boundaries(phi: np.ndarray, left: _EyeState, right: _EyeState) -> dict[str, np.ndarray]:
     """Per-column heights of the lid margins and the two edges of the lip seam band."""
     eye_s = _eye_coordinate(phi)
     near_eye = 1.0 - _smoothstep(1.0, 1.6, np.abs(eye_s))
@@ -344,7 +338,7 @@ class _RowLayout:
     def last_row(self, name: str) -> int:
         return self.band_start[name] + self.band_rows[name] - 1
 
-    def heights(self, phi: np.ndarray, left: EyeState, right: EyeState) -> np.ndarray:
+    def heights(self, phi: np.ndarray, left: _EyeState, right: _EyeState) -> np.ndarray:
         """Row heights ``[surface_rows, columns]`` (the cap rings lie at the neck's bottom)."""
         features = _feature_boundaries(phi, left, right)
         ends = [np.broadcast_to(features[b] if isinstance(b, str) else np.float64(b), phi.shape)
@@ -396,6 +390,9 @@ def _eyeball_centre(side: float) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _MeshLayout:
+    """The mesh at one resolution: grid rows and column azimuths of the head, rings and segments of
+    the eyeballs. Vertices: the crown pole, the grid row by row, the neck pole, then each eyeball."""
+
     rows: _RowLayout
     phi: np.ndarray
     eye_polar: np.ndarray
@@ -436,7 +433,7 @@ class _MeshLayout:
         left, right = self.eyeball_ids
         return np.concatenate([head, eye + left[0], eye + right[0]])
 
-    def skin(self, left: EyeState = EyeState(), right: EyeState = EyeState()) -> np.ndarray:
+    def skin(self, left: _EyeState = _EyeState(), right: _EyeState = _EyeState()) -> np.ndarray:
         """Head vertices ``[head_vertices, 3]`` with the eyes held as given."""
         heights = self.rows.heights(self.phi, left, right)
         phi = np.broadcast_to(self.phi, heights.shape)
@@ -446,7 +443,7 @@ class _MeshLayout:
         recess = _smoothstep(0.1, 0.45, gap / (UPPER_LID_HEIGHT + LOWER_LID_HEIGHT))
         recess = np.where(np.abs(_eye_coordinate(self.phi)) < 1.0, recess, 0.0)
         inside_opening = self.rows.band("eye_opening")[:-1]  # its last row is the lower margin
-        pocket = EYE_POCKET_Z / np.cos(self.phi)
+        pocket = EYE_POCKET_Z / np.maximum(np.cos(self.phi), 0.1)  # only used in front, where cos ≈ 0.9
         radius[inside_opening] += (pocket - radius[inside_opening]) * recess
         cap_scale = 1.0 - np.arange(1, self.rows.cap_rings + 1) / (self.rows.cap_rings + 1)
         bottom = _skin_radius(self.phi, np.full_like(self.phi, NECK_BOTTOM_Y))
@@ -459,7 +456,7 @@ class _MeshLayout:
         """Both eyeballs ``[2 · eyeball_vertices, 3]``, left first, front poles looking down +z."""
         psi = 2.0 * math.pi * np.arange(self.eye_segments) / self.eye_segments
         theta = self.eye_polar[:, None]
-        rings = np.stack([np.sin(theta) * np.cos(psi), np.sin(theta) * np.sin(psi), np.cos(theta) + 0 * psi], -1)
+        rings = np.stack(np.broadcast_arrays(np.sin(theta) * np.cos(psi), np.sin(theta) * np.sin(psi), np.cos(theta)), -1)
         unit = np.concatenate([[[0.0, 0.0, 1.0]], rings.reshape(-1, 3), [[0.0, 0.0, -1.0]]])
         return np.concatenate([_eyeball_centre(side) + EYEBALL_RADIUS * unit for side in (1.0, -1.0)])
 
@@ -555,30 +552,40 @@ def _lip_mask(face: _Neutral) -> np.ndarray:
     return mask * (np.abs(mouth_s) < 1.0) * face.front
 
 
+def _brow_along(abs_x: np.ndarray) -> np.ndarray:
+    """0 at the inner end of an eyebrow, 1 at the outer end."""
+    return np.clip((abs_x - 0.1) / 0.43, 0.0, 1.0)
+
+
+def _brow_centre(abs_x: np.ndarray) -> np.ndarray:
+    """Height of the middle of the eyebrow, an arch peaking two thirds of the way out."""
+    return 0.19 + 0.05 * np.sin(math.pi * _brow_along(abs_x) ** 0.8)
+
+
 def _brow_mask(face: _Neutral) -> np.ndarray:
     ax = np.abs(face.x)
-    along = np.clip((ax - 0.1) / 0.43, 0.0, 1.0)
-    centre = 0.19 + 0.05 * np.sin(math.pi * along**0.8)
-    half_thickness = 0.036 - 0.02 * along
-    across = _smoothstep(0.012, -0.012, np.abs(face.y - centre) - half_thickness)
+    half_thickness = 0.036 - 0.02 * _brow_along(ax)
+    across = _smoothstep(0.012, -0.012, np.abs(face.y - _brow_centre(ax)) - half_thickness)
     return across * _smoothstep(0.08, 0.11, ax) * _smoothstep(0.56, 0.52, ax) * face.front
 
 
 def _hair_mask(face: _Neutral) -> np.ndarray:
     """Short hair above a hairline that runs from the forehead past the temples and ears to the nape."""
     hairline = _monotone_cubic(
-        (0.0, 0.5, 0.85, 1.15, 1.35, 1.6, 1.85, 2.2, math.pi), (0.7, 0.64, 0.5, 0.2, 0.08, 0.3, 0.28, -0.3, -0.55),
+        (0.0, 0.5, 0.9, 1.25, 1.6, 1.9, 2.3, math.pi), (0.7, 0.64, 0.45, 0.15, 0.3, 0.25, -0.3, -0.55),
         np.abs(face.phi),
     )
-    mask = _smoothstep(hairline - 0.04, hairline + 0.05, face.y)
-    return np.where(face.row >= 0, mask, np.where(face.on_eyeball, 0.0, 1.0 * (face.y > 0)))
+    # The grid is coarser round the sides, so the hairline is softer there.
+    softness = 0.05 + 0.05 * _smoothstep(0.8, 1.4, np.abs(face.phi))
+    mask = _smoothstep(hairline - softness, hairline + softness, face.y)
+    crown_pole = face.y == CROWN_Y
+    return np.where(face.row >= 0, mask, 1.0 * crown_pole)
 
 
 def _eyeball_albedo(polar: np.ndarray) -> np.ndarray:
     iris_shade = np.clip((polar - PUPIL_ANGLE) / (IRIS_ANGLE - PUPIL_ANGLE), 0.0, 1.0)[:, None]
     iris = IRIS + (LIMBUS - IRIS) * iris_shade**3
-    colour = np.where((polar < PUPIL_ANGLE)[:, None], PUPIL, np.where((polar < IRIS_ANGLE)[:, None], iris, SCLERA))
-    return colour
+    return np.where((polar < PUPIL_ANGLE)[:, None], PUPIL, np.where((polar < IRIS_ANGLE)[:, None], iris, SCLERA))
 
 
 def _albedo_regions(face: _Neutral) -> dict[str, np.ndarray]:
@@ -607,6 +614,7 @@ REGION_COLOURS = {
 
 
 def _blush(face: _Neutral) -> np.ndarray:
+    """Where skin is redder: cheeks, the nose tip and the ears."""
     x, y = face.x, face.y
     ax = np.abs(x)
     return face.front * (
@@ -626,6 +634,11 @@ def _mean_albedo(face: _Neutral, regions: dict[str, np.ndarray]) -> np.ndarray:
 
 
 # ---- displacement fields shared by the bases ----------------------------------------------------
+def _vectors(dx: np.ndarray | float, dy: np.ndarray | float, dz: np.ndarray | float) -> np.ndarray:
+    """``[N, 3]`` displacements from per-vertex (or constant) components."""
+    return np.stack(np.broadcast_arrays(dx, dy, dz), axis=-1).astype(np.float64)
+
+
 def _rotation_about(axis: str, angle: float) -> np.ndarray:
     c, s = math.cos(angle), math.sin(angle)
     if axis == "x":  # positive turns +y towards +z
@@ -661,9 +674,10 @@ def _rigid_eyes(fields: np.ndarray, points: np.ndarray) -> np.ndarray:
 
 
 def _bump_values(points: np.ndarray, centres: np.ndarray, radii: np.ndarray) -> np.ndarray:
-    """``[N, count]`` smooth Gaussian bumps."""
+    """``[N, count]`` smooth Gaussian bumps, in float32 (they end up in float32 bases; twice as fast)."""
+    points, centres = points.astype(np.float32), centres.astype(np.float32)
     squared = (points**2).sum(1)[:, None] + (centres**2).sum(1)[None] - 2.0 * points @ centres.T
-    return np.exp(-np.clip(squared, 0.0, None) / (2.0 * radii**2))
+    return np.exp(-np.clip(squared, 0.0, None) / (2.0 * radii.astype(np.float32) ** 2))
 
 
 def _random_centres(rng: np.random.Generator, candidates: np.ndarray, count: int) -> np.ndarray:
@@ -709,9 +723,6 @@ def _expression_fields(face: _Neutral, seed: int) -> np.ndarray:
     band_position = np.clip((face.row - rows.last_row("upper_lip")) / rows.band_rows["mouth_seam"], 0.0, 1.0)
     radial = np.stack([np.sin(face.phi), np.zeros_like(x), np.cos(face.phi)], axis=-1)
 
-    def vec(dx, dy, dz) -> np.ndarray:
-        return np.stack(np.broadcast_arrays(dx, dy, dz), axis=-1).astype(np.float64)
-
     def jaw_turn(side_sign: float) -> np.ndarray:
         # The chin swings towards one side about the joint on the other side.
         pivot = JAW_PIVOT + np.array([-side_sign * 0.62, 0.0, 0.0])
@@ -719,9 +730,9 @@ def _expression_fields(face: _Neutral, seed: int) -> np.ndarray:
 
     def mouth_shift(side_sign: float) -> np.ndarray:
         corner = front * _gaussian(x, y, side_sign * 0.25, MOUTH_Y, 0.1, 0.08)
-        return mouth[:, None] * vec(side_sign * 0.05, 0.0, 0.0) + corner[:, None] * vec(side_sign * 0.01, 0.01, -0.02)
+        return mouth[:, None] * _vectors(side_sign * 0.05, 0.0, 0.0) + corner[:, None] * _vectors(side_sign * 0.01, 0.01, -0.02)
 
-    def eyes(left: EyeState, right: EyeState) -> np.ndarray:
+    def eyes(left: _EyeState, right: _EyeState) -> np.ndarray:
         moved = np.zeros_like(p)
         head = face.layout.head_vertices
         moved[:head] = face.layout.skin(left, right) - p[:head]
@@ -732,29 +743,29 @@ def _expression_fields(face: _Neutral, seed: int) -> np.ndarray:
     ) + (band_rows * np.sin(math.pi * band_position) * -MOUTH_CAVITY_DEPTH)[:, None] * radial
     semantic = {
         "jaw_open": jaw_open,
-        "smile": corners[:, None] * vec(side * 0.05, 0.07, -0.035) + cheeks[:, None] * vec(side * 0.015, 0.04, 0.03)
-        + (0.01 * upper * lips)[:, None] * vec(0.0, 1.0, 0.0),
-        "lip_pucker": mouth[:, None] * vec(-0.6 * x, -0.35 * (y - seam), 0.07),
-        "brow_raise": brows[:, None] * vec(0.0, 0.07, 0.005),
-        "blink_left": eyes(EyeState(closure=1.0), EyeState()),
-        "blink_right": eyes(EyeState(), EyeState(closure=1.0)),
-        "brow_furrow": (brows * _gaussian(ax, y, 0.14, 0.2, 0.1, 0.08))[:, None] * vec(-side * 0.02, -0.025, 0.008),
-        "frown": corners[:, None] * vec(side * 0.005, -0.04, 0.0) + (lips * lower)[:, None] * vec(0.0, 0.0, 0.015),
-        "lip_stretch": corners[:, None] * vec(side * 0.05, -0.01, -0.02) + lips[:, None] * vec(0.0, -0.3 * (y - seam), 0.0),
+        "smile": corners[:, None] * _vectors(side * 0.05, 0.07, -0.035) + cheeks[:, None] * _vectors(side * 0.015, 0.04, 0.03)
+        + (0.01 * upper * lips)[:, None] * _vectors(0.0, 1.0, 0.0),
+        "lip_pucker": mouth[:, None] * _vectors(-0.6 * x, -0.35 * (y - seam), 0.07),
+        "brow_raise": brows[:, None] * _vectors(0.0, 0.055, 0.005),
+        "blink_left": eyes(_EyeState(closure=1.0), _EyeState()),
+        "blink_right": eyes(_EyeState(), _EyeState(closure=1.0)),
+        "brow_furrow": (brows * _gaussian(ax, y, 0.14, 0.2, 0.1, 0.08))[:, None] * _vectors(-side * 0.02, -0.025, 0.008),
+        "frown": corners[:, None] * _vectors(side * 0.005, -0.04, 0.0) + (lips * lower)[:, None] * _vectors(0.0, 0.0, 0.015),
+        "lip_stretch": corners[:, None] * _vectors(side * 0.05, -0.01, -0.02) + lips[:, None] * _vectors(0.0, -0.3 * (y - seam), 0.0),
         "mouth_left": mouth_shift(1.0),
         "mouth_right": mouth_shift(-1.0),
-        "upper_lip_raise": (front * _gaussian(x, y, 0.0, -0.6, 0.3, 0.1) * upper)[:, None] * vec(0.0, 0.03, 0.01),
-        "lower_lip_depress": (front * _gaussian(x, y, 0.0, -0.77, 0.28, 0.08) * lower)[:, None] * vec(0.0, -0.035, 0.01),
+        "upper_lip_raise": (front * _gaussian(x, y, 0.0, -0.6, 0.3, 0.1) * upper)[:, None] * _vectors(0.0, 0.03, 0.01),
+        "lower_lip_depress": (front * _gaussian(x, y, 0.0, -0.77, 0.28, 0.08) * lower)[:, None] * _vectors(0.0, -0.035, 0.01),
         "cheek_puff": 0.05 * (front * _gaussian(ax, y, 0.4, -0.6, 0.16, 0.15))[:, None] * radial,
-        "nose_wrinkle": (front * _gaussian(ax, y, 0.1, -0.25, 0.08, 0.1))[:, None] * vec(0.0, 0.02, -0.003)
-        + (0.01 * upper * lips)[:, None] * vec(0.0, 1.0, 0.0),
-        "eye_wide": eyes(EyeState(widen=1.0), EyeState(widen=1.0)),
-        "squint": eyes(EyeState(squint=1.0), EyeState(squint=1.0)) + cheeks[:, None] * vec(0.0, 0.02, 0.01),
+        "nose_wrinkle": (front * _gaussian(ax, y, 0.1, -0.25, 0.08, 0.1))[:, None] * _vectors(0.0, 0.02, -0.003)
+        + (0.01 * upper * lips)[:, None] * _vectors(0.0, 1.0, 0.0),
+        "eye_wide": eyes(_EyeState(widen=1.0), _EyeState(widen=1.0)),
+        "squint": eyes(_EyeState(squint=1.0), _EyeState(squint=1.0)) + cheeks[:, None] * _vectors(0.0, 0.02, 0.01),
         "jaw_left": jaw_turn(1.0),
         "jaw_right": jaw_turn(-1.0),
-        "lips_press": lips[:, None] * vec(0.0, -0.3 * (y - seam), -0.012),
-        "brow_inner_raise": (brows * _gaussian(ax, y, 0.15, 0.22, 0.12, 0.12))[:, None] * vec(0.0, 0.04, 0.0),
-        "lips_part": (lips * upper)[:, None] * vec(0.0, 0.012, 0.004) + (lips * lower)[:, None] * vec(0.0, -0.02, 0.004),
+        "lips_press": lips[:, None] * _vectors(0.0, -0.3 * (y - seam), -0.012),
+        "brow_inner_raise": (brows * _gaussian(ax, y, 0.15, 0.22, 0.12, 0.12))[:, None] * _vectors(0.0, 0.04, 0.0),
+        "lips_part": (lips * upper)[:, None] * _vectors(0.0, 0.012, 0.004) + (lips * lower)[:, None] * _vectors(0.0, -0.02, 0.004),
     }
     fields = [semantic[name] for name in SEMANTIC_EXPRESSIONS]
     details = BFM_DIMS.expression - len(fields)
@@ -783,8 +794,9 @@ RIGID_EYE_SHAPES = ("eye_spacing", "eye_height", "eye_size", "eye_depth")
 RANDOM_SHAPE_AMPLITUDE = (0.012, 0.004)  # largest displacement of the first and the last random field
 
 
-def _identity_shape(name: str, points: np.ndarray) -> np.ndarray:
-    """Displacement ``[M, 3]`` of identity direction ``name`` at coefficient 1 (about one standard deviation)."""
+def _identity_shapes(points: np.ndarray) -> np.ndarray:
+    """``[len(IDENTITY_SHAPES), M, 3]``: each named identity direction's displacement at coefficient 1
+    (about one standard deviation)."""
     x, y, z = points.T
     ax, zero = np.abs(x), np.zeros_like(x)
     facing = _facing(points)
@@ -792,58 +804,53 @@ def _identity_shape(name: str, points: np.ndarray) -> np.ndarray:
     radial = np.stack([x, zero, z], axis=-1) / np.maximum(np.hypot(x, z), 1e-9)[:, None]
     nearer_eye, eye = _eye_weights(points, 0.2, 0.32)
     eye_side = np.where(nearer_eye == 0, 1.0, -1.0)
-
-    def vec(dx, dy, dz) -> np.ndarray:
-        return np.stack(np.broadcast_arrays(dx, dy, dz), axis=-1).astype(np.float64)
+    eye_centres = np.stack([_eyeball_centre(1.0), _eyeball_centre(-1.0)])[nearer_eye]
+    neck_out = np.stack([x, zero, z - NECK_CENTRE_Z], axis=-1)
+    neck_out /= np.maximum(np.linalg.norm(neck_out, axis=1), 1e-9)[:, None]
+    ears = np.zeros_like(points)
+    for ear_side in (1.0, -1.0):
+        ear_centre = np.array([ear_side * (EAR_CENTRE[0] - 0.05), EAR_CENTRE[1], EAR_CENTRE[2]])
+        ears += np.exp(-((points - ear_centre) ** 2).sum(-1) / (2 * 0.15**2))[:, None] * (points - ear_centre)
 
     def near(cx: float, cy: float, rx: float, ry: float, mirrored: bool = False) -> np.ndarray:
         return facing * _gaussian(ax if mirrored else x, y, cx, cy, rx, ry)
 
-    if name == "ear_size":
-        shape = np.zeros_like(points)
-        for ear_side in (1.0, -1.0):
-            centre = np.array([ear_side * (EAR_CENTRE[0] - 0.05), EAR_CENTRE[1], EAR_CENTRE[2]])
-            weight = np.exp(-((points - centre) ** 2).sum(-1) / (2 * 0.15**2))
-            shape += 0.2 * weight[:, None] * (points - centre)
-        return shape
-    if name == "eye_size":
-        centres = np.stack([_eyeball_centre(1.0), _eyeball_centre(-1.0)])[nearer_eye]
-        return 0.06 * eye[:, None] * (points - centres)
     shapes = {
-        "head_width": lambda: vec(0.045 * x, 0.0, 0.0),
-        "head_height": lambda: vec(0.0, 0.04 * (y + 0.35), 0.0),
-        "head_depth": lambda: vec(0.0, 0.0, 0.04 * z),
-        "face_length": lambda: vec(0.0, -0.025 * (_smoothstep(-0.45, -0.6, y) + _smoothstep(-0.8, -1.05, y)), 0.0),
-        "forehead_slope": lambda: vec(0.0, 0.0, -0.04 * _smoothstep(0.3, 0.8, y) * facing),
-        "nose_size": lambda: vec(0.0, 0.0, 0.15 * _nose_relief(x, y) * facing),
-        "nose_width": lambda: vec(0.2 * x * near(0.0, -0.38, 0.18, 0.14), 0.0, 0.0),
-        "nose_length": lambda: vec(0.0, -0.02 * near(0.0, -0.42, 0.12, 0.1), 0.0),
-        "nose_bridge": lambda: vec(0.0, 0.0, 0.03 * near(0.0, -0.05, 0.06, 0.15)),
-        "chin_protrusion": lambda: vec(0.0, 0.0, 0.04 * near(0.0, -1.0, 0.22, 0.14)),
-        "chin_height": lambda: vec(0.0, -0.04 * near(0.0, -1.05, 0.25, 0.12), 0.0),
-        "jaw_width": lambda: vec(0.08 * x * _gaussian(ax, y, 0.45, -0.85, 0.2, 0.2), 0.0, 0.0),
-        "cheekbones": lambda: near(0.5, -0.15, 0.15, 0.12, mirrored=True)[:, None] * vec(0.015 * np.sign(x), 0.0, 0.02),
-        "cheek_fullness": lambda: 0.035 * near(0.4, -0.5, 0.15, 0.15, mirrored=True)[:, None] * radial,
-        "brow_ridge": lambda: vec(0.0, 0.0, 0.03 * near(0.22, 0.2, 0.25, 0.07, mirrored=True)),
-        "eye_spacing": lambda: vec(0.025 * eye * eye_side, 0.0, 0.0),
-        "eye_height": lambda: vec(0.0, 0.025 * eye, 0.0),
-        "eye_depth": lambda: vec(0.0, 0.0, -0.02 * eye),
-        "lip_fullness": lambda: near(0.0, MOUTH_Y, 0.26, 0.1)[:, None] * vec(0.0, 0.25 * (y - seam), 0.02),
-        "mouth_width": lambda: vec(0.15 * x * near(0.0, MOUTH_Y, 0.3, 0.12), 0.0, 0.0),
-        "mouth_height": lambda: vec(0.0, 0.03 * near(0.0, MOUTH_Y, 0.32, 0.16), 0.0),
-        "lip_protrusion": lambda: vec(0.0, 0.0, 0.03 * near(0.0, MOUTH_Y, 0.3, 0.14)),
-        "occiput": lambda: vec(0.0, 0.0, -0.05 * _smoothstep(-0.2, -0.8, z) * np.exp(-(((y - 0.2) / 0.5) ** 2))),
-        "neck_thickness": lambda: 0.04 * _smoothstep(-0.9, -1.2, y)[:, None] * np.stack(
-            [x, zero, z - NECK_CENTRE_Z], axis=-1) / np.maximum(np.hypot(x, z - NECK_CENTRE_Z), 1e-9)[:, None],
+        "head_width": _vectors(0.045 * x, 0.0, 0.0),
+        "head_height": _vectors(0.0, 0.04 * (y + 0.35), 0.0),  # about the middle of the face
+        "head_depth": _vectors(0.0, 0.0, 0.04 * z),
+        "face_length": _vectors(0.0, -0.025 * (_smoothstep(-0.45, -0.6, y) + _smoothstep(-0.8, -1.05, y)), 0.0),
+        "forehead_slope": _vectors(0.0, 0.0, -0.04 * _smoothstep(0.3, 0.8, y) * facing),
+        "nose_size": _vectors(0.0, 0.0, 0.15 * _nose_relief(x, y) * facing),
+        "nose_width": _vectors(0.2 * x * near(0.0, -0.38, 0.18, 0.14), 0.0, 0.0),
+        "nose_length": _vectors(0.0, -0.02 * near(0.0, -0.42, 0.12, 0.1), 0.0),
+        "nose_bridge": _vectors(0.0, 0.0, 0.03 * near(0.0, -0.05, 0.06, 0.15)),
+        "chin_protrusion": _vectors(0.0, 0.0, 0.04 * near(0.0, -1.0, 0.22, 0.14)),
+        "chin_height": _vectors(0.0, -0.04 * near(0.0, -1.05, 0.25, 0.12), 0.0),
+        "jaw_width": _vectors(0.08 * x * _gaussian(ax, y, 0.45, -0.85, 0.2, 0.2), 0.0, 0.0),
+        "cheekbones": near(0.5, -0.15, 0.15, 0.12, mirrored=True)[:, None] * _vectors(0.015 * np.sign(x), 0.0, 0.02),
+        "cheek_fullness": 0.035 * near(0.4, -0.5, 0.15, 0.15, mirrored=True)[:, None] * radial,
+        "brow_ridge": _vectors(0.0, 0.0, 0.03 * near(0.22, 0.2, 0.25, 0.07, mirrored=True)),
+        "eye_spacing": _vectors(0.025 * eye * eye_side, 0.0, 0.0),
+        "eye_height": _vectors(0.0, 0.025 * eye, 0.0),
+        "eye_size": 0.06 * eye[:, None] * (points - eye_centres),
+        "eye_depth": _vectors(0.0, 0.0, -0.02 * eye),
+        "lip_fullness": near(0.0, MOUTH_Y, 0.26, 0.1)[:, None] * _vectors(0.0, 0.25 * (y - seam), 0.02),
+        "mouth_width": _vectors(0.15 * x * near(0.0, MOUTH_Y, 0.3, 0.12), 0.0, 0.0),
+        "mouth_height": _vectors(0.0, 0.03 * near(0.0, MOUTH_Y, 0.32, 0.16), 0.0),
+        "lip_protrusion": _vectors(0.0, 0.0, 0.03 * near(0.0, MOUTH_Y, 0.3, 0.14)),
+        "ear_size": 0.2 * ears,
+        "occiput": _vectors(0.0, 0.0, -0.05 * _smoothstep(-0.2, -0.8, z) * np.exp(-(((y - 0.2) / 0.5) ** 2))),
+        "neck_thickness": 0.04 * _smoothstep(-0.9, -1.2, y)[:, None] * neck_out,
     }
-    return shapes[name]()
+    return np.stack([shapes[name] for name in IDENTITY_SHAPES])
 
 
 def _identity_fields(face: _Neutral, seed: int) -> np.ndarray:
     """``[80, N, 3]``: semantic shape directions, then smooth random fields of decreasing size."""
     points = face.vertices
     samples = _with_eye_centres(points)
-    named = np.stack([_identity_shape(name, samples) for name in IDENTITY_SHAPES])
+    named = _identity_shapes(samples)
     rigid_by_design = np.array([name in RIGID_EYE_SHAPES for name in IDENTITY_SHAPES])[:, None, None]
     named = np.where(rigid_by_design, named[:, :-2], _rigid_eyes(named, points))
     count, bumps_per_field = BFM_DIMS.identity - len(IDENTITY_SHAPES), 3
@@ -887,21 +894,24 @@ def _albedo_fields(face: _Neutral, regions: dict[str, np.ndarray], mean: np.ndar
     beard = face.front * (1.0 - lips) * (
         _gaussian(x, y, 0.0, -0.95, 0.35, 0.2) + 0.7 * _gaussian(x, y, 0.0, -0.55, 0.2, 0.06)
     )
-    masks_and_colours = (
-        (skin[:, None] * mean, -0.11),
-        (skin, np.array([11.0, -5.0, -6.0])),
-        (skin, np.array([3.0, 5.0, -9.0])),
-        (lips, np.array([-16.0, -14.0, -8.0])),
-        (lips, np.array([14.0, -10.0, -4.0])),
-        (regions["brows"], np.array([-20.0, -15.0, -11.0])),
-        (regions["hair"], np.array([20.0, 15.0, 11.0])),
-        (iris[:, None] * mean, np.array([-0.22, -0.02, 0.28])),  # towards blue, or amber
-        (_blush(face), np.array([14.0, -4.0, -2.0])),
-        (face.front * _gaussian(ax, y, 0.3, -0.11, 0.13, 0.05), np.array([-12.0, -13.0, -7.0])),
-        (beard * skin, np.array([-14.0, -9.0, -2.0])),
-    )
-    fields = [np.broadcast_to(mask if mask.ndim == 2 else mask[:, None], mean.shape) * colour
-              for mask, colour in masks_and_colours]
+    # Skin hue moves along melanin (darker, relatively browner), redness and yellowness, in proportion
+    # to the colour it changes, so that skin stays skin-coloured (red > green > blue).
+    skin_colour = skin[:, None] * mean
+    under_eyes = face.front * _gaussian(ax, y, 0.3, -0.11, 0.13, 0.05)
+    named = {
+        "skin_tone": skin_colour * -np.array([0.11, 0.13, 0.15]),
+        "skin_redness": skin_colour * np.array([0.035, -0.015, -0.01]),
+        "skin_olive": skin_colour * np.array([0.0, 0.015, -0.04]),
+        "lip_darkness": lips[:, None] * np.array([-16.0, -14.0, -8.0]),
+        "lip_redness": lips[:, None] * np.array([14.0, -10.0, -4.0]),
+        "brow_darkness": regions["brows"][:, None] * np.array([-20.0, -15.0, -11.0]),
+        "hair_colour": regions["hair"][:, None] * np.array([20.0, 15.0, 11.0]),
+        "iris_colour": iris[:, None] * mean * np.array([-0.22, -0.02, 0.28]),  # towards blue, or amber
+        "cheek_blush": _blush(face)[:, None] * np.array([14.0, -4.0, -2.0]),
+        "under_eye_shadow": under_eyes[:, None] * np.array([-12.0, -13.0, -7.0]),
+        "beard_shadow": (beard * skin)[:, None] * np.array([-14.0, -9.0, -2.0]),
+    }
+    fields = [named[name] for name in ALBEDO_DIRECTIONS]
     count = BFM_DIMS.texture - len(fields)
     rng = np.random.default_rng([seed, 2])
     head = face.layout.head_vertices
@@ -925,11 +935,6 @@ CONTOUR_RIGHT_HALF = (
     (-0.47, -0.82, 0.35), (-0.35, -0.95, 0.5), (-0.2, -1.04, 0.68), (0.0, -1.09, 0.78),
 )
 BROW_LANDMARK_X = (0.5, 0.41, 0.32, 0.23, 0.14)  # |x| from the outer end to the inner one
-
-
-def _brow_centre(abs_x: np.ndarray) -> np.ndarray:
-    along = np.clip((abs_x - 0.1) / 0.43, 0.0, 1.0)
-    return 0.19 + 0.05 * np.sin(math.pi * along**0.8)
 
 
 def _landmark_ids(face: _Neutral) -> np.ndarray:
