@@ -22,12 +22,8 @@ _BAND1 = _A[1] * _C[1]
 _BAND2 = _A[2] * _C[2]
 
 
-def sh_basis(normals: torch.Tensor) -> torch.Tensor:
-    """The 9 Deep3DFaceRecon SH basis values ``[..., 9]`` of unit normals ``[..., 3]``."""
-    return torch.stack(_sh_terms(*normals.unbind(-1)), dim=-1)
-
-
 def _sh_terms(nx: torch.Tensor, ny: torch.Tensor, nz: torch.Tensor) -> list[torch.Tensor]:
+    """The 9 Deep3DFaceRecon SH basis values of unit normals (nx, ny, nz)."""
     return [
         torch.full_like(nx, _BAND0),
         -_BAND1 * ny,
