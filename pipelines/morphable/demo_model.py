@@ -1032,7 +1032,8 @@ def _check_resolution(resolution: int) -> None:
         )
 
 
-@functools.lru_cache(maxsize=4)
+# Two builds stay cached: the default one everything uses and one more (a BFM-size build holds ~100 MB).
+@functools.lru_cache(maxsize=2)
 def _cached_arrays(resolution: int, seed: int) -> dict[str, np.ndarray]:
     layout = _MeshLayout.for_resolution(resolution)
     face = _Neutral.build(layout)
