@@ -300,6 +300,7 @@ def test_bad_input_is_rejected_with_a_clear_error(model):
         (lambda: fitter.fit(landmarks, optimize={"shape"}), "cannot optimise"),
         (lambda: fitter.fit(landmarks, init=coefficients_module.FaceCoefficients.neutral(3, model.dims)), "frames"),
     ]
+    cases.append((lambda: fitting.FitConfig(chunk_frames=0), "chunk_frames"))
     for call, message in cases:
         with pytest.raises(errors.TalkingFaceError, match=message):
             call()

@@ -89,6 +89,21 @@ class FitConfig:
     chunk_overlap: int = 16
     identity_frames: int = 64
 
+    def __post_init__(self) -> None:
+        problems = [
+            f"{name} must be at least {least}, got {getattr(self, name)}"
+            for name, least in (
+                ("identity_prior", 0), ("expression_prior", 0), ("pose_prior", 0), ("contour_weight", 0),
+                ("pose_iterations", 0), ("rounds", 1), ("iterations", 1), ("batch_size", 1),
+                ("temporal_smoothing", 0), ("chunk_frames", 2), ("chunk_overlap", 0), ("identity_frames", 1),
+            )
+            if not getattr(self, name) >= least
+        ]
+        if not self.tolerance > 0:
+            problems.append(f"tolerance must be positive, got {self.tolerance}")
+        if problems:
+            raise TalkingFaceError("invalid fitting settings: " + "; ".join(problems))
+
 
 @dataclass
 class FitResult:
@@ -184,7 +199,9 @@ class LandmarkFitter:
         self.mean_rows = model.mean_shape[rows]  # [U, 3]
         bases = torch.cat([model.identity_basis, model.expression_basis], 0).view(-1, model.num_vertices, 3)
         self.basis_rows = bases[:, rows].permute(1, 2, 0).contiguous()  # [U, 3, n_id + n_exp]
-        self._candidate_rows = self._rows(self.candidate_slots.flatten().unsqueeze(0))
+        # Each distinct candidate is projected once; the padded [16, K] layout indexes into them.
+        distinct, self._candidate_layout = torch.unique(self.candidate_slots, return_inverse=True)
+        self._candidate_rows = self._rows(distinct.unsqueeze(0))
         self.pixels_per_unit = self._pixels_per_unit()
 
     # public ---------------------------------------------------------------------------------
@@ -429,7 +446,11 @@ class LandmarkFitter:
             if rows.shared:
                 blocks.append((first, torch.einsum("blpi,lik->blpk", d_object, basis[0])))
             else:
-                blocks.append((first, torch.einsum("blpi,blik->blpk", d_object, basis)))
+                # Per-face rows: three broadcast multiply-adds beat B·L tiny matrix products.
+                block = d_object[..., 0, None] * basis[:, :, None, 0]
+                for axis in (1, 2):
+                    block = block.addcmul(d_object[..., axis, None], basis[:, :, None, axis])
+                blocks.append((first, block))
         jacobian = torch.cat([block for _, block in blocks], -1).flatten(1, 2)
         present = torch.cat(
             [torch.arange(start, start + block.shape[-1], device=params.device) for start, block in blocks]
@@ -457,7 +478,7 @@ class LandmarkFitter:
         points = self._points(params, self._candidate_rows)
         rotation = rotation_matrices(params[:, :3])
         world = points @ rotation.transpose(1, 2) + params[:, None, 3:6]
-        projected = self.camera.project(world).view(batch, *self.candidate_slots.shape, 2)
+        projected = self.camera.project(world)[:, self._candidate_layout]  # [B, 16, K, 2]
         # The face's own x axis as seen in the image (v points down), so roll and pitch count too.
         axis = torch.stack([rotation[:, 0, 0], -rotation[:, 1, 0]], -1)
         outward = self.candidate_sides[None, :, None, None] * axis[:, None, None, :]
@@ -541,22 +562,36 @@ class LandmarkFitter:
             params = self._levenberg_marquardt(params, rows, problem, config.pose_iterations)
         problem.free = self._columns(optimize)
         rounds, iterations = self._schedule()
+        slots = None
         for _ in range(rounds):
-            slots = self._select_contour(params)
-            params = self._levenberg_marquardt(params, self._rows(slots), problem, iterations)
+            previous, slots = slots, self._select_contour(params)
+            # A face whose correspondences did not change has already converged on this problem.
+            moved = torch.ones_like(slots[:, 0], dtype=torch.bool) if previous is None else (slots != previous).any(-1)
+            if not moved.any():
+                break
+            faces = torch.nonzero(moved).flatten()
+            params = self._levenberg_marquardt(params, self._rows(slots), problem, iterations, faces)
         return self._result(params, landmarks, weights, init, slots)
 
-    def _levenberg_marquardt(self, params: torch.Tensor, rows: _Rows, problem: _Problem, iterations: int) -> torch.Tensor:
+    def _levenberg_marquardt(
+        self,
+        params: torch.Tensor,
+        rows: _Rows,
+        problem: _Problem,
+        iterations: int,
+        faces: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Damped Gauss–Newton steps, each face with its own damping, accepted only if they help.
 
-        Converged faces drop out of the batch, so the work follows the slowest faces only.
+        Only ``faces`` (default all) take steps; converged faces drop out of the batch, so the work
+        follows the slowest faces only.
         """
         params = params.clone()
         free = problem.free
         prior_weight = problem.prior_weight[free]
         cost = self._cost(params, rows, problem)
-        damping = torch.full_like(params[:, 0], 1e-3)
-        active = torch.arange(params.shape[0], device=params.device)
+        damping = torch.full_like(cost, 1e-3)
+        active = torch.arange(params.shape[0], device=params.device) if faces is None else faces
         tolerance = self.config.tolerance
         for _ in range(iterations):
             part, part_rows = problem.rows(active), rows.take(active)
@@ -658,8 +693,12 @@ class LandmarkFitter:
             problem.prior_weight = problem.prior_weight.clone()
             problem.prior_weight[identity] = 0.0
         rounds, iterations = self._schedule()
+        slots = None
         for _ in range(rounds):
-            rows = self._rows(self._select_contour(params))
+            previous, slots = slots, self._select_contour(params)
+            if previous is not None and torch.equal(slots, previous):
+                break
+            rows = self._rows(slots)
             params = self._joint_levenberg_marquardt(params, rows, problem, chain, iterations)
         return params
 
