@@ -315,9 +315,7 @@ class LandmarkFitter:
         """RMS landmark motion in px per unit of each parameter, for the mean face seen frontally
         at the origin: the scale of the pose prior."""
         params = self.mean_rows.new_zeros(1, self.num_params)
-        observed = self.mean_rows.new_zeros(1, NUM_LANDMARKS, 2)
-        everything = torch.arange(self.num_params, device=params.device)
-        _, jacobian = self._residuals(params, self._landmark_rows(), observed, None, everything)
+        _, jacobian = self._tracks(params, self._landmark_rows(), torch.arange(self.num_params, device=params.device))
         return jacobian[0].norm(dim=0) / math.sqrt(NUM_LANDMARKS)
 
     def _group_slice(self, group: str) -> slice:
@@ -678,8 +676,7 @@ class LandmarkFitter:
         frame_columns = self._columns(frame_groups)
         anchor_landmarks = landmarks.new_zeros(anchor.shape[0], 2 * NUM_LANDMARKS)
         if anchor.shape[0]:
-            anchor_rows = self._rows(self._select_contour(anchor))
-            anchor_landmarks, _ = self._residuals(anchor, anchor_rows, landmarks[: anchor.shape[0]] * 0, None, None)
+            anchor_landmarks, _ = self._tracks(anchor, self._rows(self._select_contour(anchor)), None)
         chain = _Chain(
             frame_columns=frame_columns,
             identity_columns=self._columns(["identity"] if share_identity else []),
@@ -702,9 +699,16 @@ class LandmarkFitter:
             params = self._joint_levenberg_marquardt(params, rows, problem, chain, iterations)
         return params
 
+    def _tracks(
+        self, params: torch.Tensor, rows: _Rows, free: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Projected landmarks ``[B, 2L]`` (x, y interleaved) and, for ``free`` columns, their
+        unweighted Jacobian."""
+        origin = params.new_zeros(params.shape[0], rows.mean.shape[1], 2)
+        return self._residuals(params, rows, origin, None, free)
+
     def _joint_cost(self, params: torch.Tensor, rows: _Rows, problem: _Problem, chain: _Chain) -> torch.Tensor:
-        zero = problem.observed.new_zeros(problem.observed.shape)
-        tracks, _ = self._residuals(params, rows, zero, None, None)
+        tracks, _ = self._tracks(params, rows, None)
         residual = (tracks.view_as(problem.observed) - problem.observed) * problem.sqrt_weights.unsqueeze(-1)
         prior = (problem.prior_weight * (params - problem.prior_mean).square()).sum()
         acceleration = torch.cat([chain.anchor_landmarks, tracks.double()]).diff(n=2, dim=0)
@@ -729,11 +733,10 @@ class LandmarkFitter:
         identity_prior = chain.identity_prior.double()
         observed = problem.observed.flatten(1).double()
         row_weights = problem.sqrt_weights.repeat_interleave(2, dim=1).double()  # per residual row
-        zero = problem.observed.new_zeros(problem.observed.shape)
         cost = self._joint_cost(params, rows, problem, chain)
         damping = 1e-3
         for _ in range(iterations):
-            tracks, jacobian = self._residuals(params, rows, zero, None, free)
+            tracks, jacobian = self._tracks(params, rows, free)
             tracks, jacobian = tracks.double(), jacobian.double()  # [T, 136], [T, 136, n + m]
             weighted = jacobian * row_weights.unsqueeze(-1)
             residual = (tracks - observed) * row_weights
