@@ -63,7 +63,7 @@ def test_render_outputs_comfyui_types_and_chunking_changes_nothing(host_dirs):
     assert (render[:, :, :, :].sum(-1)[mask == 0] == 0).all(), "the background is black"
     assert not torch.equal(render[0], render[1]) and not torch.equal(render[0], render[2])
     chunked = call("Render3DMMTarget", face_model=model, coefficients=coeffs, resolution=64, batch_size=1)
-    for whole, parts in zip((render, mask, normals, surface), chunked):
+    for whole, parts in zip((render, mask, normals, surface), chunked, strict=True):
         assert torch.allclose(whole, parts, atol=1e-5)
 
 

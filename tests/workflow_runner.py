@@ -66,7 +66,7 @@ def run_workflow(path: Path, node_mappings: dict) -> dict[int, dict]:
             widget_names = _widget_names(node_class)
             instance = node_class()
             function = getattr(instance, node_class.FUNCTION)
-        inputs = {name: value for name, value in zip(widget_names, node["widgets_values"]) if name}
+        inputs = {name: value for name, value in zip(widget_names, node["widgets_values"], strict=False) if name}
         for socket in node.get("inputs", []):
             if socket.get("link") is not None:
                 _, origin, slot, *_ = links[socket["link"]]

@@ -101,7 +101,7 @@ class FaceCoefficients:
             raise TalkingFaceError(
                 f"a flat coefficient vector must be [frames, {dims.flat_size}], got {tuple(flat.shape)}"
             )
-        fields = dict(zip(FLAT_FIELDS, flat.split([dims.of(n) for n in FLAT_FIELDS], dim=1)))
+        fields = dict(zip(FLAT_FIELDS, flat.split([dims.of(n) for n in FLAT_FIELDS], dim=1), strict=True))
         fields["gaze"] = gaze if gaze is not None else flat.new_zeros(flat.shape[0], 2)
         return cls(**{k: v.contiguous() for k, v in fields.items()})
 
