@@ -129,7 +129,7 @@ class MorphableModel(nn.Module):
     ) -> torch.Tensor:
         """Object-space vertices ``[B, N, 3]`` (before pose)."""
         offsets = identity @ self.identity_basis + expression @ self.expression_basis
-        vertices = self.mean_shape.unsqueeze(0) + offsets.view(offsets.shape[0], -1, 3)
+        vertices = self.mean_shape.unsqueeze(0) + offsets.view(offsets.shape[0], self.num_vertices, 3)
         if gaze is not None and self.has_eyeballs:
             vertices = self._apply_gaze(vertices, gaze)
         return vertices
@@ -145,16 +145,23 @@ class MorphableModel(nn.Module):
 
     def albedo(self, texture: torch.Tensor) -> torch.Tensor:
         """Per-vertex albedo ``[B, N, 3]`` in 0..1 (not clamped: lighting may push it further)."""
-        return self.mean_albedo.unsqueeze(0) + (texture @ self.albedo_basis).view(texture.shape[0], -1, 3)
+        return self.mean_albedo.unsqueeze(0) + (texture @ self.albedo_basis).view(texture.shape[0], self.num_vertices, 3)
 
     def vertex_normals(self, vertices: torch.Tensor) -> torch.Tensor:
         """Area-weighted unit vertex normals ``[B, N, 3]`` pointing out of the surface."""
-        a, b, c = (vertices[:, self.triangles[:, k]] for k in range(3))
-        face_normals = torch.cross(b - a, c - a, dim=-1)
-        normals = torch.zeros_like(vertices)
-        for k in range(3):
-            normals.index_add_(1, self.triangles[:, k], face_normals)
-        return nn.functional.normalize(normals, dim=-1, eps=1e-12)
+        # Flat 1-D gathers and index_add_ per coordinate plane: ~2x faster on CPU than gathering [B, F, 3].
+        frames, count, _ = vertices.shape
+        planes = vertices.permute(2, 0, 1).reshape(3, -1)
+        offsets = torch.arange(frames, device=vertices.device).unsqueeze(1) * count
+        corners = [(self.triangles[:, k].unsqueeze(0) + offsets).view(-1) for k in range(3)]
+        (ax, bx, cx), (ay, by, cy), (az, bz, cz) = ([plane.index_select(0, ids) for ids in corners] for plane in planes)
+        ux, uy, uz, wx, wy, wz = bx - ax, by - ay, bz - az, cx - ax, cy - ay, cz - az
+        face_normal = (uy * wz - uz * wy, uz * wx - ux * wz, ux * wy - uy * wx)
+        normals = vertices.new_zeros(3, frames * count)
+        for axis, component in enumerate(face_normal):
+            for ids in corners:
+                normals[axis].index_add_(0, ids, component)
+        return nn.functional.normalize(normals.view(3, frames, count).permute(1, 2, 0), dim=-1, eps=1e-12)
 
     def pose(self, vertices: torch.Tensor, rotation: torch.Tensor, translation: torch.Tensor) -> torch.Tensor:
         """Object space to world space: R·v + t."""
