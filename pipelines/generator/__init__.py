@@ -1,0 +1,1 @@
+"""TGDM: the texture-geometry-aware diffusion generator, its checkpoints and its sampler."""

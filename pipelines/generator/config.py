@@ -1,0 +1,95 @@
+"""The configuration of a TGDM denoiser; it travels as JSON in the checkpoint's metadata."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+from ..errors import ModelFileError
+from ..morphable.coefficients import BFM_DIMS, FIXED_DIMS
+
+# The Deep3DFaceRecon 257-d vector plus our gaze (pitch, yaw).
+DEFAULT_COEFFICIENT_DIM = BFM_DIMS.flat_size + FIXED_DIMS["gaze"]
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+@dataclass(frozen=True)
+class TGDMConfig:
+    """Sizes and switches of :class:`~.tgdm.TGDMDenoiser`.
+
+    The U-Net has one level per entry of ``channel_multipliers``; level ``i`` works at
+    ``image_size / 2**i``. Texture Attention runs in the encoder and decoder at every level whose
+    resolution is in ``attention_resolutions`` and in the middle block.
+    """
+
+    image_size: int = 256
+    image_channels: int = 3
+    base_channels: int = 64
+    channel_multipliers: tuple[int, ...] = (1, 2, 4, 4)
+    blocks_per_level: int = 1
+    attention_resolutions: tuple[int, ...] = (32,)
+    attention_head_channels: int = 32
+    source_base_channels: int = 32
+    coefficient_dim: int = DEFAULT_COEFFICIENT_DIM
+    norm_groups: int = 8
+    # Fourier frequencies of the renderer's surface coordinates added to attention queries and keys
+    # (0 switches the encoding off).
+    surface_frequencies: int = 4
+    # Width of an ArcFace identity embedding joined to the attention keys/values as one token (0: off).
+    identity_dim: int = 0
+    prediction_type: str = "epsilon"
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.image_size % (2 ** (len(self.channel_multipliers) - 1)):
+            problems.append(f"image_size {self.image_size} is not divisible by 2**(levels-1)")
+        if self.prediction_type not in PREDICTION_TYPES:
+            problems.append(f"prediction_type must be one of {PREDICTION_TYPES}, got '{self.prediction_type}'")
+        for channels in self.level_channels + (self.source_base_channels,):
+            if channels % self.norm_groups:
+                problems.append(f"{channels} channels are not divisible into {self.norm_groups} norm groups")
+        if problems:
+            raise ModelFileError("invalid TGDM config: " + "; ".join(problems))
+
+    @property
+    def level_channels(self) -> tuple[int, ...]:
+        return tuple(self.base_channels * m for m in self.channel_multipliers)
+
+    @property
+    def source_level_channels(self) -> tuple[int, ...]:
+        return tuple(self.source_base_channels * m for m in self.channel_multipliers)
+
+    @property
+    def level_resolutions(self) -> tuple[int, ...]:
+        return tuple(self.image_size // 2**i for i in range(len(self.channel_multipliers)))
+
+    @property
+    def embedding_dim(self) -> int:
+        return 4 * self.base_channels
+
+    def attends_at(self, level: int) -> bool:
+        return self.level_resolutions[level] in self.attention_resolutions
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> TGDMConfig:
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ModelFileError(f"the TGDM config in the checkpoint is not valid JSON: {error}") from error
+        if not isinstance(values, dict):
+            raise ModelFileError("the TGDM config in the checkpoint is not a JSON object")
+        known = {field.name: field for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ModelFileError(
+                f"the TGDM config has fields this version does not know: {unknown}; update the pack or re-export the checkpoint"
+            )
+        for name, value in values.items():
+            if isinstance(value, list):
+                values[name] = tuple(value)
+        return cls(**values)

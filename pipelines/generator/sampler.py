@@ -1,0 +1,249 @@
+"""Sampling TGDM over a video: diffusers schedulers, two-condition classifier-free guidance, frames in
+batches, chunks so memory does not grow with the video, progress and interruption hooks."""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import TalkingFaceError
+from ..video import frame_chunks
+from .config import TGDMConfig
+from .tgdm import SourceFeatures, TGDMDenoiser
+
+SCHEDULERS = ("ddim", "dpmpp_2m", "euler", "lcm")
+
+
+def make_scheduler(name: str, config: TGDMConfig):
+    """A diffusers scheduler matching the noise schedule and prediction type the model was trained with."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, LCMScheduler
+
+    common = {
+        "num_train_timesteps": config.num_train_timesteps,
+        "beta_schedule": config.beta_schedule,
+        "prediction_type": config.prediction_type,
+    }
+    if name == "ddim":
+        return DDIMScheduler(**common, clip_sample=True, set_alpha_to_one=True, timestep_spacing="trailing")
+    if name == "dpmpp_2m":
+        return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2, timestep_spacing="trailing")
+    if name == "euler":
+        return EulerDiscreteScheduler(**common, timestep_spacing="trailing")
+    if name == "lcm":
+        return LCMScheduler(**common, clip_sample=True, timestep_spacing="trailing")
+    raise TalkingFaceError(f"unknown sampler '{name}': choose one of {SCHEDULERS}")
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """``batch_size`` frames go through the denoiser at once; ``chunk_size`` frames are denoised
+    together from noise to image, so memory is bounded by the chunk, not the video.
+    Guidance scales of 1 disable guidance (one denoiser pass per step instead of three)."""
+
+    scheduler: str = "ddim"
+    steps: int = 25
+    seed: int = 0
+    texture_guidance: float = 1.0
+    geometry_guidance: float = 1.0
+    batch_size: int = 8
+    chunk_size: int = 16
+    same_noise: bool = True
+
+    def __post_init__(self) -> None:
+        if self.scheduler not in SCHEDULERS:
+            raise TalkingFaceError(f"unknown sampler '{self.scheduler}': choose one of {SCHEDULERS}")
+        if self.steps < 1 or self.batch_size < 1 or self.chunk_size < 1:
+            raise TalkingFaceError("steps, batch size and chunk size must each be at least 1")
+
+    @property
+    def guided(self) -> bool:
+        return self.texture_guidance != 1.0 or self.geometry_guidance != 1.0
+
+
+@dataclass
+class GeneratorInputs:
+    """Everything the generator is conditioned on, ComfyUI-style channel-last images in 0..1.
+
+    ``source`` is one image or one per frame; ``renders`` (I_3d) and ``coefficients`` (ρ̂, flat 257 +
+    gaze) have one row per output frame. Surface maps are the renderer's surface coordinates of the
+    target renders and of a render of the source's own coefficients."""
+
+    source: torch.Tensor  # [1 or T, H, W, C]
+    renders: torch.Tensor  # [T, H, W, C]
+    coefficients: torch.Tensor  # [T, D]
+    target_surfaces: torch.Tensor | None = None  # [T, H, W, 3]
+    source_surface: torch.Tensor | None = None  # [1 or T, H, W, 3]
+    identity: torch.Tensor | None = None  # [1 or T, identity_dim]
+
+    @property
+    def frames(self) -> int:
+        return self.renders.shape[0]
+
+    def check(self, config: TGDMConfig) -> None:
+        frames, size = self.frames, config.image_size
+        expected = (size, size, config.image_channels)
+
+        def need(name: str, value: torch.Tensor | None, shape: tuple[int, ...], per_frame_or_one: bool) -> None:
+            if value is None:
+                return
+            rows_ok = value.shape[0] in ((1, frames) if per_frame_or_one else (frames,))
+            if value.ndim != len(shape) + 1 or tuple(value.shape[1:]) != shape or not rows_ok:
+                rows = "1 or " if per_frame_or_one else ""
+                raise TalkingFaceError(
+                    f"{name} must be [{rows}{frames}, {', '.join(map(str, shape))}] for this generator, got {tuple(value.shape)}"
+                )
+
+        if frames == 0:
+            raise TalkingFaceError("there are no frames to generate (the render batch is empty)")
+        need("the I_3d render", self.renders, expected, False)
+        need("the source image", self.source, expected, True)
+        need("the coefficients", self.coefficients, (config.coefficient_dim,), False)
+        need("the target surface map", self.target_surfaces, (size, size, 3), False)
+        need("the source surface map", self.source_surface, (size, size, 3), True)
+        if config.identity_dim:
+            need("the identity embedding", self.identity, (config.identity_dim,), True)
+
+
+def to_model_images(images: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """ComfyUI IMAGE ``[B, H, W, C]`` 0..1 → model range ``[B, C, H, W]`` -1..1."""
+    return (images.to(device=device, dtype=torch.float32).permute(0, 3, 1, 2) * 2 - 1).to(dtype)
+
+
+def to_channels_first(maps: torch.Tensor | None, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
+    return None if maps is None else maps.to(device=device, dtype=dtype).permute(0, 3, 1, 2)
+
+
+def frame_noise(seed: int, frames: range, shape: tuple[int, ...], same_noise: bool) -> torch.Tensor:
+    """Initial noise on the CPU (identical on every device), a function of (seed, frame) only, so the
+    frames do not depend on how the video is cut into chunks."""
+    generator = torch.Generator()
+    noises = []
+    for frame in frames:
+        generator.manual_seed((seed * 1_000_003 + (0 if same_noise else frame)) % (2**63))
+        noises.append(torch.randn(shape, generator=generator))
+    return torch.stack(noises)
+
+
+class TGDMSampler:
+    """Denoises frames with a :class:`TGDMDenoiser`. ``denoiser_calls`` counts the denoiser passes
+    of the last run (for the overhead benchmark)."""
+
+    def __init__(self, model: TGDMDenoiser, settings: SamplerSettings) -> None:
+        self.model = model
+        self.settings = settings
+        self.denoiser_calls = 0
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @torch.no_grad()
+    def sample(
+        self,
+        inputs: GeneratorInputs,
+        on_step: Callable[[int, int], None] | None = None,
+        on_chunk: Callable[[int, int], None] | None = None,
+        check_interrupted: Callable[[], None] | None = None,
+    ) -> torch.Tensor:
+        """All frames as a ComfyUI IMAGE ``[T, H, W, C]`` on the CPU."""
+        frames = None
+        for chunk, images in self.sample_chunks(inputs, on_step, on_chunk, check_interrupted):
+            if frames is None:
+                frames = images.new_empty((inputs.frames, *images.shape[1:]))
+            frames[chunk] = images
+        return frames
+
+    @torch.no_grad()
+    def sample_chunks(
+        self,
+        inputs: GeneratorInputs,
+        on_step: Callable[[int, int], None] | None = None,
+        on_chunk: Callable[[int, int], None] | None = None,
+        check_interrupted: Callable[[], None] | None = None,
+    ) -> Iterator[tuple[slice, torch.Tensor]]:
+        """Yield ``(frame slice, IMAGE [n, H, W, C] on the CPU)`` chunk by chunk, so a caller can stream
+        a long video to disk. ``on_step(step, steps)`` runs after every denoising step,
+        ``on_chunk(frames_done, frames)`` after every chunk, and ``check_interrupted()`` before every
+        denoiser batch (it raises to stop)."""
+        config = self.model.config
+        inputs.check(config)
+        settings = self.settings
+        device = self.device
+        self.denoiser_calls = 0
+        shared_source = None
+        if inputs.source.shape[0] == 1:
+            shared_source = self._encode_source(inputs, slice(0, 1))
+        shape = (config.image_channels, config.image_size, config.image_size)
+        for chunk_index, chunk in enumerate(frame_chunks(inputs.frames, settings.chunk_size)):
+            source = shared_source if shared_source is not None else self._encode_source(inputs, chunk)
+            scheduler = make_scheduler(settings.scheduler, config)
+            scheduler.set_timesteps(settings.steps, device=device)
+            noise = frame_noise(settings.seed, range(chunk.start, chunk.stop), shape, settings.same_noise)
+            latents = noise.to(device) * scheduler.init_noise_sigma
+            step_generator = torch.Generator(device=device).manual_seed(settings.seed + chunk_index)
+            for step, timestep in enumerate(scheduler.timesteps):
+                prediction = torch.empty_like(latents)
+                model_input = scheduler.scale_model_input(latents, timestep)
+                for batch in frame_chunks(chunk.stop - chunk.start, settings.batch_size):
+                    if check_interrupted is not None:
+                        check_interrupted()
+                    frames = slice(chunk.start + batch.start, chunk.start + batch.stop)
+                    prediction[batch] = self._predict(model_input[batch], timestep, inputs, frames, source.select(batch))
+                latents = scheduler.step(prediction, timestep, latents, generator=step_generator).prev_sample
+                if on_step is not None:
+                    on_step(step + 1, settings.steps)
+            images = ((latents.float().clamp(-1, 1) + 1) * 0.5).permute(0, 2, 3, 1).cpu()
+            yield chunk, images
+            if on_chunk is not None:
+                on_chunk(chunk.stop, inputs.frames)
+
+    def _encode_source(self, inputs: GeneratorInputs, frames: slice) -> SourceFeatures:
+        device, dtype = self.device, self.dtype
+        surface = inputs.source_surface[frames] if inputs.source_surface is not None else None
+        return self.model.encode_source(
+            to_model_images(inputs.source[frames], device, dtype), to_channels_first(surface, device, dtype)
+        )
+
+    def _predict(
+        self, noisy: torch.Tensor, timestep: torch.Tensor, inputs: GeneratorInputs, frames: slice, source: SourceFeatures
+    ) -> torch.Tensor:
+        device, dtype = self.device, self.dtype
+        settings = self.settings
+        render = to_model_images(inputs.renders[frames], device, dtype)
+        coefficients = inputs.coefficients[frames].to(device=device, dtype=dtype)
+        surface = to_channels_first(
+            None if inputs.target_surfaces is None else inputs.target_surfaces[frames], device, dtype
+        )
+        identity = inputs.identity
+        if identity is not None:
+            identity = identity.expand(render.shape[0], -1) if identity.shape[0] == 1 else identity[frames]
+            identity = identity.to(device=device, dtype=dtype)
+        noisy = noisy.to(dtype)
+        batch = noisy.shape[0]
+        timesteps = timestep.to(device).expand(batch)
+        if not settings.guided:
+            self.denoiser_calls += 1
+            return self.model(noisy, timesteps, render, coefficients, source, surface, identity).float()
+
+        # Three variants in one pass: full conditions, geometry only, nothing; InstructPix2Pix-style
+        # guidance then weighs geometry and texture separately.
+        def three(x: torch.Tensor | None) -> torch.Tensor | None:
+            return None if x is None else torch.cat([x, x, x])
+
+        geometry_keep = torch.tensor([1.0, 1.0, 0.0], device=device).repeat_interleave(batch)
+        texture_keep = torch.tensor([1.0, 0.0, 0.0], device=device).repeat_interleave(batch)
+        self.denoiser_calls += 1
+        full, geometry, unconditional = self.model(
+            three(noisy), timesteps.repeat(3), three(render), three(coefficients), source.repeat(3),
+            three(surface), three(identity), geometry_keep, texture_keep,
+        ).float().chunk(3)
+        return (
+            unconditional
+            + settings.geometry_guidance * (geometry - unconditional)
+            + settings.texture_guidance * (full - geometry)
+        )
