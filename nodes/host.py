@@ -26,6 +26,7 @@ IN_COMFYUI = folder_paths is not None
 # Model folders under ComfyUI/models/ and the file types each holds.
 MODEL_FOLDERS: dict[str, set[str]] = {
     "3dmm": {".mat"},
+    "insightface": {".onnx"},
     "talkingface": {".safetensors"},
 }
 
@@ -78,6 +79,35 @@ def model_path(folder: str, name: str) -> Path:
         if candidate.is_file():
             return candidate
     raise ModelFileError(f"model file '{name}' not found: put it into {model_folder_hint(folder)}")
+
+
+def model_folder_roots(folder: str) -> list[Path]:
+    """Every root registered for a model folder (ComfyUI may list several via extra_model_paths.yaml)."""
+    if IN_COMFYUI:
+        return [Path(p) for p in folder_paths.get_folder_paths(folder)]
+    return [_fallback_dir("TALKINGFACE_MODELS_DIR", "models") / folder]
+
+
+def model_packs(folder: str, subfolder: str) -> dict[str, Path]:
+    """Model packs: the subfolders of ``<root>/<subfolder>/`` for every root of ``folder`` (e.g. the
+    insightface packs in ``models/insightface/models/<pack>/``), first root first."""
+    packs: dict[str, Path] = {}
+    for root in model_folder_roots(folder):
+        base = root / subfolder
+        if base.is_dir():
+            for pack in sorted(base.iterdir()):
+                if pack.is_dir():
+                    packs.setdefault(pack.name, pack)
+    return packs
+
+
+def model_pack_path(folder: str, subfolder: str, name: str) -> Path:
+    """The folder of pack ``name``, or where it belongs (the first root) when it is not there, so the
+    loader can say which folder it looked in."""
+    packs = model_packs(folder, subfolder)
+    if name in packs:
+        return packs[name]
+    return model_folder_roots(folder)[0] / subfolder / name
 
 
 def input_directory() -> Path:

@@ -1,0 +1,302 @@
+"""Face nodes: load the analyzer, analyse faces, fit the 3DMM to them, paste generated faces back, preview."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..pipelines.face.alignment import (
+    apply_transforms,
+    face_mask,
+    lower_face_mask,
+    match_colours,
+    paste_back,
+    warp_images,
+)
+from ..pipelines.face.analysis import FaceAnalyzer, normalize_image_channels
+from ..pipelines.face.faces import MISSING_POLICIES, AnalyzedFaces, analyze_frames
+from ..pipelines.face.fit import fit_faces
+from ..pipelines.face.selection import ORDERS
+from ..pipelines.morphable.fitting import FitConfig
+from ..pipelines.morphable.model import MorphableModel
+from ..pipelines.video import frame_chunks
+from . import host
+from .base import ROOT_CATEGORY, TalkingFaceNode
+
+FACE_CATEGORY = f"{ROOT_CATEGORY}/face"
+INSIGHTFACE_FOLDER = "insightface"
+INSIGHTFACE_PACKS = "models"
+DEFAULT_PACKS = ("buffalo_l", "antelopev2")
+
+
+def _pack_choices() -> list[str]:
+    found = list(host.model_packs(INSIGHTFACE_FOLDER, INSIGHTFACE_PACKS))
+    return found or list(DEFAULT_PACKS)
+
+
+class LoadFaceAnalyzer(TalkingFaceNode):
+    DISPLAY_NAME = "Load Face Analyzer"
+    DESCRIPTION = (
+        "Loads an insightface model pack (detector, 68/106-point landmarks, ArcFace) from "
+        "ComfyUI/models/insightface/models/<pack>/, or reuses the analyzer of IPAdapter's InsightFace Loader."
+    )
+    CATEGORY = FACE_CATEGORY
+    RETURN_TYPES = ("TALK_ANALYZER",)
+    RETURN_NAMES = ("analyzer",)
+    OUTPUT_TOOLTIPS = ("Face analyzer for Analyze Faces.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "pack": (_pack_choices(), {"tooltip": "Folder under ComfyUI/models/insightface/models/ (buffalo_l, antelopev2)."}),
+                "provider": (["auto", "CPU", "CUDA"], {
+                    "default": "auto",
+                    "tooltip": "ONNX Runtime device: auto takes CUDA when onnxruntime-gpu is installed, else CPU."}),
+                "detection_size": ("INT", {
+                    "default": 640, "min": 128, "max": 1536, "step": 32,
+                    "tooltip": "Detector input size in px; larger finds smaller faces, slower."}),
+                "detection_threshold": ("FLOAT", {
+                    "default": 0.5, "min": 0.05, "max": 0.99, "step": 0.01,
+                    "tooltip": "Minimum detector confidence for a face."}),
+            },
+            "optional": {
+                "insightface": ("INSIGHTFACE", {
+                    "tooltip": "Optional: the analyzer from IPAdapter's 'IPAdapter InsightFace Loader'; used instead of the pack."}),
+            },
+        }
+
+    def run(self, pack: str, provider: str, detection_size: int, detection_threshold: float, insightface=None):
+        if insightface is not None:
+            return (FaceAnalyzer.wrap(insightface),)
+        folder = host.model_pack_path(INSIGHTFACE_FOLDER, INSIGHTFACE_PACKS, pack)
+        return (FaceAnalyzer.load(folder, provider, detection_size, detection_threshold),)
+
+
+class AnalyzeFaces(TalkingFaceNode):
+    DISPLAY_NAME = "Analyze Faces"
+    DESCRIPTION = (
+        "Finds one face per frame (a portrait or every frame of a video, following the same person), with "
+        "landmarks and identity, and aligns it: TALK_FACES for fitting and paste-back, plus the aligned crops."
+    )
+    CATEGORY = FACE_CATEGORY
+    RETURN_TYPES = ("TALK_FACES", "IMAGE")
+    RETURN_NAMES = ("faces", "crops")
+    OUTPUT_TOOLTIPS = (
+        "Per-frame boxes, keypoints, landmarks, embeddings and crop transforms.",
+        "The aligned face crops at crop_size, one per frame (the generator's input framing).",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "analyzer": ("TALK_ANALYZER", {"tooltip": "From Load Face Analyzer."}),
+                "images": ("IMAGE", {"tooltip": "A portrait or the frames of a video."}),
+                "selection": (list(ORDERS), {
+                    "default": "largest",
+                    "tooltip": "Which face when there are several: 'single' fails if there is more than one; "
+                               "otherwise the face_index-th in this order (a video follows that person)."}),
+                "face_index": ("INT", {"default": 0, "min": 0, "max": 63, "tooltip": "Position in the selection order, 0 = first."}),
+                "missing_faces": (list(MISSING_POLICIES), {
+                    "default": "interpolate",
+                    "tooltip": "Frames where the face is not found: fill from neighbouring frames (with a warning) or stop with an error."}),
+                "crop_size": ([256, 512], {"default": 256, "tooltip": "Side of the aligned generator crop in px."}),
+                "crop_margin": ("FLOAT", {
+                    "default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05,
+                    "tooltip": "Extra context around the face in the crop, as a fraction of the fitting crop per side. "
+                               "0 frames the face as Render 3DMM Target does."}),
+                "smoothing": ("FLOAT", {
+                    "default": 0.3, "min": 0.0, "max": 1.0, "step": 0.05,
+                    "tooltip": "Temporal smoothing of the crop boxes of a video (One-Euro); 0 = none."}),
+                "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 240.0, "step": 0.01,
+                                  "tooltip": "Frame rate of the video (for smoothing)."}),
+            }
+        }
+
+    def run(self, analyzer, images: torch.Tensor, selection: str, face_index: int, missing_faces: str,
+            crop_size: int, crop_margin: float, smoothing: float, fps: float):
+        if not isinstance(analyzer, FaceAnalyzer):
+            analyzer = FaceAnalyzer.wrap(analyzer)
+        progress = host.Progress(images.shape[0])
+
+        def advance(frame: int) -> None:
+            host.throw_if_interrupted()
+            progress.advance()
+
+        faces = analyze_frames(analyzer, images, selection, face_index, missing_faces, int(crop_size),
+                               crop_margin, smoothing, fps, on_frame=advance)
+        crops = torch.cat([faces.crops(chunk) for chunk in frame_chunks(faces.frames, 64)])
+        return faces, crops.clamp(0.0, 1.0)
+
+
+class Fit3DMM(TalkingFaceNode):
+    DISPLAY_NAME = "Fit 3DMM"
+    DESCRIPTION = (
+        "3DMM coefficients from analysed faces: pose, identity and expression from the 68 landmarks (a video "
+        "shares one identity and is smoothed over time), texture and SH lighting from the face crops."
+    )
+    CATEGORY = FACE_CATEGORY
+    RETURN_TYPES = ("TALK_COEFFS", "FLOAT")
+    RETURN_NAMES = ("coefficients", "landmark_error")
+    OUTPUT_TOOLTIPS = ("One coefficient row per frame.", "Mean RMS landmark distance after the fit, px of the 224-px crop.")
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "faces": ("TALK_FACES", {"tooltip": "From Analyze Faces."}),
+                "face_model": ("TALK_FACE_MODEL", {"tooltip": "From Load 3DMM."}),
+                "estimate_appearance": ("BOOLEAN", {
+                    "default": True, "tooltip": "Solve texture and lighting from the crops (needed for I_3d to carry skin tone and light)."}),
+                "temporal_smoothing": ("FLOAT", {
+                    "default": 1.0, "min": 0.0, "max": 100.0, "step": 0.1,
+                    "tooltip": "Video: weight of the landmark-acceleration penalty; higher is smoother."}),
+                "expression_prior": ("FLOAT", {
+                    "default": 1.0, "min": 0.0, "max": 100.0, "step": 0.1,
+                    "tooltip": "Pull expressions towards neutral; raise it for noisy landmarks."}),
+                "batch_size": ("INT", {"default": 16, "min": 1, "max": 256,
+                                       "tooltip": "Frames per appearance batch; lower it if memory runs out."}),
+            }
+        }
+
+    def run(self, faces: AnalyzedFaces, face_model: MorphableModel, estimate_appearance: bool,
+            temporal_smoothing: float, expression_prior: float, batch_size: int):
+        config = FitConfig(temporal_smoothing=temporal_smoothing, expression_prior=expression_prior)
+        progress = host.Progress(faces.frames)
+
+        def advance(frames: int) -> None:
+            host.throw_if_interrupted()
+            progress.advance(frames)
+
+        try:
+            fit = fit_faces(face_model.to(host.torch_device()), faces, config, appearance=estimate_appearance,
+                            batch_size=batch_size, on_chunk=advance)
+        finally:
+            face_model.to(host.offload_device())
+        return fit.coefficients.to("cpu"), float(fit.landmark_error.mean())
+
+
+class PasteBack(TalkingFaceNode):
+    DISPLAY_NAME = "Paste Back"
+    DESCRIPTION = (
+        "Puts generated face crops back into the analysed frames through the inverse crop transforms, "
+        "blended with a feathered mask from the 3DMM render (full face or the lower face only)."
+    )
+    CATEGORY = FACE_CATEGORY
+    RETURN_TYPES = ("IMAGE", "MASK")
+    RETURN_NAMES = ("images", "mask")
+    OUTPUT_TOOLTIPS = ("The frames with the pasted faces.", "Where and how strongly each frame was replaced.")
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "faces": ("TALK_FACES", {"tooltip": "From Analyze Faces (the frames to paste into)."}),
+                "generated": ("IMAGE", {"tooltip": "Generated crops, one per frame (or per output frame over a still portrait)."}),
+                "face_mask": ("MASK", {"tooltip": "The render mask at crop size (Render 3DMM Target's mask)."}),
+                "region": (["full_face", "lower_face"], {
+                    "default": "full_face", "tooltip": "Replace the whole face, or only below the nose (mouth and jaw, for dubbing)."}),
+                "erode": ("INT", {"default": 4, "min": 0, "max": 64, "tooltip": "Shrink the mask by this many crop px so seams fall inside the face."}),
+                "blur": ("INT", {"default": 8, "min": 0, "max": 64, "tooltip": "Feather radius in crop px."}),
+                "colour_match": ("BOOLEAN", {"default": False, "tooltip": "Match the generated face's colour statistics to the original crop."}),
+            }
+        }
+
+    def run(self, faces: AnalyzedFaces, generated: torch.Tensor, face_mask: torch.Tensor, region: str,
+            erode: int, blur: int, colour_match: bool):
+        generated, _ = normalize_image_channels(generated)
+        frames = generated.shape[0]
+        if faces.frames not in (1, frames):
+            raise self.fail(f"{frames} generated crops for {faces.frames} analysed frames; they must match "
+                            "(or analyse a single portrait to paste every crop into it)")
+        if face_mask.ndim == 2:
+            face_mask = face_mask.unsqueeze(0)
+        if face_mask.shape[0] not in (1, frames):
+            raise self.fail(f"{face_mask.shape[0]} masks for {frames} generated crops; give one mask or one per crop")
+        size = generated.shape[1]
+        if generated.shape[2] != size:
+            raise self.fail(f"generated crops must be square, got {generated.shape[2]}×{size}")
+        if face_mask.shape[1:] != generated.shape[1:3]:
+            face_mask = F.interpolate(face_mask.unsqueeze(1).float(), size=(size, size), mode="bilinear",
+                                      align_corners=False).squeeze(1)
+        # Crops of another size than analysed (e.g. 512 from a 256 analysis) share the framing: scale the transforms.
+        scale = size / faces.crop_size
+        outputs, masks = [], []
+        progress = host.Progress(frames)
+        for chunk in frame_chunks(frames, 16):
+            host.throw_if_interrupted()
+            index = torch.arange(chunk.start, chunk.stop) if faces.frames > 1 else torch.zeros(
+                chunk.stop - chunk.start, dtype=torch.long)
+            transforms = faces.crop_transforms[index] * scale
+            masks_chunk = face_mask[chunk] if face_mask.shape[0] > 1 else face_mask.expand(chunk.stop - chunk.start, -1, -1)
+            feathered = _feathered_mask(faces, index, transforms, masks_chunk, region, erode, blur)
+            crops = generated[chunk].float()
+            if colour_match:
+                originals = warp_images(faces.images[index], transforms, size)
+                crops = match_colours(crops, originals, feathered)
+            pasted, mask = paste_back(faces.images[index], crops, transforms, feathered)
+            outputs.append(pasted)
+            masks.append(mask)
+            progress.advance(chunk.stop - chunk.start)
+        return torch.cat(outputs), torch.cat(masks)
+
+
+def _feathered_mask(faces: AnalyzedFaces, index: torch.Tensor, transforms: torch.Tensor, render_mask: torch.Tensor,
+                    region: str, erode: int, blur: int) -> torch.Tensor:
+    mask = render_mask.float()
+    if region == "lower_face":
+        landmarks = apply_transforms(transforms, faces.require_landmarks68()[index])
+        mask = lower_face_mask(mask, landmarks, feather=max(blur, 1))
+    return face_mask(mask, erode, blur)
+
+
+class DrawFaceLandmarks(TalkingFaceNode):
+    DISPLAY_NAME = "Preview Face Landmarks"
+    DESCRIPTION = "Draws the analysed face box, the five keypoints and the 68 landmarks on the frames (a check before fitting)."
+    CATEGORY = FACE_CATEGORY
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("preview",)
+    OUTPUT_TOOLTIPS = ("Frames with red box, blue keypoints and green landmarks (yellow: interpolated frame).",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "faces": ("TALK_FACES", {"tooltip": "From Analyze Faces."}),
+                "point_size": ("INT", {"default": 2, "min": 1, "max": 16, "tooltip": "Half-width of each drawn point in px."}),
+            }
+        }
+
+    def run(self, faces: AnalyzedFaces, point_size: int):
+        images = faces.images.float().clone()
+        for t in range(faces.frames):
+            box = faces.boxes[t]
+            _draw_box(images[t], box, torch.tensor([1.0, 0.0, 0.0]))
+            if faces.landmarks68 is not None:
+                colour = torch.tensor([0.0, 1.0, 0.0]) if faces.detected[t] else torch.tensor([1.0, 1.0, 0.0])
+                _draw_points(images[t], faces.landmarks68[t], colour, point_size)
+            _draw_points(images[t], faces.keypoints[t], torch.tensor([0.0, 0.4, 1.0]), point_size + 1)
+        return (images,)
+
+
+def _draw_points(image: torch.Tensor, points: torch.Tensor, colour: torch.Tensor, radius: int) -> None:
+    height, width = image.shape[:2]
+    for x, y in points.tolist():
+        col, row = int(x), int(y)
+        image[max(row - radius, 0):min(row + radius + 1, height), max(col - radius, 0):min(col + radius + 1, width)] = colour
+
+
+def _draw_box(image: torch.Tensor, box: torch.Tensor, colour: torch.Tensor) -> None:
+    height, width = image.shape[:2]
+    x0, y0, x1, y1 = (int(v) for v in box.tolist())
+    x0, x1 = max(x0, 0), min(x1, width - 1)
+    y0, y1 = max(y0, 0), min(y1, height - 1)
+    if x0 > x1 or y0 > y1:
+        return
+    image[y0, x0:x1 + 1] = colour
+    image[y1, x0:x1 + 1] = colour
+    image[y0:y1 + 1, x0] = colour
+    image[y0:y1 + 1, x1] = colour
+
+
+FACE_NODES = (LoadFaceAnalyzer, AnalyzeFaces, Fit3DMM, PasteBack, DrawFaceLandmarks)

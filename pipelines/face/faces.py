@@ -1,0 +1,170 @@
+"""The analysed face of every frame (``TALK_FACES``) and the analysis that produces it."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..errors import TalkingFaceError
+from .alignment import FIT_CROP_SIZE, apply_transforms, crop_template, similarity_transforms, warp_images
+from .analysis import MIN_FACE_PIXELS, DetectedFace, FaceAnalyzer, images_to_uint8, normalize_image_channels
+from .selection import select_face, track_face
+from .smoothing import one_euro
+
+logger = logging.getLogger(__name__)
+MISSING_POLICIES = ("interpolate", "error")
+
+
+@dataclass
+class AnalyzedFaces:
+    """One chosen face per frame, in frame pixels, with the transforms to its crops.
+
+    ``fit_transforms`` map frame pixels into the 224-px Deep3DFaceRecon crop the fitter sees,
+    ``crop_transforms`` into the generator's ``crop_size`` crop; both invert for paste-back.
+    ``detected`` is False where the face was interpolated from neighbouring frames.
+    ``images`` is the analysed IMAGE batch itself (a reference, not a copy)."""
+
+    images: torch.Tensor  # [T, H, W, 3]
+    boxes: torch.Tensor  # [T, 4]
+    scores: torch.Tensor  # [T]
+    keypoints: torch.Tensor  # [T, 5, 2]
+    landmarks68: torch.Tensor | None  # [T, 68, 2]
+    landmarks106: torch.Tensor | None  # [T, 106, 2]
+    embeddings: torch.Tensor | None  # [T, E], unit length
+    head_pose: torch.Tensor | None  # [T, 3] pitch, yaw, roll in degrees (insightface)
+    detected: torch.Tensor  # [T] bool
+    fit_transforms: torch.Tensor  # [T, 2, 3]
+    crop_transforms: torch.Tensor  # [T, 2, 3]
+    crop_size: int
+    crop_margin: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def frames(self) -> int:
+        return self.boxes.shape[0]
+
+    def require_landmarks68(self) -> torch.Tensor:
+        if self.landmarks68 is None:
+            raise TalkingFaceError(
+                "the face analysis has no 68-point landmarks: the insightface pack needs its 1k3d68.onnx model"
+            )
+        return self.landmarks68
+
+    def fit_landmarks(self) -> torch.Tensor:
+        """The 68 landmarks in the 224-px fitting crop, ``[T, 68, 2]``."""
+        return apply_transforms(self.fit_transforms, self.require_landmarks68())
+
+    def fit_crops(self, frames: slice) -> torch.Tensor:
+        return warp_images(self.images[frames], self.fit_transforms[frames], FIT_CROP_SIZE)
+
+    def crops(self, frames: slice) -> torch.Tensor:
+        return warp_images(self.images[frames], self.crop_transforms[frames], self.crop_size)
+
+
+def _interpolate_missing(values: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """Linear interpolation over frames (axis 0) from the present frames; ends hold the nearest."""
+    frames = np.arange(values.shape[0])
+    flat = values.reshape(values.shape[0], -1).copy()
+    for column in range(flat.shape[1]):
+        flat[~present, column] = np.interp(frames[~present], frames[present], flat[present, column])
+    return flat.reshape(values.shape)
+
+
+def _stack(track: list[DetectedFace | None], present: np.ndarray, attribute: str) -> np.ndarray | None:
+    sample = getattr(track[int(np.argmax(present))], attribute)
+    if sample is None:
+        return None
+    sample = np.asarray(sample, dtype=np.float32)
+    values = np.zeros((len(track),) + sample.shape, dtype=np.float32)
+    for t, face in enumerate(track):
+        if face is not None and getattr(face, attribute) is not None:
+            values[t] = getattr(face, attribute)
+    return _interpolate_missing(values, present)
+
+
+def analyze_frames(
+    analyzer: FaceAnalyzer,
+    images: torch.Tensor,
+    order: str = "largest",
+    face_index: int = 0,
+    missing: str = "interpolate",
+    crop_size: int = 256,
+    crop_margin: float = 0.0,
+    smoothing: float = 0.0,
+    fps: float = 25.0,
+    on_frame: Callable[[int], None] | None = None,
+) -> AnalyzedFaces:
+    """Detect, choose and align one face per frame of an IMAGE batch.
+
+    One image: the ``face_index``-th face in ``order``. A video: a track that follows that person.
+    Frames without the face are interpolated (with a logged warning listing them) or raise, by
+    ``missing``. ``smoothing`` (0..1) filters the keypoints over time before the crops are fixed."""
+    if missing not in MISSING_POLICIES:
+        raise TalkingFaceError(f"missing-face policy must be one of {MISSING_POLICIES}, got '{missing}'")
+    if images.ndim not in (3, 4) or images.shape[0] == 0:
+        raise TalkingFaceError(f"expected a non-empty IMAGE batch, got shape {tuple(images.shape)}")
+    images, note = normalize_image_channels(images)
+    notes = [note] if note else []
+    frames = images.shape[0]
+    per_frame: list[list[DetectedFace]] = []
+    for t in range(frames):
+        per_frame.append(analyzer.detect(images_to_uint8(images[t])))
+        if on_frame is not None:
+            on_frame(t)
+    what = "the image" if frames == 1 else "frame 0"
+    if frames == 1:
+        track = [select_face(per_frame[0], order, face_index, what)]
+    else:
+        if not any(per_frame):
+            raise TalkingFaceError(f"no face found in any of the {frames} frames")
+        track = track_face(per_frame, order, face_index)
+    present = np.array([face is not None for face in track])
+    missing_frames = [t for t in range(frames) if not present[t]]
+    if missing_frames:
+        listed = ", ".join(map(str, missing_frames[:20])) + (" …" if len(missing_frames) > 20 else "")
+        if missing == "error":
+            raise TalkingFaceError(
+                f"no face (of the tracked person) in frame(s) {listed} of {frames}; set missing faces to "
+                "'interpolate' to fill them from the neighbouring frames"
+            )
+        message = f"no face in frame(s) {listed}; filled by interpolation from the neighbouring frames"
+        logger.warning(message)
+        notes.append(message)
+    tiny = [(t, face.size) for t, face in enumerate(track) if face is not None and face.size < MIN_FACE_PIXELS]
+    if tiny:
+        t, size = tiny[0]
+        raise TalkingFaceError(
+            f"the face in {'the image' if frames == 1 else f'frame {t}'} is only {size:.0f} px wide; the detector "
+            f"and landmarks need at least {MIN_FACE_PIXELS:.0f} px: use a larger image or crop closer to the face"
+        )
+    keypoints = torch.from_numpy(_stack(track, present, "keypoints"))
+    if smoothing > 0 and frames > 1:
+        size = float(np.median([face.size for face in track if face is not None]))
+        keypoints = one_euro(keypoints, fps, smoothing, scale=size)
+
+    def optional(attribute: str) -> torch.Tensor | None:
+        values = _stack(track, present, attribute)
+        return None if values is None else torch.from_numpy(values)
+
+    embeddings = optional("embedding")
+    if embeddings is not None:
+        embeddings = torch.nn.functional.normalize(embeddings, dim=-1)
+    return AnalyzedFaces(
+        images=images,
+        boxes=torch.from_numpy(_stack(track, present, "box")),
+        scores=torch.tensor([face.score if face is not None else 0.0 for face in track]),
+        keypoints=keypoints,
+        landmarks68=optional("landmarks68"),
+        landmarks106=optional("landmarks106"),
+        embeddings=embeddings,
+        head_pose=optional("pose"),
+        detected=torch.from_numpy(present),
+        fit_transforms=similarity_transforms(keypoints, crop_template(FIT_CROP_SIZE)),
+        crop_transforms=similarity_transforms(keypoints, crop_template(crop_size, crop_margin)),
+        crop_size=crop_size,
+        crop_margin=crop_margin,
+        notes=notes,
+    )

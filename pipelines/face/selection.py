@@ -1,0 +1,96 @@
+"""Which face to follow: an order and an index for one image, a track for a video."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..errors import TalkingFaceError
+from .analysis import DetectedFace
+
+ORDERS = ("single", "largest", "left_to_right", "top_to_bottom", "most_confident")
+# A track continues with the face that best combines overlap with the last box and ArcFace similarity.
+TRACK_MIN_MATCH = 0.3
+
+
+def order_faces(faces: Sequence[DetectedFace], order: str) -> list[DetectedFace]:
+    """``single`` keeps the detector's order (it only matters that there is one face)."""
+    keys = {
+        "single": lambda f: 0.0,
+        "largest": lambda f: -f.area,
+        "left_to_right": lambda f: f.box[0] + f.box[2],
+        "top_to_bottom": lambda f: f.box[1] + f.box[3],
+        "most_confident": lambda f: -f.score,
+    }
+    if order not in keys:
+        raise TalkingFaceError(f"unknown face order '{order}'; choose one of {ORDERS}")
+    return sorted(faces, key=keys[order])
+
+
+def select_face(faces: Sequence[DetectedFace], order: str, index: int, what: str) -> DetectedFace:
+    """The ``index``-th face of ``what`` (an image description for errors) in ``order``."""
+    if not faces:
+        raise TalkingFaceError(f"no face found in {what}")
+    if order == "single":
+        if len(faces) > 1:
+            raise TalkingFaceError(
+                f"{len(faces)} faces found in {what} and the selection is 'single': choose an order "
+                "(largest, left_to_right, top_to_bottom, most_confident) and a face_index"
+            )
+        return faces[0]
+    ordered = order_faces(faces, order)
+    if index >= len(ordered):
+        raise TalkingFaceError(
+            f"{what} has {len(ordered)} face(s) but face_index is {index}; pick an index below {len(ordered)}"
+        )
+    return ordered[index]
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> float:
+    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = width * height
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def match_score(previous: DetectedFace, candidate: DetectedFace, reference_embedding: np.ndarray | None) -> float:
+    """Half box overlap with the last tracked box, half ArcFace cosine similarity to the track's identity."""
+    overlap = box_iou(previous.box, candidate.box)
+    if reference_embedding is None or candidate.embedding is None:
+        return overlap
+    similarity = float(np.dot(reference_embedding, candidate.embedding))
+    return 0.5 * overlap + 0.5 * max(similarity, 0.0)
+
+
+def track_face(
+    per_frame: Sequence[Sequence[DetectedFace]], order: str, index: int
+) -> list[DetectedFace | None]:
+    """Follow one person through a video: start with the ``index``-th face (in ``order``) of the first
+    frame that has faces, then in each frame take the face that best matches the track (box overlap
+    and ArcFace similarity). Frames without a good match are ``None``."""
+    track: list[DetectedFace | None] = [None] * len(per_frame)
+    start = next((t for t, faces in enumerate(per_frame) if faces), None)
+    if start is None:
+        return track
+    current = select_face(per_frame[start], order, index, f"frame {start}")
+    track[start] = current
+    embeddings = [current.embedding] if current.embedding is not None else []
+    # Frames before the first detection are walked backwards from it, the rest forwards.
+    for frames in (range(start + 1, len(per_frame)), range(start - 1, -1, -1)):
+        last = current
+        for t in frames:
+            reference = np.mean(embeddings, axis=0) if embeddings else None
+            if reference is not None:
+                reference = reference / max(np.linalg.norm(reference), 1e-8)
+            scored = [(match_score(last, face, reference), face) for face in per_frame[t]]
+            if not scored:
+                continue
+            best_score, best = max(scored, key=lambda pair: pair[0])
+            if best_score < TRACK_MIN_MATCH and len(scored) > 1:
+                continue  # several faces and none resembles the track: leave the frame to interpolation
+            track[t] = best
+            last = best
+            if best.embedding is not None and len(embeddings) < 32:
+                embeddings.append(best.embedding)
+    return track
