@@ -24,7 +24,9 @@ import numpy as np
 import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
 
+from pipelines.face.faces import FIVE_POINT_GROUPS
 from pipelines.morphable.coefficients import FaceCoefficients
 from pipelines.morphable.demo_model import demo_face_model
 from pipelines.render.camera import PerspectiveCamera
@@ -36,8 +38,11 @@ IR_VERSION = 8
 DETECTOR_STRIDES = (8, 16, 32)
 # Detector input is normalised to (x - 127.5) / 128; a cell brighter than this counts as face.
 BRIGHT_THRESHOLD = -0.6
-PEAK_SHARPNESS = 200.0
-FIVE_POINTS = ((36, 37, 38, 39, 40, 41), (42, 43, 44, 45, 46, 47), (30,), (48,), (54,))
+PEAK_SHARPNESS = -8.0  # softmax over -8·(distance in cells)²: the nearest cell wins
+FIVE_POINTS = FIVE_POINT_GROUPS
+PORTRAIT_ASSET = "talkingface_face_portrait.png"
+DRIVING_ASSET = "talkingface_face_driving.png"  # an animated PNG: core LoadImage reads its frames as a batch
+BACKGROUND = (0.06, 0.07, 0.1)
 
 
 def canonical_face_layout() -> dict[str, np.ndarray | float]:
@@ -46,7 +51,9 @@ def canonical_face_layout() -> dict[str, np.ndarray | float]:
     coeffs = FaceCoefficients.neutral(1, model.dims)
     coeffs.translation[0, 2] = -10.0  # half size, so the whole head is on the canvas
     maps = FaceRenderer(model, PerspectiveCamera.deep3d(224)).render(coeffs)
-    mask = maps.mask[0]
+    # What the detector sees as face: pixels brighter than its threshold (on a black background).
+    normalised = (maps.image[0].mean(-1) * 255.0 - 127.5) / 128.0
+    mask = (normalised > BRIGHT_THRESHOLD).float()
     rows, cols = torch.nonzero(mask > 0, as_tuple=True)
     centre = torch.stack([cols.float().mean() + 0.5, rows.float().mean() + 0.5])
     landmarks = maps.landmarks[0]
@@ -54,7 +61,7 @@ def canonical_face_layout() -> dict[str, np.ndarray | float]:
     relative = ((landmarks - centre) / side).numpy().astype(np.float32)
     five = np.stack([relative[list(group)].mean(0) for group in FIVE_POINTS])
     landmark_depth = -(model.posed_vertices(coeffs)[0, model.landmark_ids, 2]).numpy()
-    pixels_per_unit = PerspectiveCamera.deep3d(224).focal / float(maps.depth[0][mask > 0].mean())
+    pixels_per_unit = PerspectiveCamera.deep3d(224).focal / float(maps.depth[0][maps.mask[0] > 0].mean())
     return {
         "landmarks68": relative,
         "depth68": (landmark_depth - landmark_depth.mean()) * pixels_per_unit / side,
@@ -87,18 +94,40 @@ def detector_graph(layout: dict) -> onnx.GraphProto:
     score_names = ["448", "471", "494"]
     box_names = ["451", "474", "497"]
     kps_names = ["454", "477", "500"]
-    # Brightness of each 32-px cell centred on its anchor, then a 3×3-cell neighbourhood.
+    # Brightness of each 32-px cell centred on its anchor.
     nodes += [
         helper.make_node("ReduceMean", ["input.1", "axes_c"], ["gray"], keepdims=1),
         helper.make_node("AveragePool", ["gray"], ["cells"], kernel_shape=[32, 32], strides=[32, 32],
                          pads=[16, 16, 0, 0], count_include_pad=0),
-        helper.make_node("AveragePool", ["cells"], ["neighbourhood"], kernel_shape=[3, 3], strides=[1, 1],
-                         pads=[1, 1, 1, 1], count_include_pad=0),
-        helper.make_node("Reshape", ["neighbourhood", "flat_shape"], ["flat"]),
-        helper.make_node("Mul", ["flat", "sharpness"], ["sharp"]),
+        # Bright cells, their centroid (in cells: anchor j sits at x = 32·j) and the cell nearest to it.
+        helper.make_node("Sub", ["cells", "threshold"], ["cell_margin"]),
+        helper.make_node("Mul", ["cell_margin", "gate_gain"], ["cell_logit"]),
+        helper.make_node("Sigmoid", ["cell_logit"], ["bright"]),
+        helper.make_node("Mul", ["cells", "zero"], ["cells_zero"]),
+        helper.make_node("Add", ["cells_zero", "one"], ["cells_one"]),
+        helper.make_node("CumSum", ["cells_one", "axis_w"], ["column_count"]),
+        helper.make_node("Sub", ["column_count", "one"], ["column"]),
+        helper.make_node("CumSum", ["cells_one", "axis_h"], ["row_count"]),
+        helper.make_node("Sub", ["row_count", "one"], ["row"]),
+        helper.make_node("ReduceSum", ["bright"], ["bright_total"], keepdims=1),
+        helper.make_node("Add", ["bright_total", "tiny"], ["bright_safe"]),
+        helper.make_node("Mul", ["bright", "column"], ["bright_column"]),
+        helper.make_node("ReduceSum", ["bright_column"], ["column_sum"], keepdims=1),
+        helper.make_node("Div", ["column_sum", "bright_safe"], ["centre_column"]),
+        helper.make_node("Mul", ["bright", "row"], ["bright_row"]),
+        helper.make_node("ReduceSum", ["bright_row"], ["row_sum"], keepdims=1),
+        helper.make_node("Div", ["row_sum", "bright_safe"], ["centre_row"]),
+        helper.make_node("Sub", ["column", "centre_column"], ["dx"]),
+        helper.make_node("Sub", ["row", "centre_row"], ["dy"]),
+        helper.make_node("Mul", ["dx", "dx"], ["dx2"]),
+        helper.make_node("Mul", ["dy", "dy"], ["dy2"]),
+        helper.make_node("Add", ["dx2", "dy2"], ["distance2"]),
+        helper.make_node("Reshape", ["distance2", "flat_shape"], ["flat_distance2"]),
+        helper.make_node("Mul", ["flat_distance2", "sharpness"], ["sharp"]),
         helper.make_node("Softmax", ["sharp"], ["peak"], axis=1),
-        helper.make_node("ReduceMax", ["flat"], ["brightest"], keepdims=1),
-        helper.make_node("Sub", ["brightest", "threshold"], ["margin"]),
+        helper.make_node("ReduceMax", ["cells"], ["brightest"], keepdims=1),
+        helper.make_node("Reshape", ["brightest", "scalar_row"], ["brightest_row"]),
+        helper.make_node("Sub", ["brightest_row", "threshold"], ["margin"]),
         helper.make_node("Mul", ["margin", "gate_gain"], ["gate_logit"]),
         helper.make_node("Sigmoid", ["gate_logit"], ["gate"]),
         helper.make_node("Mul", ["peak", "peak_gain"], ["peak_scaled"]),
@@ -109,9 +138,6 @@ def detector_graph(layout: dict) -> onnx.GraphProto:
         helper.make_node("Concat", ["cell_column", "cell_zero"], ["anchor_pairs"], axis=1),  # [HW, 2]
         helper.make_node("Reshape", ["anchor_pairs", "column_shape"], [score_names[2]]),  # [2HW, 1]
         # Box side from the bright area: size_gain · sqrt(bright cells · 32²).
-        helper.make_node("Sub", ["cells", "threshold"], ["cell_margin"]),
-        helper.make_node("Mul", ["cell_margin", "gate_gain"], ["cell_logit"]),
-        helper.make_node("Sigmoid", ["cell_logit"], ["bright"]),
         helper.make_node("ReduceSum", ["bright"], ["bright_cells"], keepdims=0),
         helper.make_node("Sqrt", ["bright_cells"], ["side_cells"]),  # side in 32-px strides
         helper.make_node("Mul", ["side_cells", "size_gain"], ["side"]),
@@ -130,6 +156,10 @@ def detector_graph(layout: dict) -> onnx.GraphProto:
         _int_const("axes_c", [1]),
         _int_const("flat_shape", [1, -1]),
         _int_const("column_shape", [-1, 1]),
+        _int_const("scalar_row", [1, 1]),
+        _int_const("axis_w", 3),
+        _int_const("axis_h", 2),
+        _const("tiny", 1e-6),
         _const("sharpness", PEAK_SHARPNESS),
         _const("threshold", BRIGHT_THRESHOLD),
         _const("gate_gain", 40.0),
@@ -213,10 +243,60 @@ def write_tiny_insightface(models_root: Path) -> list[Path]:
     ]
 
 
+def render_synthetic_faces(coeffs: FaceCoefficients, size: int) -> tuple[np.ndarray, torch.Tensor]:
+    """Demo faces drawn over a dark background as ``uint8`` frames ``[T, size, size, 3]``, with the 68
+    landmarks ``[T, 68, 2]`` (px) where the render put them."""
+    model = demo_face_model(16)
+    maps = FaceRenderer(model, PerspectiveCamera.deep3d(size)).render(coeffs)
+    background = torch.tensor(BACKGROUND)
+    frames = maps.image + (1.0 - maps.mask.unsqueeze(-1)) * background
+    return (frames.clamp(0, 1) * 255).round().to(torch.uint8).numpy(), maps.landmarks
+
+
+def face_asset_coefficients() -> tuple[FaceCoefficients, FaceCoefficients]:
+    """A portrait (one person, lit from the side) and an 8-frame driving clip (another person talking and turning)."""
+    model = demo_face_model(16)
+    generator = torch.Generator().manual_seed(11)
+    portrait = FaceCoefficients.neutral(1, model.dims)
+    portrait.identity[0] = torch.randn(model.dims.identity, generator=generator)
+    portrait.texture[0] = torch.randn(model.dims.texture, generator=generator)
+    portrait.lighting[0, [3, 12, 21]] = -0.15  # light from the subject's left
+    portrait.expression[0, model.expression_index("smile")] = 0.4
+    portrait.translation[0] = torch.tensor([0.0, 0.1, -7.0])
+    driving = FaceCoefficients.neutral(8, model.dims)
+    driving.identity[:] = torch.randn(model.dims.identity, generator=generator)
+    driving.texture[:] = torch.randn(model.dims.texture, generator=generator)
+    phase = torch.linspace(0, 2 * np.pi, 9)[:8]
+    driving.expression[:, model.expression_index("jaw_open")] = 0.5 * (1 - torch.cos(2 * phase))
+    driving.expression[:, model.expression_index("brow_raise")] = 0.5 * torch.sin(phase).clamp_min(0)
+    driving.rotation[:, 1] = 0.25 * torch.sin(phase)
+    driving.rotation[:, 0] = 0.08 * torch.cos(phase)
+    driving.translation[:] = torch.tensor([0.0, 0.1, -7.0])
+    driving.translation[:, 0] = 0.15 * torch.sin(phase)
+    return portrait, driving
+
+
+def write_face_assets(directory: Path) -> list[Path]:
+    """The example inputs of the face workflows: a portrait PNG and an animated-PNG driving clip."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    portrait, driving = face_asset_coefficients()
+    portrait_frames, _ = render_synthetic_faces(portrait, 256)
+    driving_frames, _ = render_synthetic_faces(driving, 192)
+    portrait_path, driving_path = directory / PORTRAIT_ASSET, directory / DRIVING_ASSET
+    Image.fromarray(portrait_frames[0]).save(portrait_path, optimize=True)
+    images = [Image.fromarray(frame) for frame in driving_frames]
+    images[0].save(driving_path, save_all=True, append_images=images[1:], duration=40, loop=0, optimize=True)
+    return [portrait_path, driving_path]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("directory", type=Path, help="the models/ folder to fill")
-    for path in write_tiny_insightface(parser.parse_args().directory):
+    parser.add_argument("directory", type=Path, help="the models/ folder to fill (with --assets: the assets folder)")
+    parser.add_argument("--assets", action="store_true", help="write the face workflows' example inputs instead")
+    args = parser.parse_args()
+    writer = write_face_assets if args.assets else write_tiny_insightface
+    for path in writer(args.directory):
         print(path)
 
 

@@ -7,6 +7,7 @@ model router recognises each file by its input/output signature. The analyzer al
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,8 +148,12 @@ class FaceAnalyzer:
     def detect(self, image: np.ndarray) -> list[DetectedFace]:
         """Faces in one RGB ``uint8`` image ``[H, W, 3]``, in the detector's order."""
         bgr = np.ascontiguousarray(image[:, :, ::-1])
+        with warnings.catch_warnings():
+            # insightface 2.x calls a scikit-image API that warns on every face; nothing for users to act on.
+            warnings.simplefilter("ignore", FutureWarning)
+            found = self.app.get(bgr)
         faces = []
-        for face in self.app.get(bgr):
+        for face in found:
             # insightface measures pixel indices (centre at 0); the pack puts pixel centres at +0.5.
             faces.append(DetectedFace(
                 box=np.asarray(face.bbox, np.float32) + 0.5,

@@ -64,6 +64,37 @@ class AnalyzedFaces:
         return warp_images(self.images[frames], self.crop_transforms[frames], self.crop_size)
 
 
+FIVE_POINT_GROUPS = ((36, 37, 38, 39, 40, 41), (42, 43, 44, 45, 46, 47), (30,), (48,), (54,))
+
+
+def keypoints_from_landmarks68(landmarks: torch.Tensor) -> torch.Tensor:
+    """insightface's five keypoints (eye centres, nose tip, mouth corners; image-left first) from
+    iBUG-68 landmarks ``[T, 68, 2]``."""
+    return torch.stack([landmarks[:, list(group)].mean(1) for group in FIVE_POINT_GROUPS], dim=1)
+
+
+def faces_from_landmarks(
+    images: torch.Tensor, landmarks68: torch.Tensor, crop_size: int = 256, crop_margin: float = 0.0
+) -> AnalyzedFaces:
+    """Analysed faces from 68 landmarks found some other way (another tracker, synthetic renders)."""
+    images, note = normalize_image_channels(images)
+    if landmarks68.shape != (images.shape[0], 68, 2):
+        raise TalkingFaceError(
+            f"need 68 landmarks per frame for {images.shape[0]} frames, got shape {tuple(landmarks68.shape)}"
+        )
+    keypoints = keypoints_from_landmarks68(landmarks68.float())
+    frames = images.shape[0]
+    boxes = torch.cat([landmarks68.amin(1), landmarks68.amax(1)], dim=1).float()
+    return AnalyzedFaces(
+        images=images, boxes=boxes, scores=torch.ones(frames), keypoints=keypoints,
+        landmarks68=landmarks68.float(), landmarks106=None, embeddings=None, head_pose=None,
+        detected=torch.ones(frames, dtype=torch.bool),
+        fit_transforms=similarity_transforms(keypoints, crop_template(FIT_CROP_SIZE)),
+        crop_transforms=similarity_transforms(keypoints, crop_template(crop_size, crop_margin)),
+        crop_size=crop_size, crop_margin=crop_margin, notes=[note] if note else [],
+    )
+
+
 def _interpolate_missing(values: np.ndarray, present: np.ndarray) -> np.ndarray:
     """Linear interpolation over frames (axis 0) from the present frames; ends hold the nearest."""
     frames = np.arange(values.shape[0])

@@ -87,8 +87,10 @@ def track_face(
             if not scored:
                 continue
             best_score, best = max(scored, key=lambda pair: pair[0])
-            if best_score < TRACK_MIN_MATCH and len(scored) > 1:
-                continue  # several faces and none resembles the track: leave the frame to interpolation
+            # Without embeddings a lone face is taken even after a fast move; otherwise a face that is
+            # neither where the track was nor who it is leaves the frame to interpolation.
+            if best_score < TRACK_MIN_MATCH and (reference is not None or len(scored) > 1):
+                continue
             track[t] = best
             last = best
             if best.embedding is not None and len(embeddings) < 32:
