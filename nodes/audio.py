@@ -1,0 +1,280 @@
+"""Audio to motion: load audio, the audio-to-landmark model, and drive a portrait's lips and jaw."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+from ..pipelines.audio.expression import landmarks_to_expression
+from ..pipelines.audio.io import (
+    AUDIO_SUFFIXES,
+    LENGTH_POLICIES,
+    fit_to_frames,
+    prepare_speech,
+    read_audio_file,
+    trim_comfy,
+)
+from ..pipelines.audio.landmark_model import LandmarkCompletionTransformer, load_landmark_model
+from ..pipelines.audio.landmarks import TalkingLandmarks, audio_to_landmarks
+from ..pipelines.audio.motion import HEAD_MOTIONS
+from ..pipelines.audio.motion import head_motion as make_head_motion
+from ..pipelines.morphable.coefficients import FaceCoefficients
+from ..pipelines.morphable.model import MorphableModel
+from . import host
+from .base import TalkingFaceNode
+from .render import Render3DMMTarget
+
+CATEGORY = "TalkingFace/audio"
+MODEL_FOLDER = "talkingface"
+
+
+def audio_files() -> list[str]:
+    root = host.input_directory()
+    if not root.is_dir():
+        return []
+    return sorted(
+        path.relative_to(root).as_posix()
+        for path in root.rglob("*")
+        if path.is_file() and path.suffix.lower() in AUDIO_SUFFIXES
+    )
+
+
+class LoadAudio(TalkingFaceNode):
+    DISPLAY_NAME = "Load Audio (TalkingFace)"
+    DESCRIPTION = (
+        "Decodes an audio file from ComfyUI's input folder with soundfile (wav, flac, ogg, mp3; any bit depth, "
+        "rate and channel count) into AUDIO, without torchaudio. Optionally cuts a part of it."
+    )
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("AUDIO", "FLOAT")
+    RETURN_NAMES = ("audio", "duration_seconds")
+    OUTPUT_TOOLTIPS = ("The decoded audio, all channels at the file's sample rate.", "Length of the output in seconds.")
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "file": (audio_files(), {"tooltip": "An audio file in ComfyUI's input folder (any subfolder)."}),
+                "start_seconds": (
+                    "FLOAT",
+                    {"default": 0.0, "min": 0.0, "max": 36000.0, "step": 0.01,
+                     "tooltip": "Skip this much of the beginning."},
+                ),
+                "duration_seconds": (
+                    "FLOAT",
+                    {"default": 0.0, "min": 0.0, "max": 36000.0, "step": 0.01,
+                     "tooltip": "Keep this much from the start point; 0 keeps everything to the end."},
+                ),
+            }
+        }
+
+    @classmethod
+    def _path(cls, file: str) -> Path:
+        return host.input_directory() / file
+
+    @classmethod
+    def IS_CHANGED(cls, file: str, **_) -> str:
+        path = cls._path(file)
+        return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, file: str, **_) -> bool | str:
+        if not cls._path(file).is_file():
+            return f"{cls.DISPLAY_NAME}: no file '{file}' in the input folder {host.input_directory()}"
+        return True
+
+    def run(self, file: str, start_seconds: float, duration_seconds: float) -> tuple[dict, float]:
+        audio = trim_comfy(read_audio_file(self._path(file)), start_seconds, duration_seconds)
+        return (audio, audio["waveform"].shape[-1] / audio["sample_rate"])
+
+
+class LoadAudioToMotionModel(TalkingFaceNode):
+    DISPLAY_NAME = "Load Audio-to-Motion Model"
+    DESCRIPTION = (
+        "Loads the landmark completion transformer (audio → lip and jaw landmarks) from a .safetensors "
+        "checkpoint in ComfyUI/models/talkingface/, written by scripts/train_audio_landmarks.py."
+    )
+    CATEGORY = "TalkingFace/loaders"
+    RETURN_TYPES = ("TALK_MOTION_MODEL",)
+    RETURN_NAMES = ("motion_model",)
+    OUTPUT_TOOLTIPS = ("The audio-to-landmark model.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "model_name": (
+                    host.list_models(MODEL_FOLDER),
+                    {"tooltip": f"A checkpoint in {host.model_folder_hint(MODEL_FOLDER)}."},
+                ),
+            }
+        }
+
+    def run(self, model_name: str) -> tuple[LandmarkCompletionTransformer]:
+        if not model_name:
+            raise self.fail(
+                f"no checkpoint chosen: put an audio-to-motion .safetensors file into {host.model_folder_hint(MODEL_FOLDER)}"
+            )
+        return (load_landmark_model(host.model_path(MODEL_FOLDER, model_name)),)
+
+
+class AudioToLandmarks(TalkingFaceNode):
+    DISPLAY_NAME = "Audio to Landmarks"
+    DESCRIPTION = (
+        "Predicts the lip and jaw landmarks of a portrait for every video frame from speech (any length, in "
+        "sliding windows), with the head held, moved like a reference sequence, or gently idling."
+    )
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("TALK_LANDMARKS", "AUDIO", "INT", "FLOAT")
+    RETURN_NAMES = ("landmarks", "audio", "frames", "fps")
+    OUTPUT_TOOLTIPS = (
+        "68 landmarks per frame: lip and jaw from the audio, the rest from the head motion.",
+        "The audio as used: mono 16 kHz, cut, padded or looped to the frames.",
+        "Number of video frames.",
+        "Frame rate of the sequence.",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "motion_model": ("TALK_MOTION_MODEL", {"tooltip": "From Load Audio-to-Motion Model."}),
+                "face_model": ("TALK_FACE_MODEL", {"tooltip": "From Load 3DMM; the same model the portrait was fitted with."}),
+                "portrait": (
+                    "TALK_COEFFS",
+                    {"tooltip": "The speaker's coefficients. Frame 0 sets identity, pose and light; all frames "
+                     "serve as reference mouth shapes."},
+                ),
+                "audio": ("AUDIO", {"tooltip": "Speech from Load Audio or any node that outputs AUDIO."}),
+                "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 120.0, "step": 0.01,
+                                  "tooltip": "Frame rate of the video to make."}),
+                "frames": ("INT", {"default": 0, "min": 0, "max": 1_000_000,
+                                   "tooltip": "Frames to make; 0 follows the audio's length."}),
+                "length_policy": (
+                    list(LENGTH_POLICIES),
+                    {"default": "pad",
+                     "tooltip": "When the audio is shorter than the frames: pad with silence, loop it, or trim the "
+                     "frames to the audio. Longer audio is always cut."},
+                ),
+                "head_motion": (
+                    list(HEAD_MOTIONS),
+                    {"default": "idle",
+                     "tooltip": "hold: the portrait's pose throughout; reference: pose, blinks and gaze from "
+                     "motion_reference; idle: gentle seeded head motion with blinks."},
+                ),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 2**32 - 1, "tooltip": "Seed of the idle motion."}),
+                "motion_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 3.0, "step": 0.05,
+                                              "tooltip": "Scales idle or reference head motion."}),
+                "windows_per_batch": ("INT", {"default": 64, "min": 1, "max": 4096,
+                                              "tooltip": "Model windows run at once; lower it if memory runs out."}),
+            },
+            "optional": {
+                "motion_reference": ("TALK_COEFFS", {"tooltip": "Coefficients of a reference video for head_motion=reference."}),
+            },
+        }
+
+    def run(
+        self,
+        motion_model: LandmarkCompletionTransformer,
+        face_model: MorphableModel,
+        portrait: FaceCoefficients,
+        audio: dict,
+        fps: float,
+        frames: int,
+        length_policy: str,
+        head_motion: str,
+        seed: int,
+        motion_strength: float,
+        windows_per_batch: int,
+        motion_reference: FaceCoefficients | None = None,
+    ) -> tuple[TalkingLandmarks, dict, int, float]:
+        if portrait.frames == 0:
+            raise self.fail("the portrait coefficients have no frames")
+        if head_motion == "reference" and motion_reference is None:
+            raise self.fail("head_motion is 'reference' but nothing is connected to motion_reference")
+        speech = prepare_speech(audio)
+        speech, frames = fit_to_frames(speech, frames, fps, length_policy)
+        base = make_head_motion(
+            face_model, portrait, frames, fps, head_motion, motion_reference, seed, motion_strength
+        )
+        device = host.torch_device()
+        progress = host.Progress(frames)
+        done = [0]
+
+        def on_batch(frames_done: int) -> None:
+            host.throw_if_interrupted()
+            progress.advance(frames_done - done[0])
+            done[0] = frames_done
+
+        try:
+            motion_model.to(device)
+            landmarks = audio_to_landmarks(
+                motion_model, face_model, speech, fps, base, portrait,
+                windows_per_batch=windows_per_batch, on_batch=on_batch,
+            )
+        finally:
+            motion_model.to(host.offload_device())
+        landmarks.points = landmarks.points.cpu()
+        return (landmarks, speech.to_comfy(), frames, float(fps))
+
+
+class LandmarksToExpression(TalkingFaceNode):
+    DISPLAY_NAME = "Landmarks to Expression"
+    DESCRIPTION = (
+        "Fits the 3DMM expression to the lip and jaw landmarks of every frame (identity and head pose fixed), "
+        "smoothed over time: a coefficient sequence for rendering or the generator."
+    )
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("TALK_COEFFS", "FLOAT")
+    RETURN_NAMES = ("coefficients", "landmark_error_px")
+    OUTPUT_TOOLTIPS = ("The talking coefficient sequence, one row per frame.",
+                       "Mean RMS distance between the landmarks and the fitted face (pixels at 224²).")
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "face_model": ("TALK_FACE_MODEL", {"tooltip": "The 3DMM the landmarks were made with."}),
+                "landmarks": ("TALK_LANDMARKS", {"tooltip": "From Audio to Landmarks."}),
+                "smoothing": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.1,
+                                        "tooltip": "Gaussian smoothing of the expression over time, in frames; 0 = off."}),
+            }
+        }
+
+    def run(self, face_model: MorphableModel, landmarks: TalkingLandmarks, smoothing: float) -> tuple[FaceCoefficients, float]:
+        coefficients, error = landmarks_to_expression(face_model, landmarks, smoothing)
+        return (coefficients.to("cpu"), float(error.mean()))
+
+
+class RenderTalkingPreview(TalkingFaceNode):
+    DISPLAY_NAME = "Render Talking Preview"
+    DESCRIPTION = "Renders the driven 3DMM as video frames and passes the audio along, for a video combine node."
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("IMAGE", "AUDIO")
+    RETURN_NAMES = ("frames", "audio")
+    OUTPUT_TOOLTIPS = ("The rendered face, one image per coefficient row.", "The audio, unchanged.")
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "face_model": ("TALK_FACE_MODEL", {"tooltip": "From Load 3DMM."}),
+                "coefficients": ("TALK_COEFFS", {"tooltip": "From Landmarks to Expression."}),
+                "audio": ("AUDIO", {"tooltip": "The audio the frames follow (Audio to Landmarks' audio output)."}),
+                "resolution": ("INT", {"default": 256, "min": 64, "max": 2048, "step": 8,
+                                       "tooltip": "Output width and height."}),
+                "batch_size": ("INT", {"default": 16, "min": 1, "max": 512,
+                                       "tooltip": "Frames rendered at once; lower it if memory runs out."}),
+            }
+        }
+
+    def run(self, face_model: MorphableModel, coefficients: FaceCoefficients, audio: dict, resolution: int,
+            batch_size: int) -> tuple[torch.Tensor, dict]:
+        images = Render3DMMTarget().run(
+            face_model=face_model, coefficients=coefficients, resolution=resolution, batch_size=batch_size
+        )[0]
+        return (images, audio)
+
+
+NODE_CLASSES = (LoadAudio, LoadAudioToMotionModel, AudioToLandmarks, LandmarksToExpression, RenderTalkingPreview)

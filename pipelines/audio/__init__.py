@@ -1,0 +1,1 @@
+"""Audio I/O, log-mel features, audio → landmarks → expression, head motion."""

@@ -1,0 +1,202 @@
+"""Audio → lip and jaw landmarks over audio of any length.
+
+Normalised crop frame: each frame's landmarks are expressed relative to its eyes — origin at the
+midpoint of the two eye centres, x along the eye line, unit = the distance between the eye
+centres. The eyes belong to the upper-face (pose) points, which are known for every target frame,
+so predictions map back to pixels exactly, and the model never sees where the face sits in the
+image, how large it is or how it is rolled.
+
+Long audio is cut into windows of ``target_frames`` video frames that overlap by ``overlap``
+frames; overlapping predictions are blended with weights that fall off towards each window's
+edges. The mel spectrogram is computed per batch of windows from just the samples it needs, so
+memory is bounded by the batch, not by the audio.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import TalkingFaceError
+from ..morphable.coefficients import FaceCoefficients
+from ..morphable.model import MorphableModel
+from ..render.camera import PerspectiveCamera
+from .features import LogMel, mel_range_for_frames, mel_windows
+from .io import SAMPLE_RATE, Audio
+from .landmark_model import MOUTH_POINTS, NUM_POINTS, POSE_POINTS, LandmarkCompletionTransformer
+
+RIGHT_EYE = tuple(range(36, 42))  # the subject's right eye: image left
+LEFT_EYE = tuple(range(42, 48))
+
+
+@dataclass
+class TalkingLandmarks:
+    """68 landmarks per video frame (pixels of ``camera``'s image), lip and jaw driven by audio, the
+    rest from the head motion; ``base`` holds the coefficients of that head motion (the portrait's
+    identity, texture and light with per-frame pose, blinks and gaze), which the expression fit keeps."""
+
+    points: torch.Tensor  # [F, 68, 2]
+    base: FaceCoefficients
+    fps: float
+    camera: PerspectiveCamera
+
+    @property
+    def frames(self) -> int:
+        return self.points.shape[0]
+
+
+def eye_frames(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per frame of ``[..., 68 or 31, 2]`` (full or pose points): origin ``[..., 2]``, unit x axis
+    ``[..., 2]`` and scale ``[...]`` of the normalised crop frame."""
+    offset = 0 if points.shape[-2] == NUM_POINTS else -POSE_POINTS[0]
+    right = points[..., [i + offset for i in RIGHT_EYE], :].mean(-2)
+    left = points[..., [i + offset for i in LEFT_EYE], :].mean(-2)
+    axis = left - right
+    scale = axis.norm(dim=-1).clamp_min(1e-6)
+    return (left + right) / 2, axis / scale.unsqueeze(-1), scale
+
+
+def _axes(frame: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """Origin, x and y axes ``[..., 1, 2]`` and scale ``[..., 1, 1]``, broadcastable over points."""
+    origin, x_axis, scale = frame
+    y_axis = torch.stack([-x_axis[..., 1], x_axis[..., 0]], -1)
+    return origin.unsqueeze(-2), x_axis.unsqueeze(-2), y_axis.unsqueeze(-2), scale[..., None, None]
+
+
+def to_normalised(points: torch.Tensor, frame: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Pixels ``[..., P, 2]`` → normalised crop frame, with ``frame`` from :func:`eye_frames`."""
+    origin, x_axis, y_axis, scale = _axes(frame)
+    relative = points - origin
+    return torch.stack([(relative * x_axis).sum(-1), (relative * y_axis).sum(-1)], -1) / scale
+
+
+def to_pixels(points: torch.Tensor, frame: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    origin, x_axis, y_axis, scale = _axes(frame)
+    points = points * scale
+    return origin + points[..., :1] * x_axis + points[..., 1:] * y_axis
+
+
+def project_landmarks(model: MorphableModel, coeffs: FaceCoefficients, camera: PerspectiveCamera) -> torch.Tensor:
+    """The model's 68 landmark vertices projected to pixels ``[F, 68, 2]``, computing only those vertices."""
+    model.check_coefficients(coeffs)
+    reference = model.mean_shape
+    coeffs = coeffs.to(device=reference.device, dtype=reference.dtype)
+    ids = model.landmark_ids
+    columns = (ids.unsqueeze(1) * 3 + torch.arange(3, device=ids.device)).flatten()
+    offsets = coeffs.identity @ model.identity_basis[:, columns] + coeffs.expression @ model.expression_basis[:, columns]
+    vertices = model.mean_shape[ids].unsqueeze(0) + offsets.view(coeffs.frames, -1, 3)
+    return camera.project(model.pose(vertices, coeffs.rotation, coeffs.translation))
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """Windows of at most ``length`` frames covering ``frames`` frames, consecutive ones sharing ``overlap``."""
+
+    frames: int
+    length: int
+    overlap: int
+
+    def __post_init__(self) -> None:
+        if self.frames < 1:
+            raise TalkingFaceError("there are no video frames to predict")
+        if not 0 <= self.overlap < self.length:
+            raise TalkingFaceError(f"window overlap must be in 0..{self.length - 1}, got {self.overlap}")
+
+    @property
+    def window(self) -> int:
+        return min(self.length, self.frames)
+
+    def starts(self) -> list[int]:
+        if self.frames <= self.length:
+            return [0]
+        stride = self.length - self.overlap
+        starts = list(range(0, self.frames - self.length, stride))
+        return starts + [self.frames - self.length]
+
+    def blend_weights(self) -> torch.Tensor:
+        """``[window]`` weights rising over the overlap at each end, so joins cross-fade."""
+        position = torch.arange(self.window, dtype=torch.float32)
+        ramp = float(self.overlap + 1)
+        return torch.minimum(torch.minimum(position + 1, self.window - position), torch.tensor(ramp)) / ramp
+
+    def batches(self, windows_per_batch: int) -> Iterator[list[int]]:
+        starts = self.starts()
+        for first in range(0, len(starts), windows_per_batch):
+            yield starts[first: first + windows_per_batch]
+
+
+@torch.no_grad()
+def predict_mouth(
+    model: LandmarkCompletionTransformer,
+    audio: Audio,
+    fps: float,
+    references: torch.Tensor,
+    pose_points: torch.Tensor,
+    overlap: int | None = None,
+    windows_per_batch: int = 64,
+    log_mel: LogMel | None = None,
+    on_batch=None,
+) -> torch.Tensor:
+    """Lip and jaw points ``[F, 37, 2]`` (:data:`MOUTH_POINTS` order, normalised crop frame) for the
+    F video frames of ``pose_points [F, 31, 2]`` (normalised), driven by 16 kHz ``audio`` at ``fps``;
+    ``references [N, 68, 2]`` (normalised) are the speaker's reference landmark sets.
+    ``on_batch(frames_done)`` is called after each batch (progress, interruption)."""
+    config = model.config
+    if audio.sample_rate != SAMPLE_RATE:
+        raise TalkingFaceError(f"the landmark model needs {SAMPLE_RATE} Hz audio, got {audio.sample_rate} Hz")
+    if references.shape != (config.reference_sets, NUM_POINTS, 2):
+        raise TalkingFaceError(
+            f"the model takes {config.reference_sets} reference landmark sets [N, 68, 2], got {tuple(references.shape)}"
+        )
+    device = next(model.parameters()).device
+    log_mel = (log_mel or LogMel()).to(device)
+    plan = WindowPlan(pose_points.shape[0], config.target_frames, config.target_frames // 4 if overlap is None else overlap)
+    weights = plan.blend_weights().to(device)
+    total = torch.zeros(plan.frames, len(MOUTH_POINTS), 2, device=device)
+    weight_sum = torch.zeros(plan.frames, device=device)
+    samples = audio.samples.to(device, torch.float32)
+    references = references.to(device, torch.float32).unsqueeze(0)
+    pose_points = pose_points.to(device, torch.float32)
+    window = torch.arange(plan.window, device=device)
+    for starts in plan.batches(windows_per_batch):
+        first_mel, last_mel = mel_range_for_frames(starts[0], starts[-1] + plan.window, fps, log_mel.config)
+        mel = log_mel.frames(samples, first_mel, last_mel).unsqueeze(0)
+        frame_index = torch.tensor(starts, device=device).unsqueeze(1) + window  # [W, T]
+        windows = mel_windows(mel, first_mel, frame_index.flatten(), fps, log_mel.config)[0]
+        windows = windows.view(len(starts), plan.window, *windows.shape[1:])
+        predicted = model(references, windows, pose_points[frame_index])
+        total.index_add_(0, frame_index.flatten(), (predicted * weights.view(1, -1, 1, 1)).flatten(0, 1))
+        weight_sum.index_add_(0, frame_index.flatten(), weights.expand(len(starts), -1).flatten())
+        if on_batch is not None:
+            on_batch(starts[-1] + plan.window)
+    return total / weight_sum.view(-1, 1, 1)
+
+
+def audio_to_landmarks(
+    model: LandmarkCompletionTransformer,
+    face_model: MorphableModel,
+    audio: Audio,
+    fps: float,
+    base: FaceCoefficients,
+    reference: FaceCoefficients,
+    camera: PerspectiveCamera | None = None,
+    overlap: int | None = None,
+    windows_per_batch: int = 64,
+    on_batch=None,
+) -> TalkingLandmarks:
+    """Landmarks for every frame of ``base`` (the head motion, one row per video frame): the upper
+    face projected from ``base``, lip and jaw predicted from ``audio``; ``reference`` (1 or N frames
+    of the speaker, cycled to the model's N reference sets) gives the speaker's mouth shape."""
+    camera = camera or PerspectiveCamera.deep3d()
+    sets = model.config.reference_sets
+    picks = torch.arange(sets) % reference.frames
+    reference_px = project_landmarks(face_model, reference[picks], camera)
+    reference_points = to_normalised(reference_px, eye_frames(reference_px))
+    pose_px = project_landmarks(face_model, base, camera)
+    frames = eye_frames(pose_px)
+    pose_points = to_normalised(pose_px[:, list(POSE_POINTS)], frames)
+    mouth = predict_mouth(model, audio, fps, reference_points, pose_points, overlap, windows_per_batch, on_batch=on_batch)
+    points = pose_px.clone()
+    points[:, list(MOUTH_POINTS)] = to_pixels(mouth.to(points.device), frames)
+    return TalkingLandmarks(points=points, base=base, fps=fps, camera=camera)

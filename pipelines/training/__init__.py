@@ -1,0 +1,1 @@
+"""Datasets, preprocessing, trainers (accelerate) and evaluation metrics."""

@@ -1,0 +1,229 @@
+"""Training of the landmark completion transformer on clips of per-frame landmarks plus 16 kHz audio.
+
+Clips are stored one per ``.safetensors`` file (``audio [N]``, ``landmarks [F, 68, 2]`` in pixels,
+fps in the metadata): :func:`save_clip` writes them, from a preprocessing step or from
+:mod:`.audio_synthetic`. Training samples windows of ``target_frames`` frames with reference sets
+drawn from other frames of the same clip (as IP_LAP does), and minimises L1 on the lip and jaw
+points plus L1 on their frame-to-frame velocity, in the normalised crop frame. Training runs under
+HF accelerate (CPU, one or many GPUs, mixed precision as configured by ``accelerate config``).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch.utils.data import DataLoader, Dataset
+
+from ..audio.features import LogMel, mel_windows
+from ..audio.io import SAMPLE_RATE
+from ..audio.landmark_model import (
+    MOUTH_POINTS,
+    POSE_POINTS,
+    LandmarkCompletionTransformer,
+    LandmarkModelConfig,
+    save_landmark_model,
+)
+from ..audio.landmarks import eye_frames, to_normalised
+from ..errors import ModelFileError, TalkingFaceError
+from .audio_synthetic import TalkingClip
+
+CLIP_FORMAT = "talkingface.audio_clip"
+
+
+def save_clip(clip: TalkingClip, path: str | Path) -> None:
+    save_file(
+        {"audio": clip.audio.float().contiguous(), "landmarks": clip.landmarks.float().contiguous()},
+        str(path),
+        metadata={"format": CLIP_FORMAT, "fps": repr(float(clip.fps)), "sample_rate": str(SAMPLE_RATE)},
+    )
+
+
+def load_clip(path: str | Path) -> TalkingClip:
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            if metadata.get("format") != CLIP_FORMAT:
+                raise ModelFileError(f"{path.name} is not a training clip (format '{CLIP_FORMAT}')")
+            if int(metadata.get("sample_rate", 0)) != SAMPLE_RATE:
+                raise ModelFileError(f"{path.name}: clips must hold {SAMPLE_RATE} Hz audio")
+            return TalkingClip(handle.get_tensor("audio"), handle.get_tensor("landmarks"), float(metadata["fps"]))
+    except ModelFileError:
+        raise
+    except Exception as error:
+        raise ModelFileError(f"{path.name} could not be read as a training clip: {error}") from error
+
+
+@dataclass
+class _PreparedClip:
+    mel: torch.Tensor  # [80, M + 2·pad], starting at mel frame -pad
+    first_mel: int
+    points: torch.Tensor  # [F, 68, 2] normalised
+    fps: float
+
+
+class LandmarkWindows(Dataset):
+    """``count`` windows drawn from ``clips``; window k is the same on every pass (seeded by k), so a
+    validation set is fixed and a training set covers many windows per clip across its epochs."""
+
+    def __init__(self, clips: Sequence[TalkingClip], config: LandmarkModelConfig, count: int, seed: int = 0) -> None:
+        if not clips:
+            raise TalkingFaceError("no training clips")
+        self.config = config
+        self.count = count
+        self.seed = seed
+        log_mel = LogMel()
+        pad = log_mel.config.window_frames
+        self.prepared = []
+        for clip in clips:
+            if clip.frames < config.target_frames + 1:
+                raise TalkingFaceError(f"a clip of {clip.frames} frames is shorter than a training window")
+            total = log_mel.num_frames(clip.audio.shape[0])
+            with torch.no_grad():
+                mel = log_mel.frames(clip.audio.float(), -pad, total + pad)
+            points = to_normalised(clip.landmarks, eye_frames(clip.landmarks))
+            self.prepared.append(_PreparedClip(mel, -pad, points, clip.fps))
+        self.mel_config = log_mel.config
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        clip = self.prepared[int(torch.randint(len(self.prepared), (1,), generator=generator))]
+        frames = clip.points.shape[0]
+        length = self.config.target_frames
+        start = int(torch.randint(frames - length + 1, (1,), generator=generator))
+        window = torch.arange(start, start + length)
+        references = torch.randint(frames, (self.config.reference_sets,), generator=generator)
+        mel = mel_windows(clip.mel.unsqueeze(0), clip.first_mel, window, clip.fps, self.mel_config)[0]
+        points = clip.points[window]
+        return {
+            "references": clip.points[references],
+            "mel_windows": mel,
+            "pose": points[:, list(POSE_POINTS)],
+            "target": points[:, list(MOUTH_POINTS)],
+        }
+
+
+def landmark_loss(predicted: torch.Tensor, target: torch.Tensor, velocity_weight: float) -> torch.Tensor:
+    """L1 on the points plus ``velocity_weight`` × L1 on their frame-to-frame motion."""
+    loss = (predicted - target).abs().mean()
+    if predicted.shape[1] > 1 and velocity_weight > 0:
+        loss = loss + velocity_weight * (predicted.diff(dim=1) - target.diff(dim=1)).abs().mean()
+    return loss
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 32
+    learning_rate: float = 5e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    velocity_weight: float = 1.0
+    validate_every: int = 200
+    train_windows: int = 100_000
+    validation_windows: int = 512
+    seed: int = 0
+    num_workers: int = 0
+
+
+@dataclass
+class Evaluation:
+    """Mean L1 per coordinate (normalised units: inter-ocular distance) on the validation windows."""
+
+    model_l1: float
+    reference_mean_l1: float  # predicting the speaker's mean reference mouth (what an untrained model does)
+    dataset_mean_l1: float  # predicting the training set's mean mouth in every frame
+
+
+@torch.no_grad()
+def evaluate(model: LandmarkCompletionTransformer, loader: DataLoader, dataset_mean: torch.Tensor) -> Evaluation:
+    model.eval()
+    sums = torch.zeros(3)
+    count = 0
+    device = next(model.parameters()).device
+    for batch in loader:
+        batch = {key: value.to(device) for key, value in batch.items()}
+        target = batch["target"]
+        predicted = model(batch["references"], batch["mel_windows"], batch["pose"])
+        reference_mean = batch["references"].mean(1, keepdim=True)[:, :, list(MOUTH_POINTS)].expand_as(target)
+        sums += torch.stack([
+            (predicted - target).abs().sum(), (reference_mean - target).abs().sum(),
+            (dataset_mean.to(device).expand_as(target) - target).abs().sum(),
+        ]).cpu()
+        count += target.numel()
+    model.train()
+    values = (sums / count).tolist()
+    return Evaluation(*values)
+
+
+def train_landmark_model(
+    model_config: LandmarkModelConfig,
+    train_clips: Sequence[TalkingClip],
+    validation_clips: Sequence[TalkingClip],
+    train_config: TrainConfig,
+    checkpoint_dir: str | Path | None = None,
+    log=print,
+) -> tuple[LandmarkCompletionTransformer, list[tuple[int, Evaluation]]]:
+    """Train with accelerate; validates every ``validate_every`` steps and at the end, saving the
+    best model as ``checkpoint_dir/best.safetensors`` and the last as ``last.safetensors``."""
+    from accelerate import Accelerator
+
+    accelerator = Accelerator()
+    torch.manual_seed(train_config.seed)
+    train_set = LandmarkWindows(train_clips, model_config, train_config.train_windows, seed=train_config.seed)
+    validation_set = LandmarkWindows(validation_clips, model_config, train_config.validation_windows, seed=10_000 + train_config.seed)
+    dataset_mean = torch.cat([clip.points[:, list(MOUTH_POINTS)] for clip in train_set.prepared]).mean(0)
+    model = LandmarkCompletionTransformer(model_config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train_config.learning_rate, weight_decay=train_config.weight_decay)
+
+    def schedule(step: int) -> float:
+        if step < train_config.warmup_steps:
+            return (step + 1) / train_config.warmup_steps
+        progress = (step - train_config.warmup_steps) / max(train_config.steps - train_config.warmup_steps, 1)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    train_loader = DataLoader(train_set, batch_size=train_config.batch_size, shuffle=True,
+                              num_workers=train_config.num_workers, drop_last=True)
+    validation_loader = DataLoader(validation_set, batch_size=train_config.batch_size)
+    model, optimizer, train_loader, validation_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, validation_loader, scheduler
+    )
+    history: list[tuple[int, Evaluation]] = []
+    best = math.inf
+    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    step = 0
+    model.train()
+    while step < train_config.steps:
+        for batch in train_loader:
+            predicted = model(batch["references"], batch["mel_windows"], batch["pose"])
+            loss = landmark_loss(predicted, batch["target"], train_config.velocity_weight)
+            accelerator.backward(loss)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            step += 1
+            if step % train_config.validate_every == 0 or step == train_config.steps:
+                result = evaluate(model, validation_loader, dataset_mean)
+                history.append((step, result))
+                log(f"step {step}: loss {loss.item():.4f}, validation L1 {result.model_l1:.4f} "
+                    f"(reference mean {result.reference_mean_l1:.4f}, dataset mean {result.dataset_mean_l1:.4f})")
+                if checkpoint_dir is not None and accelerator.is_main_process:
+                    unwrapped = accelerator.unwrap_model(model)
+                    metadata = {"step": str(step), "validation_l1": f"{result.model_l1:.6f}"}
+                    save_landmark_model(unwrapped, checkpoint_dir / "last.safetensors", metadata)
+                    if result.model_l1 < best:
+                        save_landmark_model(unwrapped, checkpoint_dir / "best.safetensors", metadata)
+                best = min(best, result.model_l1)
+            if step >= train_config.steps:
+                break
+    model = accelerator.unwrap_model(model).eval()
+    return model, history
