@@ -141,11 +141,10 @@ class AudioToLandmarks(TalkingFaceNode):
             "required": {
                 "motion_model": ("TALK_MOTION_MODEL", {"tooltip": "From Load Audio-to-Motion Model."}),
                 "face_model": ("TALK_FACE_MODEL", {"tooltip": "From Load 3DMM; the same model the portrait was fitted with."}),
-                "portrait": (
-                    "TALK_COEFFS",
-                    {"tooltip": "The speaker's coefficients. Frame 0 sets identity, pose and light; all frames "
-                     "serve as reference mouth shapes."},
-                ),
+                "portrait": ("TALK_COEFFS", {"tooltip": "The speaker's coefficients (e.g. fitted to the portrait)."}),
+                "portrait_frame": ("INT", {"default": 0, "min": 0, "max": 1_000_000,
+                                           "tooltip": "Row of the portrait coefficients to animate: its identity, "
+                                           "pose, light and resting expression."}),
                 "audio": ("AUDIO", {"tooltip": "Speech from Load Audio or any node that outputs AUDIO."}),
                 "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 120.0, "step": 0.01,
                                   "tooltip": "Frame rate of the video to make."}),
@@ -179,6 +178,7 @@ class AudioToLandmarks(TalkingFaceNode):
         motion_model: LandmarkCompletionTransformer,
         face_model: MorphableModel,
         portrait: FaceCoefficients,
+        portrait_frame: int,
         audio: dict,
         fps: float,
         frames: int,
@@ -189,8 +189,9 @@ class AudioToLandmarks(TalkingFaceNode):
         windows_per_batch: int,
         motion_reference: FaceCoefficients | None = None,
     ) -> tuple[TalkingLandmarks, dict, int, float]:
-        if portrait.frames == 0:
-            raise self.fail("the portrait coefficients have no frames")
+        if not 0 <= portrait_frame < portrait.frames:
+            raise self.fail(f"portrait_frame {portrait_frame} does not exist: the portrait has {portrait.frames} frames")
+        portrait = portrait[portrait_frame]
         if head_motion == "reference" and motion_reference is None:
             raise self.fail("head_motion is 'reference' but nothing is connected to motion_reference")
         speech = prepare_speech(audio)

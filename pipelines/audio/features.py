@@ -99,8 +99,20 @@ class LogMel(nn.Module):
         return self.frames(waveform, 0, self.num_frames(waveform.shape[-1]))
 
     def frames(self, waveform: torch.Tensor, first: int, last: int) -> torch.Tensor:
-        """Mel frames ``first .. last - 1`` of the whole signal's spectrogram, computed from only the
-        samples they need. Frames outside the signal are silence."""
+        """Normalised log-mel frames ``first .. last - 1`` of the whole signal's spectrogram, computed
+        from only the samples they need. Frames outside the signal are silence."""
+        return self.normalise(self.magnitudes(waveform, first, last))
+
+    def normalise(self, mel: torch.Tensor) -> torch.Tensor:
+        """Mel magnitudes → dB relative to ``ref_level_db``, mapped from [min_level_db, 0] to ±max_abs_value."""
+        config = self.config
+        db = 20.0 * torch.log10(mel.clamp_min(1e-5)) - config.ref_level_db
+        scaled = (2 * config.max_abs_value) * (db - config.min_level_db) / -config.min_level_db - config.max_abs_value
+        return scaled.clamp(-config.max_abs_value, config.max_abs_value)
+
+    def magnitudes(self, waveform: torch.Tensor, first: int, last: int) -> torch.Tensor:
+        """Mel magnitudes (librosa's ``melspectrogram(power=1)``) of frames ``first .. last - 1``, zero
+        outside the signal; ``[B, mel_bins, last - first]`` (or without B for a 1D waveform)."""
         squeeze = waveform.ndim == 1
         if squeeze:
             waveform = waveform.unsqueeze(0)
@@ -115,25 +127,21 @@ class LogMel(nn.Module):
         total = self.num_frames(samples)
         inside_first, inside_last = max(first, 0), min(last, total)
         dtype = waveform.dtype
-        result = waveform.new_full((waveform.shape[0], config.mel_bins, max(last - first, 0)), config.silence_value)
-        if inside_last <= inside_first:
-            return result.squeeze(0) if squeeze else result
-        half = config.n_fft // 2
-        index = torch.arange(
-            inside_first * config.hop_length - half, (inside_last - 1) * config.hop_length + half + 1,
-            device=waveform.device,
-        )
-        # reflect padding at the true ends of the signal, as a centred STFT of the whole signal has
-        index = index.abs()
-        index = torch.where(index >= samples, 2 * (samples - 1) - index, index)
-        segment = waveform[:, index]
-        spectrum = torch.stft(
-            segment, config.n_fft, config.hop_length, window=self.window.to(dtype), center=False, return_complex=True
-        ).abs()
-        mel = torch.matmul(self.filterbank.to(dtype), spectrum)
-        db = 20.0 * torch.log10(mel.clamp_min(1e-5)) - config.ref_level_db
-        normalised = (2 * config.max_abs_value) * (db - config.min_level_db) / -config.min_level_db - config.max_abs_value
-        result[..., inside_first - first: inside_last - first] = normalised.clamp(-config.max_abs_value, config.max_abs_value)
+        result = waveform.new_zeros((waveform.shape[0], config.mel_bins, max(last - first, 0)))
+        if inside_last > inside_first:
+            half = config.n_fft // 2
+            index = torch.arange(
+                inside_first * config.hop_length - half, (inside_last - 1) * config.hop_length + half + 1,
+                device=waveform.device,
+            )
+            # reflect padding at the true ends of the signal, as a centred STFT of the whole signal has
+            index = index.abs()
+            index = torch.where(index >= samples, 2 * (samples - 1) - index, index)
+            spectrum = torch.stft(
+                waveform[:, index], config.n_fft, config.hop_length, window=self.window.to(dtype), center=False,
+                return_complex=True,
+            ).abs()
+            result[..., inside_first - first: inside_last - first] = torch.matmul(self.filterbank.to(dtype), spectrum)
         return result.squeeze(0) if squeeze else result
 
 

@@ -67,13 +67,13 @@ def trim_comfy(audio: dict, start_seconds: float = 0.0, duration_seconds: float 
     waveform, sample_rate = audio["waveform"], int(audio["sample_rate"])
     first = int(round(start_seconds * sample_rate))
     last = waveform.shape[-1] if duration_seconds == 0 else first + int(round(duration_seconds * sample_rate))
-    if last <= first:
-        raise TalkingFaceError(f"duration {duration_seconds} s is shorter than one sample")
     if first >= waveform.shape[-1]:
         raise TalkingFaceError(
             f"no audio left after trimming: the audio lasts {waveform.shape[-1] / sample_rate:.2f} s but starts at "
             f"{start_seconds:.2f} s; lower start_seconds"
         )
+    if last <= first:
+        raise TalkingFaceError(f"duration {duration_seconds} s is shorter than one sample")
     return {"waveform": waveform[..., first:last].contiguous(), "sample_rate": sample_rate}
 
 
