@@ -238,8 +238,9 @@ class LandmarksToExpression(TalkingFaceNode):
             "required": {
                 "face_model": ("TALK_FACE_MODEL", {"tooltip": "The 3DMM the landmarks were made with."}),
                 "landmarks": ("TALK_LANDMARKS", {"tooltip": "From Audio to Landmarks."}),
-                "smoothing": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.1,
-                                        "tooltip": "Gaussian smoothing of the expression over time, in frames; 0 = off."}),
+                "smoothing": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 10.0, "step": 0.1,
+                                        "tooltip": "Gaussian smoothing of the expression over time (sigma in frames; "
+                                        "0 = off). Above ~1 it damps fast syllables."}),
             }
         }
 

@@ -59,7 +59,7 @@ def smooth_tracks(tracks: torch.Tensor, sigma_frames: float) -> torch.Tensor:
 def landmarks_to_expression(
     model: MorphableModel,
     landmarks: TalkingLandmarks,
-    smoothing: float = 1.0,
+    smoothing: float = 0.5,
     config: FitConfig | None = None,
 ) -> tuple[FaceCoefficients, torch.Tensor]:
     """The base coefficients with the expression fitted to the lip/jaw landmarks and smoothed over
