@@ -7,10 +7,11 @@ files go through the same ``FaceAnalysis`` code as the real ``det_10g``/``2d106d
 ``genderage``/``w600k_r50``. The weights are designed, not learned, so a test can predict what they
 find:
 
-* the detector (SCRFD signature: 9 outputs, strides 8/16/32, 2 anchors) fires at the stride-32
-  anchor whose neighbourhood is brightest, if it is bright at all: a face rendered on a dark
-  background is found where it is, a black frame has no face. The box side follows the bright
-  area, the five keypoints sit where the demo face has its eyes, nose tip and mouth corners.
+* the detector (SCRFD signature: 9 outputs, strides 8/16/32, 2 anchors) treats bright pixels as
+  face: it fires at the stride-32 anchor nearest the centroid of the bright cells (if any cell is
+  bright: a black frame has no face) and regresses its box and keypoints to that centroid, so a
+  face rendered on a dark background is found where it is. The box side follows the bright area,
+  the five keypoints sit where the demo face has its eyes, nose tip and mouth corners.
 * the landmark models return the demo face's 68 (and a 106-point) layout in the detector's box,
   shifted slightly by the image content; the recognition model embeds a pooled thumbnail of the
   aligned crop, so the same face gives similar embeddings and different faces do not.
@@ -146,8 +147,21 @@ def detector_graph(layout: dict) -> onnx.GraphProto:
         helper.make_node("Add", [score_names[2], "one"], ["ones_column"]),
         helper.make_node("Mul", ["ones_column", "zero"], ["zeros_column"]),
         helper.make_node("Add", ["zeros_column", "one"], ["unit_column"]),
-        helper.make_node("Mul", ["unit_column", "box_one"], [box_names[2]]),
-        helper.make_node("Mul", ["unit_column", "kps_one"], [kps_names[2]]),
+        helper.make_node("Mul", ["unit_column", "box_one"], ["box_rows"]),
+        helper.make_node("Mul", ["unit_column", "kps_one"], ["kps_rows"]),
+        # Regress from each anchor to the exact centroid, so boxes and keypoints follow sub-cell motion.
+        helper.make_node("Reshape", ["dx", "column_shape"], ["dx_cells"]),
+        helper.make_node("Concat", ["dx_cells", "dx_cells"], ["dx_pairs"], axis=1),
+        helper.make_node("Reshape", ["dx_pairs", "column_shape"], ["dx_anchor"]),
+        helper.make_node("Reshape", ["dy", "column_shape"], ["dy_cells"]),
+        helper.make_node("Concat", ["dy_cells", "dy_cells"], ["dy_pairs"], axis=1),
+        helper.make_node("Reshape", ["dy_pairs", "column_shape"], ["dy_anchor"]),
+        helper.make_node("Neg", ["dx_anchor"], ["minus_dx"]),
+        helper.make_node("Neg", ["dy_anchor"], ["minus_dy"]),
+        helper.make_node("Concat", ["dx_anchor", "dy_anchor", "minus_dx", "minus_dy"], ["box_shift"], axis=1),
+        helper.make_node("Concat", ["minus_dx", "minus_dy"] * 5, ["kps_shift"], axis=1),
+        helper.make_node("Add", ["box_rows", "box_shift"], [box_names[2]]),
+        helper.make_node("Add", ["kps_rows", "kps_shift"], [kps_names[2]]),
     ]
     half = 0.5 * np.ones(4, dtype=np.float32)
     # distance2kps adds offsets·stride to the anchor: offsets are the layout in box sides.

@@ -67,8 +67,8 @@ def test_detector_finds_the_face_where_it_is(analyzer, x_offset):
     assert len(found) == 1
     face = found[0]
     box_centre = torch.tensor([(face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2])
-    # One detector cell is 32 px at 640, i.e. 12.8 px here: the box sits on the cell nearest the face.
-    assert float((box_centre - centre).norm()) < 13.0
+    # The tiny detector measures brightness on 32-px cells at 640 (12.8 px here): a few px of slack.
+    assert float((box_centre - centre).norm()) < 5.0
     assert face.landmarks68.shape == (68, 2) and face.landmarks106.shape == (106, 2)
     assert face.embedding.shape == (512,) and abs(np.linalg.norm(face.embedding) - 1.0) < 1e-4
     assert face.pose.shape == (3,)

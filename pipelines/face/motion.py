@@ -19,8 +19,8 @@ PRESETS = {
     "swap": {"identity": "source", "texture": "source", "lighting": "driver",
              "expression": "driver", "rotation": "driver", "translation": "driver", "gaze": "driver"},
 }
-# Typical sizes of each field, the units in which One-Euro measures speed.
-SMOOTHING_SCALES = {"expression": 0.5, "rotation": 0.05, "translation": 0.05, "gaze": 0.05, "lighting": 0.1}
+# Speed units of each field for One-Euro: moving by this much per second opens the filter by 2 Hz.
+SMOOTHING_SCALES = {"expression": 2.0, "rotation": 0.5, "translation": 0.5, "gaze": 0.5, "lighting": 1.0}
 
 
 def mix_coefficients(source: FaceCoefficients, driver: FaceCoefficients, choice: dict[str, str]) -> FaceCoefficients:
