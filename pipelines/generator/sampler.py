@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import TalkingFaceError
+from ..morphable.coefficients import FaceCoefficients
 from ..video import frame_chunks
 from .config import TGDMConfig
 from .tgdm import SourceFeatures, TGDMDenoiser
@@ -103,6 +104,11 @@ class GeneratorInputs:
         need("the source surface map", self.source_surface, (size, size, 3), True)
         if config.identity_dim:
             need("the identity embedding", self.identity, (config.identity_dim,), True)
+
+
+def flat_coefficients(coeffs: FaceCoefficients) -> torch.Tensor:
+    """ρ̂ as the generator reads it: the 257-d Deep3DFaceRecon vector and gaze, ``[T, 259]``."""
+    return torch.cat([coeffs.to_flat(), coeffs.gaze], dim=1)
 
 
 def to_model_images(images: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:

@@ -1,0 +1,175 @@
+"""Load Generator and TGDM Sampler: paint a source face's texture onto rendered 3DMM targets."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..pipelines.errors import TalkingFaceError
+from ..pipelines.generator import sampler as sampling
+from ..pipelines.generator.checkpoint import load_tgdm
+from ..pipelines.generator.tgdm import TGDMDenoiser
+from ..pipelines.morphable.coefficients import FaceCoefficients
+from . import host
+from .base import ROOT_CATEGORY, TalkingFaceNode
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+CATEGORY = f"{ROOT_CATEGORY}/generate"
+
+
+@dataclass
+class LoadedGenerator:
+    """What travels on a TALK_GENERATOR socket: the denoiser (kept on the offload device) and its dtype."""
+
+    model: TGDMDenoiser
+    dtype: torch.dtype
+    name: str
+
+
+def _precision(choice: str, device: torch.device) -> torch.dtype:
+    if choice == "fp32" or (choice == "auto" and device.type != "cuda"):
+        return torch.float32
+    if choice == "fp16":
+        return torch.float16
+    if choice == "auto" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
+class LoadGenerator(TalkingFaceNode):
+    DISPLAY_NAME = "Load Generator"
+    CATEGORY = CATEGORY
+    DESCRIPTION = (
+        "Loads a TGDM generator checkpoint (.safetensors with its config in the metadata) from "
+        "ComfyUI/models/talkingface/. Train one with `python -m scripts.train_tgdm`."
+    )
+    RETURN_TYPES = ("TALK_GENERATOR",)
+    RETURN_NAMES = ("generator",)
+    OUTPUT_TOOLTIPS = ("The TGDM denoiser with its source encoder, for TGDM Sampler.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "checkpoint": (
+                    host.list_models("talkingface"),
+                    {"tooltip": "A TGDM checkpoint in ComfyUI/models/talkingface/."},
+                ),
+                "precision": (
+                    list(PRECISIONS),
+                    {"default": "auto",
+                     "tooltip": "auto: bf16 on a GPU that has it (fp16 otherwise), fp32 on the CPU."},
+                ),
+            }
+        }
+
+    def run(self, checkpoint: str, precision: str) -> tuple[LoadedGenerator]:
+        if precision not in PRECISIONS:
+            raise self.fail(f"precision must be one of {PRECISIONS}, got '{precision}'")
+        path = host.model_path("talkingface", checkpoint)
+        model = load_tgdm(path, host.offload_device())
+        dtype = _precision(precision, host.torch_device())
+        return (LoadedGenerator(model.to(dtype), dtype, checkpoint),)
+
+
+def _rgb(images: torch.Tensor, name: str) -> torch.Tensor:
+    if images.ndim != 4:
+        raise TalkingFaceError(f"{name} must be an IMAGE batch [frames, height, width, channels], got {tuple(images.shape)}")
+    channels = images.shape[-1]
+    if channels == 1:
+        return images.expand(-1, -1, -1, 3)
+    if channels == 4:  # RGBA from LoadImage with transparency: the colour is what the model needs
+        return images[..., :3]
+    if channels != 3:
+        raise TalkingFaceError(f"{name} has {channels} channels; give an RGB image")
+    return images
+
+
+def _resized(images: torch.Tensor | None, size: int) -> torch.Tensor | None:
+    """Channel-last images at the generator's size (the model works at one fixed resolution)."""
+    if images is None or images.shape[1:3] == (size, size):
+        return images
+    moved = images.permute(0, 3, 1, 2).float()
+    return F.interpolate(moved, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1).permute(0, 2, 3, 1)
+
+
+class TGDMSampler(TalkingFaceNode):
+    DISPLAY_NAME = "TGDM Sampler"
+    CATEGORY = CATEGORY
+    DESCRIPTION = (
+        "Generates one face crop per render: the source face's texture painted onto the geometry, pose, "
+        "expression and lighting of each I_3d render by denoising. Long videos run in chunks, so memory "
+        "does not grow with the number of frames; Cancel stops within one batch."
+    )
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("images",)
+    OUTPUT_TOOLTIPS = ("One generated face crop per render frame, at the generator's resolution.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "generator": ("TALK_GENERATOR", {"tooltip": "From Load Generator."}),
+                "source_image": ("IMAGE", {"tooltip": "The face whose texture is copied: one image, or one per frame."}),
+                "render": ("IMAGE", {"tooltip": "I_3d renders from Render 3DMM Target, one per output frame."}),
+                "coefficients": ("TALK_COEFFS", {"tooltip": "The coefficients the renders were made from (one row per frame, or one row for all)."}),
+                "sampler": (list(sampling.SCHEDULERS), {"default": "ddim", "tooltip": "ddim and dpmpp_2m are deterministic; lcm is for distilled checkpoints."}),
+                "steps": ("INT", {"default": 25, "min": 1, "max": 1000, "tooltip": "Denoising steps per frame."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
+                                 "tooltip": "Seed of the initial noise."}),
+                "texture_guidance": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 20.0, "step": 0.1,
+                                               "tooltip": "How strongly the source texture is followed; 1 = no guidance."}),
+                "geometry_guidance": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 20.0, "step": 0.1,
+                                                "tooltip": "How strongly the render's geometry is followed; 1 = no guidance."}),
+                "batch_size": ("INT", {"default": 8, "min": 1, "max": 256, "tooltip": "Frames per denoiser pass; lower it if the GPU runs out of memory."}),
+                "chunk_size": ("INT", {"default": 32, "min": 1, "max": 4096, "tooltip": "Frames denoised together; memory is bounded by the chunk, not the video."}),
+                "same_noise": ("BOOLEAN", {"default": True, "tooltip": "Start every frame from the same noise, which reduces flicker in videos."}),
+            },
+            "optional": {
+                "target_surface": ("IMAGE", {"tooltip": "surface_coords of the renders (Render 3DMM Target), for generators trained with surface encodings."}),
+                "source_surface": ("IMAGE", {"tooltip": "surface_coords of a render of the source's own coefficients."}),
+            },
+        }
+
+    def run(
+        self, generator: LoadedGenerator, source_image: torch.Tensor, render: torch.Tensor,
+        coefficients: FaceCoefficients, sampler: str, steps: int, seed: int, texture_guidance: float,
+        geometry_guidance: float, batch_size: int, chunk_size: int, same_noise: bool,
+        target_surface: torch.Tensor | None = None, source_surface: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor]:
+        model = generator.model
+        config = model.config
+        frames = render.shape[0] if render.ndim == 4 else 0
+        if coefficients.frames not in (1, frames):
+            raise self.fail(f"{coefficients.frames} coefficient rows for {frames} renders: give one row per render")
+        flat = sampling.flat_coefficients(coefficients.repeat_to(frames))
+        if flat.shape[1] != config.coefficient_dim:
+            raise self.fail(
+                f"the coefficients have {flat.shape[1]} values per frame but {generator.name} was trained on "
+                f"{config.coefficient_dim}: use the 3DMM the generator was trained with"
+            )
+        if source_image.ndim == 4 and source_image.shape[0] not in (1, frames):
+            raise self.fail(f"{source_image.shape[0]} source images for {frames} renders: give one, or one per render")
+        size = config.image_size
+        inputs = sampling.GeneratorInputs(
+            source=_resized(_rgb(source_image, "source_image"), size),
+            renders=_resized(_rgb(render, "render"), size),
+            coefficients=flat,
+            target_surfaces=_resized(None if target_surface is None else _rgb(target_surface, "target_surface"), size),
+            source_surface=_resized(None if source_surface is None else _rgb(source_surface, "source_surface"), size),
+        )
+        settings = sampling.SamplerSettings(
+            scheduler=sampler, steps=steps, seed=seed, texture_guidance=texture_guidance,
+            geometry_guidance=geometry_guidance, batch_size=batch_size, chunk_size=chunk_size, same_noise=same_noise,
+        )
+        progress = host.Progress(steps * -(-frames // chunk_size))
+        device = host.torch_device()
+        model.to(device)
+        try:
+            images = sampling.TGDMSampler(model, settings).sample(
+                inputs, on_step=lambda step, total: progress.advance(), check_interrupted=host.throw_if_interrupted
+            )
+        finally:
+            model.to(host.offload_device())
+        return (images.float(),)
