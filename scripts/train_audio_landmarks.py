@@ -1,0 +1,118 @@
+"""Train the audio-to-landmark model (landmark completion transformer) with HF accelerate.
+
+    # clips: one .safetensors per clip (audio [N] at 16 kHz, landmarks [F, 68, 2] px, fps in the metadata)
+    python -m scripts.train_audio_landmarks --train DIR --validation DIR --out runs/audio
+    # or synthetic clips from the demo face (the learning check):
+    python -m scripts.train_audio_landmarks --synthetic 60 --synthetic-validation 12 --steps 800 --out runs/check
+    # write synthetic clips to disk instead of training:
+    python -m scripts.train_audio_landmarks --synthetic 60 --write-clips data/synthetic
+    # several GPUs / mixed precision: accelerate launch -m scripts.train_audio_landmarks ...
+
+Writes ``best.safetensors`` and ``last.safetensors`` (loadable by the Load Audio-to-Motion Model
+node: copy one into ComfyUI/models/talkingface/). The last line printed is a JSON summary with the
+validation L1 of the model and of the two baselines (the speaker's mean reference mouth, the
+training set's mean mouth), in units of the inter-ocular distance.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from pipelines.audio.landmark_model import LandmarkModelConfig
+from pipelines.morphable.demo_model import demo_face_model
+from pipelines.training.audio_landmarks import TrainConfig, load_clip, save_clip, train_landmark_model
+from pipelines.training.audio_synthetic import synthetic_clip
+
+
+def clips_from(directory: Path) -> list:
+    paths = sorted(directory.glob("*.safetensors"))
+    if not paths:
+        raise SystemExit(f"no .safetensors clips in {directory}")
+    return [load_clip(path) for path in paths]
+
+
+def synthetic_clips(count: int, seconds: float, first_seed: int) -> list:
+    face = demo_face_model()
+    return [synthetic_clip(face, seconds, seed=first_seed + k) for k in range(count)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    data = parser.add_argument_group("data")
+    data.add_argument("--train", type=Path, help="folder of training clips")
+    data.add_argument("--validation", type=Path, help="folder of validation clips")
+    data.add_argument("--synthetic", type=int, default=0, help="make this many synthetic training clips instead")
+    data.add_argument("--synthetic-validation", type=int, default=12, help="synthetic validation clips (other seeds)")
+    data.add_argument("--clip-seconds", type=float, default=6.0)
+    data.add_argument("--write-clips", type=Path, help="only write the synthetic clips to this folder")
+    model = parser.add_argument_group("model")
+    defaults = LandmarkModelConfig()
+    for name in ("reference_sets", "target_frames", "width", "heads", "layers", "feedforward"):
+        model.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
+    model.add_argument("--dropout", type=float, default=defaults.dropout)
+    training = parser.add_argument_group("training")
+    train_defaults = TrainConfig()
+    for name in ("steps", "batch_size", "warmup_steps", "validate_every", "validation_windows", "seed", "num_workers"):
+        training.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(train_defaults, name))
+    for name in ("learning_rate", "weight_decay", "velocity_weight"):
+        training.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(train_defaults, name))
+    parser.add_argument("--out", type=Path, help="checkpoint folder")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    started = time.time()
+    if args.synthetic:
+        train = synthetic_clips(args.synthetic, args.clip_seconds, 0)
+        validation = synthetic_clips(args.synthetic_validation, args.clip_seconds, 1_000_000)
+        if args.write_clips:
+            for split, clips in (("train", train), ("validation", validation)):
+                folder = args.write_clips / split
+                folder.mkdir(parents=True, exist_ok=True)
+                for index, clip in enumerate(clips):
+                    save_clip(clip, folder / f"clip_{index:05d}.safetensors")
+            print(f"wrote {len(train)} + {len(validation)} clips to {args.write_clips}")
+            return
+    elif args.train and args.validation:
+        train, validation = clips_from(args.train), clips_from(args.validation)
+    else:
+        parser.error("give --train and --validation folders, or --synthetic N")
+    if args.out is None:
+        parser.error("--out is required for training")
+    data_seconds = time.time() - started
+
+    model_config = LandmarkModelConfig(
+        reference_sets=args.reference_sets, target_frames=args.target_frames, width=args.width, heads=args.heads,
+        layers=args.layers, feedforward=args.feedforward, dropout=args.dropout,
+    )
+    train_config = TrainConfig(
+        steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_steps, velocity_weight=args.velocity_weight, validate_every=args.validate_every,
+        validation_windows=args.validation_windows, seed=args.seed, num_workers=args.num_workers,
+    )
+    started = time.time()
+    _, history = train_landmark_model(model_config, train, validation, train_config, args.out)
+    step, final = history[-1]
+    best = min(history, key=lambda item: item[1].model_l1)
+    print(json.dumps({
+        "steps": step,
+        "train_clips": len(train),
+        "validation_clips": len(validation),
+        "model_l1": round(final.model_l1, 5),
+        "best_model_l1": round(best[1].model_l1, 5),
+        "best_step": best[0],
+        "reference_mean_l1": round(final.reference_mean_l1, 5),
+        "dataset_mean_l1": round(final.dataset_mean_l1, 5),
+        "beats_baselines": final.model_l1 < min(final.reference_mean_l1, final.dataset_mean_l1),
+        "data_seconds": round(data_seconds, 1),
+        "train_seconds": round(time.time() - started, 1),
+    }))
+
+
+if __name__ == "__main__":
+    main()

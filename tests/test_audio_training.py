@@ -1,0 +1,67 @@
+"""Synthetic talking clips, clip files, and a tiny accelerate training run that writes loadable checkpoints."""
+import pytest
+import torch
+from packloader import pack_import
+
+synthetic = pack_import("pipelines.training.audio_synthetic")
+training = pack_import("pipelines.training.audio_landmarks")
+landmark_model = pack_import("pipelines.audio.landmark_model")
+errors = pack_import("pipelines.errors")
+
+TINY = landmark_model.LandmarkModelConfig(
+    reference_sets=2, target_frames=6, width=16, heads=2, layers=1, feedforward=32, dropout=0.0,
+    audio_channels=(8,), point_channels=4,
+)
+
+
+@pytest.fixture(scope="module")
+def clips():
+    face = pack_import("pipelines.morphable.demo_model").demo_face_model()
+    return [synthetic.synthetic_clip(face, 2.0, seed=seed) for seed in range(3)]
+
+
+def test_synthetic_audio_follows_the_mouth(clips):
+    clip = clips[0]
+    assert clip.audio.shape == (32000,) and clip.landmarks.shape == (50, 68, 2)
+    opening = (clip.landmarks[:, 66, 1] - clip.landmarks[:, 62, 1])  # inner lips apart, px
+    loudness = clip.audio[: 50 * 640].view(50, 640).square().mean(1).sqrt()
+    correlation = torch.corrcoef(torch.stack([opening, loudness]))[0, 1]
+    assert correlation > 0.6
+    again = synthetic.synthetic_clip(pack_import("pipelines.morphable.demo_model").demo_face_model(), 2.0, seed=0)
+    assert torch.equal(again.audio, clip.audio) and torch.allclose(again.landmarks, clip.landmarks)
+
+
+def test_clip_files_round_trip_and_refuse_other_files(clips, tmp_path):
+    training.save_clip(clips[0], tmp_path / "clip.safetensors")
+    loaded = training.load_clip(tmp_path / "clip.safetensors")
+    assert torch.equal(loaded.audio, clips[0].audio) and loaded.fps == 25.0
+    pack_import("pipelines.morphable.coefficients").FaceCoefficients.neutral(1).save(tmp_path / "other.safetensors")
+    with pytest.raises(errors.ModelFileError, match="not a training clip"):
+        training.load_clip(tmp_path / "other.safetensors")
+
+
+def test_windows_and_loss(clips):
+    windows = training.LandmarkWindows(clips, TINY, count=5, seed=1)
+    item = windows[3]
+    assert item["references"].shape == (2, 68, 2) and item["mel_windows"].shape == (6, 80, 16)
+    assert item["pose"].shape == (6, 31, 2) and item["target"].shape == (6, 37, 2)
+    assert torch.equal(windows[3]["target"], item["target"])  # a window is the same on every pass
+    target = item["target"].unsqueeze(0)
+    assert training.landmark_loss(target, target, 1.0) == 0
+    moved = target + 0.1
+    assert torch.isclose(training.landmark_loss(moved, target, 1.0), torch.tensor(0.1))  # velocity unchanged
+    with pytest.raises(errors.TalkingFaceError, match="shorter than a training window"):
+        training.LandmarkWindows([synthetic.TalkingClip(clips[0].audio, clips[0].landmarks[:4], 25.0)], TINY, 2)
+
+
+def test_tiny_training_run_writes_loadable_checkpoints(clips, tmp_path):
+    config = training.TrainConfig(steps=4, batch_size=4, validate_every=2, validation_windows=8, train_windows=64,
+                                  warmup_steps=1)
+    model, history = training.train_landmark_model(TINY, clips[:2], clips[2:], config, tmp_path, log=lambda _: None)
+    assert [step for step, _ in history] == [2, 4]
+    assert all(torch.isfinite(torch.tensor(e.model_l1)) for _, e in history)
+    for name in ("best.safetensors", "last.safetensors"):
+        loaded = landmark_model.load_landmark_model(tmp_path / name)
+        assert loaded.config == TINY
+    last = landmark_model.load_landmark_model(tmp_path / "last.safetensors")
+    assert all(torch.equal(a, b) for a, b in zip(last.state_dict().values(), model.state_dict().values(), strict=True))
