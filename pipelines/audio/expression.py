@@ -25,7 +25,7 @@ from .landmarks import TalkingLandmarks
 # one's counts as unseen by the mouth landmarks.
 UNSEEN_FRACTION = 1e-3
 
-DEFAULT_FIT = FitConfig(contour=False, pose_iterations=0, rounds=1, iterations=3, expression_prior=1.0)
+DEFAULT_FIT = FitConfig(contour=False, pose_iterations=0, rounds=1, iterations=2, expression_prior=1.0)
 
 
 def mouth_weights(device: torch.device | str = "cpu") -> torch.Tensor:
