@@ -1,5 +1,6 @@
 """Audio in: decoding every format and bit depth, mono mix-down, resampling, trimming, length policies, bad input."""
 import math
+from collections.abc import Mapping
 
 import numpy as np
 import pytest
@@ -50,6 +51,20 @@ def test_channels_are_averaged_and_batch_layouts_accepted():
     assert torch.allclose(audio_io.mono_from_comfy(audio).samples, torch.full((1000,), 0.4))
     assert audio_io.mono_from_comfy({"waveform": torch.stack([left, right]), "sample_rate": 16000}).samples.shape == (1000,)
     assert audio_io.mono_from_comfy({"waveform": left, "sample_rate": 8000}).sample_rate == 8000
+    class LazyAudio(Mapping):  # VideoHelperSuite's AUDIO decodes on first access
+        def __init__(self):
+            self.values = {"waveform": audio["waveform"], "sample_rate": 16000}
+
+        def __getitem__(self, key):
+            return self.values[key]
+
+        def __iter__(self):
+            return iter(self.values)
+
+        def __len__(self):
+            return 2
+
+    assert torch.allclose(audio_io.prepare_speech(LazyAudio()).samples, torch.full((1000,), 0.4))
     with pytest.raises(errors.TalkingFaceError, match="no track 3"):
         audio_io.mono_from_comfy(audio, batch_index=3)
 

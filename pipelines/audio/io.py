@@ -8,6 +8,7 @@ Everything downstream (log-mel, the landmark model) works on one mono float32 tr
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,7 +61,7 @@ def read_audio_file(path: str | Path) -> dict:
     return {"waveform": waveform, "sample_rate": int(sample_rate)}
 
 
-def trim_comfy(audio: dict, start_seconds: float = 0.0, duration_seconds: float = 0.0) -> dict:
+def trim_comfy(audio: Mapping, start_seconds: float = 0.0, duration_seconds: float = 0.0) -> dict:
     """An AUDIO dict cut to ``start_seconds`` + ``duration_seconds`` (0: to the end), channels kept."""
     if start_seconds < 0 or duration_seconds < 0:
         raise TalkingFaceError("start and duration must not be negative")
@@ -77,10 +78,11 @@ def trim_comfy(audio: dict, start_seconds: float = 0.0, duration_seconds: float 
     return {"waveform": waveform[..., first:last].contiguous(), "sample_rate": sample_rate}
 
 
-def mono_from_comfy(audio: dict, batch_index: int = 0) -> Audio:
+def mono_from_comfy(audio: Mapping, batch_index: int = 0) -> Audio:
     """One mono track from an AUDIO dict of any node: ``waveform`` ``[B, C, N]`` (also ``[C, N]`` or
     ``[N]``), channels averaged. Rejects empty audio and NaN/inf samples."""
-    if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
+    # VideoHelperSuite passes a lazily decoded Mapping rather than a dict
+    if not isinstance(audio, Mapping) or "waveform" not in audio or "sample_rate" not in audio:
         raise TalkingFaceError("audio must be an AUDIO value with 'waveform' and 'sample_rate' (connect Load Audio)")
     waveform = torch.as_tensor(audio["waveform"])
     sample_rate = int(audio["sample_rate"])
@@ -154,7 +156,7 @@ def check_not_silent(audio: Audio) -> None:
         )
 
 
-def prepare_speech(audio: dict, batch_index: int = 0) -> Audio:
+def prepare_speech(audio: Mapping, batch_index: int = 0) -> Audio:
     """AUDIO → mono 16 kHz track checked for silence: what the motion model consumes."""
     track = resample(mono_from_comfy(audio, batch_index), SAMPLE_RATE)
     check_not_silent(track)
