@@ -11,7 +11,8 @@
 Writes ``best.safetensors`` and ``last.safetensors`` (loadable by the Load Audio-to-Motion Model
 node: copy one into ComfyUI/models/talkingface/). The last line printed is a JSON summary with the
 validation L1 of the model and of the two baselines (the speaker's mean reference mouth, the
-training set's mean mouth), in units of the inter-ocular distance.
+training set's mean mouth), in units of the inter-ocular distance; with synthetic clips also the
+whole chain (audio → landmarks → expression) against the true jaw_open / lip_pucker / smile weights.
 """
 from __future__ import annotations
 
@@ -24,8 +25,14 @@ import torch
 
 from pipelines.audio.landmark_model import LandmarkModelConfig
 from pipelines.morphable.demo_model import demo_face_model
-from pipelines.training.audio_landmarks import TrainConfig, load_clip, save_clip, train_landmark_model
-from pipelines.training.audio_synthetic import synthetic_clip
+from pipelines.training.audio_landmarks import (
+    TrainConfig,
+    check_expression_chain,
+    load_clip,
+    save_clip,
+    train_landmark_model,
+)
+from pipelines.training.audio_synthetic import MOUTH_DIRECTIONS, synthetic_clip
 
 
 def clips_from(directory: Path) -> list:
@@ -96,9 +103,18 @@ def main() -> None:
         validation_windows=args.validation_windows, seed=args.seed, num_workers=args.num_workers,
     )
     started = time.time()
-    _, history = train_landmark_model(model_config, train, validation, train_config, args.out)
+    model, history = train_landmark_model(model_config, train, validation, train_config, args.out)
     step, final = history[-1]
     best = min(history, key=lambda item: item[1].model_l1)
+    train_seconds = time.time() - started
+    chain = {}
+    if args.synthetic:
+        check = check_expression_chain(model.cpu(), demo_face_model(), validation, MOUTH_DIRECTIONS)
+        chain = {
+            "expression_mae": {k: round(v, 4) for k, v in check.mean_abs_error.items()},
+            "expression_constant_baseline_mae": {k: round(v, 4) for k, v in check.constant_baseline_error.items()},
+            "expression_correlation": {k: round(v, 3) for k, v in check.correlation.items()},
+        }
     print(json.dumps({
         "steps": step,
         "train_clips": len(train),
@@ -110,7 +126,8 @@ def main() -> None:
         "dataset_mean_l1": round(final.dataset_mean_l1, 5),
         "beats_baselines": final.model_l1 < min(final.reference_mean_l1, final.dataset_mean_l1),
         "data_seconds": round(data_seconds, 1),
-        "train_seconds": round(time.time() - started, 1),
+        "train_seconds": round(train_seconds, 1),
+        **chain,
     }))
 
 

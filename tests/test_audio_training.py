@@ -65,3 +65,14 @@ def test_tiny_training_run_writes_loadable_checkpoints(clips, tmp_path):
         assert loaded.config == TINY
     last = landmark_model.load_landmark_model(tmp_path / "last.safetensors")
     assert all(torch.equal(a, b) for a, b in zip(last.state_dict().values(), model.state_dict().values(), strict=True))
+
+
+def test_expression_chain_check_runs_on_clips_with_known_coefficients(clips):
+    face = pack_import("pipelines.morphable.demo_model").demo_face_model()
+    model = landmark_model.LandmarkCompletionTransformer(TINY).eval()
+    check = training.check_expression_chain(model, face, clips[:1], synthetic.MOUTH_DIRECTIONS)
+    assert set(check.correlation) == set(synthetic.MOUTH_DIRECTIONS)
+    assert all(value >= 0 for value in check.mean_abs_error.values())
+    with pytest.raises(errors.TalkingFaceError, match="true coefficients"):
+        training.check_expression_chain(model, face, [synthetic.TalkingClip(clips[0].audio, clips[0].landmarks, 25.0)],
+                                        synthetic.MOUTH_DIRECTIONS)

@@ -30,11 +30,13 @@ MOUTH_DIRECTIONS = ("jaw_open", "lip_pucker", "smile")
 
 @dataclass
 class TalkingClip:
-    """One clip: ``audio`` ``[N]`` at 16 kHz and ``landmarks`` ``[F, 68, 2]`` (pixels) at ``fps``."""
+    """One clip: ``audio`` ``[N]`` at 16 kHz and ``landmarks`` ``[F, 68, 2]`` (pixels) at ``fps``;
+    synthetic clips also keep the ``coefficients`` that made the landmarks (the ground truth)."""
 
     audio: torch.Tensor
     landmarks: torch.Tensor
     fps: float
+    coefficients: FaceCoefficients | None = None
 
     @property
     def frames(self) -> int:
@@ -105,4 +107,4 @@ def synthetic_clip(
     indices = [model.expression_index(name) for name in MOUTH_DIRECTIONS]
     coeffs.expression[:, indices] = torch.from_numpy(fine[frame_samples]).float()
     landmarks = project_landmarks(model, coeffs, camera)
-    return TalkingClip(audio=torch.from_numpy(audio), landmarks=landmarks.float(), fps=fps)
+    return TalkingClip(audio=torch.from_numpy(audio), landmarks=landmarks.float(), fps=fps, coefficients=coeffs)
