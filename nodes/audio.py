@@ -29,6 +29,21 @@ CATEGORY = "TalkingFace/audio"
 MODEL_FOLDER = "talkingface"
 
 
+def frame_progress(total: int):
+    """A callback taking the number of frames done so far: advances the progress bar and stops
+    between batches when the user cancels."""
+    progress = host.Progress(total)
+    done = 0
+
+    def advance(frames_done: int) -> None:
+        nonlocal done
+        host.throw_if_interrupted()
+        progress.advance(frames_done - done)
+        done = frames_done
+
+    return advance
+
+
 def audio_files() -> list[str]:
     root = host.input_directory()
     if not root.is_dir():
@@ -200,14 +215,7 @@ class AudioToLandmarks(TalkingFaceNode):
             face_model, portrait, frames, fps, head_motion, motion_reference, seed, motion_strength
         )
         device = host.torch_device()
-        progress = host.Progress(frames)
-        done = [0]
-
-        def on_batch(frames_done: int) -> None:
-            host.throw_if_interrupted()
-            progress.advance(frames_done - done[0])
-            done[0] = frames_done
-
+        on_batch = frame_progress(frames)
         try:
             motion_model.to(device)
             landmarks = audio_to_landmarks(
@@ -245,7 +253,9 @@ class LandmarksToExpression(TalkingFaceNode):
         }
 
     def run(self, face_model: MorphableModel, landmarks: TalkingLandmarks, smoothing: float) -> tuple[FaceCoefficients, float]:
-        coefficients, error = landmarks_to_expression(face_model, landmarks, smoothing)
+        coefficients, error = landmarks_to_expression(
+            face_model, landmarks, smoothing, on_chunk=frame_progress(landmarks.frames)
+        )
         return (coefficients.to("cpu"), float(error.mean()))
 
 

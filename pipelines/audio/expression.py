@@ -18,6 +18,7 @@ from ..errors import TalkingFaceError
 from ..morphable.coefficients import FaceCoefficients
 from ..morphable.fitting import FitConfig, LandmarkFitter
 from ..morphable.model import MorphableModel
+from ..video import frame_chunks
 from .landmark_model import MOUTH_POINTS, NUM_POINTS
 from .landmarks import TalkingLandmarks
 
@@ -25,6 +26,7 @@ from .landmarks import TalkingLandmarks
 # one's counts as unseen by the mouth landmarks.
 UNSEEN_FRACTION = 1e-3
 
+FIT_CHUNK_FRAMES = 1024
 DEFAULT_FIT = FitConfig(contour=False, pose_iterations=0, rounds=1, iterations=2, expression_prior=1.0)
 
 
@@ -61,10 +63,12 @@ def landmarks_to_expression(
     landmarks: TalkingLandmarks,
     smoothing: float = 0.5,
     config: FitConfig | None = None,
+    on_chunk=None,
 ) -> tuple[FaceCoefficients, torch.Tensor]:
     """The base coefficients with the expression fitted to the lip/jaw landmarks and smoothed over
     time (Gaussian, ``smoothing`` frames; 0 = off); also the RMS lip/jaw landmark error ``[F]`` in
-    pixels of the landmarks' camera, before smoothing."""
+    pixels of the landmarks' camera, before smoothing. ``on_chunk(frames_done)`` is called after each
+    chunk of frames (progress, interruption)."""
     if landmarks.frames == 0:
         raise TalkingFaceError("the landmark sequence has no frames")
     if smoothing < 0:
@@ -73,7 +77,16 @@ def landmarks_to_expression(
     fitter = LandmarkFitter(model, landmarks.camera, config or DEFAULT_FIT)
     device = model.mean_shape.device
     base = landmarks.base.to(device, torch.float32)
-    result = fitter.fit(landmarks.points.to(device, torch.float32), mouth_weights(device), optimize={"expression"}, init=base)
+    weights = mouth_weights(device)
+    fitted, errors = [], []
+    # Chunks keep the fitter's per-frame working copies bounded; only the expression rows are kept.
+    for chunk in frame_chunks(landmarks.frames, FIT_CHUNK_FRAMES):
+        result = fitter.fit(landmarks.points[chunk].to(device, torch.float32), weights, optimize={"expression"},
+                            init=base[chunk])
+        fitted.append(result.coefficients.expression)
+        errors.append(result.landmark_error)
+        if on_chunk is not None:
+            on_chunk(chunk.stop)
     seen = mouth_directions(model).to(device)
-    expression = torch.where(seen, smooth_tracks(result.coefficients.expression, smoothing), base.expression)
-    return base.replace(expression=expression), result.landmark_error
+    expression = torch.where(seen, smooth_tracks(torch.cat(fitted), smoothing), base.expression)
+    return base.replace(expression=expression), torch.cat(errors)
