@@ -133,7 +133,7 @@ class Fit3DMM(TalkingFaceNode):
     DISPLAY_NAME = "Fit 3DMM"
     DESCRIPTION = (
         "3DMM coefficients from analysed faces: pose, identity and expression from the 68 landmarks (a video "
-        "shares one identity and is smoothed over time), texture and SH lighting from the face crops."
+        "shares one identity and is smoothed over time), texture and SH lighting from the face crops, gaze from the eyes."
     )
     CATEGORY = FACE_CATEGORY
     RETURN_TYPES = ("TALK_COEFFS", "FLOAT")
@@ -148,9 +148,13 @@ class Fit3DMM(TalkingFaceNode):
                 "face_model": ("TALK_FACE_MODEL", {"tooltip": "From Load 3DMM."}),
                 "estimate_appearance": ("BOOLEAN", {
                     "default": True, "tooltip": "Solve texture and lighting from the crops (needed for I_3d to carry skin tone and light)."}),
+                "video_mode": (["fast", "joint"], {
+                    "default": "fast",
+                    "tooltip": "Video: 'fast' takes the identity from a few frames, fits every frame with it and smooths "
+                               "with One-Euro; 'joint' solves all frames in one problem (smoother, ~5× slower)."}),
                 "temporal_smoothing": ("FLOAT", {
-                    "default": 1.0, "min": 0.0, "max": 100.0, "step": 0.1,
-                    "tooltip": "Video: weight of the landmark-acceleration penalty; higher is smoother."}),
+                    "default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05,
+                    "tooltip": "Video: how much pose and expression are smoothed over time (0 = none, 1 = strongest)."}),
                 "expression_prior": ("FLOAT", {
                     "default": 1.0, "min": 0.0, "max": 100.0, "step": 0.1,
                     "tooltip": "Pull expressions towards neutral; raise it for noisy landmarks."}),
@@ -159,9 +163,10 @@ class Fit3DMM(TalkingFaceNode):
             }
         }
 
-    def run(self, faces: AnalyzedFaces, face_model: MorphableModel, estimate_appearance: bool,
+    def run(self, faces: AnalyzedFaces, face_model: MorphableModel, estimate_appearance: bool, video_mode: str,
             temporal_smoothing: float, expression_prior: float, batch_size: int):
-        config = FitConfig(temporal_smoothing=temporal_smoothing, expression_prior=expression_prior)
+        # The joint fit's acceleration weight: 0..1 maps onto 0..4 (1 is its own default).
+        config = FitConfig(temporal_smoothing=4.0 * temporal_smoothing, expression_prior=expression_prior)
         progress = host.Progress(faces.frames)
 
         def advance(frames: int) -> None:
@@ -170,7 +175,8 @@ class Fit3DMM(TalkingFaceNode):
 
         try:
             fit = fit_faces(face_model.to(host.torch_device()), faces, config, appearance=estimate_appearance,
-                            batch_size=batch_size, on_chunk=advance)
+                            video_mode=video_mode, smoothing=temporal_smoothing, batch_size=batch_size,
+                            on_chunk=advance)
         finally:
             face_model.to(host.offload_device())
         return fit.coefficients.to("cpu"), float(fit.landmark_error.mean())

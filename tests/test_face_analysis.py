@@ -21,12 +21,17 @@ errors = pack_import("pipelines.errors")
 ASSETS = PACK_ROOT / "tests" / "assets"
 
 
+def ensure_tiny_insightface(models_root):
+    """The tiny insightface pack in the session's models/ folder (written once per session)."""
+    if not (models_root / "insightface" / "models" / "buffalo_l" / "det_10g.onnx").is_file():
+        subprocess.run([sys.executable, "-m", "scripts.tiny_insightface", str(models_root)], cwd=PACK_ROOT,
+                       check=True, capture_output=True, text=True)
+    return models_root
+
+
 @pytest.fixture(scope="module")
-def models_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("insightface_models")
-    subprocess.run([sys.executable, "-m", "scripts.tiny_insightface", str(root)], cwd=PACK_ROOT, check=True,
-                   capture_output=True, text=True)
-    return root
+def models_root(tiny_models_dir):
+    return ensure_tiny_insightface(tiny_models_dir)
 
 
 @pytest.fixture(scope="module")

@@ -50,11 +50,12 @@ def test_portrait_fit_recovers_expression_and_pose_from_landmarks(model):
     assert float(found.rotation[0, 1]) == pytest.approx(float(truth.rotation[0, 1]), abs=0.05)
 
 
-def test_video_fit_shares_identity_and_follows_the_motion(model):
+@pytest.mark.parametrize("mode", fit_module.VIDEO_MODES)
+def test_video_fit_shares_identity_and_follows_the_motion(model, mode):
     truth = known_faces(model, 6, seed=1)
     maps = render(model, truth, 224)
     faces = faces_module.faces_from_landmarks(maps.image, maps.landmarks)
-    found = fit_module.fit_faces(model, faces, appearance=False).coefficients
+    found = fit_module.fit_faces(model, faces, appearance=False, gaze=False, video_mode=mode, smoothing=0.0).coefficients
     assert torch.allclose(found.identity, found.identity[:1].expand_as(found.identity))
     jaw = model.expression_index("jaw_open")
     assert torch.corrcoef(torch.stack([found.expression[:, jaw], truth.expression[:, jaw]]))[0, 1] > 0.95
@@ -74,6 +75,23 @@ def test_appearance_recovers_lighting_for_known_texture_and_reproduces_the_image
     neutral = (render(model, blank.replace(texture=torch.zeros_like(truth.texture)), 96).image - image).abs()[mask].mean()
     assert float(error) < 0.01 < float(neutral)
     assert torch.allclose(both.texture[0], both.texture[1])  # one person, one texture
+
+
+def test_gaze_comes_from_the_eyes(model):
+    coeffs = coefficients.FaceCoefficients.neutral(5, model.dims)
+    coeffs.gaze[:] = torch.tensor([[0.0, 0.0], [0.0, 0.3], [0.0, -0.3], [0.2, 0.0], [-0.2, 0.0]])
+    maps = render(model, coeffs, 224)
+    faces = faces_module.faces_from_landmarks(maps.image, maps.landmarks)
+    found = fit_module.fit_faces(model, faces, appearance=False, gaze=True).coefficients.gaze
+    assert (found - coeffs.gaze).abs().max() < 0.2  # calibrated on a finer demo mesh; this one is coarse
+    assert found[1, 1] > 0.15 > -0.15 > found[2, 1] and found[3, 0] > 0.1 > -0.05 > found[4, 0]
+
+
+def test_unknown_video_mode_is_refused(model):
+    maps = render(model, coefficients.FaceCoefficients.neutral(2, model.dims), 64)
+    faces = faces_module.faces_from_landmarks(maps.image, maps.landmarks)
+    with pytest.raises(errors.TalkingFaceError, match="video mode"):
+        fit_module.fit_faces(model, faces, appearance=False, video_mode="slow")
 
 
 def test_appearance_checks_its_inputs(model):

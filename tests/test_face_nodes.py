@@ -1,13 +1,11 @@
 """The face and motion nodes, called the way ComfyUI calls them, and the face example workflow."""
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
 import workflow_runner
 from packloader import PACK_ROOT, load_pack, pack_import
 from PIL import Image, ImageSequence
+from test_face_analysis import ensure_tiny_insightface
 
 pack = load_pack()
 face_nodes = pack_import("nodes.face")
@@ -21,23 +19,11 @@ WORKFLOW = PACK_ROOT / "example_workflows" / "faces_reenact_geometry.json"
 ALL_NODES = face_nodes.FACE_NODES + motion_nodes.MOTION_NODES
 
 
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    """A models/ folder with the tiny insightface pack and the tiny 3DMM, as scripts write them."""
-    root = tmp_path_factory.mktemp("models")
-    for command in (["scripts.tiny_insightface", str(root)], ["scripts.tiny_models", str(root)]):
-        subprocess.run([sys.executable, "-m", *command], cwd=PACK_ROOT, check=True, capture_output=True, text=True)
-    return root
-
-
 @pytest.fixture
-def dirs(tmp_path, monkeypatch, models_dir):
-    for name in ("input", "output"):
-        (tmp_path / name).mkdir()
-    monkeypatch.setenv("TALKINGFACE_MODELS_DIR", str(models_dir))
-    monkeypatch.setenv("TALKINGFACE_INPUT_DIR", str(tmp_path / "input"))
-    monkeypatch.setenv("TALKINGFACE_OUTPUT_DIR", str(tmp_path / "output"))
-    return tmp_path
+def dirs(host_dirs):
+    """The host folders, the session's models/ folder holding the tiny insightface pack too."""
+    ensure_tiny_insightface(host_dirs["models"])
+    return host_dirs["input"].parent
 
 
 def load_image_file(path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,7 +67,8 @@ def test_portrait_to_coefficients_to_paste_back(analyzer):
     assert crops.shape == (1, 256, 256, 3)
     face_model = morphable_nodes.Load3DMM().execute(model_name="demo face (built-in)")[0]
     coeffs, error = face_nodes.Fit3DMM().execute(faces=faces, face_model=face_model, estimate_appearance=True,
-                                                 temporal_smoothing=1.0, expression_prior=1.0, batch_size=4)
+                                                 video_mode="fast", temporal_smoothing=0.5, expression_prior=1.0,
+                                                 batch_size=4)
     assert coeffs.frames == 1 and error < 6.0
     render, mask, _, _ = render_nodes.Render3DMMTarget().execute(face_model=face_model, coefficients=coeffs,
                                                                  resolution=256, batch_size=4)

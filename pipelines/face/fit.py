@@ -6,14 +6,21 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import TalkingFaceError
 from ..morphable.coefficients import FaceCoefficients
-from ..morphable.fitting import FitConfig, LandmarkFitter
+from ..morphable.fitting import FitConfig, FitResult, LandmarkFitter
 from ..morphable.model import MorphableModel
 from ..render.camera import PerspectiveCamera
 from ..video import frame_chunks
 from .alignment import FIT_CROP_SIZE, warp_images
 from .appearance import estimate_appearance
 from .faces import AnalyzedFaces
+from .gaze import estimate_gaze
+from .motion import smooth_coefficients
+
+VIDEO_MODES = ("joint", "fast")
+# Fast mode: frames whose joint fit fixes the shared identity, spread over the video.
+IDENTITY_SAMPLE_FRAMES = 12
 
 
 @dataclass
@@ -28,6 +35,10 @@ def fit_faces(
     faces: AnalyzedFaces,
     config: FitConfig | None = None,
     appearance: bool = True,
+    gaze: bool = True,
+    video_mode: str = "joint",
+    smoothing: float = 0.5,
+    fps: float = 25.0,
     appearance_resolution: int = 112,
     texture_frames: int = 8,
     batch_size: int = 16,
@@ -35,18 +46,50 @@ def fit_faces(
 ) -> FaceFit:
     """Fit ``model`` to the faces of every frame: one image on its own, a video with one shared identity
     and temporal smoothing (``config.temporal_smoothing``). With ``appearance``, one texture from up to
-    ``texture_frames`` frames and lighting per frame are solved from the crops at ``appearance_resolution``."""
+    ``texture_frames`` frames and lighting per frame are solved from the crops at ``appearance_resolution``;
+    with ``gaze``, the gaze of each frame is read from its eyes in those crops.
+
+    ``video_mode`` ``joint`` solves the video in one problem (landmark-acceleration penalty); ``fast``
+    takes the identity from a joint fit of a few frames spread over the video, fits every frame with it
+    side by side, and smooths pose and expression with a One-Euro filter of ``smoothing`` (0..1)."""
+    if video_mode not in VIDEO_MODES:
+        raise TalkingFaceError(f"video mode must be one of {VIDEO_MODES}, got '{video_mode}'")
     device = model.mean_shape.device
     fitter = LandmarkFitter(model, PerspectiveCamera.deep3d(FIT_CROP_SIZE), config)
     landmarks = faces.fit_landmarks().to(device)
     # Interpolated frames count less: their landmarks are a guess between two detections.
     weights = torch.where(faces.detected, 1.0, 0.25).to(device).unsqueeze(1).expand(-1, landmarks.shape[1])
     weights = weights * _contour_weights(fitter, landmarks.device)
-    result = fitter.fit_video(landmarks, weights) if faces.frames > 1 else fitter.fit(landmarks, weights)
+    if faces.frames == 1:
+        result = fitter.fit(landmarks, weights)
+    elif video_mode == "joint":
+        result = fitter.fit_video(landmarks, weights)
+    else:
+        result = _fit_video_fast(fitter, landmarks, weights, faces.detected.to(device), smoothing, fps)
     coeffs = result.coefficients
-    if appearance:
-        coeffs = _fit_appearance(model, faces, coeffs, appearance_resolution, texture_frames, batch_size, on_chunk)
+    if appearance or gaze:
+        coeffs = _from_crops(model, faces, coeffs, appearance, gaze, appearance_resolution, texture_frames,
+                             batch_size, on_chunk)
     return FaceFit(coeffs, result.landmark_error, result.fitted_landmarks)
+
+
+def _fit_video_fast(
+    fitter: LandmarkFitter, landmarks: torch.Tensor, weights: torch.Tensor, detected: torch.Tensor,
+    smoothing: float, fps: float,
+) -> FitResult:
+    frames = landmarks.shape[0]
+    candidates = torch.nonzero(detected).squeeze(1)
+    if candidates.numel() == 0:
+        candidates = torch.arange(frames, device=landmarks.device)
+    count = min(IDENTITY_SAMPLE_FRAMES, candidates.numel())
+    picks = candidates[torch.linspace(0, candidates.numel() - 1, count, device=landmarks.device).round().long()].unique()
+    sampled = fitter.fit_video(landmarks[picks], weights[picks]).coefficients
+    # The aligned crop already centres and frames the face, so a frontal start converges for every frame.
+    init = FaceCoefficients.neutral(frames, fitter.dims, device=landmarks.device)
+    init.identity[:] = sampled.identity[0]
+    result = fitter.fit(landmarks, weights, optimize=("rotation", "translation", "expression"), init=init)
+    smoothed = smooth_coefficients(result.coefficients, fps, smoothing, ("rotation", "translation", "expression"))
+    return FitResult(smoothed, result.landmark_error, result.fitted_landmarks)
 
 
 def _contour_weights(fitter: LandmarkFitter, device: torch.device) -> torch.Tensor:
@@ -55,28 +98,43 @@ def _contour_weights(fitter: LandmarkFitter, device: torch.device) -> torch.Tens
     return weights
 
 
-def _fit_appearance(
+def _from_crops(
     model: MorphableModel,
     faces: AnalyzedFaces,
     coeffs: FaceCoefficients,
+    appearance: bool,
+    gaze: bool,
     resolution: int,
     texture_frames: int,
     batch_size: int,
     on_chunk: Callable[[int], None] | None,
 ) -> FaceCoefficients:
-    scale = torch.tensor([[resolution / FIT_CROP_SIZE]]).view(1, 1, 1)
+    """Texture, lighting and gaze from the fitting crops, rendered at ``resolution`` chunk by chunk."""
+    scale = resolution / FIT_CROP_SIZE
     transforms = faces.fit_transforms * scale
+    landmarks = faces.fit_landmarks() * scale
 
     def crops(index) -> torch.Tensor:
         return warp_images(faces.images[index], transforms[index], resolution)
 
-    detected = torch.nonzero(faces.detected).squeeze(1)
-    picks = detected[torch.linspace(0, detected.numel() - 1, min(texture_frames, detected.numel())).round().long()]
-    textured = estimate_appearance(model, coeffs[picks], crops(picks))
-    texture = textured.texture[0]
-    lit = []
+    texture = None
+    if appearance:
+        detected = torch.nonzero(faces.detected).squeeze(1)
+        picks = detected[torch.linspace(0, detected.numel() - 1, min(texture_frames, detected.numel())).round().long()]
+        texture = estimate_appearance(model, coeffs[picks], crops(picks)).texture[0]
+    lighting, gazes = [], []
     for chunk in frame_chunks(faces.frames, batch_size):
-        lit.append(estimate_appearance(model, coeffs[chunk], crops(chunk), fixed_texture=texture).lighting)
+        chunk_crops = crops(chunk)
+        if appearance:
+            lighting.append(estimate_appearance(model, coeffs[chunk], chunk_crops, fixed_texture=texture).lighting)
+        if gaze:
+            gazes.append(estimate_gaze(chunk_crops, landmarks[chunk]))
         if on_chunk is not None:
             on_chunk(chunk.stop - chunk.start)
-    return coeffs.replace(texture=texture.view(1, -1).expand(faces.frames, -1).contiguous(), lighting=torch.cat(lit))
+    updates = {}
+    if appearance:
+        updates["texture"] = texture.view(1, -1).expand(faces.frames, -1).contiguous()
+        updates["lighting"] = torch.cat(lighting)
+    if gaze:
+        updates["gaze"] = torch.cat(gazes).to(coeffs.gaze)
+    return coeffs.replace(**updates)
