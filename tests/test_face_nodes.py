@@ -1,4 +1,7 @@
 """The face and motion nodes, called the way ComfyUI calls them, and the face example workflow."""
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -162,3 +165,15 @@ def test_face_example_workflow_runs(dirs, monkeypatch):
     skin = portrait[0][portrait[0].mean(-1) > 0.3].mean(0)
     covered = renders[0].mean(-1) > 0.3  # skin, not hair or brows, as for the portrait
     assert torch.allclose(renders[0][covered].mean(0), skin, atol=0.08), (renders[0][covered].mean(0), skin)
+
+
+def test_committed_face_assets_are_what_the_script_writes(tmp_path):
+    subprocess.run([sys.executable, "-m", "scripts.tiny_insightface", "--assets", str(tmp_path)], cwd=PACK_ROOT,
+                   check=True, capture_output=True, text=True)
+    for written in sorted(tmp_path.iterdir()):
+        committed = ASSETS / written.name
+        assert committed.is_file(), f"tests/assets/{written.name} is missing: run python -m scripts.tiny_insightface --assets tests/assets"
+        fresh, kept = load_image_file(written)[0], load_image_file(committed)[0]
+        assert fresh.shape == kept.shape
+        # Renders may differ by a rounding step between machines; anything more means the asset is stale.
+        assert float((fresh - kept).abs().max()) <= 2.0 / 255.0, f"tests/assets/{written.name} is stale"
