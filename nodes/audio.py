@@ -253,9 +253,13 @@ class LandmarksToExpression(TalkingFaceNode):
         }
 
     def run(self, face_model: MorphableModel, landmarks: TalkingLandmarks, smoothing: float) -> tuple[FaceCoefficients, float]:
-        coefficients, error = landmarks_to_expression(
-            face_model, landmarks, smoothing, on_chunk=frame_progress(landmarks.frames)
-        )
+        try:
+            face_model.to(host.torch_device())
+            coefficients, error = landmarks_to_expression(
+                face_model, landmarks, smoothing, on_chunk=frame_progress(landmarks.frames)
+            )
+        finally:
+            face_model.to(host.offload_device())
         return (coefficients.to("cpu"), float(error.mean()))
 
 
