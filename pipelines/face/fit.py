@@ -21,6 +21,8 @@ from .motion import smooth_coefficients
 VIDEO_MODES = ("joint", "fast")
 # Fast mode: frames whose joint fit fixes the shared identity, spread over the video.
 IDENTITY_SAMPLE_FRAMES = 12
+# Fast mode fits this many frames at once, so memory stays flat however long the video is.
+FAST_CHUNK_FRAMES = 128
 
 
 @dataclass
@@ -87,9 +89,13 @@ def _fit_video_fast(
     # The aligned crop already centres and frames the face, so a frontal start converges for every frame.
     init = FaceCoefficients.neutral(frames, fitter.dims, device=landmarks.device)
     init.identity[:] = sampled.identity[0]
-    result = fitter.fit(landmarks, weights, optimize=("rotation", "translation", "expression"), init=init)
-    smoothed = smooth_coefficients(result.coefficients, fps, smoothing, ("rotation", "translation", "expression"))
-    return FitResult(smoothed, result.landmark_error, result.fitted_landmarks)
+    parts = [
+        fitter.fit(landmarks[chunk], weights[chunk], optimize=("rotation", "translation", "expression"), init=init[chunk])
+        for chunk in frame_chunks(frames, FAST_CHUNK_FRAMES)
+    ]
+    coeffs = FaceCoefficients.concat([part.coefficients for part in parts])
+    smoothed = smooth_coefficients(coeffs, fps, smoothing, ("rotation", "translation", "expression"))
+    return FitResult(smoothed, torch.cat([p.landmark_error for p in parts]), torch.cat([p.fitted_landmarks for p in parts]))
 
 
 def _contour_weights(fitter: LandmarkFitter, device: torch.device) -> torch.Tensor:
