@@ -1,0 +1,87 @@
+"""Synthetic training data, the TGDM trainer (steps, EMA, resume) and the evaluation metrics."""
+import pytest
+import torch
+from packloader import pack_import
+
+synthetic = pack_import("pipelines.training.synthetic_faces")
+training = pack_import("pipelines.training.tgdm")
+evaluation = pack_import("pipelines.training.tgdm_evaluation")
+config_module = pack_import("pipelines.generator.config")
+checkpoint = pack_import("pipelines.generator.checkpoint")
+demo_model = pack_import("pipelines.morphable.demo_model")
+
+SETTINGS = synthetic.SyntheticFaceSettings(image_size=32, views_per_identity=3)
+
+
+@pytest.fixture(scope="module")
+def views():
+    return synthetic.render_synthetic_views(demo_model.demo_face_model(12), 3, SETTINGS, seed=5)
+
+
+def test_synthetic_views_hold_detail_the_render_lacks(views):
+    assert views.photos.shape == views.renders.shape == views.surfaces.shape == (9, 32, 32, 3)
+    assert views.coefficients.shape == (9, config_module.DEFAULT_COEFFICIENT_DIM)
+    assert views.identities.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    face = views.surfaces.amax(-1) > 0
+    assert 0.1 < face.float().mean() < 0.9
+    assert (views.renders[~face] == 0).all(), "I_3d is black off the face"
+    assert views.photos[~face].mean() > 0.05, "the photos have a background"
+    assert (views.photos - views.renders)[face].abs().mean() > 0.03, "the photos carry a pattern the render lacks"
+    same_person = (views.photos[0] - views.photos[1])[~face[0] & ~face[1]].abs().max()
+    assert same_person < 1e-6, "one person's background stays put between views"
+    again = synthetic.render_synthetic_views(demo_model.demo_face_model(12), 3, SETTINGS, seed=5)
+    assert torch.equal(again.photos, views.photos)
+
+
+def test_pairs_are_two_views_of_one_identity(views):
+    sources, targets = views.pairs(64, torch.Generator().manual_seed(0))
+    assert torch.equal(views.identities[sources], views.identities[targets])
+    assert (sources != targets).all()
+
+
+def test_metrics_rank_images_sensibly():
+    generator = torch.Generator().manual_seed(0)
+    truth = torch.rand(2, 24, 24, 3, generator=generator)
+    close = (truth + 0.02 * torch.randn(truth.shape, generator=generator)).clamp(0, 1)
+    far = torch.rand(truth.shape, generator=generator)
+    assert torch.allclose(evaluation.ssim(truth, truth), torch.ones(2), atol=1e-5)
+    assert (evaluation.psnr(close, truth) > evaluation.psnr(far, truth) + 10).all()
+    assert (evaluation.ssim(close, truth) > evaluation.ssim(far, truth) + 0.5).all()
+    assert torch.allclose(evaluation.psnr(torch.zeros(1, 4, 4, 3), torch.full((1, 4, 4, 3), 0.1)), torch.tensor([20.0]))
+
+
+def test_trainer_learns_saves_and_resumes(views, tmp_path):
+    config = config_module.TGDMConfig(image_size=32, base_channels=8, channel_multipliers=(1, 2),
+                                      attention_resolutions=(16,), attention_head_channels=8, source_base_channels=8,
+                                      norm_groups=4, surface_frequencies=2)
+    settings = training.TrainingSettings(steps=3, batch_size=2, learning_rate=1e-3, checkpoint_every=100)
+    trainer = training.TGDMTrainer(config, settings, tmp_path)
+    before = {k: v.clone() for k, v in trainer.denoiser.state_dict().items()}
+    path = trainer.train(views, log=lambda line: None)
+    assert trainer.step == 3 and path.name == training.EMA_FILE
+    changed = [k for k, v in trainer.denoiser.state_dict().items() if not torch.equal(v, before[k])]
+    assert len(changed) > len(before) // 2
+    ema = checkpoint.load_tgdm(path)
+    assert ema.config == config
+    raw = trainer.denoiser.state_dict()
+    assert any(not torch.equal(ema.state_dict()[k], raw[k]) for k in changed), "the EMA lags the raw weights"
+
+    resumed = training.TGDMTrainer(config, training.TrainingSettings(steps=4, batch_size=2, checkpoint_every=100), tmp_path)
+    assert resumed.step == 3
+    for name, value in resumed.denoiser.state_dict().items():
+        assert torch.equal(value, raw[name]), f"{name} was not restored"
+    assert resumed.ema.updates == 3
+    resumed.train(views, log=lambda line: None)
+    assert resumed.step == 4
+
+
+def test_evaluation_compares_with_the_trivial_baselines(views):
+    torch.manual_seed(0)
+    config = config_module.TGDMConfig(image_size=32, base_channels=8, channel_multipliers=(1, 2),
+                                      attention_resolutions=(16,), attention_head_channels=8, source_base_channels=8,
+                                      norm_groups=4, surface_frequencies=2)
+    model = pack_import("pipelines.generator.tgdm").TGDMDenoiser(config).eval()
+    sampler_settings = pack_import("pipelines.generator.sampler").SamplerSettings(steps=2, batch_size=9, chunk_size=9)
+    results = evaluation.evaluate_generator(model, views, sampler_settings)
+    assert set(results) == {f"{metric}_{name}" for metric in ("psnr", "ssim") for name in ("tgdm", "render", "source")}
+    assert results["psnr_source"] > results["psnr_render"], "the source shares the background; the render is black"
