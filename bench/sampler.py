@@ -1,0 +1,159 @@
+"""TGDM sampler benchmark.
+
+    python -m bench.sampler [--steps 2] [--size 256] [--threads 0]
+
+(a) overhead: seconds of a whole sampler run ÷ (denoiser passes it made × seconds of one bare
+    denoiser pass on the same batch); target ≤ 1.1.
+(b) frames/s at batch 1, 8 and 32 for the default 256² model config. On a CPU the run uses few
+    steps (``--steps``, reported as ``steps``) to stay within minutes; frames/s at S steps is
+    about fps × steps / S, as the sampler's cost is linear in steps (see (a)).
+(c) peak working memory (above the memory held before sampling: model, inputs) while streaming
+    16 and 64 frames in chunks, each in a fresh process; target: 64 frames ≤ 1.2 × 16 frames.
+Uses CUDA (fp32 there too, for comparability) when available. The last line is one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from pipelines.generator.config import DEFAULT_COEFFICIENT_DIM, TGDMConfig
+from pipelines.generator.sampler import (
+    GeneratorInputs,
+    SamplerSettings,
+    TGDMSampler,
+    to_channels_first,
+    to_model_images,
+)
+from pipelines.generator.tgdm import TGDMDenoiser
+
+
+def inputs_for(frames: int, size: int) -> GeneratorInputs:
+    generator = torch.Generator().manual_seed(0)
+    return GeneratorInputs(
+        source=torch.rand(1, size, size, 3, generator=generator),
+        renders=torch.rand(frames, size, size, 3, generator=generator),
+        coefficients=torch.randn(frames, DEFAULT_COEFFICIENT_DIM, generator=generator),
+        target_surfaces=torch.rand(frames, size, size, 3, generator=generator),
+        source_surface=torch.rand(1, size, size, 3, generator=generator),
+    )
+
+
+def model_for(size: int, device: torch.device) -> TGDMDenoiser:
+    torch.manual_seed(0)
+    return TGDMDenoiser(TGDMConfig(image_size=size)).to(device).eval()
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+@torch.inference_mode()
+def bare_forward_seconds(model: TGDMDenoiser, inputs: GeneratorInputs, repeats: int = 3) -> float:
+    """One denoiser pass on the batch, inputs already on the device (the floor the sampler is measured against)."""
+    device = next(model.parameters()).device
+    frames = inputs.frames
+    noisy = torch.randn(frames, 3, model.config.image_size, model.config.image_size, device=device)
+    render = to_model_images(inputs.renders, device, torch.float32)
+    coefficients = inputs.coefficients.to(device)
+    surface = to_channels_first(inputs.target_surfaces, device, torch.float32)
+    source = model.encode_source(to_model_images(inputs.source, device, torch.float32),
+                                 to_channels_first(inputs.source_surface, device, torch.float32))
+    timesteps = torch.full((frames,), 500, device=device)
+    times = []
+    for _ in range(repeats + 1):
+        synchronize(device)
+        started = time.perf_counter()
+        model(noisy, timesteps, render, coefficients, source, surface)
+        synchronize(device)
+        times.append(time.perf_counter() - started)
+    return sorted(times[1:])[len(times[1:]) // 2]
+
+
+def sampler_seconds(model: TGDMDenoiser, inputs: GeneratorInputs, settings: SamplerSettings) -> tuple[float, int]:
+    sampler = TGDMSampler(model, settings)
+    sampler.sample(inputs)  # warm-up (scheduler import, allocator)
+    device = next(model.parameters()).device
+    synchronize(device)
+    started = time.perf_counter()
+    sampler.sample(inputs)
+    synchronize(device)
+    return time.perf_counter() - started, sampler.denoiser_calls
+
+
+def memory_child(frames: int, size: int, steps: int, device_name: str) -> None:
+    """Stream ``frames`` frames through the sampler; print the peak memory above the starting point, in MB."""
+    device = torch.device(device_name)
+    model = model_for(size, device)
+    inputs = inputs_for(frames, size)
+    settings = SamplerSettings(steps=steps, batch_size=8, chunk_size=8)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # resets the peak resident size (VmHWM)
+        start = _status_kb("VmRSS") * 1024
+    for _chunk, _images in TGDMSampler(model, settings).sample_chunks(inputs):
+        pass  # a caller streaming to disk keeps nothing
+    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else _status_kb("VmHWM") * 1024
+    print(json.dumps({"peak_mb": (peak - start) / 2**20}))
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def peak_memory_mb(frames: int, size: int, steps: int, device: torch.device, threads: int) -> float:
+    command = [sys.executable, "-m", "bench.sampler", "--memory-child", str(frames), "--size", str(size),
+               "--steps", str(steps), "--device", str(device), "--threads", str(threads)]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])["peak_mb"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=None, help="default: 25 on a GPU, 2 on a CPU")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    steps = args.steps or (25 if device.type == "cuda" else 2)
+    if args.memory_child is not None:
+        memory_child(args.memory_child, args.size, steps, str(device))
+        return
+
+    model = model_for(args.size, device)
+    results: dict[str, object] = {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{torch.get_num_threads()}",
+                                  "size": args.size, "steps": steps,
+                                  "parameters_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2)}
+    overhead_inputs = inputs_for(2, args.size)
+    pipeline, calls = sampler_seconds(model, overhead_inputs, SamplerSettings(steps=steps, batch_size=2, chunk_size=2))
+    bare = bare_forward_seconds(model, overhead_inputs)
+    results["overhead_ratio"] = round(pipeline / (calls * bare), 3)
+    print(f"overhead: {pipeline:.2f}s for {calls} passes of {bare:.2f}s", flush=True)
+    for batch in (1, 8, 32):
+        seconds, _ = sampler_seconds(model, inputs_for(batch, args.size),
+                                     SamplerSettings(steps=steps, batch_size=batch, chunk_size=batch))
+        results[f"fps_b{batch}"] = round(batch / seconds, 3)
+        print(f"batch {batch}: {batch / seconds:.3f} frames/s", flush=True)
+    for frames in (16, 64):
+        results[f"peak_mb_{frames}"] = round(peak_memory_mb(frames, args.size, 1, device, args.threads), 1)
+    results["peak_growth"] = round(results["peak_mb_64"] / max(results["peak_mb_16"], 1e-6), 3)
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
