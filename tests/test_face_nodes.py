@@ -2,12 +2,10 @@
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 import workflow_runner
 from packloader import PACK_ROOT, load_pack, pack_import
-from PIL import Image, ImageSequence
 from test_face_analysis import ensure_tiny_insightface
 
 pack = load_pack()
@@ -27,13 +25,6 @@ def dirs(host_dirs):
     """The host folders, the session's models/ folder holding the tiny insightface pack too."""
     ensure_tiny_insightface(host_dirs["models"])
     return host_dirs["input"].parent
-
-
-def load_image_file(path) -> tuple[torch.Tensor, torch.Tensor]:
-    """What core LoadImage gives: every frame of the file as a batch, and a mask."""
-    frames = [np.asarray(f.convert("RGB"), dtype=np.float32) / 255.0 for f in ImageSequence.Iterator(Image.open(path))]
-    images = torch.from_numpy(np.stack(frames))
-    return images, torch.zeros(images.shape[:3])
 
 
 @pytest.fixture
@@ -63,7 +54,7 @@ def test_analyzer_lists_installed_packs_and_names_a_missing_one(dirs):
 
 
 def test_portrait_to_coefficients_to_paste_back(analyzer):
-    portrait, _ = load_image_file(ASSETS / "talkingface_face_portrait.png")
+    portrait, _ = workflow_runner.load_image_file(ASSETS / "talkingface_face_portrait.png")
     faces, crops = face_nodes.AnalyzeFaces().execute(
         analyzer=analyzer, images=portrait, selection="single", face_index=0, missing_faces="error",
         crop_size=256, crop_margin=0.0, smoothing=0.0, fps=25.0)
@@ -94,7 +85,7 @@ def test_portrait_to_coefficients_to_paste_back(analyzer):
 
 
 def test_paste_back_refuses_mismatched_frames(analyzer):
-    video, _ = load_image_file(ASSETS / "talkingface_face_driving.png")
+    video, _ = workflow_runner.load_image_file(ASSETS / "talkingface_face_driving.png")
     faces, crops = face_nodes.AnalyzeFaces().execute(
         analyzer=analyzer, images=video[:3], selection="largest", face_index=0, missing_faces="interpolate",
         crop_size=256, crop_margin=0.0, smoothing=0.3, fps=25.0)
@@ -134,34 +125,19 @@ def test_motion_nodes(dirs):
                                                    pose="preset", gaze="preset")
 
 
-def _image_stitch(image1, direction, match_image_size, spacing_width, spacing_color, image2=None):
-    assert direction == "right" and image2 is not None
-    if match_image_size:
-        image2 = torch.nn.functional.interpolate(image2.permute(0, 3, 1, 2), size=image1.shape[1:3],
-                                                 mode="bilinear").permute(0, 2, 3, 1)
-    assert image1.shape[0] == image2.shape[0]
-    return (torch.cat([image1, image2], dim=2),)
-
-
-def test_face_example_workflow_runs(dirs, monkeypatch):
+def test_face_example_workflow_runs(dirs):
     """Portrait + driving video → rendered target geometry video, with the core nodes it uses stood in."""
     input_dir = dirs / "input"
     for asset in ASSETS.glob("talkingface_face_*"):
         (input_dir / asset.name).write_bytes(asset.read_bytes())
-    stand_ins = dict(workflow_runner.CORE_NODES)
-    stand_ins["LoadImage"] = (["image", None], lambda image: load_image_file(input_dir / image))
-    stand_ins["ImageStitch"] = (["direction", "match_image_size", "spacing_width", "spacing_color"], _image_stitch)
-    monkeypatch.setattr(workflow_runner, "CORE_NODES", stand_ins)
-    mappings = dict(pack.NODE_CLASS_MAPPINGS)
-    mappings.update({f"TalkingFace{cls.__name__}": cls for cls in ALL_NODES})
-    recorded = workflow_runner.run_workflow(WORKFLOW, mappings)
+    recorded = workflow_runner.run_workflow(WORKFLOW, pack.NODE_CLASS_MAPPINGS)
     renders = recorded[12]["images"]
     assert renders.shape == (8, 256, 256, 3)
     assert float(renders.mean()) > 0.05  # a lit face, not a black frame
     side_by_side = recorded[14]["images"]
     assert side_by_side.shape == (8, 192, 384, 3)
     # The render carries the portrait's skin tone (texture and light fitted from the source crop).
-    portrait, _ = load_image_file(ASSETS / "talkingface_face_portrait.png")
+    portrait, _ = workflow_runner.load_image_file(ASSETS / "talkingface_face_portrait.png")
     skin = portrait[0][portrait[0].mean(-1) > 0.3].mean(0)
     covered = renders[0].mean(-1) > 0.3  # skin, not hair or brows, as for the portrait
     assert torch.allclose(renders[0][covered].mean(0), skin, atol=0.08), (renders[0][covered].mean(0), skin)
@@ -173,7 +149,7 @@ def test_committed_face_assets_are_what_the_script_writes(tmp_path):
     for written in sorted(tmp_path.iterdir()):
         committed = ASSETS / written.name
         assert committed.is_file(), f"tests/assets/{written.name} is missing: run python -m scripts.tiny_insightface --assets tests/assets"
-        fresh, kept = load_image_file(written)[0], load_image_file(committed)[0]
+        fresh, kept = workflow_runner.load_image_file(written)[0], workflow_runner.load_image_file(committed)[0]
         assert fresh.shape == kept.shape
         # Renders may differ by a rounding step between machines; anything more means the asset is stale.
         assert float((fresh - kept).abs().max()) <= 2.0 / 255.0, f"tests/assets/{written.name} is stale"

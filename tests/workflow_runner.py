@@ -7,9 +7,12 @@ same files inside a real ComfyUI.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image, ImageSequence
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 
@@ -25,8 +28,30 @@ def _mask_to_image(mask: torch.Tensor) -> tuple[torch.Tensor]:
     return (mask.unsqueeze(-1).expand(-1, -1, -1, 3).contiguous(),)
 
 
+def load_image_file(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """What core LoadImage gives: every frame of the file as a batch, and a mask."""
+    frames = [np.asarray(f.convert("RGB"), dtype=np.float32) / 255.0 for f in ImageSequence.Iterator(Image.open(path))]
+    images = torch.from_numpy(np.stack(frames))
+    return images, torch.zeros(images.shape[:3])
+
+
+def _load_image(image: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return load_image_file(Path(os.environ["TALKINGFACE_INPUT_DIR"]) / image)
+
+
+def _image_stitch(image1, direction, match_image_size, spacing_width, spacing_color, image2=None):
+    assert direction == "right" and image2 is not None
+    if match_image_size:
+        image2 = torch.nn.functional.interpolate(image2.permute(0, 3, 1, 2), size=image1.shape[1:3],
+                                                 mode="bilinear").permute(0, 2, 3, 1)
+    assert image1.shape[0] == image2.shape[0]
+    return (torch.cat([image1, image2], dim=2),)
+
+
 # core node -> (widget names in order, function returning outputs or recording images)
 CORE_NODES = {
+    "LoadImage": (["image", None], _load_image),
+    "ImageStitch": (["direction", "match_image_size", "spacing_width", "spacing_color"], _image_stitch),
     "SaveImage": (["filename_prefix"], lambda images, filename_prefix: {"images": _check_image(images)}),
     "PreviewImage": ([], lambda images: {"images": _check_image(images)}),
     "MaskToImage": ([], _mask_to_image),
