@@ -2,15 +2,26 @@
 from __future__ import annotations
 
 from . import host
-from .audio import NODE_CLASSES as AUDIO_NODE_CLASSES
+from .audio import NODE_CLASSES as AUDIO_NODES
 from .coefficients import LoadCoefficients, SaveCoefficients
 from .face import FACE_NODES
+from .generator import LoadGenerator, TGDMSampler
 from .morphable import Load3DMM
 from .motion import MOTION_NODES
 from .render import Render3DMMTarget
 
 host.register_model_folders()
 
-NODE_CLASSES = (Load3DMM, Render3DMMTarget, SaveCoefficients, LoadCoefficients, *FACE_NODES, *MOTION_NODES, *AUDIO_NODE_CLASSES)
+NODE_CLASSES = (
+    Load3DMM,
+    Render3DMMTarget,
+    SaveCoefficients,
+    LoadCoefficients,
+    *FACE_NODES,
+    *MOTION_NODES,
+    *AUDIO_NODES,
+    LoadGenerator,
+    TGDMSampler,
+)
 NODE_CLASS_MAPPINGS = {f"TalkingFace{cls.__name__}": cls for cls in NODE_CLASSES}
 NODE_DISPLAY_NAME_MAPPINGS = {f"TalkingFace{cls.__name__}": cls.DISPLAY_NAME for cls in NODE_CLASSES}
