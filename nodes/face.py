@@ -12,10 +12,11 @@ from ..pipelines.face.alignment import (
     paste_back,
     warp_images,
 )
-from ..pipelines.face.analysis import FaceAnalyzer, normalize_image_channels
+from ..pipelines.face.analysis import FaceAnalyzer
 from ..pipelines.face.faces import MISSING_POLICIES, AnalyzedFaces, analyze_frames
 from ..pipelines.face.fit import fit_faces
 from ..pipelines.face.selection import ORDERS
+from ..pipelines.images import normalize_image_channels
 from ..pipelines.morphable.fitting import FitConfig
 from ..pipelines.morphable.model import MorphableModel
 from ..pipelines.video import frame_chunks

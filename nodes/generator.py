@@ -6,10 +6,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..pipelines.errors import TalkingFaceError
 from ..pipelines.generator import sampler as sampling
 from ..pipelines.generator.checkpoint import load_tgdm
 from ..pipelines.generator.tgdm import TGDMDenoiser
+from ..pipelines.images import normalize_image_channels
 from ..pipelines.morphable.coefficients import FaceCoefficients
 from . import host
 from .base import ROOT_CATEGORY, TalkingFaceNode
@@ -71,19 +71,6 @@ class LoadGenerator(TalkingFaceNode):
         model = load_tgdm(path, host.offload_device())
         dtype = _precision(precision, host.torch_device())
         return (LoadedGenerator(model.to(dtype), dtype, checkpoint),)
-
-
-def _rgb(images: torch.Tensor, name: str) -> torch.Tensor:
-    if images.ndim != 4:
-        raise TalkingFaceError(f"{name} must be an IMAGE batch [frames, height, width, channels], got {tuple(images.shape)}")
-    channels = images.shape[-1]
-    if channels == 1:
-        return images.expand(-1, -1, -1, 3)
-    if channels == 4:  # RGBA from LoadImage with transparency: the colour is what the model needs
-        return images[..., :3]
-    if channels != 3:
-        raise TalkingFaceError(f"{name} has {channels} channels; give an RGB image")
-    return images
 
 
 def _resized(images: torch.Tensor | None, size: int) -> torch.Tensor | None:
@@ -153,11 +140,11 @@ class TGDMSampler(TalkingFaceNode):
             raise self.fail(f"{source_image.shape[0]} source images for {frames} renders: give one, or one per render")
         size = config.image_size
         inputs = sampling.GeneratorInputs(
-            source=_resized(_rgb(source_image, "source_image"), size),
-            renders=_resized(_rgb(render, "render"), size),
+            source=_resized(normalize_image_channels(source_image, "source_image")[0], size),
+            renders=_resized(normalize_image_channels(render, "render")[0], size),
             coefficients=flat,
-            target_surfaces=_resized(None if target_surface is None else _rgb(target_surface, "target_surface"), size),
-            source_surface=_resized(None if source_surface is None else _rgb(source_surface, "source_surface"), size),
+            target_surfaces=_resized(None if target_surface is None else normalize_image_channels(target_surface, "target_surface")[0], size),
+            source_surface=_resized(None if source_surface is None else normalize_image_channels(source_surface, "source_surface")[0], size),
         )
         settings = sampling.SamplerSettings(
             scheduler=sampler, steps=steps, seed=seed, texture_guidance=texture_guidance,

@@ -170,19 +170,3 @@ class FaceAnalyzer:
 def images_to_uint8(images: torch.Tensor) -> np.ndarray:
     """A ComfyUI IMAGE batch ``[B, H, W, 3]`` (0..1) as RGB ``uint8`` arrays for the detector."""
     return (images.detach().clamp(0, 1).mul(255).round().to(torch.uint8)).cpu().numpy()
-
-
-def normalize_image_channels(images: torch.Tensor) -> tuple[torch.Tensor, str | None]:
-    """IMAGE with 3 channels; grayscale is repeated and RGBA drops alpha. Returns a note when converted."""
-    if images.ndim == 3:
-        images = images.unsqueeze(-1)
-    if images.ndim != 4:
-        raise TalkingFaceError(f"expected an IMAGE batch [frames, height, width, channels], got {tuple(images.shape)}")
-    channels = images.shape[-1]
-    if channels == 3:
-        return images, None
-    if channels == 1:
-        return images.expand(-1, -1, -1, 3), "the image is grayscale; it was repeated into 3 channels"
-    if channels == 4:
-        return images[..., :3], "the image has an alpha channel; it was ignored"
-    raise TalkingFaceError(f"an IMAGE needs 1, 3 or 4 channels, got {channels}")

@@ -9,8 +9,9 @@ import numpy as np
 import torch
 
 from ..errors import TalkingFaceError
+from ..images import normalize_image_channels
 from .alignment import FIT_CROP_SIZE, apply_transforms, crop_template, similarity_transforms, warp_images
-from .analysis import MIN_FACE_PIXELS, DetectedFace, FaceAnalyzer, images_to_uint8, normalize_image_channels
+from .analysis import MIN_FACE_PIXELS, DetectedFace, FaceAnalyzer, images_to_uint8
 from .selection import select_face, track_face
 from .smoothing import one_euro
 

@@ -1,0 +1,24 @@
+"""Helpers for ComfyUI IMAGE batches shared by every stage."""
+from __future__ import annotations
+
+import torch
+
+from .errors import TalkingFaceError
+
+
+def normalize_image_channels(images: torch.Tensor, name: str = "the image") -> tuple[torch.Tensor, str | None]:
+    """IMAGE with 3 channels; grayscale is repeated and RGBA drops alpha. Returns a note when converted."""
+    if images.ndim == 3:
+        images = images.unsqueeze(-1)
+    if images.ndim != 4:
+        raise TalkingFaceError(
+            f"{name} must be an IMAGE batch [frames, height, width, channels], got {tuple(images.shape)}"
+        )
+    channels = images.shape[-1]
+    if channels == 3:
+        return images, None
+    if channels == 1:
+        return images.expand(-1, -1, -1, 3), f"{name} is grayscale; it was repeated into 3 channels"
+    if channels == 4:  # RGBA from LoadImage with transparency: the colour is what the models need
+        return images[..., :3], f"{name} has an alpha channel; it was ignored"
+    raise TalkingFaceError(f"{name} has {channels} channels; an IMAGE needs 1, 3 or 4 channels")
