@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
+from ..checkpoints import read_checkpoint_metadata, read_checkpoint_weights, save_checkpoint
 from ..errors import ModelFileError, TalkingFaceError
 
 FILE_FORMAT = "talkingface.audio_landmarks"
@@ -179,23 +178,14 @@ def save_landmark_model(model: LandmarkCompletionTransformer, path: str | Path, 
     """One .safetensors file: the weights plus the config as JSON in the metadata."""
     metadata = {"format": FILE_FORMAT, "version": FILE_VERSION, "config": model.config.to_json()}
     metadata.update(extra_metadata or {})
-    tensors = {name: value.detach().to("cpu", torch.float32).contiguous() for name, value in model.state_dict().items()}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata=metadata)
+    save_checkpoint(model, path, metadata, dtype=torch.float32)
 
 
 def load_landmark_model(path: str | Path) -> LandmarkCompletionTransformer:
     """Strict loader: the file must say it is an audio-to-landmark checkpoint, and every weight must
     be present with the shape its config implies."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"audio-to-motion checkpoint not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    except Exception as error:  # safetensors raises its own types for a corrupt header
-        raise ModelFileError(f"{path.name} could not be read as safetensors: {error}") from error
+    metadata = read_checkpoint_metadata(path, "audio-to-motion checkpoint")
     if metadata.get("format") != FILE_FORMAT:
         found = metadata.get("format", "no format tag")
         raise ModelFileError(
@@ -210,6 +200,7 @@ def load_landmark_model(path: str | Path) -> LandmarkCompletionTransformer:
         raise ModelFileError(f"{path.name} has an invalid config: {error}") from error
     model = LandmarkCompletionTransformer(config)
     expected = model.state_dict()
+    tensors = read_checkpoint_weights(path)
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     wrong = sorted(key for key in set(expected) & set(tensors) if tensors[key].shape != expected[key].shape)

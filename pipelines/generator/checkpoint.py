@@ -4,9 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
+from ..checkpoints import read_checkpoint_metadata, read_checkpoint_weights, save_checkpoint
 from ..errors import ModelFileError, TalkingFaceError
 from .config import TGDMConfig
 from .tgdm import TGDMDenoiser
@@ -19,20 +18,11 @@ def save_tgdm(model: TGDMDenoiser, path: str | Path, extra_metadata: dict[str, s
     """Write the weights (float32 unless already half) and the config into one file."""
     metadata = {"format": FILE_FORMAT, "version": FILE_VERSION, "config": model.config.to_json()}
     metadata.update(extra_metadata or {})
-    tensors = {name: value.detach().to("cpu").contiguous() for name, value in model.state_dict().items()}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata=metadata)
+    save_checkpoint(model, path, metadata)
 
 
 def read_tgdm_metadata(path: str | Path) -> dict[str, str]:
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"generator checkpoint not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            return handle.metadata() or {}
-    except Exception as error:  # safetensors raises its own types for a corrupt header
-        raise ModelFileError(f"{path.name} could not be read as safetensors: {error}") from error
+    return read_checkpoint_metadata(path, "generator checkpoint")
 
 
 def load_tgdm(path: str | Path, device: torch.device | str = "cpu") -> TGDMDenoiser:
@@ -58,21 +48,18 @@ def load_tgdm(path: str | Path, device: torch.device | str = "cpu") -> TGDMDenoi
         raise ModelFileError(f"{path.name}: {error}") from error
     model = TGDMDenoiser(config)
     expected = model.state_dict()
-    with safe_open(str(path), framework="pt") as handle:
-        stored = set(handle.keys())
-        missing = sorted(set(expected) - stored)
-        unexpected = sorted(stored - set(expected))
-        problems = []
-        if missing:
-            problems.append(f"missing {len(missing)} weights, e.g. {missing[:3]}")
-        if unexpected:
-            problems.append(f"{len(unexpected)} weights the config does not use, e.g. {unexpected[:3]}")
-        weights = {}
-        for name in sorted(stored & set(expected)):
-            tensor = handle.get_tensor(name)
-            if tensor.shape != expected[name].shape:
-                problems.append(f"'{name}' is {tuple(tensor.shape)}, the config needs {tuple(expected[name].shape)}")
-            weights[name] = tensor
+    weights = read_checkpoint_weights(path)
+    stored = set(weights)
+    missing = sorted(set(expected) - stored)
+    unexpected = sorted(stored - set(expected))
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)} weights, e.g. {missing[:3]}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} weights the config does not use, e.g. {unexpected[:3]}")
+    for name in sorted(stored & set(expected)):
+        if weights[name].shape != expected[name].shape:
+            problems.append(f"'{name}' is {tuple(weights[name].shape)}, the config needs {tuple(expected[name].shape)}")
     if problems:
         raise ModelFileError(f"{path.name} does not match its own TGDM config: " + "; ".join(problems[:4]))
     model.load_state_dict(weights, strict=True)
