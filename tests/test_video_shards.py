@@ -1,0 +1,200 @@
+"""Real-video TGDM data: videos through the face pipeline into shards, resume, skipped videos, the
+dataset over the shards, and the trainer running on it."""
+import json
+import math
+import shutil
+
+import av
+import numpy as np
+import pytest
+import torch
+from packloader import pack_import
+from PIL import Image
+from safetensors import safe_open
+from test_face_analysis import ensure_tiny_insightface
+
+shards = pack_import("pipelines.training.video_shards")
+training = pack_import("pipelines.training.tgdm")
+config_module = pack_import("pipelines.generator.config")
+analysis = pack_import("pipelines.face.analysis")
+demo_model = pack_import("pipelines.morphable.demo_model")
+coefficients = pack_import("pipelines.morphable.coefficients")
+renderer_module = pack_import("pipelines.render.renderer")
+camera_module = pack_import("pipelines.render.camera")
+errors = pack_import("pipelines.errors")
+
+CROP = 64
+SETTINGS = shards.PreprocessSettings(crop_size=CROP, segment_frames=5, shard_frames=4)
+BACKGROUND = torch.tensor([0.06, 0.07, 0.1])
+
+
+def talking_frames(seed: int, frames: int, size: int = 160) -> np.ndarray:
+    """A demo-face person on a dark wall opening the jaw and turning: ``uint8`` ``[T, size, size, 3]``."""
+    model = demo_model.demo_face_model(16)
+    generator = torch.Generator().manual_seed(seed)
+    coeffs = coefficients.FaceCoefficients.neutral(frames, model.dims)
+    coeffs.identity[:] = torch.randn(model.dims.identity, generator=generator)
+    coeffs.texture[:] = torch.randn(model.dims.texture, generator=generator)
+    phase = torch.linspace(0, 2 * math.pi, frames + 1)[:frames]
+    coeffs.expression[:, model.expression_index("jaw_open")] = 0.5 * (1 - torch.cos(phase))
+    coeffs.rotation[:, 1] = 0.2 * torch.sin(phase)
+    coeffs.translation[:] = torch.tensor([0.0, 0.1, -7.0])
+    maps = renderer_module.FaceRenderer(model, camera_module.PerspectiveCamera.deep3d(size)).render(coeffs)
+    images = maps.image + (1 - maps.mask.unsqueeze(-1)) * BACKGROUND
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+
+
+def write_mp4(path, frames: np.ndarray, fps: int = 25) -> None:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.options = {"crf": "10"}
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+@pytest.fixture(scope="module")
+def analyzer(tiny_models_dir):
+    pack = ensure_tiny_insightface(tiny_models_dir) / "insightface" / "models" / "buffalo_l"
+    return analysis.FaceAnalyzer.load(pack, "auto", detection_size=320)
+
+
+@pytest.fixture(scope="module")
+def face_model():
+    return demo_model.demo_face_model(12)
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    """speaker_a/clip.mp4 (8 frames, 25 fps), speaker_b/frames/ (6 PNGs), an mp4 without a face, a broken file."""
+    root = tmp_path_factory.mktemp("videos")
+    (root / "speaker_a").mkdir()
+    write_mp4(root / "speaker_a" / "clip.mp4", talking_frames(1, 8))
+    folder = root / "speaker_b" / "frames"
+    folder.mkdir(parents=True)
+    for number, frame in enumerate(talking_frames(2, 6)):
+        Image.fromarray(frame).save(folder / f"frame_{number}.png")
+    write_mp4(root / "empty_room.mp4", np.full((4, 96, 96, 3), 12, dtype=np.uint8))
+    (root / "broken.mp4").write_bytes(b"this is not a video")
+    return root
+
+
+@pytest.fixture(scope="module")
+def shard_dir(videos, analyzer, face_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("shards")
+    lines = []
+    shards.preprocess_videos(videos, out, analyzer, face_model, "demo face (built-in)", SETTINGS, log=lines.append)
+    assert len(lines) == 4
+    return out
+
+
+def entries(folder):
+    return {entry["name"]: entry for entry in json.loads((folder / shards.MANIFEST_FILE).read_text())["videos"]}
+
+
+def test_manifest_lists_done_and_skipped_videos(shard_dir):
+    manifest = json.loads((shard_dir / shards.MANIFEST_FILE).read_text())
+    assert manifest["crop_size"] == CROP
+    assert manifest["face_model"]["name"] == "demo face (built-in)"
+    assert manifest["face_model"]["dims"] == {"identity": 80, "expression": 64, "texture": 80}
+    listed = entries(shard_dir)
+    assert sorted(listed) == ["broken.mp4", "empty_room.mp4", "speaker_a/clip.mp4", "speaker_b/frames"]
+    clip, frames = listed["speaker_a/clip.mp4"], listed["speaker_b/frames"]
+    assert (clip["status"], clip["frames"], clip["decoded_frames"], clip["fps"]) == ("done", 8, 8, 25.0)
+    assert (frames["status"], frames["frames"], frames["fps"]) == ("done", 6, SETTINGS.frames_fps)
+    assert [shard["frames"] for shard in clip["shards"]] == [4, 4], "shards hold at most shard_frames rows"
+    assert listed["empty_room.mp4"]["status"] == "skipped"
+    assert "no face" in listed["empty_room.mp4"]["reason"]
+    assert listed["broken.mp4"]["status"] == "skipped" and listed["broken.mp4"]["reason"]
+
+
+def test_shards_hold_aligned_crops_renders_surfaces_and_coefficients(shard_dir):
+    clip = entries(shard_dir)["speaker_a/clip.mp4"]
+    with safe_open(str(shard_dir / clip["shards"][0]["file"]), framework="pt") as handle:
+        rows = {key: handle.get_tensor(key) for key in handle.keys()}
+        assert handle.metadata()["format"] == shards.SHARD_FORMAT
+    assert rows["photos"].dtype == torch.uint8 and rows["photos"].shape == (4, CROP, CROP, 3)
+    assert rows["renders"].dtype == torch.uint8 and rows["renders"].shape == (4, CROP, CROP, 3)
+    assert rows["surfaces"].dtype == torch.float16 and rows["surfaces"].shape == (4, CROP, CROP, 3)
+    assert rows["coefficients"].dtype == torch.float32
+    assert rows["coefficients"].shape == (4, config_module.DEFAULT_COEFFICIENT_DIM)
+    assert rows["landmarks"].shape == (4, 68, 2)
+    assert rows["frame"].tolist() == [0, 1, 2, 3]
+    assert rows["video"].unique().numel() == 1
+    identity = rows["coefficients"][:, :80]
+    assert torch.allclose(identity, identity[:1].expand_as(identity)), "one identity per video"
+    # The render covers the face of the crop: the bright pixels on the dark wall.
+    rendered = rows["surfaces"].float().amax(-1) > 0
+    photographed = rows["photos"].float().mean(-1) > 60
+    overlap = (rendered & photographed).sum() / (rendered | photographed).sum()
+    assert overlap > 0.7, f"render and crop disagree (IoU {overlap:.2f})"
+    assert (rows["renders"][~rendered] == 0).all()
+
+
+def test_resume_skips_listed_videos_and_adds_new_ones(shard_dir, videos, analyzer, face_model, tmp_path):
+    folder = tmp_path / "shards"
+    shutil.copytree(shard_dir, folder)
+    before = entries(folder)
+    lines = []
+    shards.preprocess_videos(videos, folder, analyzer, face_model, "demo face (built-in)", SETTINGS, log=lines.append)
+    assert lines == [] and entries(folder) == before
+    extra = tmp_path / "videos"
+    shutil.copytree(videos, extra)
+    write_mp4(extra / "speaker_c.mp4", talking_frames(3, 3), fps=30)
+    shards.preprocess_videos(extra, folder, analyzer, face_model, "demo face (built-in)", SETTINGS, log=lines.append)
+    assert len(lines) == 1 and lines[0].startswith("[5/5] speaker_c.mp4: 3 frames")
+    after = entries(folder)
+    assert after["speaker_c.mp4"]["fps"] == 30.0 and list(after)[:4] == list(before)
+    with pytest.raises(errors.TalkingFaceError, match="--crop-size 64"):
+        shards.preprocess_videos(extra, folder, analyzer, face_model, "demo face (built-in)",
+                                 shards.PreprocessSettings(crop_size=128), log=lines.append)
+
+
+def test_dataset_reads_rows_like_face_views(shard_dir):
+    data = shards.VideoFaceShards(shard_dir)
+    assert len(data) == 14 and data.video_count == 2
+    assert data.photos.shape == data.renders.shape == data.surfaces.shape == (14, CROP, CROP, 3)
+    rows = torch.tensor([0, 5, 9, 13])
+    photos = data.photos[rows]
+    assert photos.dtype == torch.float32 and 0 <= photos.min() and photos.max() <= 1
+    clip = entries(shard_dir)["speaker_a/clip.mp4"]
+    with safe_open(str(shard_dir / clip["shards"][1]["file"]), framework="pt") as handle:
+        stored = handle.get_tensor("photos")[1].float() / 255
+    assert torch.equal(photos[1], stored), "row 5 is the second row of the clip's second shard"
+    in_memory = shards.VideoFaceShards(shard_dir, in_memory=True)
+    for name in ("photos", "renders", "surfaces"):
+        assert torch.equal(getattr(in_memory, name)[rows], getattr(data, name)[rows])
+    assert data.coefficients.shape == (14, config_module.DEFAULT_COEFFICIENT_DIM)
+    small = shards.VideoFaceShards(shard_dir, image_size=32)
+    assert small.photos[rows].shape == small.surfaces[rows].shape == (4, 32, 32, 3)
+
+
+def test_pairs_are_two_frames_of_one_video_a_gap_apart(shard_dir):
+    generator = torch.Generator().manual_seed(0)
+    data = shards.VideoFaceShards(shard_dir, min_frame_gap=3)
+    sources, targets = data.pairs(256, generator)
+    assert torch.equal(data.videos[sources], data.videos[targets])
+    gaps = (data.frame_numbers[sources] - data.frame_numbers[targets]).abs()
+    assert gaps.min() >= 3
+    assert len(set(zip(sources.tolist(), targets.tolist(), strict=True))) > 30, "pairs are drawn at random"
+    # No frame is 100 frames away: any other frame of the same video instead.
+    sources, targets = shards.VideoFaceShards(shard_dir, min_frame_gap=100).pairs(256, generator)
+    assert torch.equal(data.videos[sources], data.videos[targets]) and (sources != targets).all()
+
+
+def test_trainer_runs_on_video_shards(shard_dir, tmp_path):
+    config = config_module.TGDMConfig(image_size=32, base_channels=8, channel_multipliers=(1, 2),
+                                      attention_resolutions=(16,), attention_head_channels=8, source_base_channels=8,
+                                      norm_groups=4, surface_frequencies=2)
+    settings = training.TrainingSettings(steps=2, batch_size=2, learning_rate=1e-3, checkpoint_every=100)
+    trainer = training.TGDMTrainer(config, settings, tmp_path)
+    path = trainer.train(shards.VideoFaceShards(shard_dir, image_size=32, min_frame_gap=2), log=lambda line: None)
+    assert trainer.step == 2 and path.is_file()
+
+
+def test_dataset_names_the_command_for_an_empty_folder(tmp_path):
+    with pytest.raises(errors.TalkingFaceError, match="scripts.preprocess_videos"):
+        shards.VideoFaceShards(tmp_path)
