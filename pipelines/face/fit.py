@@ -1,14 +1,14 @@
 """3DMM coefficients from analysed faces: landmark fit, then texture and lighting from the crops."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import torch
 
 from ..errors import TalkingFaceError
 from ..morphable.coefficients import FaceCoefficients
-from ..morphable.fitting import FitConfig, FitResult, LandmarkFitter
+from ..morphable.fitting import ALL_GROUPS, FitConfig, FitResult, LandmarkFitter
 from ..morphable.model import MorphableModel
 from ..render.camera import PerspectiveCamera
 from ..video import frame_chunks
@@ -45,6 +45,8 @@ def fit_faces(
     texture_frames: int = 8,
     batch_size: int = 16,
     on_chunk: Callable[[int], None] | None = None,
+    init: FaceCoefficients | None = None,
+    refine: Collection[str] = ALL_GROUPS,
 ) -> FaceFit:
     """Fit ``model`` to the faces of every frame: one image on its own, a video with one shared identity
     and temporal smoothing (``config.temporal_smoothing``). With ``appearance``, one texture from up to
@@ -53,7 +55,12 @@ def fit_faces(
 
     ``video_mode`` ``joint`` solves the video in one problem (landmark-acceleration penalty); ``fast``
     takes the identity from a joint fit of a few frames spread over the video, fits every frame with it
-    side by side, and smooths pose and expression with a One-Euro filter of ``smoothing`` (0..1)."""
+    side by side, and smooths pose and expression with a One-Euro filter of ``smoothing`` (0..1).
+
+    ``init`` (one row per frame, e.g. from the face regressor, in the fitting crop) is where the fit
+    starts; only the ``refine`` groups move, the rest (and texture and lighting when ``appearance`` is
+    off) keep its values. A video's identity (and texture) from ``init`` is averaged over the detected
+    frames: one person, one shape."""
     if video_mode not in VIDEO_MODES:
         raise TalkingFaceError(f"video mode must be one of {VIDEO_MODES}, got '{video_mode}'")
     device = model.mean_shape.device
@@ -62,12 +69,14 @@ def fit_faces(
     # Interpolated frames count less: their landmarks are a guess between two detections.
     weights = torch.where(faces.detected, 1.0, 0.25).to(device).unsqueeze(1).expand(-1, landmarks.shape[1])
     weights = weights * _contour_weights(fitter, landmarks.device)
+    if init is not None:
+        init = _one_person(init.to(device), faces.detected.to(device))
     if faces.frames == 1:
-        result = fitter.fit(landmarks, weights)
+        result = fitter.fit(landmarks, weights, optimize=refine, init=init)
     elif video_mode == "joint":
-        result = fitter.fit_video(landmarks, weights)
+        result = fitter.fit_video(landmarks, weights, optimize=refine, init=init)
     else:
-        result = _fit_video_fast(fitter, landmarks, weights, faces.detected.to(device), smoothing, fps)
+        result = _fit_video_fast(fitter, landmarks, weights, faces.detected.to(device), smoothing, fps, init, refine)
     coeffs = result.coefficients
     if appearance or gaze:
         coeffs = _from_crops(model, faces, coeffs, appearance, gaze, appearance_resolution, texture_frames,
@@ -75,22 +84,38 @@ def fit_faces(
     return FaceFit(coeffs, result.landmark_error, result.fitted_landmarks)
 
 
+def _one_person(init: FaceCoefficients, detected: torch.Tensor) -> FaceCoefficients:
+    if init.frames == 1:
+        return init
+    rows = detected if detected.any() else torch.ones_like(detected)
+    return init.replace(**{name: getattr(init, name)[rows].mean(0, keepdim=True).expand(init.frames, -1).contiguous()
+                           for name in ("identity", "texture")})
+
+
 def _fit_video_fast(
     fitter: LandmarkFitter, landmarks: torch.Tensor, weights: torch.Tensor, detected: torch.Tensor,
-    smoothing: float, fps: float,
+    smoothing: float, fps: float, init: FaceCoefficients | None, refine: Collection[str],
 ) -> FitResult:
     frames = landmarks.shape[0]
-    candidates = torch.nonzero(detected).squeeze(1)
-    if candidates.numel() == 0:
-        candidates = torch.arange(frames, device=landmarks.device)
-    count = min(IDENTITY_SAMPLE_FRAMES, candidates.numel())
-    picks = candidates[torch.linspace(0, candidates.numel() - 1, count, device=landmarks.device).round().long()].unique()
-    sampled = fitter.fit_video(landmarks[picks], weights[picks]).coefficients
-    # The aligned crop already centres and frames the face, so a frontal start converges for every frame.
-    init = FaceCoefficients.neutral(frames, fitter.dims, device=landmarks.device)
-    init.identity[:] = sampled.identity[0]
+    refine = frozenset(refine)
+    given = init
+    if init is None:
+        # The aligned crop already centres and frames the face, so a frontal start converges for every frame.
+        init = FaceCoefficients.neutral(frames, fitter.dims, device=landmarks.device)
+    else:
+        init = init.replace(**{name: value.clone() for name, value in init.fields().items()})
+    if "identity" in refine:
+        candidates = torch.nonzero(detected).squeeze(1)
+        if candidates.numel() == 0:
+            candidates = torch.arange(frames, device=landmarks.device)
+        count = min(IDENTITY_SAMPLE_FRAMES, candidates.numel())
+        picks = candidates[torch.linspace(0, candidates.numel() - 1, count, device=landmarks.device).round().long()].unique()
+        start = given[picks] if given is not None else None  # without a start, the closed-form pose
+        sampled = fitter.fit_video(landmarks[picks], weights[picks], optimize=refine, init=start).coefficients
+        init.identity[:] = sampled.identity[0]
+    per_frame = refine - {"identity"}
     parts = [
-        fitter.fit(landmarks[chunk], weights[chunk], optimize=("rotation", "translation", "expression"), init=init[chunk])
+        fitter.fit(landmarks[chunk], weights[chunk], optimize=per_frame, init=init[chunk])
         for chunk in frame_chunks(frames, FAST_CHUNK_FRAMES)
     ]
     coeffs = FaceCoefficients.concat([part.coefficients for part in parts])
