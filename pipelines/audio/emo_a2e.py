@@ -1,0 +1,379 @@
+"""Emo-A2E (paper 1's emotion-aware audio-to-expression): speech and a text emotion → 3DMM expression.
+
+Tokens (one sequence per window of at most ``target_frames`` video frames):
+
+* a neutral token: the speaker's resting expression (who is talking, with which resting face);
+* an emotion token: the CLIP text embedding of the emotion prompt through a Linear, plus its
+  intensity through another;
+* one audio token per frame: its mel window (the Audio issue's log-mel, any fps) through the same
+  strided mel encoder as the landmark model, plus the frame's position in the window.
+
+A transformer encoder mixes them. Each frame's expression is read off its audio token as
+``neutral + speech(token) + intensity · emotion(token)``: the emotion part is scaled by the
+intensity outside the network, so intensity 0 is emotionally neutral speech and values above 1
+exaggerate, whatever the training data's intensity levels were; both parts see the audio, so the
+emotion may change how the mouth moves (tight angry lips, a smile that widens on vowels).
+
+Without audio the model reads silence (the log-mel floor): an emotion-only face, held still or
+gently animated by a seeded slow variation of the emotion's strength.
+
+A model is tied to the text encoder it was trained with (CLIP spaces of different models are
+unrelated): the config records its embedding size and the encoder's name, and a TALK_EMOTION from
+another encoder is refused with both names.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..checkpoints import read_checkpoint_metadata, read_checkpoint_weights, save_checkpoint
+from ..emotion.emotion import TextEmotion
+from ..errors import ModelFileError, TalkingFaceError
+from ..morphable.coefficients import FaceCoefficients
+from ..morphable.model import MorphableModel
+from .features import LogMel, mel_range_for_frames, mel_windows
+from .io import SAMPLE_RATE, Audio
+from .landmark_model import MelWindowEncoder
+from .landmarks import WindowPlan
+from .motion import BLINK_DIRECTIONS
+
+FILE_FORMAT = "talkingface.emo_a2e"
+FILE_VERSION = "1"
+NO_AUDIO_MOTIONS = ("held", "animated")
+# Emotion-only animation: the emotion's strength wanders by up to this fraction, at 0.05–0.3 Hz.
+ANIMATION_DEPTH = 0.2
+ANIMATION_FREQUENCIES_HZ = (0.05, 0.3)
+
+
+@runtime_checkable
+class TextEncoder(Protocol):
+    """What Emo-A2E training needs from a text encoder: ``encode(prompts) -> [N, D]`` pooled text
+    embeddings and a ``name`` naming the embedding space (e.g. ``open_clip:ViT-B-32``), which trained
+    checkpoints record and :class:`TextEmotion` values carry as ``encoder``. The emotion package's
+    encoders (:mod:`pipelines.emotion.clip_text`) have this shape."""
+
+    name: str
+
+    def encode(self, prompts: Sequence[str]) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class EmoA2EConfig:
+    expression_dim: int = 64
+    emotion_dim: int = 512
+    # The text encoder whose embeddings the model was trained on (TextEncoder.name).
+    encoder: str = ""
+    target_frames: int = 32
+    mel_bins: int = 80
+    mel_window: int = 16
+    width: int = 128
+    heads: int = 4
+    layers: int = 3
+    feedforward: int = 512
+    dropout: float = 0.1
+    # Mel encoder channels, each stage halving the time axis.
+    audio_channels: tuple[int, ...] = (128, 128)
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("expression_dim", "emotion_dim", "target_frames", "mel_bins", "mel_window", "width", "heads",
+                     "layers", "feedforward"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1")
+        if not self.encoder:
+            problems.append("encoder must name the text encoder the embeddings come from")
+        if self.width % self.heads:
+            problems.append(f"width {self.width} must be divisible by heads {self.heads}")
+        if not 0 <= self.dropout < 1:
+            problems.append("dropout must be in [0, 1)")
+        if not self.audio_channels:
+            problems.append("audio_channels must name at least one stage")
+        if problems:
+            raise TalkingFaceError("invalid Emo-A2E config: " + "; ".join(problems))
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> EmoA2EConfig:
+        values = json.loads(text)
+        unknown = set(values) - {field.name for field in dataclasses.fields(cls)}
+        if unknown:
+            raise ModelFileError(f"unknown Emo-A2E settings {sorted(unknown)}")
+        if "audio_channels" in values:
+            values["audio_channels"] = tuple(values["audio_channels"])
+        return cls(**values)
+
+
+class EmoA2ETransformer(nn.Module):
+    def __init__(self, config: EmoA2EConfig) -> None:
+        super().__init__()
+        self.config = config
+        width = config.width
+        self.audio_encoder = MelWindowEncoder(config)
+        self.neutral_encoder = nn.Sequential(nn.Linear(config.expression_dim, width), nn.GELU(), nn.Linear(width, width))
+        self.emotion_projection = nn.Linear(config.emotion_dim, width)
+        self.intensity_projection = nn.Linear(1, width)
+        # token kinds (neutral, emotion, audio) and the frame position of audio tokens
+        self.kind_embedding = nn.Parameter(torch.zeros(3, width))
+        self.frame_embedding = nn.Parameter(torch.zeros(config.target_frames, width))
+        nn.init.normal_(self.kind_embedding, std=0.02)
+        nn.init.normal_(self.frame_embedding, std=0.02)
+        layer = nn.TransformerEncoderLayer(
+            width, config.heads, config.feedforward, config.dropout, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(width)
+        self.speech_head = nn.Linear(width, config.expression_dim)
+        self.emotion_head = nn.Linear(width, config.expression_dim)
+        # Start at the speaker's resting face: an untrained model predicts no motion rather than noise.
+        for head in (self.speech_head, self.emotion_head):
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+
+    def forward(
+        self, neutral: torch.Tensor, embedding: torch.Tensor, intensity: torch.Tensor, mel_windows: torch.Tensor
+    ) -> torch.Tensor:
+        """``neutral [B or 1, E]``, ``embedding [B or 1, D]``, ``intensity [B or 1]``,
+        ``mel_windows [B, T, bins, window]`` → expression ``[B, T, E]``."""
+        config = self.config
+        batch, frames = mel_windows.shape[:2]
+        rows = neutral.shape[0] if neutral.shape[0] == 1 else batch
+        expected = {
+            "neutral": (neutral, (rows, config.expression_dim)),
+            "embedding": (embedding, (embedding.shape[0] if embedding.shape[0] == 1 else batch, config.emotion_dim)),
+            "intensity": (intensity, (intensity.shape[0] if intensity.shape[0] == 1 else batch,)),
+            "mel_windows": (mel_windows, (batch, frames, config.mel_bins, config.mel_window)),
+        }
+        for name, (tensor, shape) in expected.items():
+            if tuple(tensor.shape) != shape:
+                raise TalkingFaceError(f"Emo-A2E input '{name}' must be {shape}, got {tuple(tensor.shape)}")
+        if not 1 <= frames <= config.target_frames:
+            raise TalkingFaceError(f"Emo-A2E takes 1 to {config.target_frames} frames at once, got {frames}")
+        neutral_token = self.neutral_encoder(neutral) + self.kind_embedding[0]
+        emotion_token = self.emotion_projection(embedding) + self.intensity_projection(intensity.unsqueeze(-1))
+        emotion_token = emotion_token + self.kind_embedding[1]
+        tokens = torch.cat(
+            [
+                neutral_token.unsqueeze(1).expand(batch, -1, -1),
+                emotion_token.unsqueeze(1).expand(batch, -1, -1),
+                self.audio_encoder(mel_windows) + self.kind_embedding[2] + self.frame_embedding[:frames],
+            ],
+            dim=1,
+        )
+        frame_tokens = self.norm(self.encoder(tokens))[:, 2:]
+        emotion = intensity.view(-1, 1, 1) * self.emotion_head(frame_tokens)
+        return neutral.unsqueeze(1) + self.speech_head(frame_tokens) + emotion
+
+
+# ---- checkpoints ---------------------------------------------------------------------------
+def save_emo_a2e(model: EmoA2ETransformer, path: str | Path, extra_metadata: dict[str, str] | None = None) -> None:
+    """One .safetensors file: the weights plus the config (with the text encoder's name) as JSON."""
+    metadata = {"format": FILE_FORMAT, "version": FILE_VERSION, "config": model.config.to_json()}
+    metadata.update(extra_metadata or {})
+    save_checkpoint(model, path, metadata, dtype=torch.float32)
+
+
+def _listed(keys: list[str]) -> str:
+    return f"{keys[:5]}{' …' if len(keys) > 5 else ''}"
+
+
+def load_emo_a2e(path: str | Path) -> EmoA2ETransformer:
+    """Strict loader: the file must say it is an Emo-A2E checkpoint, and every weight must be present
+    with the shape its config implies."""
+    path = Path(path)
+    metadata = read_checkpoint_metadata(path, "Emo-A2E checkpoint")
+    if metadata.get("format") != FILE_FORMAT:
+        found = metadata.get("format", "no format tag")
+        raise ModelFileError(
+            f"{path.name} is not an Emo-A2E checkpoint (its metadata says '{found}', expected '{FILE_FORMAT}'); "
+            "pick a checkpoint written by scripts/train_emo_a2e.py"
+        )
+    if "config" not in metadata:
+        raise ModelFileError(f"{path.name} is not an Emo-A2E checkpoint: it has no config in its metadata")
+    try:
+        config = EmoA2EConfig.from_json(metadata["config"])
+    except (ValueError, TypeError) as error:
+        raise ModelFileError(f"{path.name} has an invalid Emo-A2E config: {error}") from error
+    model = EmoA2ETransformer(config)
+    expected = model.state_dict()
+    tensors = read_checkpoint_weights(path)
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = sorted(
+        f"{key} {tuple(tensors[key].shape)} (expected {tuple(expected[key].shape)})"
+        for key in set(expected) & set(tensors) if tensors[key].shape != expected[key].shape
+    )
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {_listed(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {_listed(unexpected)}")
+        if wrong:
+            parts.append(f"wrong shape {_listed(wrong)}")
+        raise ModelFileError(
+            f"{path.name} is not an Emo-A2E checkpoint matching its config: expected keys "
+            f"{_listed(sorted(expected))}; " + "; ".join(parts)
+        )
+    model.load_state_dict(tensors, strict=True)
+    return model.eval()
+
+
+# ---- prediction ----------------------------------------------------------------------------
+def check_emotion(config: EmoA2EConfig, emotion: TextEmotion) -> None:
+    """The emotion must come from the text encoder the model was trained with."""
+    if emotion.encoder != config.encoder:
+        raise TalkingFaceError(
+            f"the emotion was encoded by '{emotion.encoder}' but this Emo-A2E model was trained on '{config.encoder}' "
+            "embeddings; load that text encoder in the emotion chain, or an Emo-A2E model trained on yours"
+        )
+    size = emotion.embedding.shape[-1] if emotion.embedding.ndim else 0
+    if emotion.embedding.ndim != 1 or size != config.emotion_dim:
+        raise TalkingFaceError(
+            f"the emotion embedding has shape {tuple(emotion.embedding.shape)} but this Emo-A2E model takes "
+            f"[{config.emotion_dim}] embeddings from '{config.encoder}'"
+        )
+    if not torch.isfinite(emotion.embedding).all() or not math.isfinite(emotion.intensity):
+        raise TalkingFaceError("the emotion embedding or intensity is not finite")
+
+
+def check_expression_dim(config: EmoA2EConfig, expression_dim: int, what: str = "the face model") -> None:
+    if expression_dim != config.expression_dim:
+        raise TalkingFaceError(
+            f"this Emo-A2E model predicts {config.expression_dim} expression coefficients but {what} has "
+            f"{expression_dim}: use an Emo-A2E model trained for that face model"
+        )
+
+
+def blend_windows(
+    plan: WindowPlan,
+    windows_per_batch: int,
+    predict: Callable[[torch.Tensor], torch.Tensor],
+    device: torch.device | str,
+    on_batch: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Overlap-blended per-frame predictions over every window of ``plan``: ``predict(frame_index
+    [W, window])`` returns ``[W, window, ...]`` for a batch of windows; the result is ``[frames, ...]``.
+    Memory is bounded by one batch of windows plus the output."""
+    weights = plan.blend_weights().to(device)
+    total = weight_sum = None
+    window = torch.arange(plan.window, device=device)
+    for starts in plan.batches(windows_per_batch):
+        frame_index = torch.tensor(starts, device=device).unsqueeze(1) + window
+        predicted = predict(frame_index)
+        if total is None:
+            total = predicted.new_zeros(plan.frames, *predicted.shape[2:])
+            weight_sum = predicted.new_zeros(plan.frames)
+        shaped = weights.view(1, -1, *([1] * (predicted.ndim - 2)))
+        total.index_add_(0, frame_index.flatten(), (predicted * shaped).flatten(0, 1))
+        weight_sum.index_add_(0, frame_index.flatten(), weights.expand(len(starts), -1).flatten())
+        if on_batch is not None:
+            on_batch(starts[-1] + plan.window)
+    return total / weight_sum.view(-1, *([1] * (total.ndim - 1)))
+
+
+def _condition(model: EmoA2ETransformer, emotion: TextEmotion, neutral: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    config = model.config
+    check_emotion(config, emotion)
+    neutral = neutral.reshape(-1)
+    check_expression_dim(config, neutral.shape[0], "the speaker's neutral expression")
+    device = next(model.parameters()).device
+    return (
+        neutral.to(device, torch.float32).unsqueeze(0),
+        emotion.embedding.to(device, torch.float32).unsqueeze(0),
+        torch.tensor([float(emotion.intensity)], device=device),
+    )
+
+
+@torch.no_grad()
+def predict_expression(
+    model: EmoA2ETransformer,
+    audio: Audio,
+    fps: float,
+    frames: int,
+    emotion: TextEmotion,
+    neutral: torch.Tensor,
+    overlap: int | None = None,
+    windows_per_batch: int = 64,
+    log_mel: LogMel | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Expression ``[frames, E]`` for ``frames`` video frames at ``fps`` driven by 16 kHz ``audio``
+    with ``emotion``; ``neutral [E]`` is the speaker's resting expression. Long audio runs in
+    overlapping windows of ``target_frames`` (``overlap`` frames shared; default a quarter)."""
+    config = model.config
+    if audio.sample_rate != SAMPLE_RATE:
+        raise TalkingFaceError(f"Emo-A2E needs {SAMPLE_RATE} Hz audio, got {audio.sample_rate} Hz")
+    if not fps > 0:
+        raise TalkingFaceError(f"fps must be positive, got {fps}")
+    condition = _condition(model, emotion, neutral)
+    device = condition[0].device
+    log_mel = (log_mel or LogMel()).to(device)
+    plan = WindowPlan(frames, config.target_frames, config.target_frames // 4 if overlap is None else overlap)
+    samples = audio.samples.to(device, torch.float32)
+
+    def predict(frame_index: torch.Tensor) -> torch.Tensor:
+        first_mel, last_mel = mel_range_for_frames(int(frame_index[0, 0]), int(frame_index[-1, -1]) + 1, fps,
+                                                   log_mel.config)
+        mel = log_mel.frames(samples, first_mel, last_mel).unsqueeze(0)
+        windows = mel_windows(mel, first_mel, frame_index.flatten(), fps, log_mel.config)[0]
+        return model(*condition, windows.view(*frame_index.shape, *windows.shape[1:]))
+
+    return blend_windows(plan, windows_per_batch, predict, device, on_batch)
+
+
+@torch.no_grad()
+def emotion_only_expression(
+    model: EmoA2ETransformer,
+    frames: int,
+    fps: float,
+    emotion: TextEmotion,
+    neutral: torch.Tensor,
+    motion: str = "held",
+    seed: int = 0,
+) -> torch.Tensor:
+    """Expression ``[frames, E]`` with no speech: the model's face for ``emotion`` over silence,
+    ``held`` still or ``animated`` (its strength wandering slowly, seeded)."""
+    if motion not in NO_AUDIO_MOTIONS:
+        raise TalkingFaceError(f"unknown no-audio motion '{motion}'; choose one of {NO_AUDIO_MOTIONS}")
+    if frames < 1:
+        raise TalkingFaceError("an emotion-only sequence needs at least one frame")
+    if not fps > 0:
+        raise TalkingFaceError(f"fps must be positive, got {fps}")
+    config = model.config
+    condition = _condition(model, emotion, neutral)
+    silence = torch.full((1, config.target_frames, config.mel_bins, config.mel_window), LogMel().config.silence_value,
+                         device=condition[0].device)
+    held = model(*condition, silence)[0].mean(0)
+    resting = condition[0][0]
+    if motion == "held":
+        return held.expand(frames, -1).clone()
+    rng = np.random.default_rng(seed)
+    time = np.arange(frames) / fps
+    frequencies = rng.uniform(*ANIMATION_FREQUENCIES_HZ, 3)
+    phases = rng.uniform(0, 2 * math.pi, 3)
+    amplitudes = rng.uniform(0.5, 1.0, 3)
+    wander = (amplitudes[:, None] * np.sin(2 * math.pi * frequencies[:, None] * time + phases[:, None])).sum(0)
+    strength = 1.0 + ANIMATION_DEPTH * torch.from_numpy(wander / amplitudes.sum()).float().to(held.device)
+    return resting + strength.unsqueeze(1) * (held - resting)
+
+
+def with_expression(face_model: MorphableModel, base: FaceCoefficients, expression: torch.Tensor) -> FaceCoefficients:
+    """``base`` (head motion: pose, gaze, blinks) with ``expression [F, E]``; blinks of the head motion
+    stay, closing the eyes further than the expression does."""
+    expression = expression.to(base.expression.device, base.expression.dtype)
+    blinks = [face_model.expression_index(name) for name in BLINK_DIRECTIONS if name in face_model.expression_names]
+    if blinks:
+        expression = expression.clone()
+        expression[:, blinks] = torch.maximum(expression[:, blinks], base.expression[:, blinks])
+    return base.replace(expression=expression)

@@ -1,0 +1,161 @@
+"""Train Emo-A2E (speech + text emotion → 3DMM expression) with HF accelerate.
+
+    # clips: one .safetensors per clip (audio, expression, neutral; emotion, level, speaker, fps in
+    # the metadata: see pipelines/training/emo_a2e.py), any text encoder by factory:
+    python -m scripts.train_emo_a2e --train DIR --validation DIR --encoder-factory pkg.module:make --encoder-arg X --out runs/emo
+    # the learning check: synthetic clips of the demo face, held-out speakers, hashed-prompt encoder:
+    python -m scripts.train_emo_a2e --synthetic-speakers 24 --validation-speakers 6 --out runs/emo_check --threads 1
+    # write synthetic clips to disk instead of training:
+    python -m scripts.train_emo_a2e --synthetic-speakers 24 --write-clips data/emo_synthetic
+    # several GPUs / mixed precision: accelerate launch -m scripts.train_emo_a2e ...
+    # running again with the same --out continues from its training_state/
+
+``--encoder-factory module:function`` names a callable returning an object with ``name`` (a
+string) and ``encode(prompts) -> [N, D]`` (:class:`pipelines.audio.emo_a2e.TextEncoder`), called
+with the ``--encoder-arg`` strings; without it a frozen random embedding per prompt is used
+(``--emotion-dim``), which only the learning check should use: its checkpoints accept only
+TALK_EMOTION values from that same encoder. Writes ``best.safetensors`` and ``last.safetensors``
+(for the Load Emo-A2E Model node: copy one into ComfyUI/models/talkingface/). The last line printed
+is a JSON summary: validation-window L1 of the model and the baselines (speaker's neutral face,
+emotion mean), and on whole held-out clips the expression L1 and the lip/jaw landmark error.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from pipelines.audio.emo_a2e import EmoA2EConfig
+from pipelines.morphable.demo_model import demo_face_model
+from pipelines.training.audio_landmarks import TrainConfig
+from pipelines.training.emo_a2e import (
+    check_clips,
+    emotion_mean_offsets,
+    load_emotion_clip,
+    save_emotion_clip,
+    train_emo_a2e,
+)
+from pipelines.training.emo_synthetic import HashedPromptEncoder, synthetic_emotion_clips
+
+VALIDATION_SEED = 1_000_000
+
+
+def clips_from(directory: Path) -> list:
+    paths = sorted(directory.glob("*.safetensors"))
+    if not paths:
+        raise SystemExit(f"no .safetensors clips in {directory}")
+    return [load_emotion_clip(path) for path in paths]
+
+
+def make_encoder(factory: str | None, arguments: list[str], dim: int):
+    if not factory:
+        return HashedPromptEncoder(dim)
+    module_name, _, function_name = factory.partition(":")
+    if not function_name:
+        raise SystemExit(f"--encoder-factory must be module:function, got '{factory}'")
+    return getattr(importlib.import_module(module_name), function_name)(*arguments)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    data = parser.add_argument_group("data")
+    data.add_argument("--train", type=Path, help="folder of training clips")
+    data.add_argument("--validation", type=Path, help="folder of validation clips (other speakers)")
+    data.add_argument("--synthetic-speakers", type=int, default=0, help="make synthetic clips of this many speakers")
+    data.add_argument("--validation-speakers", type=int, default=6, help="held-out synthetic speakers")
+    data.add_argument("--clips-per-speaker", type=int, default=10)
+    data.add_argument("--clip-seconds", type=float, default=4.0)
+    data.add_argument("--write-clips", type=Path, help="only write the synthetic clips to this folder")
+    encoder = parser.add_argument_group("text encoder")
+    encoder.add_argument("--encoder-factory", help="module:function returning a TextEncoder")
+    encoder.add_argument("--encoder-arg", action="append", default=[], help="argument for the factory (repeatable)")
+    encoder.add_argument("--emotion-dim", type=int, default=64, help="embedding size of the hashed-prompt encoder")
+    model = parser.add_argument_group("model")
+    defaults = EmoA2EConfig(encoder="-")
+    for name in ("target_frames", "width", "heads", "layers", "feedforward"):
+        model.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
+    model.add_argument("--audio-channels", type=int, nargs="+", default=list(defaults.audio_channels))
+    model.add_argument("--dropout", type=float, default=defaults.dropout)
+    training = parser.add_argument_group("training")
+    train_defaults = TrainConfig()
+    for name in ("steps", "batch_size", "warmup_steps", "validate_every", "validation_windows", "seed", "num_workers"):
+        training.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(train_defaults, name))
+    for name in ("learning_rate", "weight_decay", "velocity_weight"):
+        training.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(train_defaults, name))
+    parser.add_argument("--out", type=Path, help="checkpoint folder")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    started = time.time()
+    face = demo_face_model()
+    if args.synthetic_speakers:
+        train = synthetic_emotion_clips(face, args.synthetic_speakers, args.clips_per_speaker, args.clip_seconds, 0)
+        validation = synthetic_emotion_clips(face, args.validation_speakers, args.clips_per_speaker, args.clip_seconds,
+                                             VALIDATION_SEED)
+        if args.write_clips:
+            for split, clips in (("train", train), ("validation", validation)):
+                for index, clip in enumerate(clips):
+                    save_emotion_clip(clip, args.write_clips / split / f"clip_{index:05d}.safetensors")
+            print(f"wrote {len(train)} + {len(validation)} clips to {args.write_clips}")
+            return
+    elif args.train and args.validation:
+        train, validation = clips_from(args.train), clips_from(args.validation)
+    else:
+        parser.error("give --train and --validation folders, or --synthetic-speakers N")
+    if args.out is None:
+        parser.error("--out is required for training")
+    text_encoder = make_encoder(args.encoder_factory, args.encoder_arg, args.emotion_dim)
+    emotion_dim = int(text_encoder.encode(["neutral"]).shape[-1])
+    data_seconds = time.time() - started
+
+    model_config = EmoA2EConfig(
+        expression_dim=train[0].expression.shape[1], emotion_dim=emotion_dim, encoder=text_encoder.name,
+        target_frames=args.target_frames, width=args.width, heads=args.heads, layers=args.layers,
+        feedforward=args.feedforward, dropout=args.dropout, audio_channels=tuple(args.audio_channels),
+    )
+    train_config = TrainConfig(
+        steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_steps, velocity_weight=args.velocity_weight, validate_every=args.validate_every,
+        validation_windows=args.validation_windows, seed=args.seed, num_workers=args.num_workers,
+    )
+    started = time.time()
+    model, history = train_emo_a2e(model_config, train, validation, text_encoder, train_config, args.out)
+    train_seconds = time.time() - started
+    step, final = history[-1]
+    offsets = emotion_mean_offsets(train)
+    is_demo_face = train[0].expression.shape[1] == face.dims.expression and train[0].identity is not None
+    clip_check = check_clips(model.cpu(), validation, text_encoder, offsets, face if is_demo_face else None)
+
+    def rounded(value):
+        return None if value is None else round(value, 5)
+
+    print(json.dumps({
+        "steps": step,
+        "train_clips": len(train),
+        "validation_clips": len(validation),
+        "validation_speakers": len({clip.speaker for clip in validation}),
+        "encoder": text_encoder.name,
+        "window_model_l1": rounded(final.model_l1),
+        "window_neutral_l1": rounded(final.neutral_l1),
+        "window_emotion_mean_l1": rounded(final.emotion_mean_l1),
+        "clip_model_l1": rounded(clip_check.model_l1),
+        "clip_neutral_l1": rounded(clip_check.neutral_l1),
+        "clip_emotion_mean_l1": rounded(clip_check.emotion_mean_l1),
+        "clip_model_mouth_px": rounded(clip_check.model_mouth_px),
+        "clip_neutral_mouth_px": rounded(clip_check.neutral_mouth_px),
+        "clip_emotion_mean_mouth_px": rounded(clip_check.emotion_mean_mouth_px),
+        "beats_neutral": clip_check.model_l1 < clip_check.neutral_l1,
+        "beats_emotion_mean": clip_check.model_l1 < clip_check.emotion_mean_l1,
+        "data_seconds": round(data_seconds, 1),
+        "train_seconds": round(train_seconds, 1),
+    }))
+
+
+if __name__ == "__main__":
+    main()
