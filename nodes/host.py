@@ -163,3 +163,41 @@ def next_free_path(directory: Path, prefix: str, suffix: str) -> Path:
         if not candidate.exists():
             return candidate
         counter += 1
+
+
+# Text encoders (CLIP) live in ComfyUI's own folders: models/text_encoders/ and the older models/clip/,
+# which ComfyUI registers together under "text_encoders".
+TEXT_ENCODER_FOLDERS = ("text_encoders", "clip")
+TEXT_ENCODER_SUFFIXES = {".safetensors", ".sft", ".pt", ".pth", ".bin", ".ckpt"}
+
+
+def list_text_encoders() -> list[str]:
+    """Weight files in models/text_encoders/ and models/clip/, as relative names, sorted."""
+    if IN_COMFYUI:
+        return folder_paths.get_filename_list("text_encoders")
+    names: set[str] = set()
+    for folder in TEXT_ENCODER_FOLDERS:
+        root = _fallback_dir("TALKINGFACE_MODELS_DIR", "models") / folder
+        if root.is_dir():
+            names.update(
+                path.relative_to(root).as_posix()
+                for path in root.rglob("*")
+                if path.is_file() and path.suffix.lower() in TEXT_ENCODER_SUFFIXES
+            )
+    return sorted(names)
+
+
+def text_encoder_path(name: str) -> Path:
+    """The full path of a text encoder file, or an error naming the folders it belongs in."""
+    if IN_COMFYUI:
+        found = folder_paths.get_full_path("text_encoders", name)
+        if found:
+            return Path(found)
+    else:
+        for folder in TEXT_ENCODER_FOLDERS:
+            candidate = _fallback_dir("TALKINGFACE_MODELS_DIR", "models") / folder / name
+            if candidate.is_file():
+                return candidate
+    raise ModelFileError(
+        f"text encoder '{name}' not found: put it into {model_folder_hint('clip')} or {model_folder_hint('text_encoders')}"
+    )
