@@ -1,11 +1,12 @@
 """Tiny Emo-A2E checkpoint for tests and workflow checks.
 
-    python -m scripts.tiny_emo_a2e DIR --emotion-dim D --encoder IDENTITY   # DIR/talkingface/<tiny>.safetensors
+    python -m scripts.tiny_emo_a2e DIR [--emotion-dim D --encoder NAME]   # DIR/talkingface/<tiny>.safetensors
 
 The model is randomly initialised in the real format, for the demo face model's 64 expression
-coefficients. It accepts TALK_EMOTION values only from the text encoder named by ``encoder`` with
-``emotion_dim``-d embeddings: give the name and embedding size of the tiny CLIP that the tiny models
-folder holds, so workflows chain Text Emotion into Audio to Expression.
+coefficients. It accepts TALK_EMOTION values only from the text encoder named ``encoder`` with
+``emotion_dim``-d embeddings; by default those of the tiny CLIP of :mod:`scripts.tiny_clip` as the
+emotion loader names it (``open_clip:<model name>``), so workflows chain Text Emotion into Audio to
+Expression.
 """
 from __future__ import annotations
 
@@ -16,8 +17,11 @@ import torch
 
 from pipelines.audio.emo_a2e import EmoA2EConfig, EmoA2ETransformer, save_emo_a2e
 from pipelines.morphable.coefficients import BFM_DIMS
+from scripts.tiny_clip import TINY_CLIP_CONFIG, TINY_CLIP_NAME
 
 TINY_EMO_A2E_FILE = "talkingface_emo_a2e_tiny.safetensors"
+TINY_CLIP_ENCODER = f"open_clip:{TINY_CLIP_NAME}"
+TINY_CLIP_EMOTION_DIM = TINY_CLIP_CONFIG["embed_dim"]
 
 
 def tiny_emo_a2e_config(emotion_dim: int, encoder: str) -> EmoA2EConfig:
@@ -27,7 +31,9 @@ def tiny_emo_a2e_config(emotion_dim: int, encoder: str) -> EmoA2EConfig:
     )
 
 
-def write_tiny_emo_a2e(models_root: Path, emotion_dim: int, encoder: str) -> list[Path]:
+def write_tiny_emo_a2e(
+    models_root: Path, emotion_dim: int = TINY_CLIP_EMOTION_DIM, encoder: str = TINY_CLIP_ENCODER
+) -> list[Path]:
     """Save the tiny Emo-A2E model to ``models_root/talkingface/`` and return its path."""
     torch.manual_seed(0)
     model = EmoA2ETransformer(tiny_emo_a2e_config(emotion_dim, encoder))
@@ -42,8 +48,8 @@ def write_tiny_emo_a2e(models_root: Path, emotion_dim: int, encoder: str) -> lis
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("directory", type=Path, help="the models/ folder to fill")
-    parser.add_argument("--emotion-dim", type=int, required=True, help="embedding size of the text encoder")
-    parser.add_argument("--encoder", required=True, help="name of the text encoder (TALK_EMOTION's encoder)")
+    parser.add_argument("--emotion-dim", type=int, default=TINY_CLIP_EMOTION_DIM, help="embedding size of the text encoder")
+    parser.add_argument("--encoder", default=TINY_CLIP_ENCODER, help="name of the text encoder (TALK_EMOTION's encoder)")
     args = parser.parse_args()
     for path in write_tiny_emo_a2e(args.directory, args.emotion_dim, args.encoder):
         print(path)

@@ -3,8 +3,12 @@
     # clips: one .safetensors per clip (audio, expression, neutral; emotion, level, speaker, fps in
     # the metadata: see pipelines/training/emo_a2e.py), any text encoder by factory:
     python -m scripts.train_emo_a2e --train DIR --validation DIR --encoder-factory pkg.module:make --encoder-arg X --out runs/emo
-    # the learning check: synthetic clips of the demo face, held-out speakers, hashed-prompt encoder:
-    python -m scripts.train_emo_a2e --synthetic-speakers 24 --validation-speakers 6 --out runs/emo_check --threads 1
+    # the learning check (~9 min on one shared CPU thread): synthetic clips of the demo face, 6 held-out
+    # speakers, hashed-prompt encoder:
+    python -m scripts.train_emo_a2e --synthetic-speakers 24 --validation-speakers 6 --clips-per-speaker 10 \
+        --clip-seconds 4 --steps 1500 --validate-every 250 --batch-size 16 --width 96 --heads 4 --layers 2 \
+        --feedforward 256 --target-frames 24 --audio-channels 96 96 --dropout 0 --learning-rate 1e-3 \
+        --out runs/emo_check --threads 1
     # write synthetic clips to disk instead of training:
     python -m scripts.train_emo_a2e --synthetic-speakers 24 --write-clips data/emo_synthetic
     # several GPUs / mixed precision: accelerate launch -m scripts.train_emo_a2e ...

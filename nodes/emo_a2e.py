@@ -1,0 +1,179 @@
+"""Emo-A2E nodes: load the emotion-aware audio-to-expression model and drive a portrait with speech and a text emotion."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..pipelines.audio.emo_a2e import (
+    NO_AUDIO_MOTIONS,
+    EmoA2ETransformer,
+    check_expression_dim,
+    emotion_only_expression,
+    load_emo_a2e,
+    predict_expression,
+    with_expression,
+)
+from ..pipelines.audio.io import LENGTH_POLICIES, SAMPLE_RATE, Audio, fit_to_frames, prepare_speech
+from ..pipelines.audio.motion import HEAD_MOTIONS
+from ..pipelines.audio.motion import head_motion as make_head_motion
+from ..pipelines.emotion.emotion import TextEmotion
+from ..pipelines.morphable.coefficients import FaceCoefficients
+from ..pipelines.morphable.model import MorphableModel
+from . import host
+from .audio import MODEL_FOLDER, frame_progress
+from .base import TalkingFaceNode
+
+EMO_MODEL_TYPE = "TALK_EMO_A2E_MODEL"
+
+
+class LoadEmoA2EModel(TalkingFaceNode):
+    DISPLAY_NAME = "Load Emo-A2E Model"
+    DESCRIPTION = (
+        "Loads Emo-A2E, the emotion-aware audio-to-expression transformer (speech + text emotion → 3DMM "
+        "expression), from a .safetensors checkpoint in ComfyUI/models/talkingface/ written by "
+        "scripts/train_emo_a2e.py. It works with emotions from the text encoder it was trained with."
+    )
+    CATEGORY = "TalkingFace/loaders"
+    RETURN_TYPES = (EMO_MODEL_TYPE,)
+    RETURN_NAMES = ("emo_model",)
+    OUTPUT_TOOLTIPS = ("The Emo-A2E model.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "model_name": (
+                    host.list_models(MODEL_FOLDER),
+                    {"tooltip": f"An Emo-A2E checkpoint in {host.model_folder_hint(MODEL_FOLDER)}."},
+                ),
+            }
+        }
+
+    def run(self, model_name: str) -> tuple[EmoA2ETransformer]:
+        if not model_name:
+            raise self.fail(
+                f"no checkpoint chosen: put an Emo-A2E .safetensors file into {host.model_folder_hint(MODEL_FOLDER)}"
+            )
+        return (load_emo_a2e(host.model_path(MODEL_FOLDER, model_name)),)
+
+
+class AudioToExpression(TalkingFaceNode):
+    DISPLAY_NAME = "Audio to Expression (Emo-A2E)"
+    DESCRIPTION = (
+        "Speech and a text emotion → the portrait's expression for every video frame (Emo-A2E, any length in "
+        "sliding windows), with the head held, moved like a reference sequence, or gently idling. Without audio "
+        "it makes an emotion-only sequence of the given number of frames."
+    )
+    CATEGORY = "TalkingFace/audio"
+    RETURN_TYPES = ("TALK_COEFFS", "AUDIO", "INT", "FLOAT")
+    RETURN_NAMES = ("coefficients", "audio", "frames", "fps")
+    OUTPUT_TOOLTIPS = (
+        "The talking coefficient sequence, one row per frame: the portrait's identity, texture and light; "
+        "expression from Emo-A2E; pose, blinks and gaze from the head motion.",
+        "The audio as used: mono 16 kHz, cut, padded or looped to the frames (silence without audio).",
+        "Number of video frames.",
+        "Frame rate of the sequence.",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "emo_model": (EMO_MODEL_TYPE, {"tooltip": "From Load Emo-A2E Model."}),
+                "face_model": ("TALK_FACE_MODEL", {"tooltip": "From Load 3DMM; the model the portrait was fitted with "
+                                                   "and the Emo-A2E model was trained for."}),
+                "portrait": ("TALK_COEFFS", {"tooltip": "The speaker's coefficients (e.g. fitted to the portrait): "
+                                             "identity, pose and resting expression."}),
+                "portrait_frame": ("INT", {"default": 0, "min": 0, "max": 1_000_000,
+                                           "tooltip": "Row of the portrait coefficients to animate; its expression "
+                                           "is the speaker's neutral (resting) face."}),
+                "emotion": ("TALK_EMOTION", {"tooltip": "From Text Emotion, encoded by the text encoder the Emo-A2E "
+                                             "model was trained with."}),
+                "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 120.0, "step": 0.01,
+                                  "tooltip": "Frame rate of the video to make."}),
+                "frames": ("INT", {"default": 0, "min": 0, "max": 1_000_000,
+                                   "tooltip": "Frames to make; 0 follows the audio's length (required without audio)."}),
+                "length_policy": (
+                    list(LENGTH_POLICIES),
+                    {"default": "pad",
+                     "tooltip": "When the audio is shorter than the frames: pad with silence, loop it, or trim the "
+                     "frames to the audio. Longer audio is always cut."},
+                ),
+                "head_motion": (
+                    list(HEAD_MOTIONS),
+                    {"default": "idle",
+                     "tooltip": "hold: the portrait's pose throughout; reference: pose, blinks and gaze from "
+                     "motion_reference; idle: gentle seeded head motion with blinks."},
+                ),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 2**32 - 1,
+                                 "tooltip": "Seed of the idle head motion and of the emotion-only animation."}),
+                "motion_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 3.0, "step": 0.05,
+                                              "tooltip": "Scales idle or reference head motion."}),
+                "no_audio_motion": (
+                    list(NO_AUDIO_MOTIONS),
+                    {"default": "animated",
+                     "tooltip": "Without audio: hold the emotion's face still, or let its strength wander gently."},
+                ),
+                "windows_per_batch": ("INT", {"default": 64, "min": 1, "max": 4096,
+                                              "tooltip": "Model windows run at once; lower it if memory runs out."}),
+            },
+            "optional": {
+                "audio": ("AUDIO", {"tooltip": "Speech from Load Audio or any node that outputs AUDIO; leave it "
+                                    "unconnected for an emotion-only sequence."}),
+                "motion_reference": ("TALK_COEFFS", {"tooltip": "Coefficients of a reference video for "
+                                                     "head_motion=reference."}),
+            },
+        }
+
+    def run(
+        self,
+        emo_model: EmoA2ETransformer,
+        face_model: MorphableModel,
+        portrait: FaceCoefficients,
+        portrait_frame: int,
+        emotion: TextEmotion,
+        fps: float,
+        frames: int,
+        length_policy: str,
+        head_motion: str,
+        seed: int,
+        motion_strength: float,
+        no_audio_motion: str,
+        windows_per_batch: int,
+        audio: dict | None = None,
+        motion_reference: FaceCoefficients | None = None,
+    ) -> tuple[FaceCoefficients, dict, int, float]:
+        if not isinstance(emo_model, EmoA2ETransformer):
+            raise self.fail(f"emo_model must come from Load Emo-A2E Model, got {type(emo_model).__name__}")
+        if not isinstance(emotion, TextEmotion):
+            raise self.fail(f"emotion must come from Text Emotion (TALK_EMOTION), got {type(emotion).__name__}")
+        check_expression_dim(emo_model.config, face_model.dims.expression, f"the face model '{face_model.name}'")
+        if not 0 <= portrait_frame < portrait.frames:
+            raise self.fail(f"portrait_frame {portrait_frame} does not exist: the portrait has {portrait.frames} frames")
+        portrait = portrait[portrait_frame]
+        if head_motion == "reference" and motion_reference is None:
+            raise self.fail("head_motion is 'reference' but nothing is connected to motion_reference")
+        if audio is None:
+            if frames == 0:
+                raise self.fail("no audio is connected: set frames to the length of the emotion-only sequence, "
+                                "or connect speech to audio")
+            speech = Audio(torch.zeros(max(1, math.ceil(frames / fps * SAMPLE_RATE))), SAMPLE_RATE)
+        else:
+            speech, frames = fit_to_frames(prepare_speech(audio), frames, fps, length_policy)
+        base = make_head_motion(face_model, portrait, frames, fps, head_motion, motion_reference, seed, motion_strength)
+        neutral = portrait.expression[0].float()
+        device = host.torch_device()
+        try:
+            emo_model.to(device)
+            if audio is None:
+                expression = emotion_only_expression(emo_model, frames, fps, emotion, neutral, no_audio_motion, seed)
+            else:
+                expression = predict_expression(emo_model, speech, fps, frames, emotion, neutral,
+                                                windows_per_batch=windows_per_batch, on_batch=frame_progress(frames))
+        finally:
+            emo_model.to(host.offload_device())
+        return (with_expression(face_model, base, expression.cpu()), speech.to_comfy(), frames, float(fps))
+
+
+NODE_CLASSES = (LoadEmoA2EModel, AudioToExpression)
