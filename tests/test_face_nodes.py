@@ -6,7 +6,9 @@ import pytest
 import torch
 import workflow_runner
 from packloader import PACK_ROOT, load_pack, pack_import
+from scipy.io import savemat
 from test_face_analysis import ensure_tiny_insightface
+from test_face_regressor import epoch_20, network  # noqa: F401 (fixtures: the full-size R-Net file)
 
 pack = load_pack()
 face_nodes = pack_import("nodes.face")
@@ -15,6 +17,9 @@ base = pack_import("nodes.base")
 morphable_nodes = pack_import("nodes.morphable")
 render_nodes = pack_import("nodes.render")
 coefficients = pack_import("pipelines.morphable.coefficients")
+faces_module = pack_import("pipelines.face.faces")
+renderer_module = pack_import("pipelines.render.renderer")
+camera_module = pack_import("pipelines.render.camera")
 ASSETS = PACK_ROOT / "tests" / "assets"
 WORKFLOW = PACK_ROOT / "example_workflows" / "faces_reenact_geometry.json"
 ALL_NODES = face_nodes.FACE_NODES + motion_nodes.MOTION_NODES
@@ -27,10 +32,14 @@ def dirs(host_dirs):
     return host_dirs["input"].parent
 
 
-@pytest.fixture
-def analyzer(dirs):
-    return face_nodes.LoadFaceAnalyzer().execute(pack="buffalo_l", provider="auto", detection_size=640,
-                                                 detection_threshold=0.5)[0]
+@pytest.fixture(scope="module")
+def analyzer(tiny_models_dir):
+    """Loaded once for the module through the node (preparing insightface's sessions is the slow part)."""
+    ensure_tiny_insightface(tiny_models_dir)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TALKINGFACE_MODELS_DIR", str(tiny_models_dir))
+        return face_nodes.LoadFaceAnalyzer().execute(pack="buffalo_l", provider="auto", detection_size=640,
+                                                     detection_threshold=0.5)[0]
 
 
 @pytest.mark.parametrize("node_class", ALL_NODES, ids=lambda c: c.__name__)
@@ -153,3 +162,31 @@ def test_committed_face_assets_are_what_the_script_writes(tmp_path):
         assert fresh.shape == kept.shape
         # Renders may differ by a rounding step between machines; anything more means the asset is stale.
         assert float((fresh - kept).abs().max()) <= 2.0 / 255.0, f"tests/assets/{written.name} is stale"
+
+
+def test_face_regressor_loads_from_the_3dmm_folder_and_starts_the_fit(epoch_20, tmp_path, monkeypatch):  # noqa: F811
+    models = tmp_path / "models"
+    (models / "3dmm" / "BFM_Fitting").mkdir(parents=True)
+    (models / "3dmm" / "BFM_Fitting" / "epoch_20.pth").symlink_to(epoch_20)
+    monkeypatch.setenv("TALKINGFACE_MODELS_DIR", str(models))
+    face_model = morphable_nodes.Load3DMM().execute(model_name="demo face (built-in)")[0]
+    # SadTalker's BFM_Fitting/ holds the landmark template beside the weights; here the demo face's own.
+    savemat(models / "3dmm" / "BFM_Fitting" / "similarity_Lm3D_all.mat",
+                     {"lm": face_model.mean_shape[face_model.landmark_ids].numpy()})
+    choices = face_nodes.LoadFaceRegressor.INPUT_TYPES()["required"]["weights"][0]
+    assert choices == ["3dmm/BFM_Fitting/epoch_20.pth"]
+    loaded = face_nodes.LoadFaceRegressor().execute(weights=choices[0], refine="pose")[0]
+    assert loaded.template is not None and loaded.refine_groups == ("rotation", "translation")
+    with pytest.raises(base.NodeInputError, match="Load Face Regressor: .*epoch_20.pth.*ComfyUI/models/3dmm/"):
+        face_nodes.LoadFaceRegressor().execute(weights="3dmm/epoch_20.pth", refine="pose")
+    coeffs = coefficients.FaceCoefficients.neutral(1, face_model.dims)
+    coeffs.rotation[0, 1] = 0.2
+    maps = renderer_module.FaceRenderer(face_model, camera_module.PerspectiveCamera.deep3d(224)).render(coeffs)
+    faces = faces_module.faces_from_landmarks(maps.image, maps.landmarks)
+    fitted, error = face_nodes.Fit3DMM().execute(faces=faces, face_model=face_model, estimate_appearance=False,
+                                                 video_mode="fast", temporal_smoothing=0.5, expression_prior=1.0,
+                                                 batch_size=4, regressor=loaded)
+    # Untrained heads (zero, as Deep3DFaceRecon starts) predict the mean face; only the pose is refined.
+    assert not fitted.identity.any() and not fitted.expression.any()
+    assert torch.isfinite(fitted.to_flat()).all() and error < 3.0
+    assert float(fitted.rotation[0, 1]) == pytest.approx(0.2, abs=0.05)

@@ -1,7 +1,6 @@
 """The "D" regressor: Deep3DFaceRecon's R-Net layout at full size, its loader, its crop, and the fitter's refinement."""
 import argparse
 import collections
-import copy
 
 import numpy as np
 import pytest
@@ -26,7 +25,7 @@ def model():
     return demo.demo_face_model(12)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def network():
     """The full-size network (24M parameters), randomly initialised, BatchNorm statistics made non-trivial."""
     torch.manual_seed(0)
@@ -40,7 +39,7 @@ def network():
     return net.eval()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def epoch_20(network, tmp_path_factory):
     """A file in the layout of the released epoch_20.pth: the net under 'net_recon', beside optimizer state."""
     path = tmp_path_factory.mktemp("checkpoints") / "epoch_20.pth"
@@ -80,14 +79,11 @@ def test_backbone_computes_what_a_resnet50_computes(network):
         assert torch.allclose(network.backbone(images).flatten(1), reference.eval()(images), atol=1e-4)
 
 
-def test_epoch_20_layout_loads_and_predicts_on_a_crop(network, epoch_20, tmp_path):
+def test_epoch_20_layout_and_sadtalker_bundle_load(network, epoch_20, tmp_path):
     loaded = regressor.load_regressor_network(epoch_20)
     for (name, ours), (_, theirs) in zip(loaded.state_dict().items(), network.state_dict().items(), strict=True):
         assert torch.equal(ours, theirs), name
     assert not loaded.training  # BatchNorm uses the stored statistics
-    with torch.no_grad():
-        predicted = loaded(torch.rand(1, 3, 224, 224))
-    assert predicted.shape == (1, 257) and torch.isfinite(predicted).all()
     # SadTalker's bundle stores the same tensors under face_3drecon. in a .safetensors file.
     bundle = {f"face_3drecon.{k}": v.contiguous() for k, v in network.state_dict().items()}
     bundle["generator.first.weight"] = torch.zeros(2)
@@ -178,9 +174,10 @@ def test_reframed_pose_projects_where_the_similarity_sends_the_face(model):
     assert float((landmarks(moved).mean(1) - expected.mean(1)).norm(dim=-1).max()) < 0.5
 
 
-def test_regressed_coefficients_are_refined_by_the_fitter(model, network):
-    """A synthetic face through the full-size network (heads set to a known guess, as a trained net
-    would give) and the fitter: the pose comes from the crop, the identity is kept, landmarks fit."""
+def test_loaded_network_predicts_on_a_crop_and_the_fitter_refines(model, epoch_20):
+    """A synthetic face through the full-size network loaded from the epoch_20.pth layout (its heads set
+    to a known guess, as a trained net would give) and the fitter: the pose comes from the landmarks,
+    the network's identity is kept, the landmarks fit."""
     truth = coefficients.FaceCoefficients.neutral(1, model.dims)
     generator = torch.Generator().manual_seed(5)
     truth.identity[0] = 0.8 * torch.randn(model.dims.identity, generator=generator)
@@ -192,7 +189,7 @@ def test_regressed_coefficients_are_refined_by_the_fitter(model, network):
     guess[144:224] = 0.3  # texture
     guess[224:227] = torch.tensor([0.0, 0.2, 0.0])  # a rough pose in the Deep3D crop
     guess[254:257] = 0.0
-    trained = copy.deepcopy(network)
+    trained = regressor.load_regressor_network(epoch_20)
     with torch.no_grad():
         for head in trained.final_layers:
             head.weight.zero_()

@@ -214,10 +214,12 @@ def load_regressor_network(path: str | Path) -> FaceCoefficientRegressor:
     if not path.is_file():
         raise ModelFileError(f"face regressor weights {path} not found")
     state = _network_state(_read_tensors(path), path.name)
-    network = FaceCoefficientRegressor()
+    with torch.device("meta"):  # every tensor comes from the file: skip initialising 24M weights first
+        network = FaceCoefficientRegressor()
     expected = {k: v.shape for k, v in network.state_dict().items()}
     check_state_dict(state, expected, path.name)
-    network.load_state_dict(state, strict=True)
+    network.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()},
+                            strict=True, assign=True)
     return network.eval()
 
 
