@@ -9,7 +9,14 @@
     about fps × steps / S, as the sampler's cost is linear in steps (see (a)).
 (c) peak working memory (above the memory held before sampling: model, inputs) while streaming
     16 and 64 frames in chunks, each in a fresh process; target: 64 frames ≤ 1.2 × 16 frames.
-Uses CUDA (fp32 there too, for comparability) when available. The last line is one JSON object.
+(d) on a GPU only: frames/s at batch 32, 25 steps, two-condition guidance, bf16, for the 256²
+    pixel model (target ≥ 10) and the 512² latent model (64² latents, SD1.5 VAE architecture with
+    random weights: speed does not depend on the weights), VAE decode included. Without CUDA the
+    JSON says so in ``gpu_cases``.
+(e) latent mode on the CPU at a small size (``--latent-size``, default 128² = 16² latents, the SD1.5
+    VAE architecture): frames/s at batch 2 and the share of the time spent decoding with the VAE.
+Uses CUDA (fp32 there too, for comparability) for (a)-(c) when available. ``--only-latent`` runs
+(d)-(e) alone. The last line is one JSON object.
 """
 from __future__ import annotations
 
@@ -31,6 +38,10 @@ from pipelines.generator.sampler import (
     to_model_images,
 )
 from pipelines.generator.tgdm import TGDMDenoiser
+from pipelines.generator.vae import DiffusersVAECodec, build_autoencoder, vae_config
+
+GPU_BATCH = 32
+GPU_STEPS = 25
 
 
 def inputs_for(frames: int, size: int) -> GeneratorInputs:
@@ -47,6 +58,55 @@ def inputs_for(frames: int, size: int) -> GeneratorInputs:
 def model_for(size: int, device: torch.device) -> TGDMDenoiser:
     torch.manual_seed(0)
     return TGDMDenoiser(TGDMConfig(image_size=size)).to(device).eval()
+
+
+def latent_setup(pixel_size: int, device: torch.device, dtype: torch.dtype) -> tuple[TGDMDenoiser, DiffusersVAECodec]:
+    """The default denoiser widths in latent mode (texture attention at half the latent size) and an
+    SD1.5-architecture VAE, randomly initialised."""
+    torch.manual_seed(0)
+    latent_size = pixel_size // 8
+    config = TGDMConfig(space="latent", image_size=latent_size, attention_resolutions=(latent_size // 2,))
+    model = TGDMDenoiser(config).to(device, dtype).eval()
+    autoencoder = build_autoencoder(vae_config("sd15"), device).eval()
+    if dtype != torch.float32:
+        autoencoder.to(dtype)
+    return model, DiffusersVAECodec(autoencoder, batch_size=8)
+
+
+@torch.inference_mode()
+def latent_case(pixel_size: int, batch: int, steps: int, device: torch.device, dtype: torch.dtype, guided: bool) -> dict[str, float]:
+    """Frames/s of the whole latent pipeline (source encode, denoising, VAE decode) and the decode's share."""
+    model, codec = latent_setup(pixel_size, device, dtype)
+    inputs = inputs_for(batch, pixel_size)
+    settings = SamplerSettings(steps=steps, batch_size=batch, chunk_size=batch,
+                               texture_guidance=2.0 if guided else 1.0, geometry_guidance=1.5 if guided else 1.0)
+    seconds, _ = sampler_seconds(model, inputs, settings, codec)
+    latents = torch.randn(batch, 4, pixel_size // 8, pixel_size // 8)
+    codec.decode(latents)
+    synchronize(device)
+    started = time.perf_counter()
+    codec.decode(latents)
+    synchronize(device)
+    decode = time.perf_counter() - started
+    return {"fps": round(batch / seconds, 3), "vae_decode_share": round(decode / seconds, 3)}
+
+
+def gpu_cases(device: torch.device) -> dict[str, object]:
+    """(d): the bf16, guided, batch-32 figures of DESIGN §6."""
+    if device.type != "cuda":
+        return {"gpu_cases": "skipped: no CUDA device; run `python -m bench.sampler --only-latent` on a GPU for "
+                             "the 256² pixel and 512² latent bf16 figures"}
+    torch.manual_seed(0)
+    pixel = TGDMDenoiser(TGDMConfig(image_size=256)).to(device, torch.bfloat16).eval()
+    settings = SamplerSettings(steps=GPU_STEPS, batch_size=GPU_BATCH, chunk_size=GPU_BATCH, texture_guidance=2.0,
+                               geometry_guidance=1.5)
+    with torch.inference_mode():
+        seconds, _ = sampler_seconds(pixel, inputs_for(GPU_BATCH, 256), settings)
+    del pixel
+    latent = latent_case(512, GPU_BATCH, GPU_STEPS, device, torch.bfloat16, guided=True)
+    return {"gpu_cases": f"{GPU_STEPS} steps, guided, bf16, batch {GPU_BATCH}",
+            "gpu_fps_pixel256_b32": round(GPU_BATCH / seconds, 3),
+            "gpu_fps_latent512_b32": latent["fps"], "gpu_latent512_vae_decode_share": latent["vae_decode_share"]}
 
 
 def synchronize(device: torch.device) -> None:
@@ -76,8 +136,10 @@ def bare_forward_seconds(model: TGDMDenoiser, inputs: GeneratorInputs, repeats: 
     return sorted(times[1:])[len(times[1:]) // 2]
 
 
-def sampler_seconds(model: TGDMDenoiser, inputs: GeneratorInputs, settings: SamplerSettings) -> tuple[float, int]:
-    sampler = TGDMSampler(model, settings)
+def sampler_seconds(
+    model: TGDMDenoiser, inputs: GeneratorInputs, settings: SamplerSettings, vae: DiffusersVAECodec | None = None
+) -> tuple[float, int]:
+    sampler = TGDMSampler(model, settings, vae)
     sampler.sample(inputs)  # warm-up (scheduler import, allocator)
     device = next(model.parameters()).device
     synchronize(device)
@@ -125,6 +187,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--latent-size", type=int, default=128, help="output size of the CPU latent-mode case (e)")
+    parser.add_argument("--only-latent", action="store_true", help="run only the latent and GPU cases (d), (e)")
     parser.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
@@ -135,10 +199,21 @@ def main() -> None:
         memory_child(args.memory_child, args.size, steps, str(device))
         return
 
-    model = model_for(args.size, device)
     results: dict[str, object] = {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{torch.get_num_threads()}",
-                                  "size": args.size, "steps": steps,
-                                  "parameters_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2)}
+                                  "size": args.size, "steps": steps}
+    if not args.only_latent:
+        pixel_cases(args, device, steps, results)
+    results.update(gpu_cases(device))
+    cpu_latent = latent_case(args.latent_size, 2, steps, torch.device("cpu"), torch.float32, guided=False)
+    results.update({"latent_cpu_size": args.latent_size, "latent_cpu_fps_b2": cpu_latent["fps"],
+                    "latent_cpu_vae_decode_share": cpu_latent["vae_decode_share"]})
+    print(json.dumps(results))
+
+
+def pixel_cases(args: argparse.Namespace, device: torch.device, steps: int, results: dict[str, object]) -> None:
+    """(a)-(c) for the default pixel model."""
+    model = model_for(args.size, device)
+    results["parameters_m"] = round(sum(p.numel() for p in model.parameters()) / 1e6, 2)
     overhead_inputs = inputs_for(2, args.size)
     pipeline, calls = sampler_seconds(model, overhead_inputs, SamplerSettings(steps=steps, batch_size=2, chunk_size=2))
     bare = bare_forward_seconds(model, overhead_inputs)
@@ -152,7 +227,6 @@ def main() -> None:
     for frames in (16, 64):
         results[f"peak_mb_{frames}"] = round(peak_memory_mb(frames, args.size, 1, device, args.threads), 1)
     results["peak_growth"] = round(results["peak_mb_64"] / max(results["peak_mb_16"], 1e-6), 3)
-    print(json.dumps(results))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from ..pipelines.generator import sampler as sampling
 from ..pipelines.generator.checkpoint import load_tgdm
 from ..pipelines.generator.tgdm import TGDMDenoiser
+from ..pipelines.generator.vae import VAE_FOLDER_HINT, DiffusersVAECodec, LatentCodec, load_vae
 from ..pipelines.images import normalize_image_channels
 from ..pipelines.morphable.coefficients import FaceCoefficients
 from . import host
@@ -16,15 +17,40 @@ from .base import ROOT_CATEGORY, TalkingFaceNode
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CATEGORY = f"{ROOT_CATEGORY}/generate"
+VAE_FOLDER = "vae"
+NO_VAE = "none"
 
 
 @dataclass
 class LoadedGenerator:
-    """What travels on a TALK_GENERATOR socket: the denoiser (kept on the offload device) and its dtype."""
+    """What travels on a TALK_GENERATOR socket: the denoiser (kept on the offload device), its dtype
+    and, for a latent-mode generator, the VAE that encodes the source and decodes the frames."""
 
     model: TGDMDenoiser
     dtype: torch.dtype
     name: str
+    vae: LatentCodec | None = None
+
+
+class ComfyUIVAECodec(LatentCodec):
+    """ComfyUI's VAE object (core Load VAE node, comfy/sd.py): ``vae.encode(pixels [B,H,W,C] 0..1)``
+    gives the posterior's mode ``[B,c,h,w]`` unscaled and ``vae.decode(latents)`` gives ``[B,H,W,C]``
+    0..1; it loads itself onto the GPU and splits batches by free memory. The latent scaling belongs
+    to the model in ComfyUI, so it comes from the generator's config here."""
+
+    def __init__(self, vae, scaling_factor: float, batch_size: int = 16) -> None:
+        self.vae = vae
+        self.scaling_factor = scaling_factor
+        self.batch_size = batch_size
+        self.latent_channels = int(getattr(vae, "latent_channels", 0))
+        ratio = getattr(vae, "downscale_ratio", None)
+        self.scale_factor = ratio if isinstance(ratio, int) else 0  # video/audio VAEs have non-integer ratios
+
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        return self.vae.encode(images[..., :3]).float().cpu()
+
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(latents).float().cpu()
 
 
 def _precision(choice: str, device: torch.device) -> torch.dtype:
@@ -37,12 +63,20 @@ def _precision(choice: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16
 
 
+def _vae_files() -> list[str]:
+    """The files in ComfyUI/models/vae/ (a core ComfyUI folder). Outside ComfyUI they are listed once
+    nodes/host.py's MODEL_FOLDERS names the folder; until then the list is empty, not an error."""
+    return host.list_models(VAE_FOLDER) if host.IN_COMFYUI or VAE_FOLDER in host.MODEL_FOLDERS else []
+
+
 class LoadGenerator(TalkingFaceNode):
     DISPLAY_NAME = "Load Generator"
     CATEGORY = CATEGORY
     DESCRIPTION = (
         "Loads a TGDM generator checkpoint (.safetensors with its config in the metadata) from "
-        "ComfyUI/models/talkingface/. Train one with `python -m scripts.train_tgdm`."
+        "ComfyUI/models/talkingface/. Train one with `python -m scripts.train_tgdm`. Latent-mode (512²) "
+        "generators also need the SD1.5 VAE they were trained with: connect a Load VAE node or pick the "
+        "file from ComfyUI/models/vae/."
     )
     RETURN_TYPES = ("TALK_GENERATOR",)
     RETURN_NAMES = ("generator",)
@@ -61,16 +95,44 @@ class LoadGenerator(TalkingFaceNode):
                     {"default": "auto",
                      "tooltip": "auto: bf16 on a GPU that has it (fp16 otherwise), fp32 on the CPU."},
                 ),
-            }
+            },
+            "optional": {
+                "vae": ("VAE", {"tooltip": "For latent-mode generators: the SD1.5 VAE from a Load VAE node "
+                                           "(the same VAE the generator was trained with). Ignored by pixel-mode generators."}),
+                "vae_name": (
+                    [NO_VAE, *_vae_files()],
+                    {"default": NO_VAE,
+                     "tooltip": "For latent-mode generators without a connected VAE: the SD1.5 VAE file in "
+                                "ComfyUI/models/vae/ (e.g. vae-ft-mse-840000-ema-pruned.safetensors), loaded with "
+                                "the config shipped in the pack. Ignored by pixel-mode generators."},
+                ),
+            },
         }
 
-    def run(self, checkpoint: str, precision: str) -> tuple[LoadedGenerator]:
+    def run(self, checkpoint: str, precision: str, vae=None, vae_name: str = NO_VAE) -> tuple[LoadedGenerator]:
         if precision not in PRECISIONS:
             raise self.fail(f"precision must be one of {PRECISIONS}, got '{precision}'")
         path = host.model_path("talkingface", checkpoint)
         model = load_tgdm(path, host.offload_device())
         dtype = _precision(precision, host.torch_device())
-        return (LoadedGenerator(model.to(dtype), dtype, checkpoint),)
+        config = model.config
+        codec = None
+        if config.latent:
+            if vae is not None:
+                codec = ComfyUIVAECodec(vae, config.vae_scaling_factor)
+            elif vae_name and vae_name != NO_VAE:
+                # fp16 SD VAEs overflow to NaN (diffusers' force_upcast); bf16 and fp32 are safe.
+                vae_dtype = torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
+                autoencoder = load_vae(host.model_path(VAE_FOLDER, vae_name), config.vae, host.offload_device(), vae_dtype)
+                codec = DiffusersVAECodec(autoencoder, name=vae_name)
+            else:
+                raise self.fail(
+                    f"{checkpoint} is a latent-mode generator ({config.pixel_size}x{config.pixel_size}) and needs the "
+                    f"{config.vae} VAE it was trained with: put the VAE file into {VAE_FOLDER_HINT} and pick it in "
+                    "vae_name, or connect a Load VAE node to vae"
+                )
+            codec.check_matches(config, checkpoint)
+        return (LoadedGenerator(model.to(dtype), dtype, checkpoint, codec),)
 
 
 def _resized(images: torch.Tensor | None, size: int) -> torch.Tensor | None:
@@ -91,7 +153,7 @@ class TGDMSampler(TalkingFaceNode):
     )
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("images",)
-    OUTPUT_TOOLTIPS = ("One generated face crop per render frame, at the generator's resolution.",)
+    OUTPUT_TOOLTIPS = ("One generated face crop per render frame, at the generator's resolution (its VAE's output size in latent mode).",)
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -138,7 +200,7 @@ class TGDMSampler(TalkingFaceNode):
             )
         if source_image.ndim == 4 and source_image.shape[0] not in (1, frames):
             raise self.fail(f"{source_image.shape[0]} source images for {frames} renders: give one, or one per render")
-        size = config.image_size
+        size = config.pixel_size
         inputs = sampling.GeneratorInputs(
             source=_resized(normalize_image_channels(source_image, "source_image")[0], size),
             renders=_resized(normalize_image_channels(render, "render")[0], size),
@@ -152,11 +214,15 @@ class TGDMSampler(TalkingFaceNode):
         )
         progress = host.Progress(steps * -(-frames // chunk_size))
         device = host.torch_device()
-        model.to(device)
+        # A VAE the pack loaded moves with the model; ComfyUI's own VAE object manages its device.
+        movable = [model, *([generator.vae] if isinstance(generator.vae, DiffusersVAECodec) else [])]
+        for part in movable:
+            part.to(device)
         try:
-            images = sampling.TGDMSampler(model, settings).sample(
+            images = sampling.TGDMSampler(model, settings, generator.vae).sample(
                 inputs, on_step=lambda step, total: progress.advance(), check_interrupted=host.throw_if_interrupted
             )
         finally:
-            model.to(host.offload_device())
+            for part in movable:
+                part.to(host.offload_device())
         return (images.float(),)

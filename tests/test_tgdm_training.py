@@ -9,6 +9,7 @@ evaluation = pack_import("pipelines.training.tgdm_evaluation")
 config_module = pack_import("pipelines.generator.config")
 checkpoint = pack_import("pipelines.generator.checkpoint")
 demo_model = pack_import("pipelines.morphable.demo_model")
+errors = pack_import("pipelines.errors")
 
 SETTINGS = synthetic.SyntheticFaceSettings(image_size=32, views_per_identity=3)
 
@@ -73,6 +74,39 @@ def test_trainer_learns_saves_and_resumes(views, tmp_path):
     assert resumed.ema.updates == 3
     resumed.train(views, log=lambda line: None)
     assert resumed.step == 4
+
+
+TINY = dict(image_size=32, base_channels=8, channel_multipliers=(1, 2), attention_resolutions=(16,),
+            attention_head_channels=8, source_base_channels=8, norm_groups=4, surface_frequencies=2)
+
+
+def test_resuming_continues_exactly_from_a_pickle_free_state(views, tmp_path):
+    config = config_module.TGDMConfig(**TINY)
+
+    def settings(steps):
+        return training.TrainingSettings(steps=steps, batch_size=2, learning_rate=1e-3, ema_decay=0.9, checkpoint_every=100)
+
+    straight = training.TGDMTrainer(config, settings(4), tmp_path / "straight")
+    straight.train(views, log=lambda line: None)
+    training.TGDMTrainer(config, settings(2), tmp_path / "split").train(views, log=lambda line: None)
+    state = tmp_path / "split" / training.STATE_FOLDER
+    assert {path.suffix for path in state.iterdir()} == {".safetensors", ".json"}, "nothing pickled"
+    assert not (tmp_path / "split" / (training.STATE_FOLDER + ".partial")).exists()
+    resumed = training.TGDMTrainer(config, settings(4), tmp_path / "split")
+    assert resumed.step == 2 and resumed.ema.updates == 2
+    resumed.train(views, log=lambda line: None)
+    for name, value in straight.denoiser.state_dict().items():
+        assert torch.equal(resumed.denoiser.state_dict()[name], value), f"raw weight {name} differs"
+        assert torch.equal(resumed.ema.shadow[name], straight.ema.shadow[name]), f"EMA weight {name} differs"
+    assert torch.equal(resumed.generator.get_state(), straight.generator.get_state())
+
+    with pytest.raises(errors.TalkingFaceError, match="different model config"):
+        training.TGDMTrainer(config_module.TGDMConfig(**{**TINY, "base_channels": 16}), settings(5), tmp_path / "split")
+    old = tmp_path / "old" / training.STATE_FOLDER
+    old.mkdir(parents=True)
+    (old / "custom_checkpoint_0.pkl").write_bytes(b"")
+    with pytest.raises(errors.TalkingFaceError, match="no trainer_state.json .*pickled state from an older version"):
+        training.TGDMTrainer(config, settings(5), tmp_path / "old")
 
 
 def test_evaluation_compares_with_the_trivial_baselines(views):

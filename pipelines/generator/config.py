@@ -11,6 +11,7 @@ from ..morphable.coefficients import BFM_DIMS, FIXED_DIMS
 # The Deep3DFaceRecon 257-d vector plus our gaze (pitch, yaw).
 DEFAULT_COEFFICIENT_DIM = BFM_DIMS.flat_size + FIXED_DIMS["gaze"]
 PREDICTION_TYPES = ("epsilon", "v_prediction")
+SPACES = ("pixel", "latent")
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,12 @@ class TGDMConfig:
     The U-Net has one level per entry of ``channel_multipliers``; level ``i`` works at
     ``image_size / 2**i``. Texture Attention runs in the encoder and decoder at every level whose
     resolution is in ``attention_resolutions`` and in the middle block.
+
+    ``space="pixel"`` (the paper, the default) denoises ``image_channels``-channel images of
+    ``image_size``². ``space="latent"`` denoises the ``latent_channels``-channel latents of the VAE
+    named by ``vae`` (a config shipped in ``configs/``): ``image_size`` is then the latent size and
+    the images the user sees (source, I_3d, surface maps, output) are ``pixel_size`` =
+    ``image_size · vae_scale_factor`` pixels wide, e.g. 64 → 512 for the SD1.5 VAE.
     """
 
     image_size: int = 256
@@ -40,6 +47,15 @@ class TGDMConfig:
     prediction_type: str = "epsilon"
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
+    space: str = "pixel"
+    vae: str = "sd15"
+    latent_channels: int = 4
+    vae_scale_factor: int = 8
+    # Latents are multiplied by this after encoding (and divided before decoding) so they have about
+    # unit variance, as in Stable Diffusion.
+    vae_scaling_factor: float = 0.18215
+    # Width of the learned stem that brings the full-resolution I_3d render down to the latent grid.
+    render_stem_channels: int = 32
 
     def __post_init__(self) -> None:
         problems = []
@@ -47,11 +63,31 @@ class TGDMConfig:
             problems.append(f"image_size {self.image_size} is not divisible by 2**(levels-1)")
         if self.prediction_type not in PREDICTION_TYPES:
             problems.append(f"prediction_type must be one of {PREDICTION_TYPES}, got '{self.prediction_type}'")
+        if self.space not in SPACES:
+            problems.append(f"space must be one of {SPACES}, got '{self.space}'")
+        if self.latent and (self.vae_scale_factor < 2 or self.vae_scale_factor & (self.vae_scale_factor - 1)):
+            problems.append(f"vae_scale_factor must be a power of two >= 2, got {self.vae_scale_factor}")
+        if self.latent and (self.latent_channels < 1 or self.render_stem_channels < 1):
+            problems.append("latent_channels and render_stem_channels must be positive")
         for channels in self.level_channels + (self.source_base_channels,):
             if channels % self.norm_groups:
                 problems.append(f"{channels} channels are not divisible into {self.norm_groups} norm groups")
         if problems:
             raise ModelFileError("invalid TGDM config: " + "; ".join(problems))
+
+    @property
+    def latent(self) -> bool:
+        return self.space == "latent"
+
+    @property
+    def denoised_channels(self) -> int:
+        """Channels of what the U-Net denoises: image channels, or VAE latent channels."""
+        return self.latent_channels if self.latent else self.image_channels
+
+    @property
+    def pixel_size(self) -> int:
+        """Side of the images going in (source, I_3d, surface maps) and coming out."""
+        return self.image_size * self.vae_scale_factor if self.latent else self.image_size
 
     @property
     def level_channels(self) -> tuple[int, ...]:

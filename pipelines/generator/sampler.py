@@ -12,12 +12,14 @@ from ..morphable.coefficients import FaceCoefficients
 from ..video import frame_chunks
 from .config import TGDMConfig
 from .tgdm import SourceFeatures, TGDMDenoiser
+from .vae import VAE_FOLDER_HINT, LatentCodec
 
 SCHEDULERS = ("ddim", "dpmpp_2m", "euler", "lcm")
 
 
 def make_scheduler(name: str, config: TGDMConfig):
-    """A diffusers scheduler matching the noise schedule and prediction type the model was trained with."""
+    """A diffusers scheduler matching the noise schedule and prediction type the model was trained with.
+    Predicted clean images are clipped to -1..1 in pixel mode only: VAE latents have a wider range."""
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, LCMScheduler
 
     common = {
@@ -25,14 +27,15 @@ def make_scheduler(name: str, config: TGDMConfig):
         "beta_schedule": config.beta_schedule,
         "prediction_type": config.prediction_type,
     }
+    clip = not config.latent
     if name == "ddim":
-        return DDIMScheduler(**common, clip_sample=True, set_alpha_to_one=True, timestep_spacing="trailing")
+        return DDIMScheduler(**common, clip_sample=clip, set_alpha_to_one=True, timestep_spacing="trailing")
     if name == "dpmpp_2m":
         return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2, timestep_spacing="trailing")
     if name == "euler":
         return EulerDiscreteScheduler(**common, timestep_spacing="trailing")
     if name == "lcm":
-        return LCMScheduler(**common, clip_sample=True, timestep_spacing="trailing")
+        return LCMScheduler(**common, clip_sample=clip, timestep_spacing="trailing")
     raise TalkingFaceError(f"unknown sampler '{name}': choose one of {SCHEDULERS}")
 
 
@@ -68,7 +71,8 @@ class GeneratorInputs:
 
     ``source`` is one image or one per frame; ``renders`` (I_3d) and ``coefficients`` (ρ̂, flat 257 +
     gaze) have one row per output frame. Surface maps are the renderer's surface coordinates of the
-    target renders and of a render of the source's own coefficients."""
+    target renders and of a render of the source's own coefficients. All images are at the
+    generator's ``pixel_size`` (its latent size × the VAE's factor in latent mode)."""
 
     source: torch.Tensor  # [1 or T, H, W, C]
     renders: torch.Tensor  # [T, H, W, C]
@@ -82,7 +86,7 @@ class GeneratorInputs:
         return self.renders.shape[0]
 
     def check(self, config: TGDMConfig) -> None:
-        frames, size = self.frames, config.image_size
+        frames, size = self.frames, config.pixel_size
         expected = (size, size, config.image_channels)
 
         def need(name: str, value: torch.Tensor | None, shape: tuple[int, ...], per_frame_or_one: bool) -> None:
@@ -131,14 +135,28 @@ def frame_noise(seed: int, frames: range, shape: tuple[int, ...], same_noise: bo
     return torch.stack(noises)
 
 
-class TGDMSampler:
-    """Denoises frames with a :class:`TGDMDenoiser`. ``denoiser_calls`` counts the denoiser passes
-    of the last run (for the overhead benchmark)."""
+def missing_vae_error(config: TGDMConfig, generator_name: str = "this generator") -> TalkingFaceError:
+    return TalkingFaceError(
+        f"{generator_name} works on latents of the {config.vae} VAE and needs it to encode the source and decode "
+        f"the frames: put the VAE file (for SD1.5 e.g. vae-ft-mse-840000-ema-pruned.safetensors) into "
+        f"{VAE_FOLDER_HINT} and pick it in Load Generator, or connect a VAE Loader"
+    )
 
-    def __init__(self, model: TGDMDenoiser, settings: SamplerSettings) -> None:
+
+class TGDMSampler:
+    """Denoises frames with a :class:`TGDMDenoiser`; a latent-mode model needs ``vae`` to encode the
+    source and decode each chunk. ``denoiser_calls`` counts the denoiser passes of the last run (for
+    the overhead benchmark)."""
+
+    def __init__(self, model: TGDMDenoiser, settings: SamplerSettings, vae: LatentCodec | None = None) -> None:
         self.model = model
         self.settings = settings
+        self.vae = vae
         self.denoiser_calls = 0
+        if model.config.latent:
+            if vae is None:
+                raise missing_vae_error(model.config)
+            vae.check_matches(model.config)
 
     @property
     def device(self) -> torch.device:
@@ -175,7 +193,8 @@ class TGDMSampler:
         """Yield ``(frame slice, IMAGE [n, H, W, C] on the CPU)`` chunk by chunk, so a caller can stream
         a long video to disk. ``on_step(step, steps)`` runs after every denoising step,
         ``on_chunk(frames_done, frames)`` after every chunk, and ``check_interrupted()`` before every
-        denoiser batch (it raises to stop)."""
+        denoiser batch (it raises to stop). In latent mode each chunk is decoded by the VAE in its
+        own batches once it is denoised."""
         config = self.model.config
         inputs.check(config)
         settings = self.settings
@@ -184,7 +203,7 @@ class TGDMSampler:
         shared_source = None
         if inputs.source.shape[0] == 1:
             shared_source = self._encode_source(inputs, slice(0, 1))
-        shape = (config.image_channels, config.image_size, config.image_size)
+        shape = (config.denoised_channels, config.image_size, config.image_size)
         for chunk_index, chunk in enumerate(frame_chunks(inputs.frames, settings.chunk_size)):
             source = shared_source if shared_source is not None else self._encode_source(inputs, chunk)
             scheduler = make_scheduler(settings.scheduler, config)
@@ -203,7 +222,12 @@ class TGDMSampler:
                 latents = scheduler.step(prediction, timestep, latents, generator=step_generator).prev_sample
                 if on_step is not None:
                     on_step(step + 1, settings.steps)
-            images = ((latents.float().clamp(-1, 1) + 1) * 0.5).permute(0, 2, 3, 1).cpu()
+            if config.latent:
+                if check_interrupted is not None:
+                    check_interrupted()
+                images = self.vae.decode(latents.float())
+            else:
+                images = ((latents.float().clamp(-1, 1) + 1) * 0.5).permute(0, 2, 3, 1).cpu()
             yield chunk, images
             if on_chunk is not None:
                 on_chunk(chunk.stop, inputs.frames)
@@ -211,9 +235,11 @@ class TGDMSampler:
     def _encode_source(self, inputs: GeneratorInputs, frames: slice) -> SourceFeatures:
         device, dtype = self.device, self.dtype
         surface = inputs.source_surface[frames] if inputs.source_surface is not None else None
-        return self.model.encode_source(
-            to_model_images(inputs.source[frames], device, dtype), to_channels_first(surface, device, dtype)
-        )
+        if self.model.config.latent:
+            source = self.vae.encode(inputs.source[frames]).to(device, dtype)
+        else:
+            source = to_model_images(inputs.source[frames], device, dtype)
+        return self.model.encode_source(source, to_channels_first(surface, device, dtype))
 
     def _predict(
         self, noisy: torch.Tensor, timestep: torch.Tensor, inputs: GeneratorInputs, frames: slice, source: SourceFeatures

@@ -47,7 +47,7 @@ class SourceEncoder(nn.Module):
     def __init__(self, config: TGDMConfig) -> None:
         super().__init__()
         channels = config.source_level_channels
-        self.input = nn.Conv2d(config.image_channels, channels[0], 3, padding=1)
+        self.input = nn.Conv2d(config.denoised_channels, channels[0], 3, padding=1)
         self.levels = nn.ModuleList()
         self.downsamples = nn.ModuleList()
         previous = channels[0]
@@ -70,10 +70,36 @@ class SourceEncoder(nn.Module):
         return features
 
 
+class RenderStem(nn.Module):
+    """Latent mode: the full-resolution render I_3d brought onto the latent grid by a learned stem
+    (space-to-depth by the VAE's factor, then convolutions), to be concatenated with the noisy latents.
+
+    Why not VAE-encode the render: a learned stem keeps the sub-latent-pixel geometry (edges, eye and
+    mouth contours) that the VAE, tuned to natural photos, would spend its few channels on
+    differently; it trains with the denoiser; and it costs a fraction of a VAE encoder pass per frame
+    at 512² (the denoiser sees a new render every frame, the source only once)."""
+
+    def __init__(self, config: TGDMConfig) -> None:
+        super().__init__()
+        factor = config.vae_scale_factor
+        width = config.render_stem_channels
+        self.layers = nn.Sequential(
+            nn.PixelUnshuffle(factor),
+            nn.Conv2d(config.image_channels * factor * factor, width, 1),
+            nn.SiLU(),
+            nn.Conv2d(width, width, 3, padding=1),
+        )
+
+    def forward(self, render: torch.Tensor) -> torch.Tensor:
+        return self.layers(render)
+
+
 class TGDMDenoiser(nn.Module):
     """Predicts ε (or v) for ``noisy`` images given the render I_3d, coefficients ρ̂ and source features.
 
-    All images are in the model range -1..1, channel-first. Classifier-free guidance drops the
+    All images are in the model range -1..1, channel-first. In latent mode ``noisy`` and the source
+    are (scaled) VAE latents at ``image_size``², while the render and surface maps stay pixels at
+    ``pixel_size``². Classifier-free guidance drops the
     geometry (render, coefficients, target surface) with ``geometry_keep`` and the texture (source
     attention, identity token) with ``texture_keep``, per sample.
     """
@@ -100,7 +126,9 @@ class TGDMDenoiser(nn.Module):
                 channels[level], source_channels[level], config.attention_head_channels, groups, surface, config.identity_dim
             )
 
-        self.input = nn.Conv2d(2 * config.image_channels, channels[0], 3, padding=1)
+        self.render_stem = RenderStem(config) if config.latent else None
+        render_channels = config.render_stem_channels if config.latent else config.image_channels
+        self.input = nn.Conv2d(config.denoised_channels + render_channels, channels[0], 3, padding=1)
         self.encoder = nn.ModuleList()
         self.encoder_attention = nn.ModuleDict()
         self.downsamples = nn.ModuleList()
@@ -136,19 +164,20 @@ class TGDMDenoiser(nn.Module):
             if level > 0:
                 self.upsamples.append(Upsample(width))
         self.output_norm = nn.GroupNorm(groups, channels[0])
-        self.output = nn.Conv2d(channels[0], config.image_channels, 3, padding=1)
+        self.output = nn.Conv2d(channels[0], config.denoised_channels, 3, padding=1)
         nn.init.zeros_(self.output.weight)
         nn.init.zeros_(self.output.bias)
 
     # source ------------------------------------------------------------------------------------
     def encode_source(self, source: torch.Tensor, source_surface: torch.Tensor | None = None) -> SourceFeatures:
-        """Φ_E features of ``source`` ``[S, C, H, W]`` (-1..1) and, with surface encodings switched on,
-        of its surface-coordinate map ``[S, 3, H, W]`` (0..1, zero off the face)."""
-        self._check_images("source", source)
+        """Φ_E features of ``source`` ``[S, C, H, W]`` (-1..1; its scaled VAE latents in latent mode)
+        and, with surface encodings switched on, of its surface-coordinate map ``[S, 3, H, W]``
+        (0..1, zero off the face, at pixel resolution)."""
+        self._check_denoised("source", source)
         levels = self.source_encoder(source)
         surfaces = None
         if self.config.surface_frequencies and source_surface is not None:
-            self._check_images("source surface", source_surface, channels=3)
+            self._check_pixels("source surface", source_surface, channels=3)
             surfaces = [surface_encoding(source_surface, self.config.surface_frequencies, r) for r in self.config.level_resolutions]
         return SourceFeatures(levels, surfaces)
 
@@ -167,8 +196,8 @@ class TGDMDenoiser(nn.Module):
     ) -> torch.Tensor:
         config = self.config
         batch = noisy.shape[0]
-        self._check_images("noisy", noisy)
-        self._check_images("render", render)
+        self._check_denoised("noisy", noisy)
+        self._check_pixels("render", render)
         if coefficients.shape != (batch, config.coefficient_dim):
             raise TalkingFaceError(
                 f"the generator expects coefficients [{batch}, {config.coefficient_dim}], got {tuple(coefficients.shape)}"
@@ -192,7 +221,7 @@ class TGDMDenoiser(nn.Module):
 
         target_surfaces = None
         if config.surface_frequencies and target_surface is not None:
-            self._check_images("target surface", target_surface, channels=3)
+            self._check_pixels("target surface", target_surface, channels=3)
             target_surfaces = [surface_encoding(target_surface, config.surface_frequencies, r) for r in config.level_resolutions]
 
         def attend(block: TextureAttention, h: torch.Tensor, level: int) -> torch.Tensor:
@@ -205,6 +234,8 @@ class TGDMDenoiser(nn.Module):
                 identity if config.identity_dim else None,
             )
 
+        if self.render_stem is not None:
+            render = self.render_stem(render)
         h = self.input(torch.cat([noisy, render], dim=1))
         skips = []
         for level, blocks in enumerate(self.encoder):
@@ -227,11 +258,19 @@ class TGDMDenoiser(nn.Module):
                 h = self.upsamples[step](h)
         return self.output(F.silu(self.output_norm(h)))
 
-    def _check_images(self, name: str, images: torch.Tensor, channels: int | None = None) -> None:
+    def _check_pixels(self, name: str, images: torch.Tensor, channels: int | None = None) -> None:
         channels = channels or self.config.image_channels
-        size = self.config.image_size
-        if images.ndim != 4 or images.shape[1] != channels or images.shape[2:] != (size, size):
-            raise TalkingFaceError(
-                f"the generator works on {size}x{size} images with {channels} channels; "
-                f"the {name} input is {tuple(images.shape)} (resize the inputs to {size}x{size})"
-            )
+        _check_shape(name, images, channels, self.config.pixel_size, f"images with {channels} channels")
+
+    def _check_denoised(self, name: str, images: torch.Tensor) -> None:
+        config = self.config
+        what = f"VAE latents with {config.latent_channels} channels" if config.latent else f"images with {config.image_channels} channels"
+        _check_shape(name, images, config.denoised_channels, config.image_size, what)
+
+
+def _check_shape(name: str, images: torch.Tensor, channels: int, size: int, what: str) -> None:
+    if images.ndim != 4 or images.shape[1] != channels or images.shape[2:] != (size, size):
+        raise TalkingFaceError(
+            f"the generator works on {size}x{size} {what}; "
+            f"the {name} input is {tuple(images.shape)} (resize the inputs to {size}x{size})"
+        )
