@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from pipelines.audio.emo_a2e import EmoA2EConfig
+from pipelines.audio.emo_a2e import EmoA2EConfig, emotion_encoder_id
 from pipelines.morphable.demo_model import demo_face_model
 from pipelines.training.audio_landmarks import TrainConfig
 from pipelines.training.emo_a2e import (
@@ -116,10 +116,11 @@ def main() -> None:
         parser.error("--out is required for training")
     text_encoder = make_encoder(args.encoder_factory, args.encoder_arg, args.emotion_dim)
     emotion_dim = int(text_encoder.encode(["neutral"]).shape[-1])
+    encoder_id = emotion_encoder_id(text_encoder.name, emotion_dim)
     data_seconds = time.time() - started
 
     model_config = EmoA2EConfig(
-        expression_dim=train[0].expression.shape[1], emotion_dim=emotion_dim, encoder=text_encoder.name,
+        expression_dim=train[0].expression.shape[1], emotion_dim=emotion_dim, encoder=encoder_id,
         target_frames=args.target_frames, width=args.width, heads=args.heads, layers=args.layers,
         feedforward=args.feedforward, dropout=args.dropout, audio_channels=tuple(args.audio_channels),
     )
@@ -144,7 +145,7 @@ def main() -> None:
         "train_clips": len(train),
         "validation_clips": len(validation),
         "validation_speakers": len({clip.speaker for clip in validation}),
-        "encoder": text_encoder.name,
+        "encoder": encoder_id,
         "window_model_l1": rounded(final.model_l1),
         "window_neutral_l1": rounded(final.neutral_l1),
         "window_emotion_mean_l1": rounded(final.emotion_mean_l1),

@@ -4,9 +4,12 @@ import shutil
 import pytest
 import test_pack_contract as contract
 import torch
-from packloader import PACK_ROOT, pack_import
+from packloader import PACK_ROOT, load_pack, pack_import
+from workflow_runner import run_workflow
 
+pack = load_pack()
 emo_nodes = pack_import("nodes.emo_a2e")
+emotion_nodes = pack_import("nodes.emotion")
 audio_nodes = pack_import("nodes.audio")
 base = pack_import("nodes.base")
 emo = pack_import("pipelines.audio.emo_a2e")
@@ -14,14 +17,20 @@ coefficients = pack_import("pipelines.morphable.coefficients")
 emotion_module = pack_import("pipelines.emotion.emotion")
 ASSETS = PACK_ROOT / "tests" / "assets"
 SPEECH = "talkingface_audio_speech.wav"
+TINY_CLIP_FILE = "talkingface_tiny_clip.safetensors"
+MAPPINGS = {**pack.NODE_CLASS_MAPPINGS,
+            **{f"TalkingFace{cls.__name__}": cls for cls in (*emo_nodes.NODE_CLASSES, *emotion_nodes.EMOTION_NODES)}}
 
 
 @pytest.fixture
 def emo_dirs(host_dirs, monkeypatch):
     monkeypatch.syspath_prepend(str(PACK_ROOT))
+    from scripts.tiny_clip import write_tiny_clip
     from scripts.tiny_emo_a2e import TINY_EMO_A2E_FILE, write_tiny_emo_a2e
 
     write_tiny_emo_a2e(host_dirs["models"])
+    if not (host_dirs["models"] / "clip" / TINY_CLIP_FILE).is_file():
+        write_tiny_clip(host_dirs["models"])
     for asset in ASSETS.iterdir():
         shutil.copy(asset, host_dirs["input"])
     return {**host_dirs, "model_file": TINY_EMO_A2E_FILE}
@@ -70,15 +79,23 @@ def test_load_finds_the_checkpoint_and_refuses_other_kinds(emo_dirs):
         node().execute(model_name="")
 
 
-def test_tiny_model_takes_the_tiny_clip_encoders_emotions(emo_dirs, tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(PACK_ROOT))
-    from scripts.tiny_clip import write_tiny_clip
-
-    clip_text = pack_import("pipelines.emotion.clip_text")
-    weights = write_tiny_clip(tmp_path)[0]
-    encoder = clip_text.load_open_clip_text_encoder(weights)
+def test_text_emotion_from_the_tiny_clip_drives_the_tiny_model(emo_dirs, face):
+    """The emotion half's own nodes make the TALK_EMOTION: the encoder names must agree end to end."""
+    (clip_text,) = emotion_nodes.LoadCLIPEmotion().execute(clip_name=TINY_CLIP_FILE, model_name="auto")
+    node = emotion_nodes.TextEmotion()
+    furious, _ = node.execute(prompt="furious", preset="custom", intensity=1.0, clip_text=clip_text)
     (model,) = emo_nodes.LoadEmoA2EModel().execute(model_name=emo_dirs["model_file"])
-    assert model.config.encoder == encoder.name and model.config.emotion_dim == encoder.encode(["happy"]).shape[1]
+    assert furious.encoder == model.config.encoder
+    coeffs, _, frames, _ = emo_nodes.AudioToExpression().execute(**inputs(emo_dirs, face, emotion=furious))
+    calm, _ = node.execute(prompt="calm", preset="custom", intensity=1.0, clip_text=clip_text)
+    other, _, _, _ = emo_nodes.AudioToExpression().execute(**inputs(emo_dirs, face, emotion=calm))
+    assert frames == 50 and not torch.allclose(coeffs.expression, other.expression)
+
+
+def test_example_workflow_runs(emo_dirs):
+    recorded = run_workflow(PACK_ROOT / "example_workflows" / "emotion_audio_talking.json", MAPPINGS)
+    (outputs,) = recorded.values()
+    assert outputs["images"].shape == (13, 128, 128, 3) and outputs["images"].amax() > 0.2
 
 
 def test_audio_drives_an_emotional_sequence(emo_dirs, face):

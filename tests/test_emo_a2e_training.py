@@ -14,7 +14,7 @@ audio_training = pack_import("pipelines.training.audio_landmarks")
 MEAD_EMOTIONS = pack_import("pipelines.emotion.emotion").MEAD_EMOTIONS
 
 ENCODER = synthetic.HashedPromptEncoder(dim=12)
-TINY = emo.EmoA2EConfig(expression_dim=64, emotion_dim=12, encoder=ENCODER.name, target_frames=6, width=16, heads=2,
+TINY = emo.EmoA2EConfig(expression_dim=64, emotion_dim=12, encoder=emo.emotion_encoder_id(ENCODER.name, 12), target_frames=6, width=16, heads=2,
                         layers=1, feedforward=32, dropout=0.0, audio_channels=(8,))
 
 
@@ -117,5 +117,5 @@ def test_training_script_on_synthetic_speakers(tmp_path, monkeypatch, capsys):
     main()
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["steps"] == 2 and summary["validation_speakers"] == 1
-    assert summary["encoder"] == "hashed-prompts/dim8/seed0" and summary["clip_neutral_mouth_px"] > 0
+    assert summary["encoder"] == "hashed-prompts/dim8/seed0:8" and summary["clip_neutral_mouth_px"] > 0
     assert emo.load_emo_a2e(tmp_path / "best.safetensors").config.emotion_dim == 8

@@ -66,11 +66,18 @@ class TextEncoder(Protocol):
     def encode(self, prompts: Sequence[str]) -> torch.Tensor: ...
 
 
+def emotion_encoder_id(encoder_name: str, emotion_dim: int) -> str:
+    """The ``encoder`` string of the TALK_EMOTION values a text encoder makes (the convention of
+    :func:`pipelines.emotion.emotion.encode_text_emotion`): its name and embedding size."""
+    return f"{encoder_name}:{emotion_dim}"
+
+
 @dataclass(frozen=True)
 class EmoA2EConfig:
     expression_dim: int = 64
     emotion_dim: int = 512
-    # The text encoder whose embeddings the model was trained on (TextEncoder.name).
+    # The text encoder whose embeddings the model was trained on, as TALK_EMOTION names it
+    # (emotion_encoder_id: its name and embedding size).
     encoder: str = ""
     target_frames: int = 32
     mel_bins: int = 80

@@ -39,6 +39,7 @@ from ..audio.emo_a2e import (
     EmoA2EConfig,
     EmoA2ETransformer,
     TextEncoder,
+    emotion_encoder_id,
     predict_expression,
     save_emo_a2e,
 )
@@ -89,7 +90,9 @@ def clip_emotion(clip: EmotionClip, encoder: TextEncoder, template: str = PROMPT
     (prompt,) = emotion_prompts(clip.emotion, (template,))
     anchors = torch.zeros(len(MEAD_EMOTIONS))
     anchors[MEAD_EMOTIONS.index(clip.emotion)] = 1.0
-    return TextEmotion(encode_prompts(encoder, [prompt])[0], anchors, clip.intensity, prompt, encoder.name)
+    embedding = encode_prompts(encoder, [prompt])[0]
+    encoder_id = emotion_encoder_id(encoder.name, embedding.shape[0])
+    return TextEmotion(embedding, anchors, clip.intensity, prompt, encoder_id)
 
 
 # ---- clip files ----------------------------------------------------------------------------
@@ -161,8 +164,9 @@ class EmotionWindows(Dataset):
     ) -> None:
         if not clips:
             raise TalkingFaceError("no training clips")
-        if encoder.name != config.encoder:
-            raise TalkingFaceError(f"the text encoder is '{encoder.name}' but the model config says '{config.encoder}'")
+        encoder_id = emotion_encoder_id(encoder.name, config.emotion_dim)
+        if encoder_id != config.encoder:
+            raise TalkingFaceError(f"the text encoder is '{encoder_id}' but the model config says '{config.encoder}'")
         self.config = config
         self.count = count
         self.seed = seed
