@@ -4,7 +4,12 @@
     accelerate launch -m scripts.train_tgdm --out runs/tgdm ...   (several GPUs or nodes)
 
 Writes OUT/tgdm_ema.safetensors (load it with Load Generator: copy it into ComfyUI/models/talkingface/)
-and OUT/training_state/ (run the same command again to resume). The last line printed is a JSON
+and OUT/training_state/ (safetensors and JSON; run the same command again to resume).
+
+Latent mode (512² output on SD1.5 VAE latents; the VAE stays frozen):
+    python -m scripts.train_tgdm --out runs/tgdm512 --space latent --image-size 512 \
+        --vae ComfyUI/models/vae/vae-ft-mse-840000-ema-pruned.safetensors --attention 32,16 ...
+``--image-size`` is always the size of the images; the denoiser works on image-size/8 latents. The last line printed is a JSON
 object with held-out PSNR/SSIM of the generator and of two trivial baselines (the render I_3d and
 the unchanged source photo).
 
@@ -22,6 +27,7 @@ import torch
 from pipelines.generator.checkpoint import load_tgdm
 from pipelines.generator.config import TGDMConfig
 from pipelines.generator.sampler import SCHEDULERS, SamplerSettings
+from pipelines.generator.vae import DiffusersVAECodec, load_vae
 from pipelines.morphable.demo_model import demo_face_model
 from pipelines.training.synthetic_faces import SyntheticFaceSettings, render_synthetic_views
 from pipelines.training.tgdm import EMA_FILE, TGDMTrainer, TrainingSettings
@@ -43,7 +49,11 @@ def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="run folder (resumed if it holds a training state)")
     model = parser.add_argument_group("model")
-    model.add_argument("--image-size", type=int, default=64)
+    model.add_argument("--image-size", type=int, default=64, help="size of the images in and out (pixels)")
+    model.add_argument("--space", choices=("pixel", "latent"), default="pixel",
+                       help="latent: denoise the --vae's latents (for 512² output)")
+    model.add_argument("--vae", type=Path, default=None, help="latent mode: the SD1.5 VAE file (.safetensors, either key layout)")
+    model.add_argument("--vae-family", default="sd15", help="latent mode: the shipped VAE config used for --vae")
     model.add_argument("--base-channels", type=int, default=32)
     model.add_argument("--levels", type=tuple_of_ints, default=(1, 2, 2), help="channel multipliers per level")
     model.add_argument("--attention", type=tuple_of_ints, default=(32, 16), help="texture-attention resolutions")
@@ -74,10 +84,21 @@ def main() -> None:
     args = parse_arguments()
     if args.threads:
         torch.set_num_threads(args.threads)
+    vae = None
+    size = args.image_size
+    if args.space == "latent":
+        if args.vae is None:
+            raise SystemExit("--space latent needs --vae: the SD1.5 VAE file, e.g. ComfyUI/models/vae/vae-ft-mse-840000-ema-pruned.safetensors")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        vae = DiffusersVAECodec(load_vae(args.vae, args.vae_family, device), batch_size=8, name=args.vae.name)
+        size = args.image_size // vae.scale_factor
     config = TGDMConfig(
-        image_size=args.image_size, base_channels=args.base_channels, channel_multipliers=args.levels,
+        image_size=size, base_channels=args.base_channels, channel_multipliers=args.levels,
         attention_resolutions=args.attention, source_base_channels=args.base_channels,
-        surface_frequencies=args.surface_frequencies, prediction_type=args.prediction,
+        surface_frequencies=args.surface_frequencies, prediction_type=args.prediction, space=args.space,
+        vae=args.vae_family, **({} if vae is None else {"latent_channels": vae.latent_channels,
+                                                      "vae_scale_factor": vae.scale_factor,
+                                                      "vae_scaling_factor": vae.scaling_factor}),
     )
     settings = TrainingSettings(
         steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, ema_decay=args.ema_decay,
@@ -88,7 +109,7 @@ def main() -> None:
     started = time.monotonic()
     views = render_synthetic_views(face_model, args.identities, faces, seed=args.seed)
     print(f"rendered {len(views)} training views in {time.monotonic() - started:.0f}s", flush=True)
-    trainer = TGDMTrainer(config, settings, args.out)
+    trainer = TGDMTrainer(config, settings, args.out, vae)
     parameters = sum(p.numel() for p in trainer.denoiser.parameters())
     print(f"{parameters / 1e6:.2f}M parameters, starting at step {trainer.step}", flush=True)
     trainer.train(views, args.time_limit, log=lambda line: print(line, flush=True))
@@ -99,7 +120,7 @@ def main() -> None:
         sampling = SamplerSettings(scheduler=args.sampler, steps=args.sample_steps, batch_size=32, chunk_size=32,
                                    same_noise=False)
         with torch.inference_mode():
-            summary.update(evaluate_generator(model, held_out, sampling))
+            summary.update(evaluate_generator(model, held_out, sampling, vae))
         summary["held_out_pairs"] = len(held_out)
     print(json.dumps(summary))
 

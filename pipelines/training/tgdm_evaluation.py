@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from ..generator.sampler import GeneratorInputs, SamplerSettings, TGDMSampler
 from ..generator.tgdm import TGDMDenoiser
+from ..generator.vae import LatentCodec
 from .synthetic_faces import FaceViews
 
 
@@ -44,11 +45,13 @@ def held_out_pairs(views: FaceViews) -> tuple[torch.Tensor, torch.Tensor]:
     return sources, targets
 
 
-def evaluate_generator(model: TGDMDenoiser, views: FaceViews, settings: SamplerSettings) -> dict[str, float]:
+def evaluate_generator(
+    model: TGDMDenoiser, views: FaceViews, settings: SamplerSettings, vae: LatentCodec | None = None
+) -> dict[str, float]:
     """Generate every held-out target from its source and compare, together with the two trivial
-    answers: the render I_3d itself and the source photo unchanged."""
+    answers: the render I_3d itself and the source photo unchanged. A latent-mode model needs ``vae``."""
     sources, targets = held_out_pairs(views)
-    sampler = TGDMSampler(model, settings)
+    sampler = TGDMSampler(model, settings, vae)
     generated = sampler.sample(GeneratorInputs(
         source=views.photos[sources], renders=views.renders[targets], coefficients=views.coefficients[targets],
         target_surfaces=views.surfaces[targets], source_surface=views.surfaces[sources],
