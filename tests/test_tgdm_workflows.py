@@ -1,0 +1,117 @@
+"""The TGDM example workflows end to end with the tiny models: analysis, fit, driven renders, TGDM and
+paste-back give frames of the right number and size that change only around the face."""
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+import workflow_runner
+from packloader import PACK_ROOT, load_pack
+from test_face_analysis import ensure_tiny_insightface
+
+pack = load_pack()
+ASSETS = PACK_ROOT / "tests" / "assets"
+WORKFLOWS = PACK_ROOT / "example_workflows"
+SINGLE_DRIVER = "talkingface_driver_single.png"
+
+
+def _create_video(images, fps, audio=None):
+    """Core CreateVideo: IMAGE frames, fps and optional AUDIO into one VIDEO value."""
+    workflow_runner._check_image(images)
+    assert fps > 0
+    if audio is not None:
+        assert audio["waveform"].ndim == 3 and audio["sample_rate"] > 0
+    return ({"images": images, "fps": float(fps), "audio": audio},)
+
+
+def _save_video(video, filename_prefix, format, codec):
+    return {"images": workflow_runner._check_image(video["images"]), "fps": video["fps"], "audio": video["audio"]}
+
+
+VIDEO_STAND_INS = {
+    "CreateVideo": (["fps"], _create_video),
+    "SaveVideo": (["filename_prefix", "format", "codec"], _save_video),
+}
+
+
+@pytest.fixture
+def run(host_dirs, monkeypatch):
+    """Run a workflow on the committed assets; returns {node type: what its output node received}."""
+    ensure_tiny_insightface(host_dirs["models"])
+    for asset in ASSETS.iterdir():
+        shutil.copy(asset, host_dirs["input"])
+    saved_videos = []
+    stand_ins = dict(VIDEO_STAND_INS)
+    stand_ins["SaveVideo"] = (stand_ins["SaveVideo"][0], lambda **inputs: saved_videos.append(_save_video(**inputs)) or {})
+    monkeypatch.setattr(workflow_runner, "CORE_NODES", {**workflow_runner.CORE_NODES, **stand_ins})
+
+    def execute(name: str) -> dict:
+        recorded = workflow_runner.run_workflow(WORKFLOWS / name, pack.NODE_CLASS_MAPPINGS)
+        nodes = {node["id"]: node for node in json.loads((WORKFLOWS / name).read_text())["nodes"]}
+        outputs = {}
+        for node_id, output in recorded.items():
+            outputs.setdefault(nodes[node_id]["type"], []).append(output)
+        if saved_videos:
+            outputs["SaveVideo"] = saved_videos
+        return outputs
+
+    return execute
+
+
+def _changed_fraction(result: torch.Tensor, original: torch.Tensor) -> float:
+    return float(((result - original).abs().amax(-1) > 2 / 255).float().mean())
+
+
+def test_reenact_video_pastes_generated_faces_into_every_driving_frame(run):
+    driving, _ = workflow_runner.load_image_file(ASSETS / "talkingface_face_driving.png")
+    outputs = run("tgdm_portrait_reenact_video.json")
+    result = outputs["SaveImage"][0]["images"]
+    assert result.shape == driving.shape, "one pasted frame per driving frame, at the driving frame's size"
+    changed = _changed_fraction(result, driving)
+    assert 0.02 < changed < 0.5, f"paste-back changes the face region only ({changed:.2f} of the pixels)"
+    preview = outputs["PreviewImage"][0]["images"]
+    assert preview.shape == (driving.shape[0], driving.shape[1], 2 * driving.shape[2], 3)
+
+
+def test_single_image_reenactment_gives_one_image_in_the_portrait(run):
+    portrait, _ = workflow_runner.load_image_file(ASSETS / "talkingface_face_portrait.png")
+    outputs = run("tgdm_portrait_single_image.json")
+    result = outputs["SaveImage"][0]["images"]
+    assert result.shape == portrait.shape
+    assert 0.02 < _changed_fraction(result, portrait) < 0.5
+    panels = [output["images"] for output in outputs["PreviewImage"]]
+    # portrait | result, and that | driver (core ImageStitch matches the height and keeps the aspect ratio)
+    assert all(panel.shape[:2] == (1, portrait.shape[1]) for panel in panels)
+    two, three = sorted(panel.shape[2] for panel in panels)
+    assert two == 2 * portrait.shape[2] and three >= 3 * portrait.shape[2]
+
+
+def test_talking_portrait_makes_a_video_with_the_audio(run):
+    portrait, _ = workflow_runner.load_image_file(ASSETS / "talkingface_face_portrait.png")
+    outputs = run("audio_talking_portrait_tgdm.json")
+    video = outputs["SaveVideo"][0]
+    frames = video["images"]
+    # Load Audio keeps 0.5 s of speech: 12 or 13 frames at 25 fps, each the portrait with a generated face.
+    assert video["fps"] == 25.0 and frames.shape[0] in (12, 13) and frames.shape[1:] == portrait.shape[1:]
+    assert video["audio"]["sample_rate"] == 16000
+    assert abs(video["audio"]["waveform"].shape[-1] / 16000 - frames.shape[0] / 25.0) < 0.05
+    for frame in frames:
+        assert 0.02 < _changed_fraction(frame[None], portrait) < 0.5
+    assert torch.equal(outputs["PreviewImage"][0]["images"], frames)
+
+
+def test_committed_single_driver_is_what_the_command_writes(tmp_path):
+    """tests/assets/talkingface_driver_single.png is frame 2 (jaw open, head turned) of the face assets' driving clip."""
+    written = tmp_path / SINGLE_DRIVER
+    code = (
+        "import sys; from PIL import Image; "
+        "from scripts.tiny_insightface import face_asset_coefficients, render_synthetic_faces; "
+        "_, driving = face_asset_coefficients(); frames, _ = render_synthetic_faces(driving[2], 256); "
+        "Image.fromarray(frames[0]).save(sys.argv[1], optimize=True)"
+    )
+    subprocess.run([sys.executable, "-c", code, str(written)], cwd=PACK_ROOT, check=True)
+    fresh, _ = workflow_runner.load_image_file(written)
+    committed, _ = workflow_runner.load_image_file(ASSETS / SINGLE_DRIVER)
+    assert torch.equal(fresh, committed), f"tests/assets/{SINGLE_DRIVER} is stale"
