@@ -14,6 +14,7 @@ tgdm = pack_import("pipelines.generator.tgdm")
 sampling = pack_import("pipelines.generator.sampler")
 checkpoint = pack_import("pipelines.generator.checkpoint")
 training = pack_import("pipelines.training.tgdm")
+evaluation = pack_import("pipelines.training.tgdm_evaluation")
 synthetic = pack_import("pipelines.training.synthetic_faces")
 demo_model = pack_import("pipelines.morphable.demo_model")
 coefficients = pack_import("pipelines.morphable.coefficients")
@@ -233,9 +234,13 @@ def test_latent_training_caches_the_photo_latents(codec, tmp_path):
     path = trainer.train(views, log=lambda line: None)
     encoded = sum(n for kind, n in counting.calls if kind == "encode")
     assert 0 < encoded <= len(views), "every photo is encoded at most once"
-    assert torch.equal(trainer.latents.encoded.nonzero().flatten().unique(), trainer.latents.encoded.nonzero().flatten())
-    cached = trainer.latents.encoded.nonzero().flatten()
-    assert torch.allclose(trainer.latents.latents[cached].float(), codec.encode(views.photos[cached]), atol=1e-2)
+    everything = trainer.latents(views, torch.arange(len(views)))
+    assert torch.allclose(everything, codec.encode(views.photos), atol=1e-2)
+    calls = len(counting.calls)
+    trainer.training_step(views)
+    assert len(counting.calls) == calls, "cached latents are not encoded again"
+    results = evaluation.evaluate_generator(checkpoint.load_tgdm(path), views, sampling.SamplerSettings(steps=2), codec)
+    assert {"psnr_tgdm", "ssim_tgdm"} <= set(results)
     assert checkpoint.read_tgdm_metadata(path)["trained_with_vae"] == "tiny.safetensors"
     assert checkpoint.load_tgdm(path).config == config
     with pytest.raises(errors.TalkingFaceError, match="latent-mode generator .*ComfyUI/models/vae/"):
