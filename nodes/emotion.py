@@ -10,6 +10,7 @@ import torch
 from ..pipelines.emotion.clip_text import (
     AUTO_MODEL_NAME,
     ComfyClipTextEncoder,
+    EmotionTextEncoder,
     OpenClipTextEncoder,
     encode_cached,
     load_open_clip_text_encoder,
@@ -147,6 +148,7 @@ class TextEmotion(TalkingFaceNode):
     ) -> tuple[EmotionValue, str]:
         if preset != CUSTOM_PRESET:
             prompt = preset_prompt(preset)
+        encoder: EmotionTextEncoder
         if clip_text is not None:
             owner, encoder = clip_text, clip_text
             embed = _open_clip_embedder(clip_text)

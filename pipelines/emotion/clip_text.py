@@ -198,13 +198,10 @@ def resolve_open_clip_files(path: str | Path) -> tuple[Path, Path | None]:
     return path, None
 
 
-def _text_summary(vocab: int, width: int, context: int, layers: int) -> tuple[int, int, int, int]:
-    return vocab, width, context, layers
-
-
 def _config_summary(model_cfg: dict[str, Any]) -> tuple[int, int, int, int]:
+    """(vocabulary, width, context length, layers) of a config's text tower (open_clip's defaults filled in)."""
     text_cfg = model_cfg.get("text_cfg", {})
-    return _text_summary(
+    return (
         text_cfg.get("vocab_size", 49408), text_cfg.get("width", 512), text_cfg.get("context_length", 77),
         text_cfg.get("layers", 12),
     )
@@ -215,7 +212,7 @@ def _state_summary(shapes: dict[str, tuple[int, ...]]) -> tuple[int, int, int, i
         return None
     vocab, width = shapes["token_embedding.weight"]
     layers = {key.split(".")[2] for key in shapes if key.startswith("transformer.resblocks.")}
-    return _text_summary(vocab, width, shapes["positional_embedding"][0], len(layers))
+    return vocab, width, shapes["positional_embedding"][0], len(layers)
 
 
 def matching_model_names(tower_state: dict[str, torch.Tensor]) -> list[str]:
