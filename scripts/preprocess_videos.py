@@ -8,7 +8,8 @@ frame images (one folder = one video, frames in name order). Every video goes th
 pipeline (detect and track the main face, aligned crops, 3DMM fit with one identity per video,
 texture, lighting and gaze, I_3d renders and surface maps) and is written to SHARDS/shards/*.safetensors,
 listed in SHARDS/manifest.json. Run the same command again to continue: videos already in the
-manifest are skipped. A video without a usable face is listed as skipped with the reason.
+manifest are skipped. A video without a usable face (or that cannot be decoded) is listed as skipped
+with the reason; --retry-skipped tries those again.
 
 The face model must be the one the generator is trained with (TGDM reads its coefficients). The last
 line printed is a JSON summary.
@@ -52,6 +53,7 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--detection-size", type=int, default=640)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="torch device for the fit and the renders")
+    parser.add_argument("--retry-skipped", action="store_true", help="try the videos skipped by an earlier run again")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     return parser.parse_args()
 
@@ -72,7 +74,7 @@ def main() -> None:
     analyzer = FaceAnalyzer.load(args.insightface, args.provider, args.detection_size)
     started = time.monotonic()
     manifest = preprocess_videos(args.videos, args.out, analyzer, model.to(args.device), label, settings,
-                                 log=lambda line: print(line, flush=True))
+                                 log=lambda line: print(line, flush=True), retry_skipped=args.retry_skipped)
     done = [entry for entry in manifest["videos"] if entry["status"] == "done"]
     print(json.dumps({
         "videos": len(done), "skipped": len(manifest["videos"]) - len(done),

@@ -2,13 +2,16 @@
 dataset over the shards, and the trainer running on it."""
 import json
 import math
+import pickle
 import shutil
+import subprocess
+import sys
 
 import av
 import numpy as np
 import pytest
 import torch
-from packloader import pack_import
+from packloader import PACK_ROOT, pack_import
 from PIL import Image
 from safetensors import safe_open
 from test_face_analysis import ensure_tiny_insightface
@@ -148,6 +151,15 @@ def test_resume_skips_listed_videos_and_adds_new_ones(shard_dir, videos, analyze
     assert len(lines) == 1 and lines[0].startswith("[5/5] speaker_c.mp4: 3 frames")
     after = entries(folder)
     assert after["speaker_c.mp4"]["fps"] == 30.0 and list(after)[:4] == list(before)
+    # The broken file is now a video: retrying the skipped ones adds it under a new video number.
+    write_mp4(extra / "broken.mp4", talking_frames(4, 2))
+    lines.clear()
+    shards.preprocess_videos(extra, folder, analyzer, face_model, "demo face (built-in)", SETTINGS, log=lines.append,
+                             retry_skipped=True)
+    assert len(lines) == 2 and "broken.mp4: 2 frames" in lines[0] and "empty_room.mp4: skipped" in lines[1]
+    retried = entries(folder)
+    assert retried["broken.mp4"]["status"] == "done" and retried["broken.mp4"]["index"] == 5
+    assert shards.VideoFaceShards(folder).video_count == 4
     with pytest.raises(errors.TalkingFaceError, match="--crop-size 64"):
         shards.preprocess_videos(extra, folder, analyzer, face_model, "demo face (built-in)",
                                  shards.PreprocessSettings(crop_size=128), log=lines.append)
@@ -170,6 +182,8 @@ def test_dataset_reads_rows_like_face_views(shard_dir):
     assert data.coefficients.shape == (14, config_module.DEFAULT_COEFFICIENT_DIM)
     small = shards.VideoFaceShards(shard_dir, image_size=32)
     assert small.photos[rows].shape == small.surfaces[rows].shape == (4, 32, 32, 3)
+    copied = pickle.loads(pickle.dumps(data))  # what a data-loader worker gets: it opens its own readers
+    assert torch.equal(copied.renders[rows], data.renders[rows])
 
 
 def test_pairs_are_two_frames_of_one_video_a_gap_apart(shard_dir):
@@ -198,3 +212,16 @@ def test_trainer_runs_on_video_shards(shard_dir, tmp_path):
 def test_dataset_names_the_command_for_an_empty_folder(tmp_path):
     with pytest.raises(errors.TalkingFaceError, match="scripts.preprocess_videos"):
         shards.VideoFaceShards(tmp_path)
+
+
+def test_command_line_lists_what_it_skipped(videos, tiny_models_dir, tmp_path):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    shutil.copy(videos / "broken.mp4", folder)
+    pack = ensure_tiny_insightface(tiny_models_dir) / "insightface" / "models" / "buffalo_l"
+    done = subprocess.run([sys.executable, "-m", "scripts.preprocess_videos", str(folder), "--out", str(tmp_path / "out"),
+                           "--insightface", str(pack), "--crop-size", "64", "--threads", "1"],
+                          cwd=PACK_ROOT, check=True, capture_output=True, text=True)
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (summary["videos"], summary["skipped"], summary["frames"]) == (0, 1, 0)
+    assert "broken.mp4: skipped" in done.stdout

@@ -316,12 +316,22 @@ class ShardWriter:
     def listed(self) -> set[str]:
         return {entry["name"] for entry in self.manifest["videos"]}
 
+    def forget_skipped(self) -> None:
+        """Drop the skipped videos from the manifest so that they are tried again."""
+        self.manifest["videos"] = [entry for entry in self.manifest["videos"] if entry["status"] != "skipped"]
+        _write_manifest(self.folder, self.manifest)
+
+    def _next_index(self) -> int:
+        # Video numbers are never reused, so shards written earlier keep theirs when entries are dropped.
+        return 1 + max((entry["index"] for entry in self.manifest["videos"]), default=-1)
+
     def skip(self, source: VideoSource, reason: str) -> None:
-        self._append({"name": source.name, "source": str(source.path), "status": "skipped", "reason": reason})
+        self._append({"index": self._next_index(), "name": source.name, "source": str(source.path),
+                      "status": "skipped", "reason": reason})
 
     def add(self, source: VideoSource, fps: float, rows: dict[str, torch.Tensor], notes: list[str],
             shard_frames: int, decoded_frames: int) -> dict:
-        index = len(self.manifest["videos"])
+        index = self._next_index()
         stem = f"{index:06d}_{_shard_stem(source.name)}"
         count = rows["photos"].shape[0]
         files = []
@@ -334,7 +344,7 @@ class ShardWriter:
                 "crop_size": str(self.manifest["crop_size"]),
             })
             files.append({"file": name, "frames": chunk.stop - chunk.start})
-        entry = {"name": source.name, "source": str(source.path), "status": "done", "frames": count,
+        entry = {"index": index, "name": source.name, "source": str(source.path), "status": "done", "frames": count,
                  "decoded_frames": decoded_frames, "fps": fps, "shards": files, "notes": notes}
         self._append(entry)
         return entry
@@ -377,10 +387,14 @@ def preprocess_videos(
     face_model_label: str,
     settings: PreprocessSettings = PreprocessSettings(),
     log: Callable[[str], None] = print,
+    retry_skipped: bool = False,
 ) -> dict:
-    """Preprocess every video under ``input_folder`` not yet in ``output_folder``'s manifest; returns the manifest."""
+    """Preprocess every video under ``input_folder`` not yet in ``output_folder``'s manifest (with
+    ``retry_skipped``, also those skipped before); returns the manifest."""
     sources = find_videos(input_folder)
     writer = ShardWriter(output_folder, settings.crop_size, face_model_entry(model, face_model_label))
+    if retry_skipped:
+        writer.forget_skipped()
     done = writer.listed()
     for number, source in enumerate(sources, 1):
         if source.name in done:
@@ -418,47 +432,56 @@ def _is_decode_error(error: Exception) -> bool:
 # the dataset
 
 
+class ShardFiles:
+    """The shard files of a dataset, their row ranges and one lazily opened (memory-mapped) reader each."""
+
+    def __init__(self, files: list[Path], counts: list[int]) -> None:
+        self.files = files
+        self.ends = torch.tensor(counts, dtype=torch.int64).cumsum(0)
+        self.starts = self.ends - torch.tensor(counts, dtype=torch.int64)
+        self._readers: dict[int, object] = {}
+
+    @property
+    def rows(self) -> int:
+        return int(self.ends[-1])
+
+    def reader(self, file: int):
+        if file not in self._readers:
+            self._readers[file] = safe_open(str(self.files[file]), framework="pt")
+        return self._readers[file]
+
+    def __getstate__(self) -> dict:
+        # Readers hold memory maps: a copy sent to a data-loader worker opens its own.
+        return {**self.__dict__, "_readers": {}}
+
+
 class ShardRows:
     """One array of every shard, indexed by global row; rows come back as float32 (uint8 scaled to 0..1),
-    optionally resized to ``image_size``. Reads through safetensors' memory map unless ``in_memory``."""
+    resized to ``image_size`` when given. Rows are read through the memory map unless ``in_memory``."""
 
-    def __init__(self, files: list[Path], key: str, counts: list[int], in_memory: bool, image_size: int | None) -> None:
-        self.files = files
+    def __init__(self, shards: ShardFiles, key: str, in_memory: bool, image_size: int | None) -> None:
+        self.shards = shards
         self.key = key
         self.image_size = image_size
-        self.ends = torch.tensor(counts, dtype=torch.int64).cumsum(0)
-        self._handles: dict[int, object] = {}
-        with safe_open(str(files[0]), framework="pt") as handle:
-            row_shape = tuple(handle.get_slice(key).get_shape()[1:])
-        self.stored = None
-        if in_memory:
-            self.stored = torch.cat([self._tensor(i) for i in range(len(files))])
+        row_shape = tuple(shards.reader(0).get_slice(key).get_shape()[1:])
+        self.stored = torch.cat([shards.reader(i).get_tensor(key) for i in range(len(shards.files))]) if in_memory else None
         size = image_size or row_shape[0]
-        self.shape = (int(self.ends[-1]), size, size, row_shape[2])
+        self.shape = (shards.rows, size, size, row_shape[2])
 
     def __len__(self) -> int:
         return self.shape[0]
 
-    def _handle(self, file: int):
-        if file not in self._handles:
-            self._handles[file] = safe_open(str(self.files[file]), framework="pt")
-        return self._handles[file]
-
-    def _tensor(self, file: int) -> torch.Tensor:
-        return self._handle(file).get_tensor(self.key)
-
     def __getitem__(self, index) -> torch.Tensor:
-        rows = torch.arange(len(self))[index] if not isinstance(index, torch.Tensor) else index.long()
-        rows = rows.reshape(-1)
+        rows = (index.long() if isinstance(index, torch.Tensor) else torch.arange(len(self))[index]).reshape(-1)
         if self.stored is not None:
             raw = self.stored[rows]
         else:
-            files = torch.searchsorted(self.ends, rows, right=True)
-            firsts = torch.cat([self.ends.new_zeros(1), self.ends[:-1]])[files]
+            files = torch.searchsorted(self.shards.ends, rows, right=True)
+            offsets = rows - self.shards.starts[files]
             raw = torch.stack([
-                self._handle(int(file)).get_slice(self.key)[int(row - first): int(row - first) + 1][0]
-                for file, row, first in zip(files, rows, firsts, strict=True)
-            ]) if len(rows) else torch.empty(0)
+                self.shards.reader(file).get_slice(self.key)[offset:offset + 1][0]
+                for file, offset in zip(files.tolist(), offsets.tolist(), strict=True)
+            ])
         values = raw.float() / 255.0 if raw.dtype == torch.uint8 else raw.float()
         if self.image_size is not None and values.shape[1] != self.image_size:
             values = F.interpolate(values.permute(0, 3, 1, 2), size=(self.image_size, self.image_size),
@@ -471,8 +494,9 @@ class ShardRows:
 class VideoFaceShards:
     """Frames of preprocessed videos, with the attributes TGDM's trainer reads from FaceViews.
 
-    ``photos``, ``renders`` (0..1) and ``surfaces`` are ``[N, S, S, 3]`` row views read on indexing;
-    ``coefficients`` ``[N, 259]``, ``videos`` and ``frame_numbers`` ``[N]`` are in memory. ``pairs`` draws
+    ``photos``, ``renders`` (0..1) and ``surfaces`` are ``[N, S, S, 3]`` row views read on indexing
+    (``image_size`` resizes them); ``coefficients`` ``[N, 259]``, ``landmarks`` ``[N, 68, 2]`` (crop px),
+    ``videos`` (manifest index) and ``frame_numbers`` ``[N]`` are in memory. ``pairs`` draws
     (source, target) rows of one video at least ``min_frame_gap`` source frames apart (any other frame of
     the video when it has none that far, the frame itself when the video has one frame)."""
 
@@ -495,19 +519,19 @@ class VideoFaceShards:
             raise TalkingFaceError(f"shard files listed in {self.folder / MANIFEST_FILE} are missing: {missing[:5]}")
         if not shards:
             raise TalkingFaceError(f"{self.folder} holds no preprocessed frames (every video was skipped or none was given)")
-        files, counts = [path for path, _ in shards], [count for _, count in shards]
+        files = ShardFiles([path for path, _ in shards], [count for _, count in shards])
         resize = None if self.image_size == self.crop_size else self.image_size
-        self.photos = ShardRows(files, "photos", counts, in_memory, resize)
-        self.renders = ShardRows(files, "renders", counts, in_memory, resize)
-        self.surfaces = ShardRows(files, "surfaces", counts, in_memory, resize)
-        small = {key: [] for key in ("coefficients", "video", "frame")}
-        for path in files:
-            with safe_open(str(path), framework="pt") as handle:
-                for key in small:
-                    small[key].append(handle.get_tensor(key))
-        self.coefficients = torch.cat(small["coefficients"]).float()
-        self.videos = torch.cat(small["video"]).long()
-        self.frame_numbers = torch.cat(small["frame"]).long()
+        self.photos = ShardRows(files, "photos", in_memory, resize)
+        self.renders = ShardRows(files, "renders", in_memory, resize)
+        self.surfaces = ShardRows(files, "surfaces", in_memory, resize)
+
+        def whole(key: str) -> torch.Tensor:
+            return torch.cat([files.reader(i).get_tensor(key) for i in range(len(files.files))])
+
+        self.coefficients = whole("coefficients").float()
+        self.landmarks = whole("landmarks").float()
+        self.videos = whole("video").long()
+        self.frame_numbers = whole("frame").long()
         # Rows are grouped by video in manifest order and sorted by frame inside each video.
         self._keys = self.videos * 2**32 + self.frame_numbers
         if bool((self._keys[1:] < self._keys[:-1]).any()):
