@@ -4,6 +4,7 @@ from __future__ import annotations
 from . import host
 from .audio import NODE_CLASSES as AUDIO_NODES
 from .coefficients import LoadCoefficients, SaveCoefficients
+from .emotion import EMOTION_NODES
 from .face import FACE_NODES
 from .generator import LoadGenerator, TGDMSampler
 from .morphable import Load3DMM
@@ -20,6 +21,7 @@ NODE_CLASSES = (
     *FACE_NODES,
     *MOTION_NODES,
     *AUDIO_NODES,
+    *EMOTION_NODES,
     LoadGenerator,
     TGDMSampler,
 )

@@ -14,6 +14,7 @@ from pathlib import Path
 from pipelines.morphable.demo_model import build_demo_face_arrays
 from pipelines.morphable.model import save_face_model_mat
 from scripts.tiny_audio import write_tiny_audio_models
+from scripts.tiny_clip import write_tiny_clip
 from scripts.tiny_generator import write_tiny_generator
 from scripts.tiny_insightface import write_tiny_insightface
 
@@ -25,7 +26,10 @@ def write_tiny_models(root: Path) -> list[Path]:
     face_model = root / "3dmm" / "BFM_Fitting" / "BFM_model_front.mat"
     face_model.parent.mkdir(parents=True, exist_ok=True)
     save_face_model_mat(build_demo_face_arrays(resolution=TINY_FACE_RESOLUTION), face_model)
-    return [face_model, *write_tiny_audio_models(root), *write_tiny_insightface(root), *write_tiny_generator(root)]
+    return [
+        face_model, *write_tiny_audio_models(root), *write_tiny_insightface(root), *write_tiny_generator(root),
+        *write_tiny_clip(root),
+    ]
 
 
 def main() -> None:
