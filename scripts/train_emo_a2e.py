@@ -21,7 +21,8 @@ with the ``--encoder-arg`` strings; without it a frozen random embedding per pro
 TALK_EMOTION values from that same encoder. Writes ``best.safetensors`` and ``last.safetensors``
 (for the Load Emo-A2E Model node: copy one into ComfyUI/models/talkingface/). The last line printed
 is a JSON summary: validation-window L1 of the model and the baselines (speaker's neutral face,
-emotion mean), and on whole held-out clips the expression L1 and the lip/jaw landmark error.
+emotion mean), and on whole held-out clips the expression L1 (also with the wrong emotion prompt)
+and the lip/jaw landmark error.
 """
 from __future__ import annotations
 
@@ -152,6 +153,7 @@ def main() -> None:
         "clip_model_l1": rounded(clip_check.model_l1),
         "clip_neutral_l1": rounded(clip_check.neutral_l1),
         "clip_emotion_mean_l1": rounded(clip_check.emotion_mean_l1),
+        "clip_wrong_emotion_l1": rounded(clip_check.wrong_emotion_l1),
         "clip_model_mouth_px": rounded(clip_check.model_mouth_px),
         "clip_neutral_mouth_px": rounded(clip_check.neutral_mouth_px),
         "clip_emotion_mean_mouth_px": rounded(clip_check.emotion_mean_mouth_px),

@@ -102,6 +102,7 @@ def test_tiny_training_run_writes_loadable_checkpoints_and_resumes(clips, face, 
     assert messages[0] == "resumed at step 4" and [step for step, _ in resumed] == [6]
     check = training.check_clips(model, clips[4:], ENCODER, training.emotion_mean_offsets(clips[:4]), face)
     assert check.model_l1 > 0 and check.neutral_mouth_px > 0 and check.model_mouth_px is not None
+    assert check.wrong_emotion_l1 > 0
 
 
 def test_training_script_on_synthetic_speakers(tmp_path, monkeypatch, capsys):
