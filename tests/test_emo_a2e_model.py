@@ -116,6 +116,8 @@ def test_emotion_only_held_and_animated():
     emotion, neutral = make_emotion(), torch.randn(10)
     held = emo.emotion_only_expression(model, 40, 25.0, emotion, neutral, "held")
     assert held.shape == (40, 10) and torch.allclose(held, held[:1].expand(40, -1))
+    silent = emo.predict_expression(model, io.Audio(torch.zeros(8000), 16000), 25.0, 8, emotion, neutral)
+    assert torch.allclose(held[0], silent.mean(0), atol=1e-5)  # no audio is what the model gives for silence
     animated = emo.emotion_only_expression(model, 250, 25.0, emotion, neutral, "animated", seed=3)
     again = emo.emotion_only_expression(model, 250, 25.0, emotion, neutral, "animated", seed=3)
     other = emo.emotion_only_expression(model, 250, 25.0, emotion, neutral, "animated", seed=4)

@@ -40,7 +40,7 @@ from ..emotion.emotion import TextEmotion
 from ..errors import ModelFileError, TalkingFaceError
 from ..morphable.coefficients import FaceCoefficients
 from ..morphable.model import MorphableModel
-from .features import LogMel, mel_range_for_frames, mel_windows
+from .features import LogMel, MelConfig, mel_range_for_frames, mel_windows
 from .io import SAMPLE_RATE, Audio
 from .landmark_model import MelWindowEncoder
 from .landmarks import WindowPlan
@@ -359,7 +359,7 @@ def emotion_only_expression(
         raise TalkingFaceError(f"fps must be positive, got {fps}")
     config = model.config
     condition = _condition(model, emotion, neutral)
-    silence = torch.full((1, config.target_frames, config.mel_bins, config.mel_window), LogMel().config.silence_value,
+    silence = torch.full((1, config.target_frames, config.mel_bins, config.mel_window), MelConfig().silence_value,
                          device=condition[0].device)
     held = model(*condition, silence)[0].mean(0)
     resting = condition[0][0]
