@@ -194,6 +194,8 @@ def test_pairs_are_two_frames_of_one_video_a_gap_apart(shard_dir):
     gaps = (data.frame_numbers[sources] - data.frame_numbers[targets]).abs()
     assert gaps.min() >= 3
     assert len(set(zip(sources.tolist(), targets.tolist(), strict=True))) > 30, "pairs are drawn at random"
+    sources, targets = data.evaluation_pairs(per_video=3)
+    assert sources.tolist() == [0, 0, 0, 8, 8, 8] and targets.tolist() == [1, 4, 7, 9, 11, 13]
     # No frame is 100 frames away: any other frame of the same video instead.
     sources, targets = shards.VideoFaceShards(shard_dir, min_frame_gap=100).pairs(256, generator)
     assert torch.equal(data.videos[sources], data.videos[targets]) and (sources != targets).all()

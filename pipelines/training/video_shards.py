@@ -551,6 +551,21 @@ class VideoFaceShards:
     def video_rows(self, video: int) -> range:
         return range(self._video_start[video], self._video_end[video])
 
+    def evaluation_pairs(self, per_video: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fixed (source, target) rows for held-out evaluation: each video's first frame is the source of
+        up to ``per_video`` targets spread evenly over its other frames (as far from it as the video allows)."""
+        sources, targets = [], []
+        for video in self._video_start:
+            rows = self.video_rows(video)
+            if len(rows) < 2:
+                continue
+            picks = torch.linspace(1, len(rows) - 1, min(per_video, len(rows) - 1)).round().long().unique()
+            targets.append(rows.start + picks)
+            sources.append(torch.full_like(picks, rows.start))
+        if not targets:
+            raise TalkingFaceError(f"no video in {self.folder} has two frames to pair for an evaluation")
+        return torch.cat(sources), torch.cat(targets)
+
     def pairs(self, count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """``count`` random (source, target) rows: two frames of one video, ``min_frame_gap`` apart."""
         targets = torch.randint(len(self), (count,), generator=generator)
