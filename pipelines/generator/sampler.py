@@ -139,7 +139,7 @@ def missing_vae_error(config: TGDMConfig, generator_name: str = "this generator"
     return TalkingFaceError(
         f"{generator_name} works on latents of the {config.vae} VAE and needs it to encode the source and decode "
         f"the frames: put the VAE file (for SD1.5 e.g. vae-ft-mse-840000-ema-pruned.safetensors) into "
-        f"{VAE_FOLDER_HINT} and pick it in Load Generator, or connect a VAE Loader"
+        f"{VAE_FOLDER_HINT} and pick it in Load Generator, or connect a Load VAE node"
     )
 
 
