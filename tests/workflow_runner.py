@@ -42,10 +42,26 @@ def _load_image(image: str) -> tuple[torch.Tensor, torch.Tensor]:
 def _image_stitch(image1, direction, match_image_size, spacing_width, spacing_color, image2=None):
     assert direction == "right" and image2 is not None
     if match_image_size:
-        image2 = torch.nn.functional.interpolate(image2.permute(0, 3, 1, 2), size=image1.shape[1:3],
+        # core ImageStitch matches the height and keeps image2's aspect ratio
+        height = image1.shape[1]
+        width = int(height * image2.shape[2] / image2.shape[1])
+        image2 = torch.nn.functional.interpolate(image2.permute(0, 3, 1, 2), size=(height, width),
                                                  mode="bilinear").permute(0, 2, 3, 1)
     assert image1.shape[0] == image2.shape[0]
     return (torch.cat([image1, image2], dim=2),)
+
+
+def _create_video(images, fps, audio=None):
+    """Core CreateVideo: frames, a frame rate and optional AUDIO as one VIDEO value."""
+    _check_image(images)
+    assert fps > 0
+    if audio is not None:
+        assert audio["waveform"].ndim == 3 and audio["sample_rate"] > 0
+    return ({"images": images, "fps": float(fps), "audio": audio},)
+
+
+def _save_video(video, filename_prefix, format, codec):
+    return {"images": _check_image(video["images"]), "fps": video["fps"], "audio": video["audio"]}
 
 
 # core node -> (widget names in order, function returning outputs or recording images)
@@ -55,6 +71,8 @@ CORE_NODES = {
     "SaveImage": (["filename_prefix"], lambda images, filename_prefix: {"images": _check_image(images)}),
     "PreviewImage": ([], lambda images: {"images": _check_image(images)}),
     "MaskToImage": ([], _mask_to_image),
+    "CreateVideo": (["fps"], _create_video),
+    "SaveVideo": (["filename_prefix", "format", "codec"], _save_video),
 }
 
 
@@ -97,7 +115,7 @@ def run_workflow(path: Path, node_mappings: dict) -> dict[int, dict]:
                 _, origin, slot, *_ = links[socket["link"]]
                 inputs[socket["name"]] = evaluate(origin)[slot]
         output = function(**inputs)
-        if kind in ("SaveImage", "PreviewImage") or getattr(node_mappings.get(kind), "OUTPUT_NODE", False):
+        if kind in ("SaveImage", "PreviewImage", "SaveVideo") or getattr(node_mappings.get(kind), "OUTPUT_NODE", False):
             recorded[node_id] = output
             output = ()
         results[node_id] = output
