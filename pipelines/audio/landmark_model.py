@@ -145,33 +145,53 @@ class LandmarkCompletionTransformer(nn.Module):
         One reference batch row is shared by every window (encoded once)."""
         config = self.config
         batch, frames = mel_windows.shape[:2]
-        expected = {
-            "references": (references, (references.shape[0] if references.shape[0] == 1 else batch,
-                                        config.reference_sets, NUM_POINTS, 2)),
+        _check_shapes({
             "mel_windows": (mel_windows, (batch, frames, config.mel_bins, config.mel_window)),
             "pose": (pose, (batch, frames, len(POSE_POINTS), 2)),
-        }
-        for name, (tensor, shape) in expected.items():
-            if tuple(tensor.shape) != shape:
-                raise TalkingFaceError(f"landmark model input '{name}' must be {shape}, got {tuple(tensor.shape)}")
+        })
+        return self.complete(references, *self.frame_tokens(mel_windows, pose))
+
+    def frame_tokens(self, mel_windows: torch.Tensor, pose: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Audio and pose tokens ``[..., width]`` of single frames from their mel windows ``[..., bins,
+        window]`` and pose points ``[..., 31, 2]``. Each depends on its frame alone, so overlapping
+        windows can encode every frame once and share the tokens (:meth:`complete`)."""
+        return self.audio_encoder(mel_windows), self.pose_encoder(pose)
+
+    def complete(self, references: torch.Tensor, audio_tokens: torch.Tensor, pose_tokens: torch.Tensor) -> torch.Tensor:
+        """The transformer and read-out: ``references [B or 1, N, 68, 2]`` and a window's frame tokens
+        ``[B, T, width]`` (from :meth:`frame_tokens`) → lip and jaw points ``[B, T, 37, 2]``."""
+        config = self.config
+        batch, frames = audio_tokens.shape[:2]
+        _check_shapes({
+            "references": (references, (references.shape[0] if references.shape[0] == 1 else batch,
+                                        config.reference_sets, NUM_POINTS, 2)),
+            "audio_tokens": (audio_tokens, (batch, frames, config.width)),
+            "pose_tokens": (pose_tokens, (batch, frames, config.width)),
+        })
         if not 1 <= frames <= config.target_frames:
             raise TalkingFaceError(f"the landmark model takes 1 to {config.target_frames} frames at once, got {frames}")
         positions = self.frame_embedding[:frames]
         tokens = torch.cat(
             [
                 (self.reference_encoder(references) + self.kind_embedding[0]).expand(batch, -1, -1),
-                self.audio_encoder(mel_windows) + self.kind_embedding[1] + positions,
-                self.pose_encoder(pose) + self.kind_embedding[2] + positions,
+                audio_tokens + self.kind_embedding[1] + positions,
+                pose_tokens + self.kind_embedding[2] + positions,
             ],
             dim=1,
         )
         hidden = self.norm(self.encoder(tokens))
-        audio_tokens = hidden[:, config.reference_sets: config.reference_sets + frames]
-        pose_tokens = hidden[:, config.reference_sets + frames:]
+        audio_hidden = hidden[:, config.reference_sets: config.reference_sets + frames]
+        pose_hidden = hidden[:, config.reference_sets + frames:]
         mean_reference = references.mean(1, keepdim=True)  # [B, 1, 68, 2]
-        jaw = mean_reference[:, :, list(JAW_POINTS)] + self.jaw_head(pose_tokens).view(batch, frames, -1, 2)
-        lips = mean_reference[:, :, list(LIP_POINTS)] + self.lip_head(audio_tokens).view(batch, frames, -1, 2)
+        jaw = mean_reference[:, :, list(JAW_POINTS)] + self.jaw_head(pose_hidden).view(batch, frames, -1, 2)
+        lips = mean_reference[:, :, list(LIP_POINTS)] + self.lip_head(audio_hidden).view(batch, frames, -1, 2)
         return torch.cat([jaw, lips], dim=2)
+
+
+def _check_shapes(expected: dict[str, tuple[torch.Tensor, tuple[int, ...]]]) -> None:
+    for name, (tensor, shape) in expected.items():
+        if tuple(tensor.shape) != shape:
+            raise TalkingFaceError(f"landmark model input '{name}' must be {shape}, got {tuple(tensor.shape)}")
 
 
 def save_landmark_model(model: LandmarkCompletionTransformer, path: str | Path, extra_metadata: dict[str, str] | None = None) -> None:

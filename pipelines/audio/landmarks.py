@@ -160,12 +160,16 @@ def predict_mouth(
     pose_points = pose_points.to(device, torch.float32)
     window = torch.arange(plan.window, device=device)
     for starts in plan.batches(windows_per_batch):
-        first_mel, last_mel = mel_range_for_frames(starts[0], starts[-1] + plan.window, fps, log_mel.config)
+        # The batch's windows cover one run of frames; each frame's tokens are encoded once and
+        # shared by the windows that overlap on it.
+        first, last = starts[0], starts[-1] + plan.window
+        first_mel, last_mel = mel_range_for_frames(first, last, fps, log_mel.config)
         mel = log_mel.frames(samples, first_mel, last_mel).unsqueeze(0)
+        windows = mel_windows(mel, first_mel, torch.arange(first, last, device=device), fps, log_mel.config)[0]
+        audio_tokens, pose_tokens = model.frame_tokens(windows, pose_points[first:last])
         frame_index = torch.tensor(starts, device=device).unsqueeze(1) + window  # [W, T]
-        windows = mel_windows(mel, first_mel, frame_index.flatten(), fps, log_mel.config)[0]
-        windows = windows.view(len(starts), plan.window, *windows.shape[1:])
-        predicted = model(references, windows, pose_points[frame_index])
+        local = frame_index - first
+        predicted = model.complete(references, audio_tokens[local], pose_tokens[local])
         total.index_add_(0, frame_index.flatten(), (predicted * weights.view(1, -1, 1, 1)).flatten(0, 1))
         weight_sum.index_add_(0, frame_index.flatten(), weights.expand(len(starts), -1).flatten())
         if on_batch is not None:
