@@ -175,3 +175,65 @@ def test_detect_align_landmarks_fit_coefficients(analyzer):
     fitted_error = (maps.image[0] - crop[0]).abs()[inside].mean()
     neutral_error = (neutral.image[0] - crop[0]).abs()[inside].mean()
     assert float(fitted_error) < float(neutral_error)
+
+
+@pytest.fixture(scope="module")
+def two_people():
+    """Frames with two demo people (A upper left, B lower right and larger) who move a little, then
+    swap sides: a 3-frame clip [3, 320, 400, 3] and each person's rendered face."""
+    model = demo.demo_face_model(12)
+    generator = torch.Generator().manual_seed(3)
+    people = coefficients.FaceCoefficients.neutral(2, model.dims)
+    people.identity[:] = torch.randn(2, model.dims.identity, generator=generator)
+    people.texture[:] = 1.5 * torch.randn(2, model.dims.texture, generator=generator)
+    people.translation[:, 2] = torch.tensor([-4.0, -3.5])
+    background = torch.tensor([0.06, 0.07, 0.1])
+    maps = renderer_module.FaceRenderer(model, camera_module.PerspectiveCamera.deep3d(160)).render(people)
+    faces = maps.image + (1.0 - maps.mask.unsqueeze(-1)) * background
+    positions = [((0, 10), (150, 220)), ((4, 18), (146, 212)), ((0, 220), (150, 10))]  # (row, column) of A, B
+    clip = background.expand(3, 320, 400, 3).clone()
+    for frame, placed in zip(clip, positions, strict=True):
+        for face, (row, column) in zip(faces, placed, strict=True):
+            frame[row:row + 160, column:column + 160] = face
+    return clip
+
+
+def test_two_faces_are_detected_and_selected_in_each_order(analyzer, two_people):
+    found = analyzer.detect(analysis.images_to_uint8(two_people[:1])[0])
+    assert len(found) == 2
+    left, right = sorted(found, key=lambda face: face.box[0])
+    assert left.box[2] < 170 < right.box[0] and left.box[3] < right.box[3]  # A upper left, B lower right
+    assert right.area > left.area
+    assert float(np.dot(left.embedding, right.embedding)) < 0.8  # two people, two identities
+    expected = {("largest", 0): right, ("largest", 1): left, ("left_to_right", 0): left, ("left_to_right", 1): right,
+                ("top_to_bottom", 0): left, ("top_to_bottom", 1): right}
+    for (order, index), face in expected.items():
+        chosen = faces_module.analyze_frames(analyzer, two_people[:1], order=order, face_index=index)
+        assert torch.allclose(chosen.boxes[0], torch.from_numpy(face.box), atol=1e-3), (order, index)
+    confident = faces_module.analyze_frames(analyzer, two_people[:1], order="most_confident", face_index=0)
+    assert float(confident.scores[0]) == max(face.score for face in found)
+    with pytest.raises(errors.TalkingFaceError, match="2 faces found in the image and the selection is 'single'"):
+        faces_module.analyze_frames(analyzer, two_people[:1], order="single")
+    with pytest.raises(errors.TalkingFaceError, match="face_index is 2"):
+        faces_module.analyze_frames(analyzer, two_people[:1], order="largest", face_index=2)
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["A", "B"])
+def test_a_video_track_follows_one_person_across_frames(analyzer, two_people, index):
+    """Frame 1: the person moved a little (box overlap); frame 2: the two swapped sides, no box overlaps the
+    last one, so only the ArcFace embedding tells who is who."""
+    faces = faces_module.analyze_frames(analyzer, two_people, order="left_to_right", face_index=index, missing="error")
+    centres = (faces.boxes[:, :2] + faces.boxes[:, 2:]) / 2
+    starts_left = index == 0
+    assert (float(centres[0, 0]) < 200) == starts_left and (float(centres[1, 0]) < 200) == starts_left
+    assert (float(centres[2, 0]) < 200) != starts_left  # followed to the other side
+    assert (float(centres[2, 1]) < 160) == starts_left  # A stays in the upper row, B in the lower
+    assert float(faces.embeddings[2] @ faces.embeddings[0]) > 0.85
+
+
+def test_tiny_landmark_models_follow_the_mouth(analyzer):
+    """The driving clip opens the jaw in frames 1–3 and 5–7 (fully in 2 and 6): the inner lips part there."""
+    faces = faces_module.analyze_frames(analyzer, load_asset("talkingface_face_driving.png"), missing="error")
+    opening = (faces.landmarks68[:, 66, 1] - faces.landmarks68[:, 62, 1]).tolist()
+    assert max(opening[0], opening[4]) < 1.0
+    assert min(opening[2], opening[6]) > 3.0 and min(opening[1], opening[3], opening[5], opening[7]) > 2.0
