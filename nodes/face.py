@@ -1,9 +1,12 @@
 """Face nodes: load the analyzer, analyse faces, fit the 3DMM to them, paste generated faces back, preview."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
+from ..pipelines.errors import ModelFileError
 from ..pipelines.face.alignment import (
     apply_transforms,
     face_mask,
@@ -15,9 +18,16 @@ from ..pipelines.face.alignment import (
 from ..pipelines.face.analysis import FaceAnalyzer
 from ..pipelines.face.faces import MISSING_POLICIES, AnalyzedFaces, analyze_frames
 from ..pipelines.face.fit import fit_faces
+from ..pipelines.face.regressor import (
+    REFINE_GROUPS,
+    TEMPLATE_FILE,
+    FaceRegressor,
+    load_face_regressor,
+    regress_coefficients,
+)
 from ..pipelines.face.selection import ORDERS
 from ..pipelines.images import normalize_image_channels
-from ..pipelines.morphable.fitting import FitConfig
+from ..pipelines.morphable.fitting import ALL_GROUPS, FitConfig
 from ..pipelines.morphable.model import MorphableModel
 from ..pipelines.video import frame_chunks
 from . import host
@@ -27,6 +37,11 @@ FACE_CATEGORY = f"{ROOT_CATEGORY}/face"
 INSIGHTFACE_FOLDER = "insightface"
 INSIGHTFACE_PACKS = "models"
 DEFAULT_PACKS = ("buffalo_l", "antelopev2")
+# Where the R-Net's weights live: Deep3DFaceRecon's / SadTalker's epoch_20.pth beside the BFM files in
+# models/3dmm/ (any subfolder), or SadTalker's checkpoints copied into models/talkingface/.
+REGRESSOR_FOLDERS = {"3dmm": (".pth", ".safetensors"), "talkingface": (".pth",)}
+DEFAULT_REGRESSOR = "3dmm/epoch_20.pth"
+SADTALKER_BUNDLE_PREFIX = "sadtalker_"
 
 
 def _pack_choices() -> list[str]:
@@ -71,6 +86,70 @@ class LoadFaceAnalyzer(TalkingFaceNode):
             return (FaceAnalyzer.wrap(insightface),)
         folder = host.model_pack_path(INSIGHTFACE_FOLDER, INSIGHTFACE_PACKS, pack)
         return (FaceAnalyzer.load(folder, provider, detection_size, detection_threshold),)
+
+
+def _regressor_files() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for folder, suffixes in REGRESSOR_FOLDERS.items():
+        for root in host.model_folder_roots(folder):
+            if not root.is_dir():
+                continue
+            for path in sorted(root.rglob("*")):
+                bundle = path.name.lower().startswith(SADTALKER_BUNDLE_PREFIX) and path.suffix == ".safetensors"
+                if path.is_file() and (path.suffix.lower() in suffixes or bundle):
+                    found.setdefault(f"{folder}/{path.relative_to(root).as_posix()}", path)
+    return found
+
+
+def _template_file(weights: Path) -> Path | None:
+    """similarity_Lm3D_all.mat beside the weights, in a BFM_Fitting/ or BFM/ folder near them, or anywhere in models/3dmm/."""
+    for folder in (weights.parent, weights.parent.parent):
+        for candidate in (folder / TEMPLATE_FILE, folder / "BFM_Fitting" / TEMPLATE_FILE, folder / "BFM" / TEMPLATE_FILE):
+            if candidate.is_file():
+                return candidate
+    for root in host.model_folder_roots("3dmm"):
+        if root.is_dir():
+            found = next(iter(sorted(root.rglob(TEMPLATE_FILE))), None)
+            if found is not None:
+                return found
+    return None
+
+
+class LoadFaceRegressor(TalkingFaceNode):
+    DISPLAY_NAME = "Load Face Regressor"
+    DESCRIPTION = (
+        "Loads Deep3DFaceRecon's R-Net (epoch_20.pth, as SadTalker ships it in checkpoints/; or SadTalker's "
+        "SadTalker_V0.0.2_256.safetensors) from ComfyUI/models/3dmm/ or models/talkingface/. Fit 3DMM then starts "
+        "from its coefficients (one forward pass per frame) and refines them on the landmarks."
+    )
+    CATEGORY = FACE_CATEGORY
+    RETURN_TYPES = ("TALK_REGRESSOR",)
+    RETURN_NAMES = ("regressor",)
+    OUTPUT_TOOLTIPS = ("Face coefficient regressor for Fit 3DMM's optional 'regressor' input.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "weights": (list(_regressor_files()) or [DEFAULT_REGRESSOR], {
+                    "tooltip": "epoch_20.pth (Deep3DFaceRecon / SadTalker) in ComfyUI/models/3dmm/ or models/talkingface/. "
+                               f"Its crop alignment uses {TEMPLATE_FILE} (SadTalker's BFM_Fitting/) when found there."}),
+                "refine": (list(REFINE_GROUPS), {
+                    "default": "pose_and_expression",
+                    "tooltip": "What the landmark fitter refines after the network: pose and expression (keeps the "
+                               "network's identity), pose only, or everything."}),
+            }
+        }
+
+    def run(self, weights: str, refine: str):
+        files = _regressor_files()
+        if weights not in files:
+            raise ModelFileError(
+                f"face regressor weights '{weights}' not found: put Deep3DFaceRecon's epoch_20.pth (SadTalker ships it "
+                f"in its checkpoints/ folder) into {host.model_folder_hint('3dmm')}"
+            )
+        path = files[weights]
+        return (load_face_regressor(path, _template_file(path), refine),)
 
 
 class AnalyzeFaces(TalkingFaceNode):
@@ -160,26 +239,40 @@ class Fit3DMM(TalkingFaceNode):
                     "default": 1.0, "min": 0.0, "max": 100.0, "step": 0.1,
                     "tooltip": "Pull expressions towards neutral; raise it for noisy landmarks."}),
                 "batch_size": ("INT", {"default": 16, "min": 1, "max": 256,
-                                       "tooltip": "Frames per appearance batch; lower it if memory runs out."}),
-            }
+                                       "tooltip": "Frames per appearance (and regressor) batch; lower it if memory runs out."}),
+            },
+            "optional": {
+                "regressor": ("TALK_REGRESSOR", {
+                    "tooltip": "Optional, from Load Face Regressor: start from Deep3DFaceRecon's coefficients (identity, "
+                               "expression, pose, and texture and light when appearance is not estimated) and refine them."}),
+            },
         }
 
     def run(self, faces: AnalyzedFaces, face_model: MorphableModel, estimate_appearance: bool, video_mode: str,
-            temporal_smoothing: float, expression_prior: float, batch_size: int):
+            temporal_smoothing: float, expression_prior: float, batch_size: int, regressor: FaceRegressor | None = None):
         # The joint fit's acceleration weight: 0..1 maps onto 0..4 (1 is its own default).
         config = FitConfig(temporal_smoothing=4.0 * temporal_smoothing, expression_prior=expression_prior)
-        progress = host.Progress(faces.frames)
+        progress = host.Progress(faces.frames * (2 if regressor is not None else 1))
 
         def advance(frames: int) -> None:
             host.throw_if_interrupted()
             progress.advance(frames)
 
+        device = host.torch_device()
+        init, refine = None, ALL_GROUPS
         try:
-            fit = fit_faces(face_model.to(host.torch_device()), faces, config, appearance=estimate_appearance,
-                            video_mode=video_mode, smoothing=temporal_smoothing, batch_size=batch_size,
-                            on_chunk=advance)
+            model = face_model.to(device)
+            if regressor is not None:
+                regressor.network.to(device)
+                init = regress_coefficients(regressor, faces, model, batch_size=batch_size, on_chunk=advance)
+                refine = regressor.refine_groups
+            fit = fit_faces(model, faces, config, appearance=estimate_appearance, video_mode=video_mode,
+                            smoothing=temporal_smoothing, batch_size=batch_size, on_chunk=advance, init=init,
+                            refine=refine)
         finally:
             face_model.to(host.offload_device())
+            if regressor is not None:
+                regressor.network.to(host.offload_device())
         return fit.coefficients.to("cpu"), float(fit.landmark_error.mean())
 
 
@@ -306,4 +399,4 @@ def _draw_box(image: torch.Tensor, box: torch.Tensor, colour: torch.Tensor) -> N
     image[y0:y1 + 1, x1] = colour
 
 
-FACE_NODES = (LoadFaceAnalyzer, AnalyzeFaces, Fit3DMM, PasteBack, DrawFaceLandmarks)
+FACE_NODES = (LoadFaceAnalyzer, AnalyzeFaces, LoadFaceRegressor, Fit3DMM, PasteBack, DrawFaceLandmarks)
