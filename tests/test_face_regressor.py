@@ -216,3 +216,23 @@ def test_regressor_needs_the_bfm_layout(network):
         regressor.regress_coefficients(regressor.FaceRegressor(network, None), faces, model)
     with pytest.raises(errors.TalkingFaceError, match="refine must be one of"):
         regressor.FaceRegressor(network, None, refine="everything")
+
+
+@pytest.mark.parametrize("mode", ["fast", "joint"])
+def test_video_fit_from_per_frame_starts_shares_one_identity(model, mode):
+    """Per-frame network guesses disagree on the identity; the video keeps their mean and fits the motion."""
+    truth = coefficients.FaceCoefficients.neutral(3, model.dims)
+    generator = torch.Generator().manual_seed(8)
+    truth.identity[:] = 0.6 * torch.randn(model.dims.identity, generator=generator)
+    truth.rotation[:, 1] = torch.tensor([-0.2, 0.0, 0.2])
+    truth.expression[:, model.expression_index("jaw_open")] = torch.tensor([0.0, 0.5, 1.0])
+    maps = renderer_module.FaceRenderer(model, camera_module.PerspectiveCamera.deep3d(224)).render(truth)
+    faces = faces_module.faces_from_landmarks(maps.image, maps.landmarks)
+    start = truth.replace(identity=truth.identity + 0.1 * torch.randn(3, model.dims.identity, generator=generator),
+                          rotation=torch.zeros(3, 3), expression=torch.zeros(3, model.dims.expression))
+    fit = fit_module.fit_faces(model, faces, appearance=False, gaze=False, video_mode=mode, smoothing=0.0,
+                               init=start, refine=("rotation", "translation", "expression"))
+    found = fit.coefficients
+    assert torch.allclose(found.identity, start.identity.mean(0, keepdim=True).expand(3, -1), atol=1e-6)
+    jaw = found.expression[:, model.expression_index("jaw_open")]
+    assert float(jaw[2] - jaw[0]) > 0.6 and (found.rotation[:, 1] - truth.rotation[:, 1]).abs().max() < 0.06
