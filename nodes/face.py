@@ -213,7 +213,8 @@ class Fit3DMM(TalkingFaceNode):
     DISPLAY_NAME = "Fit 3DMM"
     DESCRIPTION = (
         "3DMM coefficients from analysed faces: pose, identity and expression from the 68 landmarks (a video "
-        "shares one identity and is smoothed over time), texture and SH lighting from the face crops, gaze from the eyes."
+        "shares one identity and is smoothed over time), texture and SH lighting from the face crops, gaze from the eyes. "
+        "With a face regressor connected, the fit starts from its coefficients."
     )
     CATEGORY = FACE_CATEGORY
     RETURN_TYPES = ("TALK_COEFFS", "FLOAT")
