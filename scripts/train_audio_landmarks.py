@@ -65,7 +65,7 @@ def main() -> None:
     train_defaults = TrainConfig()
     for name in ("steps", "batch_size", "warmup_steps", "validate_every", "validation_windows", "seed", "num_workers"):
         training.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(train_defaults, name))
-    for name in ("learning_rate", "weight_decay", "velocity_weight"):
+    for name in ("learning_rate", "weight_decay", "velocity_weight", "portrait_references"):
         training.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(train_defaults, name))
     parser.add_argument("--out", type=Path, help="checkpoint folder")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
@@ -101,6 +101,7 @@ def main() -> None:
         steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
         warmup_steps=args.warmup_steps, velocity_weight=args.velocity_weight, validate_every=args.validate_every,
         validation_windows=args.validation_windows, seed=args.seed, num_workers=args.num_workers,
+        portrait_references=args.portrait_references,
     )
     started = time.time()
     model, history = train_landmark_model(model_config, train, validation, train_config, args.out)

@@ -1,4 +1,6 @@
 """Synthetic talking clips, clip files, and a tiny accelerate training run that writes loadable checkpoints."""
+import dataclasses
+
 import pytest
 import torch
 from packloader import pack_import
@@ -52,6 +54,25 @@ def test_windows_and_loss(clips):
     assert torch.isclose(training.landmark_loss(moved, target, 1.0), torch.tensor(0.1))  # velocity unchanged
     with pytest.raises(errors.TalkingFaceError, match="shorter than a training window"):
         training.LandmarkWindows([synthetic.TalkingClip(clips[0].audio, clips[0].landmarks[:4], 25.0)], TINY, 2)
+
+
+def test_portrait_windows_repeat_one_reference_frame(clips):
+    """A still portrait gives the model one mouth shape in every reference slot; training must show it
+    that case (the chain check and the nodes use it), not only references from a talking clip."""
+    config = dataclasses.replace(TINY, reference_sets=4)
+
+    def repeated(item: dict) -> bool:
+        references = item["references"]
+        return bool((references == references[:1]).all())
+
+    portraits = training.LandmarkWindows(clips, config, count=6, seed=2, portrait_fraction=1.0)
+    talking = training.LandmarkWindows(clips, config, count=6, seed=2, portrait_fraction=0.0)
+    assert all(repeated(portraits[k]) for k in range(6))
+    assert not any(repeated(talking[k]) for k in range(6))
+    mixed = training.LandmarkWindows(clips, config, count=40, seed=2)
+    assert 5 < sum(repeated(mixed[k]) for k in range(40)) < 35
+    with pytest.raises(errors.TalkingFaceError, match="portrait_fraction"):
+        training.LandmarkWindows(clips, config, count=2, portrait_fraction=1.5)
 
 
 def test_tiny_training_run_writes_loadable_checkpoints(clips, tmp_path):

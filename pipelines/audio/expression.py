@@ -1,19 +1,19 @@
 """Lip and jaw landmarks → 3DMM expression, with identity and head pose held at the base motion.
 
 With identity and pose fixed, the lip and jaw points are a linear function of the expression in
-world space; only the perspective division bends it, and over the few millimetres a mouth moves
-that bend is tiny. So the fit is a Gauss–Newton problem that converges in one step and needs no
-line search: linearise the projected points around the base expression (the Jacobian of the 37
-projected points with respect to the expression directions that move them), solve the normal
-equations with the Tikhonov prior once per frame (once per chunk when the head is held still,
-since then every frame shares the Jacobian), and take a second step with the same factorisation
-to absorb what is left of the perspective bend. The result matches the Foundation's
-Levenberg–Marquardt :class:`LandmarkFitter` (identity and pose fixed, the same prior) to a tiny
-fraction of a pixel (tested) at a few per cent of its cost, which is what lets the audio chain run
+world space; only the perspective division bends them. So the fit is a small Gauss–Newton problem
+that needs no line search: linearise the projected points at the base expression (the Jacobian of
+the 37 projected points with respect to the expression directions that move them), factor the
+normal equations with the Tikhonov prior once per frame (once per chunk when the head is held
+still: every frame then shares the Jacobian, and the frames are the right-hand sides of one
+solve), step, and step again with the same factorisation to take up the perspective bend. Two
+steps land within ~0.02 px of the Foundation's Levenberg–Marquardt :class:`LandmarkFitter` run to
+convergence with the same prior and weights (identity and pose fixed; tested with still, idling
+and fast-turning heads), at a few per cent of its cost: this is what lets the audio chain run
 hundreds of times faster than real time.
 
-Temporal smoothing is a Gaussian filter over the fitted expression tracks afterwards: with the
-fit this close to linear, filtering the solutions equals solving with the filtered landmarks.
+Temporal smoothing is a Gaussian filter over the fitted expression tracks afterwards: the fit is
+so nearly linear that filtering the solutions is filtering the landmarks they explain.
 Expression directions that do not move any lip or jaw landmark (blinks, brows) cannot be seen by
 the fit, so they keep the base's values.
 """
@@ -34,14 +34,22 @@ from .landmarks import TalkingLandmarks
 # A direction whose largest lip/jaw landmark displacement is below this fraction of the largest
 # one's counts as unseen by the mouth landmarks.
 UNSEEN_FRACTION = 1e-3
-# Weight of the expression prior, ``prior · |e|²`` against squared pixels (the fitter's convention):
-# the MAP estimate for ~1 px landmark noise and ~N(0, 1) coefficients.
-EXPRESSION_PRIOR = 1.0
+# Weight of the expression prior, ``prior · |e|²`` against squared pixels at the landmarks' camera
+# (the Foundation fitter's convention): the MAP weight (σ / s)² for predicted lip landmarks off by
+# σ ≈ 1.2 px (the audio model's validation error, at 224 px) and speech expressions of spread
+# s ≈ 0.3. The Foundation's default of 1 (1 px detector noise, N(0, 1) expressions) lets the many
+# weak mouth directions (lips_part, lower_lip_depress, jaw_left/right, fine detail) absorb
+# prediction errors with large coefficients, and the strong ones (jaw_open, smile) lose what they
+# should explain; see the learning check in scripts/train_audio_landmarks.py.
+EXPRESSION_PRIOR = 16.0
 # Gauss–Newton steps; the second one absorbs the perspective bend (see the module notes).
 FIT_STEPS = 2
-# The jaw line (but the chin): ...
+# iBUG jaw line without the chin. The audio model reads the jaw line off its pose tokens and the lips
+# off its audio tokens (as IP_LAP does); its jaw-line error is about 1.7 times the lips' (L1 0.026
+# against 0.015 inter-ocular units on held-out clips), so in the least-squares sense those points
+# count about 1 / 1.7² ≈ 1/3 as much. The chin stays at full weight: it carries the jaw opening.
 JAW_CONTOUR = tuple(i for i in range(17) if i != 8)
-JAW_WEIGHT = 1.0
+JAW_WEIGHT = 0.25
 FIT_CHUNK_FRAMES = 1024
 
 
@@ -79,7 +87,9 @@ def smooth_tracks(tracks: torch.Tensor, sigma_frames: float) -> torch.Tensor:
 
 class MouthExpressionSolver:
     """Solves the seen expression directions from lip and jaw landmarks, identity and pose fixed
-    (see the module notes); one instance per face model and camera, reused over chunks."""
+    (see the module notes); one instance per face model and camera, reused over chunks. The cost
+    is Σ w·|projected − observed|² + prior·|e|² over the seen coefficients e, w = ``jaw_weight`` on
+    the jaw line and 1 on the chin and lips."""
 
     def __init__(self, model: MorphableModel, camera: PerspectiveCamera, prior: float = EXPRESSION_PRIOR,
                  steps: int = FIT_STEPS, jaw_weight: float = JAW_WEIGHT) -> None:

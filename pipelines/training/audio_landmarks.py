@@ -69,14 +69,20 @@ class _PreparedClip:
 
 class LandmarkWindows(Dataset):
     """``count`` windows drawn from ``clips``; window k is the same on every pass (seeded by k), so a
-    validation set is fixed and a training set covers many windows per clip across its epochs."""
+    validation set is fixed and a training set covers many windows per clip across its epochs.
+    References are other frames of the same clip; in ``portrait_fraction`` of the windows they are
+    one frame repeated, as when a still portrait drives the model."""
 
-    def __init__(self, clips: Sequence[TalkingClip], config: LandmarkModelConfig, count: int, seed: int = 0) -> None:
+    def __init__(self, clips: Sequence[TalkingClip], config: LandmarkModelConfig, count: int, seed: int = 0,
+                 portrait_fraction: float = 0.5) -> None:
         if not clips:
             raise TalkingFaceError("no training clips")
+        if not 0 <= portrait_fraction <= 1:
+            raise TalkingFaceError(f"portrait_fraction must be in 0..1, got {portrait_fraction}")
         self.config = config
         self.count = count
         self.seed = seed
+        self.portrait_fraction = portrait_fraction
         log_mel = LogMel()
         pad = log_mel.config.window_frames
         self.prepared = []
@@ -101,6 +107,11 @@ class LandmarkWindows(Dataset):
         start = int(torch.randint(frames - length + 1, (1,), generator=generator))
         window = torch.arange(start, start + length)
         references = torch.randint(frames, (self.config.reference_sets,), generator=generator)
+        if float(torch.rand((), generator=generator)) < self.portrait_fraction:
+            # A still portrait gives one mouth shape, repeated in every reference slot; the mean
+            # reference mouth that the model predicts offsets from is then that one shape rather
+            # than an average over talking frames, and the model must learn both cases.
+            references = references[:1].expand(self.config.reference_sets)
         mel = mel_windows(clip.mel.unsqueeze(0), clip.first_mel, window, clip.fps, self.mel_config)[0]
         points = clip.points[window]
         return {
@@ -132,6 +143,8 @@ class TrainConfig:
     validation_windows: int = 512
     seed: int = 0
     num_workers: int = 0
+    # Windows whose references are one frame repeated (a still portrait, the pack's main use).
+    portrait_references: float = 0.5
 
 
 @dataclass
@@ -178,8 +191,10 @@ def train_landmark_model(
 
     accelerator = Accelerator()
     torch.manual_seed(train_config.seed)
-    train_set = LandmarkWindows(train_clips, model_config, train_config.train_windows, seed=train_config.seed)
-    validation_set = LandmarkWindows(validation_clips, model_config, train_config.validation_windows, seed=10_000 + train_config.seed)
+    train_set = LandmarkWindows(train_clips, model_config, train_config.train_windows, seed=train_config.seed,
+                                portrait_fraction=train_config.portrait_references)
+    validation_set = LandmarkWindows(validation_clips, model_config, train_config.validation_windows,
+                                     seed=10_000 + train_config.seed, portrait_fraction=train_config.portrait_references)
     dataset_mean = torch.cat([clip.points[:, list(MOUTH_POINTS)] for clip in train_set.prepared]).mean(0)
     model = LandmarkCompletionTransformer(model_config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_config.learning_rate, weight_decay=train_config.weight_decay)
