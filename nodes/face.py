@@ -297,8 +297,8 @@ class PasteBack(TalkingFaceNode):
                 "face_mask": ("MASK", {"tooltip": "The render mask at crop size (Render 3DMM Target's mask)."}),
                 "region": (["full_face", "lower_face"], {
                     "default": "full_face", "tooltip": "Replace the whole face, or only below the nose (mouth and jaw, for dubbing)."}),
-                "erode": ("INT", {"default": 4, "min": 0, "max": 64, "tooltip": "Shrink the mask by this many crop px so seams fall inside the face."}),
-                "blur": ("INT", {"default": 8, "min": 0, "max": 64, "tooltip": "Feather radius in crop px."}),
+                "erode": ("INT", {"default": 4, "min": 0, "max": 64, "tooltip": "Shrink the mask by this many px of the analysed crop so seams fall inside the face."}),
+                "blur": ("INT", {"default": 8, "min": 0, "max": 64, "tooltip": "Feather radius in px of the analysed crop (scaled with the generated crops' size)."}),
                 "colour_match": ("BOOLEAN", {"default": False, "tooltip": "Match the generated face's colour statistics to the original crop."}),
             }
         }
@@ -322,6 +322,8 @@ class PasteBack(TalkingFaceNode):
                                       align_corners=False).squeeze(1)
         # Crops of another size than analysed (e.g. 512 from a 256 analysis) share the framing: scale the transforms.
         scale = size / faces.crop_size
+        # erode and blur are pixels of the analysed crop, so a 64-px generator is feathered like a 256-px one
+        erode, blur = round(erode * scale), round(blur * scale)
         outputs, masks = [], []
         progress = host.Progress(frames)
         for chunk in frame_chunks(frames, 16):

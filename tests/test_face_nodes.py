@@ -108,6 +108,22 @@ def test_paste_back_refuses_mismatched_frames(analyzer):
     assert float((pasted - video[:3]).abs().mean()) < 0.01
 
 
+def test_paste_back_feathers_in_analysed_crop_pixels(analyzer):
+    portrait, _ = workflow_runner.load_image_file(ASSETS / "talkingface_face_portrait.png")
+    faces, crops = face_nodes.AnalyzeFaces().execute(
+        analyzer=analyzer, images=portrait, selection="single", face_index=0, missing_faces="error",
+        crop_size=256, crop_margin=0.0, smoothing=0.0, fps=25.0)
+    disc = torch.zeros(1, 256, 256)
+    yy, xx = torch.meshgrid(torch.arange(256.0), torch.arange(256.0), indexing="ij")
+    disc[0][(yy - 128) ** 2 + (xx - 128) ** 2 < 90**2] = 1.0
+    small = torch.nn.functional.interpolate(crops.permute(0, 3, 1, 2), size=64, mode="bilinear").permute(0, 2, 3, 1)
+    masks = [face_nodes.PasteBack().execute(faces=faces, generated=generated, face_mask=disc, region="full_face",
+                                            erode=8, blur=16, colour_match=False)[1] for generated in (crops, small)]
+    # The same erode and blur settings give the same seam in the frame, whatever the generator's size.
+    assert float((masks[0] - masks[1]).abs().mean()) < 0.01 * float(masks[0].mean())
+    assert float(masks[1].max()) > 0.99
+
+
 def test_motion_nodes(dirs):
     face_model = morphable_nodes.Load3DMM().execute(model_name="demo face (built-in)")[0]
     generator = torch.Generator().manual_seed(0)
