@@ -4,6 +4,7 @@ from __future__ import annotations
 from . import host
 from .audio import NODE_CLASSES as AUDIO_NODES
 from .coefficients import LoadCoefficients, SaveCoefficients
+from .emo_a2e import NODE_CLASSES as EMO_A2E_NODES
 from .emotion import EMOTION_NODES
 from .face import FACE_NODES
 from .generator import LoadGenerator, TGDMSampler
@@ -22,6 +23,7 @@ NODE_CLASSES = (
     *MOTION_NODES,
     *AUDIO_NODES,
     *EMOTION_NODES,
+    *EMO_A2E_NODES,
     LoadGenerator,
     TGDMSampler,
 )
