@@ -115,6 +115,7 @@ def main() -> None:
             "expression_mae": {k: round(v, 4) for k, v in check.mean_abs_error.items()},
             "expression_constant_baseline_mae": {k: round(v, 4) for k, v in check.constant_baseline_error.items()},
             "expression_correlation": {k: round(v, 3) for k, v in check.correlation.items()},
+            "expression_mae_from_true_landmarks": {k: round(v, 4) for k, v in check.true_landmarks_error.items()},
         }
     print(json.dumps({
         "steps": step,

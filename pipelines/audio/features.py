@@ -137,10 +137,11 @@ class LogMel(nn.Module):
             # reflect padding at the true ends of the signal, as a centred STFT of the whole signal has
             index = index.abs()
             index = torch.where(index >= samples, 2 * (samples - 1) - index, index)
-            spectrum = torch.stft(
+            spectrum = torch.view_as_real(torch.stft(
                 waveform[:, index], config.n_fft, config.hop_length, window=self.window.to(dtype), center=False,
                 return_complex=True,
-            ).abs()
+            ))
+            spectrum = torch.hypot(spectrum[..., 0], spectrum[..., 1])  # |X|: faster on CPU than complex abs
             result[..., inside_first - first: inside_last - first] = torch.matmul(self.filterbank.to(dtype), spectrum)
         return result.squeeze(0) if squeeze else result
 
