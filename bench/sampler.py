@@ -14,7 +14,8 @@
     random weights: speed does not depend on the weights), VAE decode included. Without CUDA the
     JSON says so in ``gpu_cases``.
 (e) latent mode on the CPU at a small size (``--latent-size``, default 128² = 16² latents, the SD1.5
-    VAE architecture): frames/s at batch 2 and the share of the time spent decoding with the VAE.
+    VAE architecture): frames/s at batch 2, the share of the time spent decoding with the VAE, and
+    peak memory streaming 16 vs 64 frames (VAE decode per chunk included).
 Uses CUDA (fp32 there too, for comparability) for (a)-(c) when available. ``--only-latent`` runs
 (d)-(e) alone. The last line is one JSON object.
 """
@@ -149,10 +150,11 @@ def sampler_seconds(
     return time.perf_counter() - started, sampler.denoiser_calls
 
 
-def memory_child(frames: int, size: int, steps: int, device_name: str) -> None:
-    """Stream ``frames`` frames through the sampler; print the peak memory above the starting point, in MB."""
+def memory_child(frames: int, size: int, steps: int, device_name: str, latent: bool) -> None:
+    """Stream ``frames`` frames through the sampler (the latent pipeline with its VAE decode when
+    ``latent``); print the peak memory above the starting point, in MB."""
     device = torch.device(device_name)
-    model = model_for(size, device)
+    model, vae = latent_setup(size, device, torch.float32) if latent else (model_for(size, device), None)
     inputs = inputs_for(frames, size)
     settings = SamplerSettings(steps=steps, batch_size=8, chunk_size=8)
     if device.type == "cuda":
@@ -161,8 +163,9 @@ def memory_child(frames: int, size: int, steps: int, device_name: str) -> None:
     else:
         Path("/proc/self/clear_refs").write_text("5")  # resets the peak resident size (VmHWM)
         start = _status_kb("VmRSS") * 1024
-    for _chunk, _images in TGDMSampler(model, settings).sample_chunks(inputs):
-        pass  # a caller streaming to disk keeps nothing
+    with torch.inference_mode():
+        for _chunk, _images in TGDMSampler(model, settings, vae).sample_chunks(inputs):
+            pass  # a caller streaming to disk keeps nothing
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else _status_kb("VmHWM") * 1024
     print(json.dumps({"peak_mb": (peak - start) / 2**20}))
 
@@ -174,9 +177,9 @@ def _status_kb(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def peak_memory_mb(frames: int, size: int, steps: int, device: torch.device, threads: int) -> float:
+def peak_memory_mb(frames: int, size: int, steps: int, device: torch.device, threads: int, latent: bool = False) -> float:
     command = [sys.executable, "-m", "bench.sampler", "--memory-child", str(frames), "--size", str(size),
-               "--steps", str(steps), "--device", str(device), "--threads", str(threads)]
+               "--steps", str(steps), "--device", str(device), "--threads", str(threads), *(["--latent"] if latent else [])]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])["peak_mb"]
 
@@ -190,13 +193,14 @@ def main() -> None:
     parser.add_argument("--latent-size", type=int, default=128, help="output size of the CPU latent-mode case (e)")
     parser.add_argument("--only-latent", action="store_true", help="run only the latent and GPU cases (d), (e)")
     parser.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--latent", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     steps = args.steps or (25 if device.type == "cuda" else 2)
     if args.memory_child is not None:
-        memory_child(args.memory_child, args.size, steps, str(device))
+        memory_child(args.memory_child, args.size, steps, str(device), args.latent)
         return
 
     results: dict[str, object] = {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{torch.get_num_threads()}",
@@ -207,6 +211,10 @@ def main() -> None:
     cpu_latent = latent_case(args.latent_size, 2, steps, torch.device("cpu"), torch.float32, guided=False)
     results.update({"latent_cpu_size": args.latent_size, "latent_cpu_fps_b2": cpu_latent["fps"],
                     "latent_cpu_vae_decode_share": cpu_latent["vae_decode_share"]})
+    for frames in (16, 64):
+        results[f"latent_cpu_peak_mb_{frames}"] = round(
+            peak_memory_mb(frames, args.latent_size, 1, torch.device("cpu"), args.threads, latent=True), 1)
+    results["latent_cpu_peak_growth"] = round(results["latent_cpu_peak_mb_64"] / max(results["latent_cpu_peak_mb_16"], 1e-6), 3)
     print(json.dumps(results))
 
 
