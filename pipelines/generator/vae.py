@@ -102,18 +102,14 @@ def ldm_vae_weights(weights: dict[str, torch.Tensor], config: dict) -> dict[str,
 
 def load_vae(path: str | Path, name: str = "sd15", device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
     """The VAE in ``path`` (either key layout) as a diffusers ``AutoencoderKL``, built from the shipped
-    config of family ``name``, or from the ``config`` JSON in the file's metadata when it carries one
-    (as the project's tiny test VAEs do); anything missing or of the wrong shape is named in the error."""
+    config of family ``name``, or from an ``AutoencoderKL`` config in the file's metadata when it
+    carries one (as the project's tiny test VAEs do); anything missing or of the wrong shape is named in the error."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(
             f"VAE file not found: {path}; put the SD1.5 VAE (e.g. vae-ft-mse-840000-ema-pruned.safetensors) into {VAE_FOLDER_HINT}"
         )
-    metadata = read_checkpoint_metadata(path, "VAE file")
-    try:
-        config = json.loads(metadata["config"]) if "config" in metadata else vae_config(name)
-    except json.JSONDecodeError as error:
-        raise ModelFileError(f"{path.name} has a 'config' in its metadata that is not JSON: {error}") from error
+    config = _own_config(read_checkpoint_metadata(path, "VAE file")) or vae_config(name)
     weights = diffusers_vae_weights(read_checkpoint_weights(path), config)
     model = build_autoencoder(config, "meta")
     expected = model.state_dict()
@@ -134,6 +130,15 @@ def load_vae(path: str | Path, name: str = "sd15", device: torch.device | str = 
     # Cast before assigning (files are often fp16); diffusers warns about casting a built model.
     model.load_state_dict({key: weights[key].to(dtype) for key in expected}, strict=True, assign=True)
     return model.to(device).eval().requires_grad_(False)
+
+
+def _own_config(metadata: dict[str, str]) -> dict | None:
+    """An ``AutoencoderKL`` config stored in a file's metadata, if that is what its ``config`` entry is."""
+    try:
+        config = json.loads(metadata.get("config", "null"))
+    except json.JSONDecodeError:
+        return None
+    return config if isinstance(config, dict) and config.get("_class_name") == "AutoencoderKL" else None
 
 
 class LatentCodec:
