@@ -64,9 +64,9 @@ def _precision(choice: str, device: torch.device) -> torch.dtype:
 
 
 def _vae_files() -> list[str]:
-    """The files in ComfyUI/models/vae/ (a core ComfyUI folder). Outside ComfyUI they are listed once
-    nodes/host.py's MODEL_FOLDERS names the folder; until then the list is empty, not an error."""
-    return host.list_models(VAE_FOLDER) if host.IN_COMFYUI or VAE_FOLDER in host.MODEL_FOLDERS else []
+    """The VAE files in ComfyUI/models/vae/ the pack reads itself; others (.pt, .ckpt) go through a
+    connected Load VAE node."""
+    return [name for name in host.list_models(VAE_FOLDER) if name.lower().endswith(".safetensors")]
 
 
 class LoadGenerator(TalkingFaceNode):

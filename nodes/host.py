@@ -28,6 +28,8 @@ MODEL_FOLDERS: dict[str, set[str]] = {
     "3dmm": {".mat"},
     "insightface": {".onnx"},
     "talkingface": {".safetensors"},
+    # a core ComfyUI folder; named here so the folder is found outside ComfyUI too
+    "vae": {".safetensors"},
 }
 
 

@@ -16,7 +16,7 @@ from pipelines.morphable.model import save_face_model_mat
 from scripts.tiny_audio import write_tiny_audio_models
 from scripts.tiny_clip import write_tiny_clip
 from scripts.tiny_emo_a2e import write_tiny_emo_a2e
-from scripts.tiny_generator import write_tiny_generator
+from scripts.tiny_generator import write_tiny_generator, write_tiny_latent_generator
 from scripts.tiny_insightface import write_tiny_insightface
 
 TINY_FACE_RESOLUTION = 12
@@ -29,7 +29,7 @@ def write_tiny_models(root: Path) -> list[Path]:
     save_face_model_mat(build_demo_face_arrays(resolution=TINY_FACE_RESOLUTION), face_model)
     return [
         face_model, *write_tiny_audio_models(root), *write_tiny_insightface(root), *write_tiny_generator(root),
-        *write_tiny_clip(root), *write_tiny_emo_a2e(root),
+        *write_tiny_latent_generator(root), *write_tiny_clip(root), *write_tiny_emo_a2e(root),
     ]
 
 

@@ -281,7 +281,6 @@ def tiny_models(tmp_path_factory):
 @pytest.fixture
 def models(tiny_models, monkeypatch):
     monkeypatch.setenv("TALKINGFACE_MODELS_DIR", str(tiny_models))
-    monkeypatch.setitem(host.MODEL_FOLDERS, "vae", {".safetensors"})
     return tiny_models
 
 
