@@ -6,6 +6,9 @@
 Writes OUT/tgdm_ema.safetensors (load it with Load Generator: copy it into ComfyUI/models/talkingface/)
 and OUT/training_state/ (safetensors and JSON; run the same command again to resume).
 
+Your own talking-face videos, preprocessed by the face pipeline (`python -m scripts.preprocess_videos`):
+    python -m scripts.train_tgdm --out runs/tgdm_real --data SHARDS --held-out-data HELD_OUT_SHARDS --image-size 256 ...
+
 Latent mode (512² output on SD1.5 VAE latents; the VAE stays frozen):
     python -m scripts.train_tgdm --out runs/tgdm512 --space latent --image-size 512 \
         --vae ComfyUI/models/vae/vae-ft-mse-840000-ema-pruned.safetensors --attention 32,16 ...
@@ -31,7 +34,8 @@ from pipelines.generator.vae import DiffusersVAECodec, load_vae
 from pipelines.morphable.demo_model import demo_face_model
 from pipelines.training.synthetic_faces import SyntheticFaceSettings, render_synthetic_views
 from pipelines.training.tgdm import EMA_FILE, TGDMTrainer, TrainingSettings
-from pipelines.training.tgdm_evaluation import evaluate_generator
+from pipelines.training.tgdm_evaluation import evaluate_generator, held_out_pairs
+from pipelines.training.video_shards import VideoFaceShards
 
 DEMO_COMMAND = (
     "python -m scripts.train_tgdm --out runs/tgdm_demo --image-size 64 --base-channels 16 --levels 1,2,2 "
@@ -63,6 +67,13 @@ def parse_arguments() -> argparse.Namespace:
     data.add_argument("--identities", type=int, default=160)
     data.add_argument("--views", type=int, default=6, help="renders per identity")
     data.add_argument("--held-out", type=int, default=16, help="held-out identities for the evaluation (0: skip)")
+    data.add_argument("--data", type=Path, default=None,
+                      help="a shard folder from scripts.preprocess_videos: train on real videos instead of synthetic faces")
+    data.add_argument("--held-out-data", type=Path, default=None,
+                      help="with --data: a shard folder of videos the training never sees, for the evaluation")
+    data.add_argument("--min-frame-gap", type=int, default=1,
+                      help="with --data: source and target frames at least this many frames apart")
+    data.add_argument("--in-memory", action="store_true", help="with --data: load all shards into memory")
     training = parser.add_argument_group("training")
     training.add_argument("--steps", type=int, default=20000)
     training.add_argument("--time-limit", type=float, default=None, help="stop after this many seconds")
@@ -78,6 +89,10 @@ def parse_arguments() -> argparse.Namespace:
     evaluation.add_argument("--sampler", choices=SCHEDULERS, default="ddim")
     evaluation.add_argument("--sample-steps", type=int, default=20)
     return parser.parse_args()
+
+
+def shard_views(args: argparse.Namespace, folder: Path) -> VideoFaceShards:
+    return VideoFaceShards(folder, image_size=args.image_size, min_frame_gap=args.min_frame_gap, in_memory=args.in_memory)
 
 
 def main() -> None:
@@ -107,21 +122,31 @@ def main() -> None:
     faces = SyntheticFaceSettings(image_size=args.image_size, views_per_identity=args.views)
     face_model = demo_face_model()
     started = time.monotonic()
-    views = render_synthetic_views(face_model, args.identities, faces, seed=args.seed)
-    print(f"rendered {len(views)} training views in {time.monotonic() - started:.0f}s", flush=True)
+    if args.data is not None:
+        views = shard_views(args, args.data)
+        print(f"{len(views)} frames of {views.video_count} videos from {args.data}", flush=True)
+    else:
+        views = render_synthetic_views(face_model, args.identities, faces, seed=args.seed)
+        print(f"rendered {len(views)} training views in {time.monotonic() - started:.0f}s", flush=True)
     trainer = TGDMTrainer(config, settings, args.out, vae)
     parameters = sum(p.numel() for p in trainer.denoiser.parameters())
     print(f"{parameters / 1e6:.2f}M parameters, starting at step {trainer.step}", flush=True)
     trainer.train(views, args.time_limit, log=lambda line: print(line, flush=True))
     summary = {"step": trainer.step, "parameters": parameters, "checkpoint": str(args.out / EMA_FILE)}
-    if args.held_out and trainer.accelerator.is_main_process:
-        held_out = render_synthetic_views(face_model, args.held_out, faces, seed=HELD_OUT_SEED)
+    evaluate = args.held_out_data is not None if args.data is not None else args.held_out > 0
+    if evaluate and trainer.accelerator.is_main_process:
+        if args.data is not None:
+            held_out = shard_views(args, args.held_out_data)
+            pairs = held_out.evaluation_pairs()
+        else:
+            held_out = render_synthetic_views(face_model, args.held_out, faces, seed=HELD_OUT_SEED)
+            pairs = held_out_pairs(held_out)
         model = load_tgdm(args.out / EMA_FILE)
         sampling = SamplerSettings(scheduler=args.sampler, steps=args.sample_steps, batch_size=32, chunk_size=32,
                                    same_noise=False)
         with torch.inference_mode():
-            summary.update(evaluate_generator(model, held_out, sampling, vae))
-        summary["held_out_pairs"] = len(held_out)
+            summary.update(evaluate_generator(model, held_out, sampling, vae, pairs))
+        summary["held_out_pairs"] = len(pairs[0])
     print(json.dumps(summary))
 
 

@@ -201,14 +201,17 @@ def test_pairs_are_two_frames_of_one_video_a_gap_apart(shard_dir):
     assert torch.equal(data.videos[sources], data.videos[targets]) and (sources != targets).all()
 
 
-def test_trainer_runs_on_video_shards(shard_dir, tmp_path):
-    config = config_module.TGDMConfig(image_size=32, base_channels=8, channel_multipliers=(1, 2),
-                                      attention_resolutions=(16,), attention_head_channels=8, source_base_channels=8,
-                                      norm_groups=4, surface_frequencies=2)
-    settings = training.TrainingSettings(steps=2, batch_size=2, learning_rate=1e-3, checkpoint_every=100)
-    trainer = training.TGDMTrainer(config, settings, tmp_path)
-    path = trainer.train(shards.VideoFaceShards(shard_dir, image_size=32, min_frame_gap=2), log=lambda line: None)
-    assert trainer.step == 2 and path.is_file()
+def test_train_tgdm_command_trains_and_evaluates_on_video_shards(shard_dir, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "scripts.train_tgdm", "--out", str(tmp_path / "run"), "--data", str(shard_dir),
+         "--held-out-data", str(shard_dir), "--min-frame-gap", "2", "--image-size", "32", "--base-channels", "8",
+         "--levels", "1,2", "--attention", "16", "--steps", "2", "--batch-size", "2", "--sample-steps", "2",
+         "--threads", "1"],
+        cwd=PACK_ROOT, check=True, capture_output=True, text=True)
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["step"] == 2 and (tmp_path / "run" / training.EMA_FILE).is_file()
+    assert summary["held_out_pairs"] == len(shards.VideoFaceShards(shard_dir).evaluation_pairs()[0])
+    assert math.isfinite(summary["psnr_tgdm"]) and "videos from" in done.stdout
 
 
 def test_dataset_names_the_command_for_an_empty_folder(tmp_path):

@@ -46,11 +46,13 @@ def held_out_pairs(views: FaceViews) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def evaluate_generator(
-    model: TGDMDenoiser, views: FaceViews, settings: SamplerSettings, vae: LatentCodec | None = None
+    model: TGDMDenoiser, views: FaceViews, settings: SamplerSettings, vae: LatentCodec | None = None,
+    pairs: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """Generate every held-out target from its source and compare, together with the two trivial
-    answers: the render I_3d itself and the source photo unchanged. A latent-mode model needs ``vae``."""
-    sources, targets = held_out_pairs(views)
+    answers: the render I_3d itself and the source photo unchanged. ``pairs`` (source, target
+    indices) default to :func:`held_out_pairs`. A latent-mode model needs ``vae``."""
+    sources, targets = held_out_pairs(views) if pairs is None else pairs
     sampler = TGDMSampler(model, settings, vae)
     generated = sampler.sample(GeneratorInputs(
         source=views.photos[sources], renders=views.renders[targets], coefficients=views.coefficients[targets],
