@@ -22,10 +22,12 @@ from ..errors import TalkingFaceError
 from ..morphable.coefficients import FaceCoefficients
 from ..morphable.model import MorphableModel
 from ..render.camera import PerspectiveCamera
+from ..video import frame_chunks
 from .features import LogMel, mel_range_for_frames, mel_windows
 from .io import SAMPLE_RATE, Audio
 from .landmark_model import MOUTH_POINTS, NUM_POINTS, POSE_POINTS, LandmarkCompletionTransformer
 
+PROJECTION_CHUNK_FRAMES = 1024
 RIGHT_EYE = tuple(range(36, 42))  # the subject's right eye: image left
 LEFT_EYE = tuple(range(42, 48))
 
@@ -78,15 +80,21 @@ def to_pixels(points: torch.Tensor, frame: tuple[torch.Tensor, torch.Tensor, tor
 
 
 def project_landmarks(model: MorphableModel, coeffs: FaceCoefficients, camera: PerspectiveCamera) -> torch.Tensor:
-    """The model's 68 landmark vertices projected to pixels ``[F, 68, 2]``, computing only those vertices."""
+    """The model's 68 landmark vertices projected to pixels ``[F, 68, 2]``, computing only those
+    vertices, in chunks of frames so that only the result grows with the sequence."""
     model.check_coefficients(coeffs)
     reference = model.mean_shape
-    coeffs = coeffs.to(device=reference.device, dtype=reference.dtype)
     ids = model.landmark_ids
     columns = (ids.unsqueeze(1) * 3 + torch.arange(3, device=ids.device)).flatten()
-    offsets = coeffs.identity @ model.identity_basis[:, columns] + coeffs.expression @ model.expression_basis[:, columns]
-    vertices = model.mean_shape[ids].unsqueeze(0) + offsets.view(coeffs.frames, -1, 3)
-    return camera.project(model.pose(vertices, coeffs.rotation, coeffs.translation))
+    identity_basis, expression_basis = model.identity_basis[:, columns], model.expression_basis[:, columns]
+    mean = model.mean_shape[ids].unsqueeze(0)
+    projected = reference.new_empty(coeffs.frames, NUM_POINTS, 2)
+    for chunk in frame_chunks(coeffs.frames, PROJECTION_CHUNK_FRAMES):
+        part = coeffs[chunk].to(device=reference.device, dtype=reference.dtype)
+        offsets = part.identity @ identity_basis + part.expression @ expression_basis
+        vertices = mean + offsets.view(part.frames, -1, 3)
+        projected[chunk] = camera.project(model.pose(vertices, part.rotation, part.translation))
+    return projected
 
 
 @dataclass(frozen=True)
@@ -174,7 +182,7 @@ def predict_mouth(
         weight_sum.index_add_(0, frame_index.flatten(), weights.expand(len(starts), -1).flatten())
         if on_batch is not None:
             on_batch(starts[-1] + plan.window)
-    return total / weight_sum.view(-1, 1, 1)
+    return total.div_(weight_sum.view(-1, 1, 1))
 
 
 def audio_to_landmarks(
@@ -197,10 +205,16 @@ def audio_to_landmarks(
     picks = torch.arange(sets) % reference.frames
     reference_px = project_landmarks(face_model, reference[picks], camera)
     reference_points = to_normalised(reference_px, eye_frames(reference_px))
-    pose_px = project_landmarks(face_model, base, camera)
-    frames = eye_frames(pose_px)
-    pose_points = to_normalised(pose_px[:, list(POSE_POINTS)], frames)
+    points = project_landmarks(face_model, base, camera)  # the upper face; the mouth is replaced below
+    frames = eye_frames(points)
+    pose = list(POSE_POINTS)
+    # Conversions chunk by chunk: only per-frame results, never per-frame temporaries, grow with the audio.
+    chunks = list(frame_chunks(points.shape[0], PROJECTION_CHUNK_FRAMES))
+    pose_points = points.new_empty(points.shape[0], len(pose), 2)
+    for chunk in chunks:
+        pose_points[chunk] = to_normalised(points[chunk, pose], tuple(part[chunk] for part in frames))
     mouth = predict_mouth(model, audio, fps, reference_points, pose_points, overlap, windows_per_batch, on_batch=on_batch)
-    points = pose_px.clone()
-    points[:, list(MOUTH_POINTS)] = to_pixels(mouth.to(points.device), frames)
+    mouth = mouth.to(points.device)
+    for chunk in chunks:
+        points[chunk, list(MOUTH_POINTS)] = to_pixels(mouth[chunk], tuple(part[chunk] for part in frames))
     return TalkingLandmarks(points=points, base=base, fps=fps, camera=camera)
