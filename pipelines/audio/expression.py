@@ -125,7 +125,7 @@ class MouthExpressionSolver:
             residual = (self._pixels(fixed, coefficients, rotation, translation) - observed) * self.point_weights
             # Jᵀr without forming J: the residual pulled back to object space per point, then one
             # product with the directions.
-            pulled = (residual.unsqueeze(-2) @ d_object).flatten(1)  # [C, 37 · 3]
+            pulled = (residual.unsqueeze(-1) * d_object).sum(-2).flatten(1)  # [C, 37 · 3]
             gradient = (pulled @ self.directions.T + self.prior * coefficients) * scale
             if factor.shape[0] == 1:  # one system for every frame: the frames are its right-hand sides
                 step = torch.cholesky_solve(gradient.T.unsqueeze(0), factor).squeeze(0).T
@@ -161,7 +161,7 @@ class MouthExpressionSolver:
             [focal, zero, focal * world[..., 0] * inverse_depth, zero, -focal, -focal * world[..., 1] * inverse_depth],
             -1,
         ).view(*focal.shape, 2, 3)
-        d_object = d_pixel @ rotation.unsqueeze(1)
+        d_object = (d_pixel.flatten(1, 2) @ rotation).view_as(d_pixel)  # [L, 37, 2, 3]
         jacobian = torch.einsum("lpaj,kpj->lpak", d_object, self.directions.view(-1, *fixed.shape[1:]))
         jacobian = (jacobian * self.point_weights.sqrt().unsqueeze(-1)).flatten(1, 2)
         diagonal = jacobian.square().sum(1) + self.prior

@@ -158,11 +158,12 @@ def mel_windows(mel: torch.Tensor, first_mel: int, frame_indices: torch.Tensor, 
     if not fps > 0:
         raise TalkingFaceError(f"fps must be positive, got {fps}")
     starts = frame_mel_starts(frame_indices, fps, config) - first_mel
-    offsets = starts.unsqueeze(1) + torch.arange(config.window_frames, device=starts.device)  # [F, W]
-    if int(offsets.min()) < 0 or int(offsets.max()) >= mel.shape[-1]:
+    if int(starts.min()) < 0 or int(starts.max()) + config.window_frames > mel.shape[-1]:
         raise TalkingFaceError("internal: the mel block does not cover the requested frames")
-    windows = mel[:, :, offsets.to(mel.device)]  # [B, bins, F, W]
-    return windows.permute(0, 2, 1, 3)
+    # Every window start as a view [B, M', bins, W], then one gather of the wanted starts: the
+    # result comes out contiguous in the layout the audio encoder reads.
+    every_start = mel.unfold(-1, config.window_frames, 1).permute(0, 2, 1, 3)
+    return every_start.index_select(1, starts.to(mel.device))
 
 
 def mel_range_for_frames(first_frame: int, last_frame: int, fps: float, config: MelConfig) -> tuple[int, int]:
