@@ -33,6 +33,24 @@ def test_synthetic_audio_follows_the_mouth(clips):
     assert torch.equal(again.audio, clip.audio) and torch.allclose(again.landmarks, clip.landmarks)
 
 
+def test_synthetic_audio_hears_smile_and_pucker():
+    """Spread lips raise the second formant and rounded ones lower it (seen here in the spectral
+    centroid), so the audio carries the smile and pucker weights, not only the opening."""
+    import numpy as np
+
+    def spectral_centroid(jaw: float, pucker: float, smile: float) -> float:
+        weights = np.tile([jaw, pucker, smile], (16000, 1))
+        audio = synthetic.formant_audio(np.random.default_rng(0), weights)
+        spectrum = np.abs(np.fft.rfft(audio * np.hanning(audio.size)))
+        frequency = np.fft.rfftfreq(audio.size, 1 / 16000)
+        band = (frequency > 200) & (frequency < 3000)  # both formants
+        return float((spectrum[band] * frequency[band]).sum() / spectrum[band].sum())
+
+    neutral = spectral_centroid(0.6, 0.0, 0.0)
+    assert spectral_centroid(0.6, 0.0, 1.0) > neutral + 200
+    assert spectral_centroid(0.6, 1.0, 0.0) < neutral - 150
+
+
 def test_clip_files_round_trip_and_refuse_other_files(clips, tmp_path):
     training.save_clip(clips[0], tmp_path / "clip.safetensors")
     loaded = training.load_clip(tmp_path / "clip.safetensors")
