@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -55,6 +57,47 @@ def audio_files() -> list[str]:
     )
 
 
+def timing_and_motion_inputs(frames_tooltip: str, seed_tooltip: str) -> dict:
+    """The inputs of the audio-driven nodes on the video's timing and the head motion, in widget order."""
+    return {
+        "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 120.0, "step": 0.01,
+                          "tooltip": "Frame rate of the video to make."}),
+        "frames": ("INT", {"default": 0, "min": 0, "max": 1_000_000, "tooltip": frames_tooltip}),
+        "length_policy": (
+            list(LENGTH_POLICIES),
+            {"default": "pad",
+             "tooltip": "When the audio is shorter than the frames: pad with silence, loop it, or trim the "
+             "frames to the audio. Longer audio is always cut."},
+        ),
+        "head_motion": (
+            list(HEAD_MOTIONS),
+            {"default": "idle",
+             "tooltip": "hold: the portrait's pose throughout; reference: pose, blinks and gaze from "
+             "motion_reference; idle: gentle seeded head motion with blinks."},
+        ),
+        "seed": ("INT", {"default": 0, "min": 0, "max": 2**32 - 1, "tooltip": seed_tooltip}),
+        "motion_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 3.0, "step": 0.05,
+                                      "tooltip": "Scales idle or reference head motion."}),
+    }
+
+
+WINDOWS_PER_BATCH_INPUT = ("INT", {"default": 64, "min": 1, "max": 4096,
+                                   "tooltip": "Model windows run at once; lower it if memory runs out."})
+MOTION_REFERENCE_INPUT = ("TALK_COEFFS", {"tooltip": "Coefficients of a reference video for head_motion=reference."})
+
+
+def portrait_row(
+    node: TalkingFaceNode, portrait: FaceCoefficients, portrait_frame: int, head_motion: str,
+    motion_reference: FaceCoefficients | None,
+) -> FaceCoefficients:
+    """The portrait row to animate, after checking it exists and that a reference head motion has its input."""
+    if not 0 <= portrait_frame < portrait.frames:
+        raise node.fail(f"portrait_frame {portrait_frame} does not exist: the portrait has {portrait.frames} frames")
+    if head_motion == "reference" and motion_reference is None:
+        raise node.fail("head_motion is 'reference' but nothing is connected to motion_reference")
+    return portrait[portrait_frame]
+
+
 class LoadAudio(TalkingFaceNode):
     DISPLAY_NAME = "Load Audio (TalkingFace)"
     DESCRIPTION = (
@@ -104,16 +147,13 @@ class LoadAudio(TalkingFaceNode):
         return (audio, audio["waveform"].shape[-1] / audio["sample_rate"])
 
 
-class LoadAudioToMotionModel(TalkingFaceNode):
-    DISPLAY_NAME = "Load Audio-to-Motion Model"
-    DESCRIPTION = (
-        "Loads the landmark completion transformer (audio → lip and jaw landmarks) from a .safetensors "
-        "checkpoint in ComfyUI/models/talkingface/, written by scripts/train_audio_landmarks.py."
-    )
+class AudioModelLoader(TalkingFaceNode):
+    """Base of the audio chain's model loaders: a checkpoint from ComfyUI/models/talkingface/ read by
+    ``load`` (a strict loader); ``CHECKPOINT`` names the kind of checkpoint ("an <x> checkpoint")."""
+
+    CHECKPOINT: ClassVar[str]
+    load: ClassVar[Callable[[Path], torch.nn.Module]]
     CATEGORY = "TalkingFace/loaders"
-    RETURN_TYPES = ("TALK_MOTION_MODEL",)
-    RETURN_NAMES = ("motion_model",)
-    OUTPUT_TOOLTIPS = ("The audio-to-landmark model.",)
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -121,17 +161,30 @@ class LoadAudioToMotionModel(TalkingFaceNode):
             "required": {
                 "model_name": (
                     host.list_models(MODEL_FOLDER),
-                    {"tooltip": f"A checkpoint in {host.model_folder_hint(MODEL_FOLDER)}."},
+                    {"tooltip": f"An {cls.CHECKPOINT} checkpoint in {host.model_folder_hint(MODEL_FOLDER)}."},
                 ),
             }
         }
 
-    def run(self, model_name: str) -> tuple[LandmarkCompletionTransformer]:
+    def run(self, model_name: str) -> tuple[torch.nn.Module]:
         if not model_name:
             raise self.fail(
-                f"no checkpoint chosen: put an audio-to-motion .safetensors file into {host.model_folder_hint(MODEL_FOLDER)}"
+                f"no checkpoint chosen: put an {self.CHECKPOINT} .safetensors file into {host.model_folder_hint(MODEL_FOLDER)}"
             )
-        return (load_landmark_model(host.model_path(MODEL_FOLDER, model_name)),)
+        return (self.load(host.model_path(MODEL_FOLDER, model_name)),)
+
+
+class LoadAudioToMotionModel(AudioModelLoader):
+    DISPLAY_NAME = "Load Audio-to-Motion Model"
+    DESCRIPTION = (
+        "Loads the landmark completion transformer (audio → lip and jaw landmarks) from a .safetensors "
+        "checkpoint in ComfyUI/models/talkingface/, written by scripts/train_audio_landmarks.py."
+    )
+    RETURN_TYPES = ("TALK_MOTION_MODEL",)
+    RETURN_NAMES = ("motion_model",)
+    OUTPUT_TOOLTIPS = ("The audio-to-landmark model.",)
+    CHECKPOINT = "audio-to-motion"
+    load = staticmethod(load_landmark_model)
 
 
 class AudioToLandmarks(TalkingFaceNode):
@@ -161,31 +214,10 @@ class AudioToLandmarks(TalkingFaceNode):
                                            "tooltip": "Row of the portrait coefficients to animate: its identity, "
                                            "pose, light and resting expression."}),
                 "audio": ("AUDIO", {"tooltip": "Speech from Load Audio or any node that outputs AUDIO."}),
-                "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 120.0, "step": 0.01,
-                                  "tooltip": "Frame rate of the video to make."}),
-                "frames": ("INT", {"default": 0, "min": 0, "max": 1_000_000,
-                                   "tooltip": "Frames to make; 0 follows the audio's length."}),
-                "length_policy": (
-                    list(LENGTH_POLICIES),
-                    {"default": "pad",
-                     "tooltip": "When the audio is shorter than the frames: pad with silence, loop it, or trim the "
-                     "frames to the audio. Longer audio is always cut."},
-                ),
-                "head_motion": (
-                    list(HEAD_MOTIONS),
-                    {"default": "idle",
-                     "tooltip": "hold: the portrait's pose throughout; reference: pose, blinks and gaze from "
-                     "motion_reference; idle: gentle seeded head motion with blinks."},
-                ),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 2**32 - 1, "tooltip": "Seed of the idle motion."}),
-                "motion_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 3.0, "step": 0.05,
-                                              "tooltip": "Scales idle or reference head motion."}),
-                "windows_per_batch": ("INT", {"default": 64, "min": 1, "max": 4096,
-                                              "tooltip": "Model windows run at once; lower it if memory runs out."}),
+                **timing_and_motion_inputs("Frames to make; 0 follows the audio's length.", "Seed of the idle motion."),
+                "windows_per_batch": WINDOWS_PER_BATCH_INPUT,
             },
-            "optional": {
-                "motion_reference": ("TALK_COEFFS", {"tooltip": "Coefficients of a reference video for head_motion=reference."}),
-            },
+            "optional": {"motion_reference": MOTION_REFERENCE_INPUT},
         }
 
     def run(
@@ -204,11 +236,7 @@ class AudioToLandmarks(TalkingFaceNode):
         windows_per_batch: int,
         motion_reference: FaceCoefficients | None = None,
     ) -> tuple[TalkingLandmarks, dict, int, float]:
-        if not 0 <= portrait_frame < portrait.frames:
-            raise self.fail(f"portrait_frame {portrait_frame} does not exist: the portrait has {portrait.frames} frames")
-        portrait = portrait[portrait_frame]
-        if head_motion == "reference" and motion_reference is None:
-            raise self.fail("head_motion is 'reference' but nothing is connected to motion_reference")
+        portrait = portrait_row(self, portrait, portrait_frame, head_motion, motion_reference)
         speech = prepare_speech(audio)
         speech, frames = fit_to_frames(speech, frames, fps, length_policy)
         base = make_head_motion(

@@ -14,48 +14,37 @@ from ..pipelines.audio.emo_a2e import (
     predict_expression,
     with_expression,
 )
-from ..pipelines.audio.io import LENGTH_POLICIES, SAMPLE_RATE, Audio, fit_to_frames, prepare_speech
-from ..pipelines.audio.motion import HEAD_MOTIONS
+from ..pipelines.audio.io import SAMPLE_RATE, Audio, fit_to_frames, prepare_speech
 from ..pipelines.audio.motion import head_motion as make_head_motion
 from ..pipelines.emotion.emotion import TextEmotion
 from ..pipelines.morphable.coefficients import FaceCoefficients
 from ..pipelines.morphable.model import MorphableModel
 from . import host
-from .audio import MODEL_FOLDER, frame_progress
+from .audio import (
+    MOTION_REFERENCE_INPUT,
+    WINDOWS_PER_BATCH_INPUT,
+    AudioModelLoader,
+    frame_progress,
+    portrait_row,
+    timing_and_motion_inputs,
+)
 from .base import TalkingFaceNode
 
 EMO_MODEL_TYPE = "TALK_EMO_A2E_MODEL"
 
 
-class LoadEmoA2EModel(TalkingFaceNode):
+class LoadEmoA2EModel(AudioModelLoader):
     DISPLAY_NAME = "Load Emo-A2E Model"
     DESCRIPTION = (
         "Loads Emo-A2E, the emotion-aware audio-to-expression transformer (speech + text emotion → 3DMM "
         "expression), from a .safetensors checkpoint in ComfyUI/models/talkingface/ written by "
         "scripts/train_emo_a2e.py. It works with emotions from the text encoder it was trained with."
     )
-    CATEGORY = "TalkingFace/loaders"
     RETURN_TYPES = (EMO_MODEL_TYPE,)
     RETURN_NAMES = ("emo_model",)
     OUTPUT_TOOLTIPS = ("The Emo-A2E model.",)
-
-    @classmethod
-    def INPUT_TYPES(cls) -> dict:
-        return {
-            "required": {
-                "model_name": (
-                    host.list_models(MODEL_FOLDER),
-                    {"tooltip": f"An Emo-A2E checkpoint in {host.model_folder_hint(MODEL_FOLDER)}."},
-                ),
-            }
-        }
-
-    def run(self, model_name: str) -> tuple[EmoA2ETransformer]:
-        if not model_name:
-            raise self.fail(
-                f"no checkpoint chosen: put an Emo-A2E .safetensors file into {host.model_folder_hint(MODEL_FOLDER)}"
-            )
-        return (load_emo_a2e(host.model_path(MODEL_FOLDER, model_name)),)
+    CHECKPOINT = "Emo-A2E"
+    load = staticmethod(load_emo_a2e)
 
 
 class AudioToExpression(TalkingFaceNode):
@@ -90,39 +79,21 @@ class AudioToExpression(TalkingFaceNode):
                                            "is the speaker's neutral (resting) face."}),
                 "emotion": ("TALK_EMOTION", {"tooltip": "From Text Emotion, encoded by the text encoder the Emo-A2E "
                                              "model was trained with."}),
-                "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 120.0, "step": 0.01,
-                                  "tooltip": "Frame rate of the video to make."}),
-                "frames": ("INT", {"default": 0, "min": 0, "max": 1_000_000,
-                                   "tooltip": "Frames to make; 0 follows the audio's length (required without audio)."}),
-                "length_policy": (
-                    list(LENGTH_POLICIES),
-                    {"default": "pad",
-                     "tooltip": "When the audio is shorter than the frames: pad with silence, loop it, or trim the "
-                     "frames to the audio. Longer audio is always cut."},
+                **timing_and_motion_inputs(
+                    "Frames to make; 0 follows the audio's length (required without audio).",
+                    "Seed of the idle head motion and of the emotion-only animation.",
                 ),
-                "head_motion": (
-                    list(HEAD_MOTIONS),
-                    {"default": "idle",
-                     "tooltip": "hold: the portrait's pose throughout; reference: pose, blinks and gaze from "
-                     "motion_reference; idle: gentle seeded head motion with blinks."},
-                ),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 2**32 - 1,
-                                 "tooltip": "Seed of the idle head motion and of the emotion-only animation."}),
-                "motion_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 3.0, "step": 0.05,
-                                              "tooltip": "Scales idle or reference head motion."}),
                 "no_audio_motion": (
                     list(NO_AUDIO_MOTIONS),
                     {"default": "animated",
                      "tooltip": "Without audio: hold the emotion's face still, or let its strength wander gently."},
                 ),
-                "windows_per_batch": ("INT", {"default": 64, "min": 1, "max": 4096,
-                                              "tooltip": "Model windows run at once; lower it if memory runs out."}),
+                "windows_per_batch": WINDOWS_PER_BATCH_INPUT,
             },
             "optional": {
                 "audio": ("AUDIO", {"tooltip": "Speech from Load Audio or any node that outputs AUDIO; leave it "
                                     "unconnected for an emotion-only sequence."}),
-                "motion_reference": ("TALK_COEFFS", {"tooltip": "Coefficients of a reference video for "
-                                                     "head_motion=reference."}),
+                "motion_reference": MOTION_REFERENCE_INPUT,
             },
         }
 
@@ -149,11 +120,7 @@ class AudioToExpression(TalkingFaceNode):
         if not isinstance(emotion, TextEmotion):
             raise self.fail(f"emotion must come from Text Emotion (TALK_EMOTION), got {type(emotion).__name__}")
         check_expression_dim(emo_model.config, face_model.dims.expression, f"the face model '{face_model.name}'")
-        if not 0 <= portrait_frame < portrait.frames:
-            raise self.fail(f"portrait_frame {portrait_frame} does not exist: the portrait has {portrait.frames} frames")
-        portrait = portrait[portrait_frame]
-        if head_motion == "reference" and motion_reference is None:
-            raise self.fail("head_motion is 'reference' but nothing is connected to motion_reference")
+        portrait = portrait_row(self, portrait, portrait_frame, head_motion, motion_reference)
         if audio is None:
             if frames == 0:
                 raise self.fail("no audio is connected: set frames to the length of the emotion-only sequence, "

@@ -25,21 +25,21 @@ import torch
 
 from pipelines.audio.landmark_model import LandmarkModelConfig
 from pipelines.morphable.demo_model import demo_face_model
-from pipelines.training.audio_landmarks import (
-    TrainConfig,
-    check_expression_chain,
-    load_clip,
-    save_clip,
-    train_landmark_model,
-)
+from pipelines.training.audio_landmarks import check_expression_chain, load_clip, save_clip, train_landmark_model
 from pipelines.training.audio_synthetic import MOUTH_DIRECTIONS, synthetic_clip
+from pipelines.training.loop import (
+    TRAIN_OPTIONS,
+    TrainConfig,
+    add_field_options,
+    add_run_options,
+    clips_from,
+    fields_from_options,
+    last_validation,
+    write_clip_splits,
+)
 
-
-def clips_from(directory: Path) -> list:
-    paths = sorted(directory.glob("*.safetensors"))
-    if not paths:
-        raise SystemExit(f"no .safetensors clips in {directory}")
-    return [load_clip(path) for path in paths]
+MODEL_OPTIONS = ("reference_sets", "target_frames", "width", "heads", "layers", "feedforward", "dropout")
+LANDMARK_TRAIN_OPTIONS = (*TRAIN_OPTIONS, "portrait_references")
 
 
 def synthetic_clips(count: int, seconds: float, first_seed: int) -> list:
@@ -56,19 +56,9 @@ def main() -> None:
     data.add_argument("--synthetic-validation", type=int, default=12, help="synthetic validation clips (other seeds)")
     data.add_argument("--clip-seconds", type=float, default=6.0)
     data.add_argument("--write-clips", type=Path, help="only write the synthetic clips to this folder")
-    model = parser.add_argument_group("model")
-    defaults = LandmarkModelConfig()
-    for name in ("reference_sets", "target_frames", "width", "heads", "layers", "feedforward"):
-        model.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
-    model.add_argument("--dropout", type=float, default=defaults.dropout)
-    training = parser.add_argument_group("training")
-    train_defaults = TrainConfig()
-    for name in ("steps", "batch_size", "warmup_steps", "validate_every", "validation_windows", "seed", "num_workers"):
-        training.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(train_defaults, name))
-    for name in ("learning_rate", "weight_decay", "velocity_weight", "portrait_references"):
-        training.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(train_defaults, name))
-    parser.add_argument("--out", type=Path, help="checkpoint folder")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    add_field_options(parser.add_argument_group("model"), LandmarkModelConfig(), MODEL_OPTIONS)
+    add_field_options(parser.add_argument_group("training"), TrainConfig(), LANDMARK_TRAIN_OPTIONS)
+    add_run_options(parser)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -78,34 +68,22 @@ def main() -> None:
         train = synthetic_clips(args.synthetic, args.clip_seconds, 0)
         validation = synthetic_clips(args.synthetic_validation, args.clip_seconds, 1_000_000)
         if args.write_clips:
-            for split, clips in (("train", train), ("validation", validation)):
-                folder = args.write_clips / split
-                folder.mkdir(parents=True, exist_ok=True)
-                for index, clip in enumerate(clips):
-                    save_clip(clip, folder / f"clip_{index:05d}.safetensors")
+            write_clip_splits(args.write_clips, {"train": train, "validation": validation}, save_clip)
             print(f"wrote {len(train)} + {len(validation)} clips to {args.write_clips}")
             return
     elif args.train and args.validation:
-        train, validation = clips_from(args.train), clips_from(args.validation)
+        train, validation = clips_from(args.train, load_clip), clips_from(args.validation, load_clip)
     else:
         parser.error("give --train and --validation folders, or --synthetic N")
     if args.out is None:
         parser.error("--out is required for training")
     data_seconds = time.time() - started
 
-    model_config = LandmarkModelConfig(
-        reference_sets=args.reference_sets, target_frames=args.target_frames, width=args.width, heads=args.heads,
-        layers=args.layers, feedforward=args.feedforward, dropout=args.dropout,
-    )
-    train_config = TrainConfig(
-        steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
-        warmup_steps=args.warmup_steps, velocity_weight=args.velocity_weight, validate_every=args.validate_every,
-        validation_windows=args.validation_windows, seed=args.seed, num_workers=args.num_workers,
-        portrait_references=args.portrait_references,
-    )
+    model_config = LandmarkModelConfig(**fields_from_options(args, MODEL_OPTIONS))
+    train_config = TrainConfig(**fields_from_options(args, LANDMARK_TRAIN_OPTIONS))
     started = time.time()
     model, history = train_landmark_model(model_config, train, validation, train_config, args.out)
-    step, final = history[-1]
+    step, final = last_validation(history, args.out)
     best = min(history, key=lambda item: item[1].model_l1)
     train_seconds = time.time() - started
     chain = {}

@@ -36,7 +36,6 @@ import torch
 
 from pipelines.audio.emo_a2e import EmoA2EConfig, emotion_encoder_id
 from pipelines.morphable.demo_model import demo_face_model
-from pipelines.training.audio_landmarks import TrainConfig
 from pipelines.training.emo_a2e import (
     check_clips,
     emotion_mean_offsets,
@@ -45,15 +44,19 @@ from pipelines.training.emo_a2e import (
     train_emo_a2e,
 )
 from pipelines.training.emo_synthetic import HashedPromptEncoder, synthetic_emotion_clips
+from pipelines.training.loop import (
+    TRAIN_OPTIONS,
+    TrainConfig,
+    add_field_options,
+    add_run_options,
+    clips_from,
+    fields_from_options,
+    last_validation,
+    write_clip_splits,
+)
 
 VALIDATION_SEED = 1_000_000
-
-
-def clips_from(directory: Path) -> list:
-    paths = sorted(directory.glob("*.safetensors"))
-    if not paths:
-        raise SystemExit(f"no .safetensors clips in {directory}")
-    return [load_emotion_clip(path) for path in paths]
+MODEL_OPTIONS = ("target_frames", "width", "heads", "layers", "feedforward", "audio_channels", "dropout")
 
 
 def make_encoder(factory: str | None, arguments: list[str], dim: int):
@@ -79,20 +82,9 @@ def main() -> None:
     encoder.add_argument("--encoder-factory", help="module:function returning a TextEncoder")
     encoder.add_argument("--encoder-arg", action="append", default=[], help="argument for the factory (repeatable)")
     encoder.add_argument("--emotion-dim", type=int, default=64, help="embedding size of the hashed-prompt encoder")
-    model = parser.add_argument_group("model")
-    defaults = EmoA2EConfig(encoder="-")
-    for name in ("target_frames", "width", "heads", "layers", "feedforward"):
-        model.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
-    model.add_argument("--audio-channels", type=int, nargs="+", default=list(defaults.audio_channels))
-    model.add_argument("--dropout", type=float, default=defaults.dropout)
-    training = parser.add_argument_group("training")
-    train_defaults = TrainConfig()
-    for name in ("steps", "batch_size", "warmup_steps", "validate_every", "validation_windows", "seed", "num_workers"):
-        training.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(train_defaults, name))
-    for name in ("learning_rate", "weight_decay", "velocity_weight"):
-        training.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(train_defaults, name))
-    parser.add_argument("--out", type=Path, help="checkpoint folder")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    add_field_options(parser.add_argument_group("model"), EmoA2EConfig(encoder="-"), MODEL_OPTIONS)
+    add_field_options(parser.add_argument_group("training"), TrainConfig(), TRAIN_OPTIONS)
+    add_run_options(parser)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -104,13 +96,11 @@ def main() -> None:
         validation = synthetic_emotion_clips(face, args.validation_speakers, args.clips_per_speaker, args.clip_seconds,
                                              VALIDATION_SEED)
         if args.write_clips:
-            for split, clips in (("train", train), ("validation", validation)):
-                for index, clip in enumerate(clips):
-                    save_emotion_clip(clip, args.write_clips / split / f"clip_{index:05d}.safetensors")
+            write_clip_splits(args.write_clips, {"train": train, "validation": validation}, save_emotion_clip)
             print(f"wrote {len(train)} + {len(validation)} clips to {args.write_clips}")
             return
     elif args.train and args.validation:
-        train, validation = clips_from(args.train), clips_from(args.validation)
+        train, validation = clips_from(args.train, load_emotion_clip), clips_from(args.validation, load_emotion_clip)
     else:
         parser.error("give --train and --validation folders, or --synthetic-speakers N")
     if args.out is None:
@@ -122,18 +112,13 @@ def main() -> None:
 
     model_config = EmoA2EConfig(
         expression_dim=train[0].expression.shape[1], emotion_dim=emotion_dim, encoder=encoder_id,
-        target_frames=args.target_frames, width=args.width, heads=args.heads, layers=args.layers,
-        feedforward=args.feedforward, dropout=args.dropout, audio_channels=tuple(args.audio_channels),
+        **fields_from_options(args, MODEL_OPTIONS),
     )
-    train_config = TrainConfig(
-        steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
-        warmup_steps=args.warmup_steps, velocity_weight=args.velocity_weight, validate_every=args.validate_every,
-        validation_windows=args.validation_windows, seed=args.seed, num_workers=args.num_workers,
-    )
+    train_config = TrainConfig(**fields_from_options(args, TRAIN_OPTIONS))
     started = time.time()
     model, history = train_emo_a2e(model_config, train, validation, text_encoder, train_config, args.out)
     train_seconds = time.time() - started
-    step, final = history[-1]
+    step, final = last_validation(history, args.out)
     offsets = emotion_mean_offsets(train)
     is_demo_face = train[0].expression.shape[1] == face.dims.expression and train[0].identity is not None
     clip_check = check_clips(model.cpu(), validation, text_encoder, offsets, face if is_demo_face else None)

@@ -121,3 +121,9 @@ def test_sliding_windows_blend_and_do_not_depend_on_batching():
         landmarks.predict_mouth(model, audio_io.Audio(speech.samples, 8000), 25.0, references, pose)
     with pytest.raises(errors.TalkingFaceError, match="reference landmark sets"):
         landmarks.predict_mouth(model, speech, 25.0, references[:2], pose)
+
+
+def test_blend_windows_is_generic():
+    plan = landmarks.WindowPlan(frames=20, length=6, overlap=2)
+    result = landmarks.blend_windows(plan, 3, lambda index: index.float().unsqueeze(-1).expand(-1, -1, 2), "cpu")
+    assert torch.allclose(result, torch.arange(20).float().unsqueeze(1).expand(-1, 2))  # frame k predicts k everywhere

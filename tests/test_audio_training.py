@@ -7,6 +7,7 @@ from packloader import pack_import
 
 synthetic = pack_import("pipelines.training.audio_synthetic")
 training = pack_import("pipelines.training.audio_landmarks")
+loop = pack_import("pipelines.training.loop")
 landmark_model = pack_import("pipelines.audio.landmark_model")
 errors = pack_import("pipelines.errors")
 
@@ -67,9 +68,9 @@ def test_windows_and_loss(clips):
     assert item["pose"].shape == (6, 31, 2) and item["target"].shape == (6, 37, 2)
     assert torch.equal(windows[3]["target"], item["target"])  # a window is the same on every pass
     target = item["target"].unsqueeze(0)
-    assert training.landmark_loss(target, target, 1.0) == 0
+    assert loop.velocity_l1(target, target, 1.0) == 0
     moved = target + 0.1
-    assert torch.isclose(training.landmark_loss(moved, target, 1.0), torch.tensor(0.1))  # velocity unchanged
+    assert torch.isclose(loop.velocity_l1(moved, target, 1.0), torch.tensor(0.1))  # velocity unchanged
     with pytest.raises(errors.TalkingFaceError, match="shorter than a training window"):
         training.LandmarkWindows([synthetic.TalkingClip(clips[0].audio, clips[0].landmarks[:4], 25.0)], TINY, 2)
 
@@ -104,6 +105,36 @@ def test_tiny_training_run_writes_loadable_checkpoints(clips, tmp_path):
         assert loaded.config == TINY
     last = landmark_model.load_landmark_model(tmp_path / "last.safetensors")
     assert all(torch.equal(a, b) for a, b in zip(last.state_dict().values(), model.state_dict().values(), strict=True))
+
+
+def test_resuming_continues_exactly_from_a_pickle_free_state(clips, tmp_path):
+    """A run stopped after 2 of 4 steps and continued ends with the very weights of an uninterrupted
+    run (across an epoch boundary, with dropout), from a state folder holding no pickle."""
+    config = dataclasses.replace(TINY, dropout=0.1)
+    settings = training.TrainConfig(steps=4, batch_size=4, validate_every=2, validation_windows=4, train_windows=12,
+                                    warmup_steps=1)
+    straight, _ = training.train_landmark_model(config, clips[:2], clips[2:], settings, tmp_path / "straight",
+                                                log=lambda _: None)
+    _, first = training.train_landmark_model(config, clips[:2], clips[2:], settings, tmp_path / "split",
+                                             log=lambda _: None, until_step=2)
+    state = tmp_path / "split" / "training_state"
+    assert [step for step, _ in first] == [2]
+    assert {path.suffix for path in state.iterdir()} == {".safetensors", ".json"}, "nothing pickled"
+    assert not (tmp_path / "split" / "training_state.partial").exists()
+    messages = []
+    resumed, second = training.train_landmark_model(config, clips[:2], clips[2:], settings, tmp_path / "split",
+                                                    log=messages.append)
+    assert messages[0] == "resumed at step 2" and [step for step, _ in second] == [4]
+    for name, value in straight.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], value), f"{name} differs"
+    with pytest.raises(errors.TalkingFaceError, match="different landmark model config"):
+        training.train_landmark_model(dataclasses.replace(config, width=8), clips[:2], clips[2:], settings,
+                                      tmp_path / "split", log=lambda _: None)
+    old = tmp_path / "old" / "training_state"
+    old.mkdir(parents=True)
+    (old / "custom_checkpoint_0.pkl").write_bytes(b"")
+    with pytest.raises(errors.TalkingFaceError, match="pickled state from an older version"):
+        training.train_landmark_model(config, clips[:2], clips[2:], settings, tmp_path / "old", log=lambda _: None)
 
 
 def test_expression_chain_check_runs_on_clips_with_known_coefficients(clips):

@@ -105,12 +105,6 @@ def test_short_audio_is_one_pass_and_long_audio_blends_windows():
     assert torch.allclose(flat, neutral.expand(120, -1), atol=1e-6)
 
 
-def test_blend_windows_is_generic():
-    plan = pack_import("pipelines.audio.landmarks").WindowPlan(frames=20, length=6, overlap=2)
-    result = emo.blend_windows(plan, 3, lambda index: index.float().unsqueeze(-1).expand(-1, -1, 2), "cpu")
-    assert torch.allclose(result, torch.arange(20).float().unsqueeze(1).expand(-1, 2))  # frame k predicts k everywhere
-
-
 def test_emotion_only_held_and_animated():
     model = trained_like()
     emotion, neutral = make_emotion(), torch.randn(10)

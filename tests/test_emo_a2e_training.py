@@ -1,4 +1,5 @@
 """Emo-A2E training: synthetic emotional clips, clip files, windows, baselines, a tiny accelerate run with resume."""
+import dataclasses
 import json
 import sys
 
@@ -103,6 +104,31 @@ def test_tiny_training_run_writes_loadable_checkpoints_and_resumes(clips, face, 
     check = training.check_clips(model, clips[4:], ENCODER, training.emotion_mean_offsets(clips[:4]), face)
     assert check.model_l1 > 0 and check.neutral_mouth_px > 0 and check.model_mouth_px is not None
     assert check.wrong_emotion_l1 > 0
+
+
+def test_resuming_continues_exactly_from_a_pickle_free_state(clips, tmp_path):
+    """A run stopped after 2 of 4 steps and continued ends with the very weights of an uninterrupted
+    run (across an epoch boundary, with dropout), from a state folder holding no pickle."""
+    config = dataclasses.replace(TINY, dropout=0.1)
+    settings = audio_training.TrainConfig(steps=4, batch_size=4, validate_every=2, validation_windows=4,
+                                          train_windows=12, warmup_steps=1)
+
+    def train(folder, **options):
+        return training.train_emo_a2e(config, clips[:4], clips[4:], ENCODER, settings, tmp_path / folder,
+                                      log=options.pop("log", lambda _: None), **options)
+
+    straight, _ = train("straight")
+    train("split", until_step=2)
+    state = tmp_path / "split" / "training_state"
+    assert {path.suffix for path in state.iterdir()} == {".safetensors", ".json"}, "nothing pickled"
+    messages = []
+    resumed, second = train("split", log=messages.append)
+    assert messages[0] == "resumed at step 2" and [step for step, _ in second] == [4]
+    for name, value in straight.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], value), f"{name} differs"
+    with pytest.raises(errors.TalkingFaceError, match="different Emo-A2E config"):
+        training.train_emo_a2e(dataclasses.replace(config, width=8), clips[:4], clips[4:], ENCODER, settings,
+                               tmp_path / "split", log=lambda _: None)
 
 
 def test_training_script_on_synthetic_speakers(tmp_path, monkeypatch, capsys):

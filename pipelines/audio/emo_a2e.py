@@ -23,8 +23,6 @@ another encoder is refused with both names.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,19 +33,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoints import read_checkpoint_metadata, read_checkpoint_weights, save_checkpoint
 from ..emotion.emotion import TextEmotion
-from ..errors import ModelFileError, TalkingFaceError
+from ..errors import TalkingFaceError
 from ..morphable.coefficients import FaceCoefficients
 from ..morphable.model import MorphableModel
 from .features import LogMel, MelConfig, mel_range_for_frames, mel_windows
-from .io import SAMPLE_RATE, Audio
-from .landmark_model import MelWindowEncoder
-from .landmarks import WindowPlan
+from .io import Audio, check_speech
+from .landmarks import WindowPlan, blend_windows
 from .motion import BLINK_DIRECTIONS
+from .window_transformer import (
+    MelWindowEncoder,
+    WindowTransformer,
+    WindowTransformerConfig,
+    load_window_transformer,
+    save_window_transformer,
+)
 
 FILE_FORMAT = "talkingface.emo_a2e"
-FILE_VERSION = "1"
 NO_AUDIO_MOTIONS = ("held", "animated")
 # Emotion-only animation: the emotion's strength wanders by up to this fraction, at 0.05–0.3 Hz.
 ANIMATION_DEPTH = 0.2
@@ -73,7 +75,11 @@ def emotion_encoder_id(encoder_name: str, emotion_dim: int) -> str:
 
 
 @dataclass(frozen=True)
-class EmoA2EConfig:
+class EmoA2EConfig(WindowTransformerConfig):
+    DESCRIPTION = "Emo-A2E"
+    POSITIVE_FIELDS = ("expression_dim", "emotion_dim", "target_frames", "mel_bins", "mel_window", "width", "heads",
+                       "layers", "feedforward")
+
     expression_dim: int = 64
     emotion_dim: int = 512
     # The text encoder whose embeddings the model was trained on, as TALK_EMOTION names it
@@ -90,38 +96,13 @@ class EmoA2EConfig:
     # Mel encoder channels, each stage halving the time axis.
     audio_channels: tuple[int, ...] = (128, 128)
 
-    def __post_init__(self) -> None:
-        problems = []
-        for name in ("expression_dim", "emotion_dim", "target_frames", "mel_bins", "mel_window", "width", "heads",
-                     "layers", "feedforward"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be at least 1")
-        if not self.encoder:
-            problems.append("encoder must name the text encoder the embeddings come from")
-        if self.width % self.heads:
-            problems.append(f"width {self.width} must be divisible by heads {self.heads}")
-        if not 0 <= self.dropout < 1:
-            problems.append("dropout must be in [0, 1)")
-        if not self.audio_channels:
-            problems.append("audio_channels must name at least one stage")
-        if problems:
-            raise TalkingFaceError("invalid Emo-A2E config: " + "; ".join(problems))
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> EmoA2EConfig:
-        values = json.loads(text)
-        unknown = set(values) - {field.name for field in dataclasses.fields(cls)}
-        if unknown:
-            raise ModelFileError(f"unknown Emo-A2E settings {sorted(unknown)}")
-        if "audio_channels" in values:
-            values["audio_channels"] = tuple(values["audio_channels"])
-        return cls(**values)
+    def own_problems(self) -> list[str]:
+        return [] if self.encoder else ["encoder must name the text encoder the embeddings come from"]
 
 
-class EmoA2ETransformer(nn.Module):
+class EmoA2ETransformer(WindowTransformer):
+    NAME = "Emo-A2E"
+
     def __init__(self, config: EmoA2EConfig) -> None:
         super().__init__()
         self.config = config
@@ -130,22 +111,10 @@ class EmoA2ETransformer(nn.Module):
         self.neutral_encoder = nn.Sequential(nn.Linear(config.expression_dim, width), nn.GELU(), nn.Linear(width, width))
         self.emotion_projection = nn.Linear(config.emotion_dim, width)
         self.intensity_projection = nn.Linear(1, width)
-        # token kinds (neutral, emotion, audio) and the frame position of audio tokens
-        self.kind_embedding = nn.Parameter(torch.zeros(3, width))
-        self.frame_embedding = nn.Parameter(torch.zeros(config.target_frames, width))
-        nn.init.normal_(self.kind_embedding, std=0.02)
-        nn.init.normal_(self.frame_embedding, std=0.02)
-        layer = nn.TransformerEncoderLayer(
-            width, config.heads, config.feedforward, config.dropout, activation="gelu", batch_first=True, norm_first=True
-        )
-        self.encoder = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(width)
+        self.build_mixer(config, kinds=3)  # neutral, emotion and audio tokens
         self.speech_head = nn.Linear(width, config.expression_dim)
         self.emotion_head = nn.Linear(width, config.expression_dim)
-        # Start at the speaker's resting face: an untrained model predicts no motion rather than noise.
-        for head in (self.speech_head, self.emotion_head):
-            nn.init.zeros_(head.weight)
-            nn.init.zeros_(head.bias)
+        self.start_at_zero(self.speech_head, self.emotion_head)  # at the speaker's resting face
 
     def forward(
         self, neutral: torch.Tensor, embedding: torch.Tensor, intensity: torch.Tensor, mel_windows: torch.Tensor
@@ -155,17 +124,12 @@ class EmoA2ETransformer(nn.Module):
         config = self.config
         batch, frames = mel_windows.shape[:2]
         rows = neutral.shape[0] if neutral.shape[0] == 1 else batch
-        expected = {
+        self.check_inputs({
             "neutral": (neutral, (rows, config.expression_dim)),
             "embedding": (embedding, (embedding.shape[0] if embedding.shape[0] == 1 else batch, config.emotion_dim)),
             "intensity": (intensity, (intensity.shape[0] if intensity.shape[0] == 1 else batch,)),
             "mel_windows": (mel_windows, (batch, frames, config.mel_bins, config.mel_window)),
-        }
-        for name, (tensor, shape) in expected.items():
-            if tuple(tensor.shape) != shape:
-                raise TalkingFaceError(f"Emo-A2E input '{name}' must be {shape}, got {tuple(tensor.shape)}")
-        if not 1 <= frames <= config.target_frames:
-            raise TalkingFaceError(f"Emo-A2E takes 1 to {config.target_frames} frames at once, got {frames}")
+        }, frames)
         neutral_token = self.neutral_encoder(neutral) + self.kind_embedding[0]
         emotion_token = self.emotion_projection(embedding) + self.intensity_projection(intensity.unsqueeze(-1))
         emotion_token = emotion_token + self.kind_embedding[1]
@@ -177,7 +141,7 @@ class EmoA2ETransformer(nn.Module):
             ],
             dim=1,
         )
-        frame_tokens = self.norm(self.encoder(tokens))[:, 2:]
+        frame_tokens = self.mix(tokens)[:, 2:]
         emotion = intensity.view(-1, 1, 1) * self.emotion_head(frame_tokens)
         return neutral.unsqueeze(1) + self.speech_head(frame_tokens) + emotion
 
@@ -185,55 +149,14 @@ class EmoA2ETransformer(nn.Module):
 # ---- checkpoints ---------------------------------------------------------------------------
 def save_emo_a2e(model: EmoA2ETransformer, path: str | Path, extra_metadata: dict[str, str] | None = None) -> None:
     """One .safetensors file: the weights plus the config (with the text encoder's name) as JSON."""
-    metadata = {"format": FILE_FORMAT, "version": FILE_VERSION, "config": model.config.to_json()}
-    metadata.update(extra_metadata or {})
-    save_checkpoint(model, path, metadata, dtype=torch.float32)
-
-
-def _listed(keys: list[str]) -> str:
-    return f"{keys[:5]}{' …' if len(keys) > 5 else ''}"
+    save_window_transformer(model, path, FILE_FORMAT, extra_metadata)
 
 
 def load_emo_a2e(path: str | Path) -> EmoA2ETransformer:
     """Strict loader: the file must say it is an Emo-A2E checkpoint, and every weight must be present
     with the shape its config implies."""
-    path = Path(path)
-    metadata = read_checkpoint_metadata(path, "Emo-A2E checkpoint")
-    if metadata.get("format") != FILE_FORMAT:
-        found = metadata.get("format", "no format tag")
-        raise ModelFileError(
-            f"{path.name} is not an Emo-A2E checkpoint (its metadata says '{found}', expected '{FILE_FORMAT}'); "
-            "pick a checkpoint written by scripts/train_emo_a2e.py"
-        )
-    if "config" not in metadata:
-        raise ModelFileError(f"{path.name} is not an Emo-A2E checkpoint: it has no config in its metadata")
-    try:
-        config = EmoA2EConfig.from_json(metadata["config"])
-    except (ValueError, TypeError) as error:
-        raise ModelFileError(f"{path.name} has an invalid Emo-A2E config: {error}") from error
-    model = EmoA2ETransformer(config)
-    expected = model.state_dict()
-    tensors = read_checkpoint_weights(path)
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    wrong = sorted(
-        f"{key} {tuple(tensors[key].shape)} (expected {tuple(expected[key].shape)})"
-        for key in set(expected) & set(tensors) if tensors[key].shape != expected[key].shape
-    )
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing {_listed(missing)}")
-        if unexpected:
-            parts.append(f"unexpected {_listed(unexpected)}")
-        if wrong:
-            parts.append(f"wrong shape {_listed(wrong)}")
-        raise ModelFileError(
-            f"{path.name} is not an Emo-A2E checkpoint matching its config: expected keys "
-            f"{_listed(sorted(expected))}; " + "; ".join(parts)
-        )
-    model.load_state_dict(tensors, strict=True)
-    return model.eval()
+    return load_window_transformer(path, FILE_FORMAT, "Emo-A2E", EmoA2ETransformer, EmoA2EConfig,
+                                   "scripts/train_emo_a2e.py")
 
 
 # ---- prediction ----------------------------------------------------------------------------
@@ -260,33 +183,6 @@ def check_expression_dim(config: EmoA2EConfig, expression_dim: int, what: str = 
             f"this Emo-A2E model predicts {config.expression_dim} expression coefficients but {what} has "
             f"{expression_dim}: use an Emo-A2E model trained for that face model"
         )
-
-
-def blend_windows(
-    plan: WindowPlan,
-    windows_per_batch: int,
-    predict: Callable[[torch.Tensor], torch.Tensor],
-    device: torch.device | str,
-    on_batch: Callable[[int], None] | None = None,
-) -> torch.Tensor:
-    """Overlap-blended per-frame predictions over every window of ``plan``: ``predict(frame_index
-    [W, window])`` returns ``[W, window, ...]`` for a batch of windows; the result is ``[frames, ...]``.
-    Memory is bounded by one batch of windows plus the output."""
-    weights = plan.blend_weights().to(device)
-    total = weight_sum = None
-    window = torch.arange(plan.window, device=device)
-    for starts in plan.batches(windows_per_batch):
-        frame_index = torch.tensor(starts, device=device).unsqueeze(1) + window
-        predicted = predict(frame_index)
-        if total is None:
-            total = predicted.new_zeros(plan.frames, *predicted.shape[2:])
-            weight_sum = predicted.new_zeros(plan.frames)
-        shaped = weights.view(1, -1, *([1] * (predicted.ndim - 2)))
-        total.index_add_(0, frame_index.flatten(), (predicted * shaped).flatten(0, 1))
-        weight_sum.index_add_(0, frame_index.flatten(), weights.expand(len(starts), -1).flatten())
-        if on_batch is not None:
-            on_batch(starts[-1] + plan.window)
-    return total / weight_sum.view(-1, *([1] * (total.ndim - 1)))
 
 
 def _condition(model: EmoA2ETransformer, emotion: TextEmotion, neutral: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -319,10 +215,7 @@ def predict_expression(
     with ``emotion``; ``neutral [E]`` is the speaker's resting expression. Long audio runs in
     overlapping windows of ``target_frames`` (``overlap`` frames shared; default a quarter)."""
     config = model.config
-    if audio.sample_rate != SAMPLE_RATE:
-        raise TalkingFaceError(f"Emo-A2E needs {SAMPLE_RATE} Hz audio, got {audio.sample_rate} Hz")
-    if not fps > 0:
-        raise TalkingFaceError(f"fps must be positive, got {fps}")
+    check_speech(audio, fps, "Emo-A2E")
     condition = _condition(model, emotion, neutral)
     device = condition[0].device
     log_mel = (log_mel or LogMel()).to(device)

@@ -147,6 +147,14 @@ def fit_to_frames(audio: Audio, frames: int, fps: float, policy: str) -> tuple[A
     return Audio(audio.samples.repeat(repeats)[:wanted], audio.sample_rate), frames
 
 
+def check_speech(audio: Audio, fps: float, what: str) -> None:
+    """A model of the audio chain needs 16 kHz audio and a positive frame rate."""
+    if audio.sample_rate != SAMPLE_RATE:
+        raise TalkingFaceError(f"{what} needs {SAMPLE_RATE} Hz audio, got {audio.sample_rate} Hz")
+    if not fps > 0:
+        raise TalkingFaceError(f"fps must be positive, got {fps}")
+
+
 def check_not_silent(audio: Audio) -> None:
     """All-zero (or near) audio would drive a closed mouth: say so instead of returning a still face."""
     peak = float(audio.samples.abs().max())

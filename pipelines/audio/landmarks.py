@@ -13,7 +13,7 @@ memory is bounded by the batch, not by the audio.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +24,7 @@ from ..morphable.model import MorphableModel
 from ..render.camera import PerspectiveCamera
 from ..video import frame_chunks
 from .features import LogMel, mel_range_for_frames, mel_windows
-from .io import SAMPLE_RATE, Audio
+from .io import Audio, check_speech
 from .landmark_model import MOUTH_POINTS, NUM_POINTS, POSE_POINTS, LandmarkCompletionTransformer
 
 PROJECTION_CHUNK_FRAMES = 1024
@@ -134,6 +134,34 @@ class WindowPlan:
             yield starts[first: first + windows_per_batch]
 
 
+def blend_windows(
+    plan: WindowPlan,
+    windows_per_batch: int,
+    predict: Callable[[torch.Tensor], torch.Tensor],
+    device: torch.device | str,
+    on_batch: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Overlap-blended per-frame predictions over every window of ``plan``: ``predict(frame_index
+    [W, window])`` returns ``[W, window, ...]`` for a batch of windows, which cover one run of
+    frames; the result is ``[frames, ...]``. Memory is bounded by one batch of windows plus the
+    output. ``on_batch(frames_done)`` is called after each batch (progress, interruption)."""
+    weights = plan.blend_weights().to(device)
+    total = weight_sum = None
+    window = torch.arange(plan.window, device=device)
+    for starts in plan.batches(windows_per_batch):
+        frame_index = torch.tensor(starts, device=device).unsqueeze(1) + window
+        predicted = predict(frame_index)
+        if total is None:
+            total = predicted.new_zeros(plan.frames, *predicted.shape[2:])
+            weight_sum = predicted.new_zeros(plan.frames)
+        shaped = weights.view(1, -1, *([1] * (predicted.ndim - 2)))
+        total.index_add_(0, frame_index.flatten(), (predicted * shaped).flatten(0, 1))
+        weight_sum.index_add_(0, frame_index.flatten(), weights.expand(len(starts), -1).flatten())
+        if on_batch is not None:
+            on_batch(starts[-1] + plan.window)
+    return total.div_(weight_sum.view(-1, *([1] * (total.ndim - 1))))
+
+
 @torch.no_grad()
 def predict_mouth(
     model: LandmarkCompletionTransformer,
@@ -144,15 +172,14 @@ def predict_mouth(
     overlap: int | None = None,
     windows_per_batch: int = 64,
     log_mel: LogMel | None = None,
-    on_batch=None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Lip and jaw points ``[F, 37, 2]`` (:data:`MOUTH_POINTS` order, normalised crop frame) for the
     F video frames of ``pose_points [F, 31, 2]`` (normalised), driven by 16 kHz ``audio`` at ``fps``;
     ``references [N, 68, 2]`` (normalised) are the speaker's reference landmark sets.
     ``on_batch(frames_done)`` is called after each batch (progress, interruption)."""
     config = model.config
-    if audio.sample_rate != SAMPLE_RATE:
-        raise TalkingFaceError(f"the landmark model needs {SAMPLE_RATE} Hz audio, got {audio.sample_rate} Hz")
+    check_speech(audio, fps, "the landmark model")
     if references.shape != (config.reference_sets, NUM_POINTS, 2):
         raise TalkingFaceError(
             f"the model takes {config.reference_sets} reference landmark sets [N, 68, 2], got {tuple(references.shape)}"
@@ -160,29 +187,22 @@ def predict_mouth(
     device = next(model.parameters()).device
     log_mel = (log_mel or LogMel()).to(device)
     plan = WindowPlan(pose_points.shape[0], config.target_frames, config.target_frames // 4 if overlap is None else overlap)
-    weights = plan.blend_weights().to(device)
-    total = torch.zeros(plan.frames, len(MOUTH_POINTS), 2, device=device)
-    weight_sum = torch.zeros(plan.frames, device=device)
     samples = audio.samples.to(device, torch.float32)
     references = references.to(device, torch.float32).unsqueeze(0)
     pose_points = pose_points.to(device, torch.float32)
-    window = torch.arange(plan.window, device=device)
-    for starts in plan.batches(windows_per_batch):
+
+    def predict(frame_index: torch.Tensor) -> torch.Tensor:
         # The batch's windows cover one run of frames; each frame's tokens are encoded once and
         # shared by the windows that overlap on it.
-        first, last = starts[0], starts[-1] + plan.window
+        first, last = int(frame_index[0, 0]), int(frame_index[-1, -1]) + 1
         first_mel, last_mel = mel_range_for_frames(first, last, fps, log_mel.config)
         mel = log_mel.frames(samples, first_mel, last_mel).unsqueeze(0)
         windows = mel_windows(mel, first_mel, torch.arange(first, last, device=device), fps, log_mel.config)[0]
         audio_tokens, pose_tokens = model.frame_tokens(windows, pose_points[first:last])
-        frame_index = torch.tensor(starts, device=device).unsqueeze(1) + window  # [W, T]
         local = frame_index - first
-        predicted = model.complete(references, audio_tokens[local], pose_tokens[local])
-        total.index_add_(0, frame_index.flatten(), (predicted * weights.view(1, -1, 1, 1)).flatten(0, 1))
-        weight_sum.index_add_(0, frame_index.flatten(), weights.expand(len(starts), -1).flatten())
-        if on_batch is not None:
-            on_batch(starts[-1] + plan.window)
-    return total.div_(weight_sum.view(-1, 1, 1))
+        return model.complete(references, audio_tokens[local], pose_tokens[local])
+
+    return blend_windows(plan, windows_per_batch, predict, device, on_batch)
 
 
 def audio_to_landmarks(

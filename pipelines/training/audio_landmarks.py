@@ -4,13 +4,12 @@ Clips are stored one per ``.safetensors`` file (``audio [N]``, ``landmarks [F, 6
 fps in the metadata): :func:`save_clip` writes them, from a preprocessing step or from
 :mod:`.audio_synthetic`. Training samples windows of ``target_frames`` frames with reference sets
 drawn from other frames of the same clip (as IP_LAP does), and minimises L1 on the lip and jaw
-points plus L1 on their frame-to-frame velocity, in the normalised crop frame. Training runs under
-HF accelerate (CPU, one or many GPUs, mixed precision as configured by ``accelerate config``).
+points plus L1 on their frame-to-frame velocity, in the normalised crop frame. Training runs in :func:`.loop.train_windows` (HF accelerate,
+resumable from ``checkpoint_dir/training_state``).
 """
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,8 +30,10 @@ from ..audio.landmark_model import (
 from ..audio.landmarks import eye_frames, to_normalised
 from ..errors import ModelFileError, TalkingFaceError
 from .audio_synthetic import TalkingClip
+from .loop import TrainConfig, WindowTask, train_windows, velocity_l1
 
 CLIP_FORMAT = "talkingface.audio_clip"
+STATE_FORMAT = "talkingface.audio-landmarks-training-state"
 
 
 def save_clip(clip: TalkingClip, path: str | Path) -> None:
@@ -122,31 +123,6 @@ class LandmarkWindows(Dataset):
         }
 
 
-def landmark_loss(predicted: torch.Tensor, target: torch.Tensor, velocity_weight: float) -> torch.Tensor:
-    """L1 on the points plus ``velocity_weight`` × L1 on their frame-to-frame motion."""
-    loss = (predicted - target).abs().mean()
-    if predicted.shape[1] > 1 and velocity_weight > 0:
-        loss = loss + velocity_weight * (predicted.diff(dim=1) - target.diff(dim=1)).abs().mean()
-    return loss
-
-
-@dataclass
-class TrainConfig:
-    steps: int = 2000
-    batch_size: int = 32
-    learning_rate: float = 5e-4
-    weight_decay: float = 0.01
-    warmup_steps: int = 100
-    velocity_weight: float = 1.0
-    validate_every: int = 200
-    train_windows: int = 100_000
-    validation_windows: int = 512
-    seed: int = 0
-    num_workers: int = 0
-    # Windows whose references are one frame repeated (a still portrait, the pack's main use).
-    portrait_references: float = 0.5
-
-
 @dataclass
 class Evaluation:
     """Mean L1 per coordinate (normalised units: inter-ocular distance) on the validation windows."""
@@ -183,65 +159,30 @@ def train_landmark_model(
     validation_clips: Sequence[TalkingClip],
     train_config: TrainConfig,
     checkpoint_dir: str | Path | None = None,
-    log=print,
+    log: Callable[[str], None] = print,
+    until_step: int | None = None,
 ) -> tuple[LandmarkCompletionTransformer, list[tuple[int, Evaluation]]]:
-    """Train with accelerate; validates every ``validate_every`` steps and at the end, saving the
-    best model as ``checkpoint_dir/best.safetensors`` and the last as ``last.safetensors``."""
-    from accelerate import Accelerator
-
-    accelerator = Accelerator()
+    """Train (:func:`.loop.train_windows`): validate every ``validate_every`` steps and at the end,
+    saving the best model as ``checkpoint_dir/best.safetensors``, the last as ``last.safetensors``
+    and the resumable state in ``checkpoint_dir/training_state``: running again with the same folder
+    continues from there."""
     torch.manual_seed(train_config.seed)
     train_set = LandmarkWindows(train_clips, model_config, train_config.train_windows, seed=train_config.seed,
                                 portrait_fraction=train_config.portrait_references)
     validation_set = LandmarkWindows(validation_clips, model_config, train_config.validation_windows,
                                      seed=10_000 + train_config.seed, portrait_fraction=train_config.portrait_references)
     dataset_mean = torch.cat([clip.points[:, list(MOUTH_POINTS)] for clip in train_set.prepared]).mean(0)
-    model = LandmarkCompletionTransformer(model_config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=train_config.learning_rate, weight_decay=train_config.weight_decay)
-
-    def schedule(step: int) -> float:
-        if step < train_config.warmup_steps:
-            return (step + 1) / train_config.warmup_steps
-        progress = (step - train_config.warmup_steps) / max(train_config.steps - train_config.warmup_steps, 1)
-        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    train_loader = DataLoader(train_set, batch_size=train_config.batch_size, shuffle=True,
-                              num_workers=train_config.num_workers, drop_last=True)
-    validation_loader = DataLoader(validation_set, batch_size=train_config.batch_size)
-    model, optimizer, train_loader, validation_loader, scheduler = accelerator.prepare(
-        model, optimizer, train_loader, validation_loader, scheduler
+    task = WindowTask(
+        name="landmark model",
+        state_format=STATE_FORMAT,
+        loss=lambda model, batch: velocity_l1(model(batch["references"], batch["mel_windows"], batch["pose"]),
+                                              batch["target"], train_config.velocity_weight),
+        evaluate=lambda model, loader: evaluate(model, loader, dataset_mean),
+        describe=lambda result: f"reference mean {result.reference_mean_l1:.4f}, dataset mean {result.dataset_mean_l1:.4f}",
+        save_model=save_landmark_model,
     )
-    history: list[tuple[int, Evaluation]] = []
-    best = math.inf
-    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    step = 0
-    model.train()
-    while step < train_config.steps:
-        for batch in train_loader:
-            predicted = model(batch["references"], batch["mel_windows"], batch["pose"])
-            loss = landmark_loss(predicted, batch["target"], train_config.velocity_weight)
-            accelerator.backward(loss)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            step += 1
-            if step % train_config.validate_every == 0 or step == train_config.steps:
-                result = evaluate(model, validation_loader, dataset_mean)
-                history.append((step, result))
-                log(f"step {step}: loss {loss.item():.4f}, validation L1 {result.model_l1:.4f} "
-                    f"(reference mean {result.reference_mean_l1:.4f}, dataset mean {result.dataset_mean_l1:.4f})")
-                if checkpoint_dir is not None and accelerator.is_main_process:
-                    unwrapped = accelerator.unwrap_model(model)
-                    metadata = {"step": str(step), "validation_l1": f"{result.model_l1:.6f}"}
-                    save_landmark_model(unwrapped, checkpoint_dir / "last.safetensors", metadata)
-                    if result.model_l1 < best:
-                        save_landmark_model(unwrapped, checkpoint_dir / "best.safetensors", metadata)
-                best = min(best, result.model_l1)
-            if step >= train_config.steps:
-                break
-    model = accelerator.unwrap_model(model).eval()
-    return model, history
+    model = LandmarkCompletionTransformer(model_config)
+    return train_windows(model, train_set, validation_set, train_config, task, checkpoint_dir, log, until_step)
 
 
 @dataclass

@@ -19,14 +19,14 @@ video (the Fit 3DMM stage) and writes these files.
 Labels become conditions the way users give them: the label through a few prompt templates
 ("a happy face", …) into the text encoder (any :class:`TextEncoder`), the level as the intensity
 (:data:`LEVEL_INTENSITY`). Training samples windows of ``target_frames`` frames and minimises L1
-on the expression plus L1 on its frame-to-frame velocity. Validation compares the model with two
+on the expression plus L1 on its frame-to-frame velocity (:func:`.loop.train_windows`, resumable
+from ``checkpoint_dir/training_state``). Validation compares the model with two
 baselines: the speaker's neutral expression in every frame, and the neutral plus the training
 set's mean offset for the clip's emotion and level (it knows the emotion, not the speech).
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,18 +48,16 @@ from ..audio.features import LogMel, mel_windows
 from ..audio.io import SAMPLE_RATE, Audio
 from ..audio.landmark_model import MOUTH_POINTS
 from ..audio.landmarks import project_landmarks
-from ..checkpoints import read_checkpoint_metadata
 from ..emotion.emotion import MEAD_EMOTIONS, TextEmotion
 from ..errors import ModelFileError, TalkingFaceError
 from ..morphable.coefficients import FaceCoefficients
 from ..morphable.model import MorphableModel
 from ..render.camera import PerspectiveCamera
-from .audio_landmarks import TrainConfig, landmark_loss
 from .emo_synthetic import LEVEL_INTENSITY, EmotionClip
-from .tgdm import StepCounter
+from .loop import TrainConfig, WindowTask, train_windows, velocity_l1
 
 CLIP_FORMAT = "talkingface.emotion_clip"
-STATE_FOLDER = "training_state"
+STATE_FORMAT = "talkingface.emo-a2e-training-state"
 EMOTION_ADJECTIVES = {
     "neutral": "neutral", "angry": "angry", "contempt": "contemptuous", "disgusted": "disgusted",
     "fear": "fearful", "happy": "happy", "sad": "sad", "surprised": "surprised",
@@ -268,76 +266,30 @@ def train_emo_a2e(
     train_config: TrainConfig,
     checkpoint_dir: str | Path | None = None,
     log: Callable[[str], None] = print,
+    until_step: int | None = None,
 ) -> tuple[EmoA2ETransformer, list[tuple[int, Evaluation]]]:
-    """Train with accelerate; validate every ``validate_every`` steps and at the end, saving the best
-    model as ``checkpoint_dir/best.safetensors``, the last as ``last.safetensors`` and the resumable
-    state (weights, optimizer, schedule, step) in ``checkpoint_dir/training_state``: running again
-    with the same folder continues from there."""
-    from accelerate import Accelerator
-
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    """Train (:func:`.loop.train_windows`): validate every ``validate_every`` steps and at the end,
+    saving the best model as ``checkpoint_dir/best.safetensors``, the last as ``last.safetensors``
+    and the resumable state in ``checkpoint_dir/training_state``: running again with the same folder
+    continues from there."""
     torch.manual_seed(train_config.seed)
     train_set = EmotionWindows(train_clips, model_config, encoder, train_config.train_windows, seed=train_config.seed)
     validation_set = EmotionWindows(validation_clips, model_config, encoder, train_config.validation_windows,
                                     seed=10_000 + train_config.seed)
     offsets = emotion_mean_offsets(train_clips)
+    task = WindowTask(
+        name="Emo-A2E",
+        state_format=STATE_FORMAT,
+        loss=lambda model, batch: velocity_l1(
+            model(batch["neutral"], batch["embedding"], batch["intensity"], batch["mel_windows"]), batch["target"],
+            train_config.velocity_weight,
+        ),
+        evaluate=lambda model, loader: evaluate(model, loader, offsets),
+        describe=lambda result: f"neutral {result.neutral_l1:.4f}, emotion mean {result.emotion_mean_l1:.4f}",
+        save_model=save_emo_a2e,
+    )
     model = EmoA2ETransformer(model_config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=train_config.learning_rate, weight_decay=train_config.weight_decay)
-
-    def schedule(step: int) -> float:
-        if step < train_config.warmup_steps:
-            return (step + 1) / train_config.warmup_steps
-        progress = (step - train_config.warmup_steps) / max(train_config.steps - train_config.warmup_steps, 1)
-        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    validation_loader = DataLoader(validation_set, batch_size=train_config.batch_size)
-    model, optimizer, validation_loader, scheduler = accelerator.prepare(model, optimizer, validation_loader, scheduler)
-    counter = StepCounter()
-    accelerator.register_for_checkpointing(counter)
-    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    best = math.inf
-    if checkpoint_dir is not None and (checkpoint_dir / STATE_FOLDER).is_dir():
-        accelerator.load_state(str(checkpoint_dir / STATE_FOLDER))
-        if (checkpoint_dir / "best.safetensors").is_file():
-            best = float(read_checkpoint_metadata(checkpoint_dir / "best.safetensors", "best checkpoint")["validation_l1"])
-        log(f"resumed at step {counter.step}")
-    # a different, still reproducible draw of windows after resuming
-    sampler_generator = torch.Generator().manual_seed(train_config.seed + 7919 * counter.step)
-    train_loader = accelerator.prepare(DataLoader(
-        train_set, batch_size=train_config.batch_size, shuffle=True, num_workers=train_config.num_workers,
-        drop_last=True, generator=sampler_generator,
-    ))
-    history: list[tuple[int, Evaluation]] = []
-    model.train()
-    while counter.step < train_config.steps:
-        for batch in train_loader:
-            predicted = model(batch["neutral"], batch["embedding"], batch["intensity"], batch["mel_windows"])
-            loss = landmark_loss(predicted, batch["target"], train_config.velocity_weight)
-            accelerator.backward(loss)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            counter.step += 1
-            step = counter.step
-            if step % train_config.validate_every == 0 or step == train_config.steps:
-                result = evaluate(model, validation_loader, offsets)
-                history.append((step, result))
-                log(f"step {step}: loss {loss.item():.4f}, validation L1 {result.model_l1:.4f} "
-                    f"(neutral {result.neutral_l1:.4f}, emotion mean {result.emotion_mean_l1:.4f})")
-                if checkpoint_dir is not None:
-                    accelerator.wait_for_everyone()
-                    if accelerator.is_main_process:
-                        unwrapped = accelerator.unwrap_model(model)
-                        metadata = {"step": str(step), "validation_l1": f"{result.model_l1:.6f}"}
-                        save_emo_a2e(unwrapped, checkpoint_dir / "last.safetensors", metadata)
-                        if result.model_l1 < best:
-                            save_emo_a2e(unwrapped, checkpoint_dir / "best.safetensors", metadata)
-                        accelerator.save_state(str(checkpoint_dir / STATE_FOLDER))
-                best = min(best, result.model_l1)
-            if step >= train_config.steps:
-                break
-    return accelerator.unwrap_model(model).eval(), history
+    return train_windows(model, train_set, validation_set, train_config, task, checkpoint_dir, log, until_step)
 
 
 @dataclass

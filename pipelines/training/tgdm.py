@@ -5,21 +5,16 @@ HF accelerate runs it on one CPU, one GPU, several GPUs or nodes (``accelerate l
 precision on GPU. Latent mode trains on the frozen VAE's latents of the photos (cached as they are
 first drawn), while the renders stay pixels for the denoiser's render stem.
 
-The resumable state (``OUT/training_state/``) is safetensors and JSON only, never pickle: the
-raw weights, the EMA weights, the optimizer's tensors (its hyper-parameters as JSON in the
-metadata) and every process's pair/noise generator state in ``.safetensors`` files; the step, EMA
-update count, config, settings and fp16 loss-scaler state in ``trainer_state.json``. accelerate's
-``save_state`` is not used because, even with ``safe_serialization=True``, only the model goes to
-safetensors: the optimizer (``optimizer.bin``), scaler (``scaler.pt``), RNG states
-(``random_states_N.pkl``) and registered objects (``custom_checkpoint_N.pkl``, read back with
-``weights_only=False``) are pickled. Global torch/numpy/python RNG states are not needed: every
-random draw of the training comes from the trainer's own generator.
+The resumable state (``OUT/training_state/``, :mod:`.state`: safetensors and JSON, never pickle)
+holds the raw weights, the EMA weights, the optimizer and every process's pair/noise generator state;
+``trainer_state.json`` the step, EMA update count, config, settings and fp16 loss-scaler state.
+Global torch/numpy/python RNG states are not needed: every random draw of the training comes from
+the trainer's own generator.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,26 +22,35 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from ..checkpoints import read_checkpoint_metadata
 from ..errors import TalkingFaceError
 from ..generator.checkpoint import save_tgdm
 from ..generator.config import TGDMConfig
 from ..generator.sampler import missing_vae_error, to_channels_first, to_model_images
 from ..generator.tgdm import TGDMDenoiser
 from ..generator.vae import LatentCodec
+from .state import (
+    STATE_FOLDER,
+    load_model_weights,
+    load_optimizer,
+    load_rng_states,
+    read_trainer_state,
+    restore_scaler,
+    save_model_weights,
+    save_optimizer,
+    save_weights,
+    scaler_state,
+    write_state_folder,
+    write_trainer_state,
+)
 from .synthetic_faces import FaceViews
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 EMA_FILE = "tgdm_ema.safetensors"
-STATE_FOLDER = "training_state"
 STATE_FORMAT = "talkingface.tgdm-training-state"
-STATE_FILE = "trainer_state.json"
-MODEL_STATE_FILE = "model.safetensors"
 EMA_STATE_FILE = "ema.safetensors"
-OPTIMIZER_STATE_FILE = "optimizer.safetensors"
 
 
 @dataclass(frozen=True)
@@ -97,41 +101,6 @@ class ExponentialMovingAverage:
     def load_state_dict(self, state: dict) -> None:
         self.shadow = {name: value.float() for name, value in state["shadow"].items()}
         self.updates = int(state["updates"])
-
-
-class StepCounter:
-    """An optimisation step counter for trainers that checkpoint through accelerate's
-    ``register_for_checkpointing`` (the Emo-A2E trainer); TGDM keeps its step in ``trainer_state.json``."""
-
-    def __init__(self) -> None:
-        self.step = 0
-
-    def state_dict(self) -> dict:
-        return {"step": self.step}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.step = int(state["step"])
-
-
-def optimizer_tensors(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
-    """An optimizer ``state_dict`` split into its tensors (for safetensors) and the rest (for JSON)."""
-    tensors, scalars = {}, {}
-    for index, values in state["state"].items():
-        for name, value in values.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"{index}.{name}"] = value.detach().cpu().contiguous()
-            else:
-                scalars[f"{index}.{name}"] = value
-    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
-
-
-def optimizer_state(tensors: dict[str, torch.Tensor], rest: dict) -> dict:
-    """The inverse of :func:`optimizer_tensors`."""
-    state: dict[int, dict] = {}
-    for key, value in [*tensors.items(), *rest["scalars"].items()]:
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
-    return {"state": state, "param_groups": rest["param_groups"]}
 
 
 class LatentCache:
@@ -293,23 +262,10 @@ class TGDMTrainer:
     def save(self) -> Path:
         """Write the resumable state and the EMA weights as a loadable TGDM checkpoint."""
         accelerator = self.accelerator
-        folder = self.output_dir / STATE_FOLDER
-        partial = self.output_dir / (STATE_FOLDER + ".partial")
         path = self.output_dir / EMA_FILE
-        accelerator.wait_for_everyone()
+        write_state_folder(accelerator, self.output_dir / STATE_FOLDER, {"pairs": self.generator.get_state()},
+                           self._write_state)
         if accelerator.is_main_process:
-            shutil.rmtree(partial, ignore_errors=True)
-            partial.mkdir(parents=True)
-        accelerator.wait_for_everyone()
-        save_file({"pairs": self.generator.get_state()}, str(partial / f"rng_process_{accelerator.process_index}.safetensors"))
-        if accelerator.is_main_process:
-            self._write_state(partial)
-            # Swap in the complete state only now, so an interrupted save never leaves a broken one.
-            previous = self.output_dir / (STATE_FOLDER + ".previous")
-            if folder.is_dir():
-                folder.rename(previous)
-            partial.rename(folder)
-            shutil.rmtree(previous, ignore_errors=True)
             model = self.ema.copy_to(TGDMDenoiser(self.denoiser.config))
             metadata = {"training_step": str(self.step)}
             if self.vae is not None and getattr(self.vae, "name", ""):
@@ -320,46 +276,30 @@ class TGDMTrainer:
 
     def _write_state(self, folder: Path) -> None:
         raw = self.accelerator.unwrap_model(self.module).denoiser
-        save_file({k: v.detach().cpu().contiguous() for k, v in raw.state_dict().items()}, str(folder / MODEL_STATE_FILE))
-        save_file({k: v.contiguous() for k, v in self.ema.shadow.items()}, str(folder / EMA_STATE_FILE))
-        tensors, rest = optimizer_tensors(self.optimizer.state_dict())
-        save_file(tensors, str(folder / OPTIMIZER_STATE_FILE), metadata={"optimizer": json.dumps(rest)})
-        scaler = self.accelerator.scaler
-        info = {
-            "format": STATE_FORMAT, "version": 1, "step": self.step, "ema_updates": self.ema.updates,
+        save_model_weights(raw, folder)
+        save_weights(self.ema.shadow, folder / EMA_STATE_FILE)
+        save_optimizer(self.optimizer, folder)
+        write_trainer_state(folder, STATE_FORMAT, {
+            "step": self.step, "ema_updates": self.ema.updates,
             "config": json.loads(raw.config.to_json()), "settings": dataclasses.asdict(self.settings),
-            "processes": self.accelerator.num_processes,
-            "loss_scaler": None if scaler is None else scaler.state_dict(),
-        }
-        (folder / STATE_FILE).write_text(json.dumps(info, indent=1, sort_keys=True))
+            "processes": self.accelerator.num_processes, "loss_scaler": scaler_state(self.accelerator),
+        })
 
     def load_state(self, folder: Path) -> None:
         """Continue from a state written by :meth:`save`; a different model config is refused."""
-        info_path = folder / STATE_FILE
-        if not info_path.is_file():
-            raise TalkingFaceError(
-                f"{folder} holds no {STATE_FILE} (it may be a pickled state from an older version): "
-                "start a new run folder, or delete that folder to start this one afresh"
-            )
-        info = json.loads(info_path.read_text())
-        if info.get("format") != STATE_FORMAT:
-            raise TalkingFaceError(f"{info_path} is not a TGDM training state")
+        info = read_trainer_state(folder, STATE_FORMAT, "TGDM")
         config = self.denoiser.config
         if TGDMConfig.from_json(json.dumps(info["config"])) != config:
             raise TalkingFaceError(
                 f"the run in {folder.parent} trained a different model config; use the same model options, or a new --out folder"
             )
-        raw = self.accelerator.unwrap_model(self.module).denoiser
-        raw.load_state_dict(load_file(str(folder / MODEL_STATE_FILE)))
+        load_model_weights(self.accelerator.unwrap_model(self.module).denoiser, folder)
         self.ema.load_state_dict({"shadow": load_file(str(folder / EMA_STATE_FILE)), "updates": info["ema_updates"]})
-        optimizer_path = folder / OPTIMIZER_STATE_FILE
-        rest = json.loads(read_checkpoint_metadata(optimizer_path, "optimizer state")["optimizer"])
-        self.optimizer.load_state_dict(optimizer_state(load_file(str(optimizer_path)), rest))
-        if self.accelerator.scaler is not None and info.get("loss_scaler"):
-            self.accelerator.scaler.load_state_dict(info["loss_scaler"])
-        rng = folder / f"rng_process_{self.accelerator.process_index}.safetensors"
-        if rng.is_file():
-            self.generator.set_state(load_file(str(rng))["pairs"])
+        load_optimizer(self.optimizer, folder)
+        restore_scaler(self.accelerator, info.get("loss_scaler"))
+        rng = load_rng_states(folder, self.accelerator.process_index)
+        if rng is not None:
+            self.generator.set_state(rng["pairs"])
         else:  # resumed on more processes than saved it: a fresh, still reproducible draw
             self.generator.manual_seed(self.settings.seed + 7919 * info["step"] + self.accelerator.process_index)
         self.step = int(info["step"])
