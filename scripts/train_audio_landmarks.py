@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import torch
 
@@ -30,12 +29,12 @@ from pipelines.training.audio_synthetic import MOUTH_DIRECTIONS, synthetic_clip
 from pipelines.training.loop import (
     TRAIN_OPTIONS,
     TrainConfig,
+    add_data_options,
     add_field_options,
     add_run_options,
-    clips_from,
     fields_from_options,
     last_validation,
-    write_clip_splits,
+    training_clips,
 )
 
 MODEL_OPTIONS = ("reference_sets", "target_frames", "width", "heads", "layers", "feedforward", "dropout")
@@ -49,13 +48,9 @@ def synthetic_clips(count: int, seconds: float, first_seed: int) -> list:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    data = parser.add_argument_group("data")
-    data.add_argument("--train", type=Path, help="folder of training clips")
-    data.add_argument("--validation", type=Path, help="folder of validation clips")
+    data = add_data_options(parser, 6.0, "folder of validation clips")
     data.add_argument("--synthetic", type=int, default=0, help="make this many synthetic training clips instead")
     data.add_argument("--synthetic-validation", type=int, default=12, help="synthetic validation clips (other seeds)")
-    data.add_argument("--clip-seconds", type=float, default=6.0)
-    data.add_argument("--write-clips", type=Path, help="only write the synthetic clips to this folder")
     add_field_options(parser.add_argument_group("model"), LandmarkModelConfig(), MODEL_OPTIONS)
     add_field_options(parser.add_argument_group("training"), TrainConfig(), LANDMARK_TRAIN_OPTIONS)
     add_run_options(parser)
@@ -64,19 +59,13 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     started = time.time()
-    if args.synthetic:
-        train = synthetic_clips(args.synthetic, args.clip_seconds, 0)
-        validation = synthetic_clips(args.synthetic_validation, args.clip_seconds, 1_000_000)
-        if args.write_clips:
-            write_clip_splits(args.write_clips, {"train": train, "validation": validation}, save_clip)
-            print(f"wrote {len(train)} + {len(validation)} clips to {args.write_clips}")
-            return
-    elif args.train and args.validation:
-        train, validation = clips_from(args.train, load_clip), clips_from(args.validation, load_clip)
-    else:
-        parser.error("give --train and --validation folders, or --synthetic N")
-    if args.out is None:
-        parser.error("--out is required for training")
+    synthetic = (lambda: (synthetic_clips(args.synthetic, args.clip_seconds, 0),
+                          synthetic_clips(args.synthetic_validation, args.clip_seconds, 1_000_000))
+                 ) if args.synthetic else None
+    clips = training_clips(parser, args, synthetic, "--synthetic N", load_clip, save_clip)
+    if clips is None:
+        return
+    train, validation = clips
     data_seconds = time.time() - started
 
     model_config = LandmarkModelConfig(**fields_from_options(args, MODEL_OPTIONS))

@@ -30,7 +30,6 @@ import argparse
 import importlib
 import json
 import time
-from pathlib import Path
 
 import torch
 
@@ -47,12 +46,12 @@ from pipelines.training.emo_synthetic import HashedPromptEncoder, synthetic_emot
 from pipelines.training.loop import (
     TRAIN_OPTIONS,
     TrainConfig,
+    add_data_options,
     add_field_options,
     add_run_options,
-    clips_from,
     fields_from_options,
     last_validation,
-    write_clip_splits,
+    training_clips,
 )
 
 VALIDATION_SEED = 1_000_000
@@ -70,14 +69,10 @@ def make_encoder(factory: str | None, arguments: list[str], dim: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    data = parser.add_argument_group("data")
-    data.add_argument("--train", type=Path, help="folder of training clips")
-    data.add_argument("--validation", type=Path, help="folder of validation clips (other speakers)")
+    data = add_data_options(parser, 4.0, "folder of validation clips (other speakers)")
     data.add_argument("--synthetic-speakers", type=int, default=0, help="make synthetic clips of this many speakers")
     data.add_argument("--validation-speakers", type=int, default=6, help="held-out synthetic speakers")
     data.add_argument("--clips-per-speaker", type=int, default=10)
-    data.add_argument("--clip-seconds", type=float, default=4.0)
-    data.add_argument("--write-clips", type=Path, help="only write the synthetic clips to this folder")
     encoder = parser.add_argument_group("text encoder")
     encoder.add_argument("--encoder-factory", help="module:function returning a TextEncoder")
     encoder.add_argument("--encoder-arg", action="append", default=[], help="argument for the factory (repeatable)")
@@ -91,20 +86,16 @@ def main() -> None:
 
     started = time.time()
     face = demo_face_model()
-    if args.synthetic_speakers:
-        train = synthetic_emotion_clips(face, args.synthetic_speakers, args.clips_per_speaker, args.clip_seconds, 0)
-        validation = synthetic_emotion_clips(face, args.validation_speakers, args.clips_per_speaker, args.clip_seconds,
-                                             VALIDATION_SEED)
-        if args.write_clips:
-            write_clip_splits(args.write_clips, {"train": train, "validation": validation}, save_emotion_clip)
-            print(f"wrote {len(train)} + {len(validation)} clips to {args.write_clips}")
-            return
-    elif args.train and args.validation:
-        train, validation = clips_from(args.train, load_emotion_clip), clips_from(args.validation, load_emotion_clip)
-    else:
-        parser.error("give --train and --validation folders, or --synthetic-speakers N")
-    if args.out is None:
-        parser.error("--out is required for training")
+    synthetic = (lambda: (
+        synthetic_emotion_clips(face, args.synthetic_speakers, args.clips_per_speaker, args.clip_seconds, 0),
+        synthetic_emotion_clips(face, args.validation_speakers, args.clips_per_speaker, args.clip_seconds,
+                                VALIDATION_SEED),
+    )) if args.synthetic_speakers else None
+    clips = training_clips(parser, args, synthetic, "--synthetic-speakers N", load_emotion_clip,
+                           save_emotion_clip)
+    if clips is None:
+        return
+    train, validation = clips
     text_encoder = make_encoder(args.encoder_factory, args.encoder_arg, args.emotion_dim)
     emotion_dim = int(text_encoder.encode(["neutral"]).shape[-1])
     encoder_id = emotion_encoder_id(text_encoder.name, emotion_dim)

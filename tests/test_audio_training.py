@@ -3,7 +3,7 @@ import dataclasses
 
 import pytest
 import torch
-from packloader import pack_import
+from packloader import PACK_ROOT, pack_import
 
 synthetic = pack_import("pipelines.training.audio_synthetic")
 training = pack_import("pipelines.training.audio_landmarks")
@@ -149,3 +149,25 @@ def test_expression_chain_check_runs_on_clips_with_known_coefficients(clips):
     with pytest.raises(errors.TalkingFaceError, match="true coefficients"):
         training.check_expression_chain(model, face, [synthetic.TalkingClip(clips[0].audio, clips[0].landmarks, 25.0)],
                                         synthetic.MOUTH_DIRECTIONS)
+
+
+def test_training_script_writes_clips_then_trains_on_them(tmp_path, monkeypatch, capsys):
+    import json
+    import sys
+
+    monkeypatch.syspath_prepend(str(PACK_ROOT))
+    from scripts.train_audio_landmarks import main
+
+    tiny = ["--width", "16", "--heads", "2", "--layers", "1", "--feedforward", "16", "--target-frames", "8"]
+    monkeypatch.setattr(sys, "argv", ["train_audio_landmarks", "--synthetic", "2", "--synthetic-validation", "1",
+                                      "--clip-seconds", "1.5", "--write-clips", str(tmp_path / "clips")])
+    main()
+    monkeypatch.setattr(sys, "argv", [
+        "train_audio_landmarks", "--train", str(tmp_path / "clips" / "train"), "--validation",
+        str(tmp_path / "clips" / "validation"), "--steps", "2", "--validate-every", "2", "--batch-size", "2",
+        "--validation-windows", "4", "--warmup-steps", "1", *tiny, "--out", str(tmp_path / "run"),
+    ])
+    main()
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["steps"] == 2 and summary["train_clips"] == 2 and summary["validation_clips"] == 1
+    assert landmark_model.load_landmark_model(tmp_path / "run" / "best.safetensors").config.width == 16

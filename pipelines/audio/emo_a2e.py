@@ -77,8 +77,7 @@ def emotion_encoder_id(encoder_name: str, emotion_dim: int) -> str:
 @dataclass(frozen=True)
 class EmoA2EConfig(WindowTransformerConfig):
     DESCRIPTION = "Emo-A2E"
-    POSITIVE_FIELDS = ("expression_dim", "emotion_dim", "target_frames", "mel_bins", "mel_window", "width", "heads",
-                       "layers", "feedforward")
+    POSITIVE_FIELDS = ("expression_dim", "emotion_dim", "target_frames")
 
     expression_dim: int = 64
     emotion_dim: int = 512
@@ -86,15 +85,6 @@ class EmoA2EConfig(WindowTransformerConfig):
     # (emotion_encoder_id: its name and embedding size).
     encoder: str = ""
     target_frames: int = 32
-    mel_bins: int = 80
-    mel_window: int = 16
-    width: int = 128
-    heads: int = 4
-    layers: int = 3
-    feedforward: int = 512
-    dropout: float = 0.1
-    # Mel encoder channels, each stage halving the time axis.
-    audio_channels: tuple[int, ...] = (128, 128)
 
     def own_problems(self) -> list[str]:
         return [] if self.encoder else ["encoder must name the text encoder the embeddings come from"]

@@ -170,3 +170,12 @@ def mel_range_for_frames(first_frame: int, last_frame: int, fps: float, config: 
     """Mel frames ``[first, last)`` that the windows of video frames ``first_frame .. last_frame - 1`` read."""
     starts = frame_mel_starts(torch.tensor([first_frame, last_frame - 1]), fps, config)
     return int(starts[0]), int(starts[1]) + config.window_frames
+
+
+@torch.no_grad()
+def padded_log_mel(log_mel: LogMel, audio: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The log-mel ``[bins, M + 2·pad]`` of a whole clip's samples ``[N]`` with a mel window's worth of
+    frames beyond each end, and its first mel frame (``-pad``): every video frame's window fits in
+    it, so training datasets can slice windows from it."""
+    pad = log_mel.config.window_frames
+    return log_mel.frames(audio.float(), -pad, log_mel.num_frames(audio.shape[0]) + pad), -pad

@@ -39,22 +39,12 @@ NUM_POINTS = 68
 @dataclass(frozen=True)
 class LandmarkModelConfig(WindowTransformerConfig):
     DESCRIPTION = "landmark model"
-    POSITIVE_FIELDS = ("reference_sets", "target_frames", "mel_bins", "mel_window", "width", "heads", "layers",
-                       "feedforward", "point_channels")
+    POSITIVE_FIELDS = ("reference_sets", "target_frames", "point_channels")
 
     reference_sets: int = 8
     target_frames: int = 16
-    mel_bins: int = 80
-    mel_window: int = 16
-    width: int = 128
-    heads: int = 4
-    layers: int = 3
-    feedforward: int = 512
-    dropout: float = 0.1
-    # Audio CNN channels, each stage halving the time axis; point CNN channels.
-    audio_channels: tuple[int, ...] = (128, 128)
+    # Channels of the point-set encoders.
     point_channels: int = 32
-
 
 
 class PointSetEncoder(nn.Module):

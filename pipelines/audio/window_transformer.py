@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,19 +18,32 @@ from ..checkpoints import read_checkpoint_metadata, read_checkpoint_weights, sav
 from ..errors import ModelFileError, TalkingFaceError
 
 
+@dataclass(frozen=True)
 class WindowTransformerConfig:
-    """Base of the frozen dataclass configs: each of ``POSITIVE_FIELDS`` at least 1, ``width``
-    divisible by ``heads``, ``dropout`` in [0, 1), at least one stage of ``audio_channels``, plus a
-    config's own :meth:`own_problems`; ``DESCRIPTION`` names the model in messages."""
+    """The settings both models have, and the checks of a config: each of ``POSITIVE_FIELDS`` at
+    least 1, ``width`` divisible by ``heads``, ``dropout`` in [0, 1), at least one stage of
+    ``audio_channels``, plus a config's own :meth:`own_problems`; ``DESCRIPTION`` names the model
+    in messages. Subclasses add their own settings, ``target_frames`` among them."""
 
     DESCRIPTION = "window transformer"
-    POSITIVE_FIELDS: tuple[str, ...] = ()
+    POSITIVE_FIELDS = ("mel_bins", "mel_window", "width", "heads", "layers", "feedforward")
+
+    mel_bins: int = 80
+    mel_window: int = 16
+    width: int = 128
+    heads: int = 4
+    layers: int = 3
+    feedforward: int = 512
+    dropout: float = 0.1
+    # Mel encoder channels, each stage halving the time axis.
+    audio_channels: tuple[int, ...] = (128, 128)
 
     def own_problems(self) -> list[str]:
         return []
 
     def __post_init__(self) -> None:
-        problems = [f"{name} must be at least 1" for name in self.POSITIVE_FIELDS if getattr(self, name) < 1]
+        positive = (*self.POSITIVE_FIELDS, *WindowTransformerConfig.POSITIVE_FIELDS)
+        problems = [f"{name} must be at least 1" for name in positive if getattr(self, name) < 1]
         problems += self.own_problems()
         if self.width % self.heads:
             problems.append(f"width {self.width} must be divisible by heads {self.heads}")

@@ -14,11 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 
-from ..audio.features import LogMel, mel_windows
+from ..audio.features import LogMel, mel_windows, padded_log_mel
 from ..audio.io import SAMPLE_RATE
 from ..audio.landmark_model import (
     MOUTH_POINTS,
@@ -28,36 +26,22 @@ from ..audio.landmark_model import (
     save_landmark_model,
 )
 from ..audio.landmarks import eye_frames, to_normalised
-from ..errors import ModelFileError, TalkingFaceError
+from ..errors import TalkingFaceError
 from .audio_synthetic import TalkingClip
-from .loop import TrainConfig, WindowTask, train_windows, velocity_l1
+from .clip_files import read_clip_file, write_clip_file
+from .loop import TrainConfig, WindowTask, train_windows, validation_l1, velocity_l1
 
 CLIP_FORMAT = "talkingface.audio_clip"
 STATE_FORMAT = "talkingface.audio-landmarks-training-state"
 
 
 def save_clip(clip: TalkingClip, path: str | Path) -> None:
-    save_file(
-        {"audio": clip.audio.float().contiguous(), "landmarks": clip.landmarks.float().contiguous()},
-        str(path),
-        metadata={"format": CLIP_FORMAT, "fps": repr(float(clip.fps)), "sample_rate": str(SAMPLE_RATE)},
-    )
+    write_clip_file(path, CLIP_FORMAT, clip.fps, {"audio": clip.audio, "landmarks": clip.landmarks})
 
 
 def load_clip(path: str | Path) -> TalkingClip:
-    path = Path(path)
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            if metadata.get("format") != CLIP_FORMAT:
-                raise ModelFileError(f"{path.name} is not a training clip (format '{CLIP_FORMAT}')")
-            if int(metadata.get("sample_rate", 0)) != SAMPLE_RATE:
-                raise ModelFileError(f"{path.name}: clips must hold {SAMPLE_RATE} Hz audio")
-            return TalkingClip(handle.get_tensor("audio"), handle.get_tensor("landmarks"), float(metadata["fps"]))
-    except ModelFileError:
-        raise
-    except Exception as error:
-        raise ModelFileError(f"{path.name} could not be read as a training clip: {error}") from error
+    return read_clip_file(path, CLIP_FORMAT, "a training clip", lambda handle, metadata: TalkingClip(
+        handle.get_tensor("audio"), handle.get_tensor("landmarks"), float(metadata["fps"])))
 
 
 @dataclass
@@ -85,16 +69,12 @@ class LandmarkWindows(Dataset):
         self.seed = seed
         self.portrait_fraction = portrait_fraction
         log_mel = LogMel()
-        pad = log_mel.config.window_frames
         self.prepared = []
         for clip in clips:
             if clip.frames < config.target_frames + 1:
                 raise TalkingFaceError(f"a clip of {clip.frames} frames is shorter than a training window")
-            total = log_mel.num_frames(clip.audio.shape[0])
-            with torch.no_grad():
-                mel = log_mel.frames(clip.audio.float(), -pad, total + pad)
             points = to_normalised(clip.landmarks, eye_frames(clip.landmarks))
-            self.prepared.append(_PreparedClip(mel, -pad, points, clip.fps))
+            self.prepared.append(_PreparedClip(*padded_log_mel(log_mel, clip.audio), points, clip.fps))
         self.mel_config = log_mel.config
 
     def __len__(self) -> int:
@@ -132,25 +112,16 @@ class Evaluation:
     dataset_mean_l1: float  # predicting the training set's mean mouth in every frame
 
 
-@torch.no_grad()
+def predict(model: LandmarkCompletionTransformer, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return model(batch["references"], batch["mel_windows"], batch["pose"])
+
+
 def evaluate(model: LandmarkCompletionTransformer, loader: DataLoader, dataset_mean: torch.Tensor) -> Evaluation:
-    model.eval()
-    sums = torch.zeros(3)
-    count = 0
-    device = next(model.parameters()).device
-    for batch in loader:
-        batch = {key: value.to(device) for key, value in batch.items()}
-        target = batch["target"]
-        predicted = model(batch["references"], batch["mel_windows"], batch["pose"])
-        reference_mean = batch["references"].mean(1, keepdim=True)[:, :, list(MOUTH_POINTS)].expand_as(target)
-        sums += torch.stack([
-            (predicted - target).abs().sum(), (reference_mean - target).abs().sum(),
-            (dataset_mean.to(device).expand_as(target) - target).abs().sum(),
-        ]).cpu()
-        count += target.numel()
-    model.train()
-    values = (sums / count).tolist()
-    return Evaluation(*values)
+    def candidates(model: LandmarkCompletionTransformer, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        reference_mean = batch["references"].mean(1, keepdim=True)[:, :, list(MOUTH_POINTS)]
+        return predict(model, batch), reference_mean, dataset_mean.to(reference_mean.device)
+
+    return Evaluation(*validation_l1(model, loader, candidates))
 
 
 def train_landmark_model(
@@ -162,10 +133,9 @@ def train_landmark_model(
     log: Callable[[str], None] = print,
     until_step: int | None = None,
 ) -> tuple[LandmarkCompletionTransformer, list[tuple[int, Evaluation]]]:
-    """Train (:func:`.loop.train_windows`): validate every ``validate_every`` steps and at the end,
-    saving the best model as ``checkpoint_dir/best.safetensors``, the last as ``last.safetensors``
-    and the resumable state in ``checkpoint_dir/training_state``: running again with the same folder
-    continues from there."""
+    """Train on windows of ``train_clips``, validated on ``validation_clips``, in
+    :func:`.loop.train_windows` (its ``best``/``last.safetensors`` and resumable state go to
+    ``checkpoint_dir``)."""
     torch.manual_seed(train_config.seed)
     train_set = LandmarkWindows(train_clips, model_config, train_config.train_windows, seed=train_config.seed,
                                 portrait_fraction=train_config.portrait_references)
@@ -175,8 +145,7 @@ def train_landmark_model(
     task = WindowTask(
         name="landmark model",
         state_format=STATE_FORMAT,
-        loss=lambda model, batch: velocity_l1(model(batch["references"], batch["mel_windows"], batch["pose"]),
-                                              batch["target"], train_config.velocity_weight),
+        loss=lambda model, batch: velocity_l1(predict(model, batch), batch["target"], train_config.velocity_weight),
         evaluate=lambda model, loader: evaluate(model, loader, dataset_mean),
         describe=lambda result: f"reference mean {result.reference_mean_l1:.4f}, dataset mean {result.dataset_mean_l1:.4f}",
         save_model=save_landmark_model,

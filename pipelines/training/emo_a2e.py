@@ -32,8 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 
 from ..audio.emo_a2e import (
@@ -44,7 +42,7 @@ from ..audio.emo_a2e import (
     predict_expression,
     save_emo_a2e,
 )
-from ..audio.features import LogMel, mel_windows
+from ..audio.features import LogMel, mel_windows, padded_log_mel
 from ..audio.io import SAMPLE_RATE, Audio
 from ..audio.landmark_model import MOUTH_POINTS
 from ..audio.landmarks import project_landmarks
@@ -53,8 +51,9 @@ from ..errors import ModelFileError, TalkingFaceError
 from ..morphable.coefficients import FaceCoefficients
 from ..morphable.model import MorphableModel
 from ..render.camera import PerspectiveCamera
+from .clip_files import read_clip_file, write_clip_file
 from .emo_synthetic import LEVEL_INTENSITY, EmotionClip
-from .loop import TrainConfig, WindowTask, train_windows, velocity_l1
+from .loop import TrainConfig, WindowTask, train_windows, validation_l1, velocity_l1
 
 CLIP_FORMAT = "talkingface.emotion_clip"
 STATE_FORMAT = "talkingface.emo-a2e-training-state"
@@ -96,44 +95,34 @@ def clip_emotion(clip: EmotionClip, encoder: TextEncoder, template: str = PROMPT
 
 # ---- clip files ----------------------------------------------------------------------------
 def save_emotion_clip(clip: EmotionClip, path: str | Path) -> None:
-    tensors = {"audio": clip.audio.float().contiguous(), "expression": clip.expression.float().contiguous(),
-               "neutral": clip.neutral.float().contiguous()}
+    tensors = {"audio": clip.audio, "expression": clip.expression, "neutral": clip.neutral}
     if clip.identity is not None:
-        tensors["identity"] = clip.identity.float().contiguous()
-    metadata = {"format": CLIP_FORMAT, "fps": repr(float(clip.fps)), "sample_rate": str(SAMPLE_RATE),
-                "emotion": clip.emotion, "level": str(clip.level), "speaker": clip.speaker}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata=metadata)
+        tensors["identity"] = clip.identity
+    write_clip_file(path, CLIP_FORMAT, clip.fps, tensors,
+                    {"emotion": clip.emotion, "level": str(clip.level), "speaker": clip.speaker})
 
 
 def load_emotion_clip(path: str | Path) -> EmotionClip:
     path = Path(path)
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            if metadata.get("format") != CLIP_FORMAT:
-                raise ModelFileError(f"{path.name} is not an emotion training clip (format '{CLIP_FORMAT}')")
-            if int(metadata.get("sample_rate", 0)) != SAMPLE_RATE:
-                raise ModelFileError(f"{path.name}: clips must hold {SAMPLE_RATE} Hz audio")
-            keys = set(handle.keys())
-            missing = [key for key in ("audio", "expression", "neutral") if key not in keys]
-            missing += [key for key in ("fps", "emotion", "level", "speaker") if key not in metadata]
-            if missing:
-                raise ModelFileError(f"{path.name} is an emotion clip without {missing}")
-            if metadata["emotion"] not in MEAD_EMOTIONS or int(metadata["level"]) not in LEVEL_INTENSITY:
-                raise ModelFileError(
-                    f"{path.name}: emotion '{metadata['emotion']}' level {metadata['level']} is not a MEAD label "
-                    f"({MEAD_EMOTIONS}, levels {sorted(LEVEL_INTENSITY)})"
-                )
-            clip = EmotionClip(
-                handle.get_tensor("audio"), handle.get_tensor("expression"), handle.get_tensor("neutral"),
-                float(metadata["fps"]), metadata["emotion"], int(metadata["level"]), metadata["speaker"],
-                handle.get_tensor("identity") if "identity" in keys else None,
+
+    def read(handle, metadata: dict[str, str]) -> EmotionClip:
+        keys = set(handle.keys())
+        missing = [key for key in ("audio", "expression", "neutral") if key not in keys]
+        missing += [key for key in ("fps", "emotion", "level", "speaker") if key not in metadata]
+        if missing:
+            raise ModelFileError(f"{path.name} is an emotion clip without {missing}")
+        if metadata["emotion"] not in MEAD_EMOTIONS or int(metadata["level"]) not in LEVEL_INTENSITY:
+            raise ModelFileError(
+                f"{path.name}: emotion '{metadata['emotion']}' level {metadata['level']} is not a MEAD label "
+                f"({MEAD_EMOTIONS}, levels {sorted(LEVEL_INTENSITY)})"
             )
-    except ModelFileError:
-        raise
-    except Exception as error:
-        raise ModelFileError(f"{path.name} could not be read as an emotion training clip: {error}") from error
+        return EmotionClip(
+            handle.get_tensor("audio"), handle.get_tensor("expression"), handle.get_tensor("neutral"),
+            float(metadata["fps"]), metadata["emotion"], int(metadata["level"]), metadata["speaker"],
+            handle.get_tensor("identity") if "identity" in keys else None,
+        )
+
+    clip = read_clip_file(path, CLIP_FORMAT, "an emotion training clip", read)
     if clip.expression.ndim != 2 or clip.neutral.shape != clip.expression.shape[1:]:
         raise ModelFileError(f"{path.name}: expression must be [F, E] and neutral [E], got "
                              f"{tuple(clip.expression.shape)} and {tuple(clip.neutral.shape)}")
@@ -176,7 +165,6 @@ class EmotionWindows(Dataset):
         if dims != {config.emotion_dim}:
             raise TalkingFaceError(f"the text encoder gives {sorted(dims)}-d embeddings, the model takes {config.emotion_dim}")
         log_mel = LogMel()
-        pad = log_mel.config.window_frames
         self.mel_config = log_mel.config
         self.prepared = []
         for clip in clips:
@@ -187,9 +175,7 @@ class EmotionWindows(Dataset):
                     f"clip of speaker {clip.speaker} has {clip.expression.shape[1]} expression coefficients, "
                     f"the model predicts {config.expression_dim}"
                 )
-            with torch.no_grad():
-                mel = log_mel.frames(clip.audio.float(), -pad, log_mel.num_frames(clip.audio.shape[0]) + pad)
-            self.prepared.append(_PreparedClip(mel, -pad, clip))
+            self.prepared.append(_PreparedClip(*padded_log_mel(log_mel, clip.audio), clip))
 
     def __len__(self) -> int:
         return self.count
@@ -239,23 +225,16 @@ class Evaluation:
     emotion_mean_l1: float  # neutral + the training set's mean offset of the clip's emotion and level
 
 
-@torch.no_grad()
+def predict(model: EmoA2ETransformer, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return model(batch["neutral"], batch["embedding"], batch["intensity"], batch["mel_windows"])
+
+
 def evaluate(model: EmoA2ETransformer, loader: DataLoader, offsets: torch.Tensor) -> Evaluation:
-    model.eval()
-    sums = torch.zeros(3)
-    count = 0
-    device = next(model.parameters()).device
-    for batch in loader:
-        batch = {key: value.to(device) for key, value in batch.items()}
-        target = batch["target"]
-        predicted = model(batch["neutral"], batch["embedding"], batch["intensity"], batch["mel_windows"])
+    def candidates(model: EmoA2ETransformer, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         neutral = batch["neutral"].unsqueeze(1)
-        emotion_mean = neutral + offsets.to(device)[batch["condition"]].unsqueeze(1)
-        sums += torch.stack([(predicted - target).abs().sum(), (neutral - target).abs().sum(),
-                             (emotion_mean - target).abs().sum()]).cpu()
-        count += target.numel()
-    model.train()
-    return Evaluation(*(sums / count).tolist())
+        return predict(model, batch), neutral, neutral + offsets.to(neutral.device)[batch["condition"]].unsqueeze(1)
+
+    return Evaluation(*validation_l1(model, loader, candidates))
 
 
 def train_emo_a2e(
@@ -268,10 +247,9 @@ def train_emo_a2e(
     log: Callable[[str], None] = print,
     until_step: int | None = None,
 ) -> tuple[EmoA2ETransformer, list[tuple[int, Evaluation]]]:
-    """Train (:func:`.loop.train_windows`): validate every ``validate_every`` steps and at the end,
-    saving the best model as ``checkpoint_dir/best.safetensors``, the last as ``last.safetensors``
-    and the resumable state in ``checkpoint_dir/training_state``: running again with the same folder
-    continues from there."""
+    """Train on windows of ``train_clips`` with their labels' prompts through ``encoder``, validated on
+    ``validation_clips``, in :func:`.loop.train_windows` (its ``best``/``last.safetensors`` and
+    resumable state go to ``checkpoint_dir``)."""
     torch.manual_seed(train_config.seed)
     train_set = EmotionWindows(train_clips, model_config, encoder, train_config.train_windows, seed=train_config.seed)
     validation_set = EmotionWindows(validation_clips, model_config, encoder, train_config.validation_windows,
@@ -280,10 +258,7 @@ def train_emo_a2e(
     task = WindowTask(
         name="Emo-A2E",
         state_format=STATE_FORMAT,
-        loss=lambda model, batch: velocity_l1(
-            model(batch["neutral"], batch["embedding"], batch["intensity"], batch["mel_windows"]), batch["target"],
-            train_config.velocity_weight,
-        ),
+        loss=lambda model, batch: velocity_l1(predict(model, batch), batch["target"], train_config.velocity_weight),
         evaluate=lambda model, loader: evaluate(model, loader, offsets),
         describe=lambda result: f"neutral {result.neutral_l1:.4f}, emotion mean {result.emotion_mean_l1:.4f}",
         save_model=save_emo_a2e,

@@ -79,6 +79,26 @@ def velocity_l1(predicted: torch.Tensor, target: torch.Tensor, velocity_weight: 
     return loss
 
 
+@torch.no_grad()
+def validation_l1(
+    model: nn.Module, loader: DataLoader,
+    candidates: Callable[[nn.Module, dict[str, torch.Tensor]], Sequence[torch.Tensor]],
+) -> list[float]:
+    """Mean absolute error per value, over the validation windows, of each of ``candidates(model,
+    batch)`` (the model's prediction and baselines, each broadcasting to ``batch["target"]``)."""
+    model.eval()
+    sums, count = None, 0
+    device = next(model.parameters()).device
+    for batch in loader:
+        batch = {key: value.to(device) for key, value in batch.items()}
+        target = batch["target"]
+        errors = torch.stack([(candidate - target).abs().sum() for candidate in candidates(model, batch)]).cpu()
+        sums = errors if sums is None else sums + errors
+        count += target.numel()
+    model.train()
+    return (sums / count).tolist()
+
+
 class ShuffledWindows(Sampler[int]):
     """The indices of a dataset in a new order every epoch, drawn from (seed, epoch) alone, starting
     anywhere in an epoch (:meth:`start_at`): a resumed run draws what the uninterrupted one would."""
@@ -239,24 +259,53 @@ def fields_from_options(args: argparse.Namespace, names: Sequence[str]) -> dict[
             for name, value in ((name, getattr(args, name)) for name in names)}
 
 
+def add_data_options(parser: argparse.ArgumentParser, clip_seconds: float, validation_help: str) -> argparse._ArgumentGroup:
+    """The "data" option group of a trainer script: clip folders, or synthetic clips (whose own
+    options the script adds to the returned group) written to ``--write-clips`` or trained on."""
+    data = parser.add_argument_group("data")
+    data.add_argument("--train", type=Path, help="folder of training clips")
+    data.add_argument("--validation", type=Path, help=validation_help)
+    data.add_argument("--clip-seconds", type=float, default=clip_seconds, help="length of each synthetic clip")
+    data.add_argument("--write-clips", type=Path, help="only write the synthetic clips to this folder")
+    return data
+
+
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="checkpoint folder (running again with it continues the run)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
 
 
-def clips_from(directory: Path, load: Callable[[Path], Any]) -> list:
+def training_clips(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, synthetic: Callable[[], tuple[list, list]] | None,
+    synthetic_option: str, load: Callable[[Path], Any], save: Callable[[Any, Path], None],
+) -> tuple[list, list] | None:
+    """The train and validation clips the command line asks for: ``synthetic()`` ones when given
+    (with ``--write-clips`` only written there as ``<folder>/<split>/clip_00000.safetensors``, …:
+    then None), else those of the ``--train`` and ``--validation`` folders; ``synthetic_option``
+    names the option that asks for synthetic clips."""
+    if synthetic is not None:
+        train, validation = synthetic()
+        if args.write_clips:
+            for split, clips in (("train", train), ("validation", validation)):
+                (args.write_clips / split).mkdir(parents=True, exist_ok=True)
+                for index, clip in enumerate(clips):
+                    save(clip, args.write_clips / split / f"clip_{index:05d}.safetensors")
+            print(f"wrote {len(train)} + {len(validation)} clips to {args.write_clips}")
+            return None
+    elif args.train and args.validation:
+        train, validation = _clips_in(args.train, load), _clips_in(args.validation, load)
+    else:
+        parser.error(f"give --train and --validation folders, or {synthetic_option}")
+    if args.out is None:
+        parser.error("--out is required for training")
+    return train, validation
+
+
+def _clips_in(directory: Path, load: Callable[[Path], Any]) -> list:
     paths = sorted(directory.glob("*.safetensors"))
     if not paths:
         raise SystemExit(f"no .safetensors clips in {directory}")
     return [load(path) for path in paths]
-
-
-def write_clip_splits(folder: Path, splits: dict[str, Sequence], save: Callable[[Any, Path], None]) -> None:
-    """Each split's clips as ``folder/<split>/clip_00000.safetensors``, …"""
-    for split, clips in splits.items():
-        (folder / split).mkdir(parents=True, exist_ok=True)
-        for index, clip in enumerate(clips):
-            save(clip, folder / split / f"clip_{index:05d}.safetensors")
 
 
 def last_validation(history: list[tuple[int, Any]], out: Path) -> tuple[int, Any]:
