@@ -99,8 +99,6 @@ def random_view_coefficients(
     coeffs.rotation[:] = (2 * torch.rand(views, 3, generator=generator) - 1) * limits
     coeffs.gaze[:] = settings.max_gaze * (2 * torch.rand(views, 2, generator=generator) - 1)
     white = settings.lighting_spread * torch.randn(views, 1, 9, generator=generator)
-    # Fits of real crops often find nearly flat light, so directional strength runs from none to full.
-    white[:, :, 1:] *= torch.rand(views, 1, 1, generator=generator)
     white[:, :, 0] = settings.ambient_spread * torch.randn(views, 1, generator=generator)
     tint = settings.light_tint * torch.randn(views, 3, 9, generator=generator)
     coeffs.lighting[:] = (white + tint).reshape(views, 27)
