@@ -1,14 +1,6 @@
 """Synthetic talking-face training data made by the project: random demo-face identities rendered
 by our renderer, each with a "photo" look the 3DMM cannot express.
 
-Every view is framed the way the face pipeline frames a real face: the head is moved and rolled until
-the five keypoints of its 68 landmarks sit on the alignment template of the generator's crop
-(``pipelines/face/alignment.py``), so the coefficients carry the translation and roll the 3DMM fit
-finds in that crop, and the photo, I_3d and surface maps show the face where the chain's crops and
-renders show it. Expression, texture, lighting, gaze and a small framing jitter are spread as widely as
-fits of analysed faces spread them (measured on the pack's chain), so the generator's coefficient
-input is not out of its training range at inference.
-
 A photo is the lit 3DMM face multiplied by a per-identity high-frequency pattern defined on the
 face's surface coordinates (so it moves with the face), in front of a per-identity background
 that stays put like a studio wall. I_3d is the plain 3DMM render of the same coefficients. A
@@ -22,8 +14,6 @@ from dataclasses import dataclass
 
 import torch
 
-from ..face.alignment import crop_template, similarity_transforms
-from ..face.faces import keypoints_from_landmarks68
 from ..generator.sampler import flat_coefficients
 from ..morphable.coefficients import FaceCoefficients
 from ..morphable.demo_model import SEMANTIC_EXPRESSIONS
@@ -40,18 +30,8 @@ class SyntheticFaceSettings:
     max_yaw: float = 0.35  # radians
     max_pitch: float = 0.15
     max_roll: float = 0.1
-    max_expression: float = 1.2  # weight of each of three random semantic expressions
-    expression_spread: float = 0.3  # standard deviation of every expression coefficient around them
-    # Per identity, the texture coefficients are N(0, 1) times a scale drawn log-uniformly from this range:
-    # photometric fits of real crops land well beyond the unit prior.
-    texture_scale: tuple[float, float] = (0.7, 4.0)
-    lighting_spread: float = 0.18  # standard deviation of the non-ambient SH coefficients (white light)
-    ambient_spread: float = 0.12  # standard deviation of the ambient term (exposure)
-    light_tint: float = 0.04  # standard deviation of the per-channel (coloured) part of every SH coefficient
-    max_gaze: float = 0.8  # radians, uniform in ±
-    # After alignment, the framing a face detector's error adds: translation x, y, z (world units) and roll.
-    translation_jitter: tuple[float, float, float] = (0.06, 0.06, 0.7)
-    roll_jitter: float = 0.05
+    max_expression: float = 1.0  # weight of each of two random semantic expressions
+    lighting_spread: float = 0.18  # standard deviation of the non-ambient SH coefficients
     pattern_waves: int = 6
     pattern_frequency: tuple[float, float] = (4.0, 14.0)  # cycles across the face's surface coordinates
     pattern_strength: float = 0.45
@@ -84,54 +64,23 @@ def random_view_coefficients(
     model: MorphableModel, identity: torch.Tensor, texture: torch.Tensor, views: int,
     settings: SyntheticFaceSettings, generator: torch.Generator,
 ) -> FaceCoefficients:
-    """``views`` frames of one identity with random expression, head pose, gaze and lighting, framed like
-    the face pipeline's crop (see :func:`align_to_crop`) with a little jitter."""
+    """``views`` frames of one identity with random expression, head pose, gaze and white lighting."""
     coeffs = FaceCoefficients.neutral(views, model.dims)
     coeffs.identity[:] = identity
     coeffs.texture[:] = texture
-    coeffs.expression[:] = settings.expression_spread * torch.randn(views, model.dims.expression, generator=generator)
+    coeffs.expression[:] = 0.15 * torch.randn(views, model.dims.expression, generator=generator)
     names = [name for name in SEMANTIC_EXPRESSIONS if name in model.expression_names]
     for view in range(views):
-        for pick in torch.randperm(len(names), generator=generator)[:3].tolist():
+        for pick in torch.randperm(len(names), generator=generator)[:2].tolist():
             weight = settings.max_expression * torch.rand((), generator=generator)
             coeffs.expression[view, model.expression_index(names[pick])] = weight
     limits = torch.tensor([settings.max_pitch, settings.max_yaw, settings.max_roll])
     coeffs.rotation[:] = (2 * torch.rand(views, 3, generator=generator) - 1) * limits
-    coeffs.gaze[:] = settings.max_gaze * (2 * torch.rand(views, 2, generator=generator) - 1)
-    white = settings.lighting_spread * torch.randn(views, 1, 9, generator=generator)
-    white[:, :, 0] = settings.ambient_spread * torch.randn(views, 1, generator=generator)
-    tint = settings.light_tint * torch.randn(views, 3, 9, generator=generator)
-    coeffs.lighting[:] = (white + tint).reshape(views, 27)
-    coeffs = align_to_crop(model, coeffs, PerspectiveCamera.deep3d(settings.image_size))
-    jitter = torch.tensor(settings.translation_jitter) * torch.randn(views, 3, generator=generator)
-    coeffs.translation[:] = coeffs.translation + jitter
-    coeffs.rotation[:, 2] += settings.roll_jitter * torch.randn(views, generator=generator)
+    coeffs.gaze[:] = 0.2 * (2 * torch.rand(views, 2, generator=generator) - 1)
+    light = settings.lighting_spread * torch.randn(views, 1, 9, generator=generator)
+    light[:, :, 0] = 0.1 * light[:, :, 0]  # keep the ambient term near the model's default exposure
+    coeffs.lighting[:] = light.expand(views, 3, 9).reshape(views, 27)
     return coeffs
-
-
-def align_to_crop(model: MorphableModel, coeffs: FaceCoefficients, camera: PerspectiveCamera, iterations: int = 4) -> FaceCoefficients:
-    """``coeffs`` with translation and roll changed so that, seen by ``camera``, the five keypoints of the
-    68 landmarks sit where the face pipeline's alignment puts them in a crop of the camera's size (the
-    least-squares similarity onto :func:`crop_template` is the identity). What the 3DMM fit finds in that
-    crop. Each step moves the head by the similarity that is left: its scale becomes depth, its angle
-    roll, its shift translation; perspective makes that approximate, so a few steps converge."""
-    template = crop_template(camera.image_size)
-    aligned = coeffs.replace(translation=coeffs.translation.clone(), rotation=coeffs.rotation.clone())
-    for _ in range(iterations):
-        landmarks = camera.project(model.posed_vertices(aligned)[:, model.landmark_ids])
-        transform = similarity_transforms(keypoints_from_landmarks68(landmarks), template).to(landmarks)
-        linear, offset = transform[:, :, :2], transform[:, :, 2]
-        scale = torch.linalg.det(linear).sqrt()
-        # The image y axis points down and the world's y up, so an image rotation by a is a roll by -a.
-        angle = torch.atan2(linear[:, 1, 0], linear[:, 0, 0])
-        origin = camera.project(aligned.translation.unsqueeze(1)).squeeze(1)
-        moved = (linear @ origin.unsqueeze(-1)).squeeze(-1) + offset
-        depth = (camera.distance - aligned.translation[:, 2]) / scale
-        aligned.translation[:, 0] = (moved[:, 0] - camera.center) * depth / camera.focal
-        aligned.translation[:, 1] = (camera.center - moved[:, 1]) * depth / camera.focal
-        aligned.translation[:, 2] = camera.distance - depth
-        aligned.rotation[:, 2] -= angle
-    return aligned
 
 
 def surface_pattern(surface: torch.Tensor, mask: torch.Tensor, waves: torch.Tensor) -> torch.Tensor:
@@ -167,13 +116,8 @@ class SyntheticIdentity:
 
 def random_identity(model: MorphableModel, settings: SyntheticFaceSettings, generator: torch.Generator) -> SyntheticIdentity:
     identity = torch.randn(model.dims.identity, generator=generator)
-    return SyntheticIdentity(identity, _random_texture(model, settings, generator), *_identity_looks(settings, generator))
-
-
-def _random_texture(model: MorphableModel, settings: SyntheticFaceSettings, generator: torch.Generator) -> torch.Tensor:
-    low, high = (math.log(value) for value in settings.texture_scale)
-    scale = math.exp(low + (high - low) * torch.rand((), generator=generator).item())
-    return scale * torch.randn(model.dims.texture, generator=generator)
+    texture = torch.randn(model.dims.texture, generator=generator)
+    return SyntheticIdentity(identity, texture, *_identity_looks(settings, generator))
 
 
 def _identity_looks(settings: SyntheticFaceSettings, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -215,7 +159,7 @@ def render_synthetic_views(
     people, all_coeffs = [], []
     for _ in range(identities):
         identity = torch.randn(model.dims.identity, generator=generator)
-        texture = _random_texture(model, settings, generator)
+        texture = torch.randn(model.dims.texture, generator=generator)
         all_coeffs.append(random_view_coefficients(model, identity, texture, views, settings, generator))
         people.append(SyntheticIdentity(identity, texture, *_identity_looks(settings, generator)))
     coeffs = FaceCoefficients.concat(all_coeffs)
