@@ -10,7 +10,6 @@ import torch
 from ..pipelines.emotion.clip_text import (
     AUTO_MODEL_NAME,
     ComfyClipTextEncoder,
-    EmotionTextEncoder,
     OpenClipTextEncoder,
     encode_cached,
     load_open_clip_text_encoder,
@@ -19,6 +18,7 @@ from ..pipelines.emotion.directions import apply_emotion, emotion_directions_for
 from ..pipelines.emotion.emotion import (
     MAX_INTENSITY,
     MEAD_EMOTIONS,
+    EmotionTextEncoder,
     describe_weights,
     encode_text_emotion,
     preset_prompt,

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from pipelines.audio.emo_a2e import EmoA2EConfig, EmoA2ETransformer, emotion_encoder_id, save_emo_a2e
+from pipelines.audio.emo_a2e import EmoA2EConfig, EmoA2ETransformer, save_emo_a2e
+from pipelines.emotion.emotion import emotion_encoder_id
 from pipelines.morphable.coefficients import BFM_DIMS
 from scripts.tiny_clip import TINY_CLIP_CONFIG, TINY_CLIP_NAME
 

@@ -15,7 +15,7 @@
     # running again with the same --out continues from its training_state/
 
 ``--encoder-factory module:function`` names a callable returning an object with ``name`` (a
-string) and ``encode(prompts) -> [N, D]`` (:class:`pipelines.audio.emo_a2e.TextEncoder`), called
+string) and ``encode(prompts) -> [N, D]`` (:class:`pipelines.emotion.emotion.EmotionTextEncoder`), called
 with the ``--encoder-arg`` strings; without it a frozen random embedding per prompt is used
 (``--emotion-dim``), which only the learning check should use: its checkpoints accept only
 TALK_EMOTION values from that same encoder. Writes ``best.safetensors`` and ``last.safetensors``
@@ -33,7 +33,8 @@ import time
 
 import torch
 
-from pipelines.audio.emo_a2e import EmoA2EConfig, emotion_encoder_id
+from pipelines.audio.emo_a2e import EmoA2EConfig
+from pipelines.emotion.emotion import emotion_encoder_id
 from pipelines.morphable.demo_model import demo_face_model
 from pipelines.training.emo_a2e import (
     check_clips,
@@ -74,7 +75,7 @@ def main() -> None:
     data.add_argument("--validation-speakers", type=int, default=6, help="held-out synthetic speakers")
     data.add_argument("--clips-per-speaker", type=int, default=10)
     encoder = parser.add_argument_group("text encoder")
-    encoder.add_argument("--encoder-factory", help="module:function returning a TextEncoder")
+    encoder.add_argument("--encoder-factory", help="module:function returning an EmotionTextEncoder")
     encoder.add_argument("--encoder-arg", action="append", default=[], help="argument for the factory (repeatable)")
     encoder.add_argument("--emotion-dim", type=int, default=64, help="embedding size of the hashed-prompt encoder")
     add_field_options(parser.add_argument_group("model"), EmoA2EConfig(encoder="-"), MODEL_OPTIONS)

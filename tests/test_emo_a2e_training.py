@@ -12,10 +12,11 @@ training = pack_import("pipelines.training.emo_a2e")
 emo = pack_import("pipelines.audio.emo_a2e")
 errors = pack_import("pipelines.errors")
 audio_training = pack_import("pipelines.training.audio_landmarks")
-MEAD_EMOTIONS = pack_import("pipelines.emotion.emotion").MEAD_EMOTIONS
+emotion = pack_import("pipelines.emotion.emotion")
+MEAD_EMOTIONS = emotion.MEAD_EMOTIONS
 
 ENCODER = synthetic.HashedPromptEncoder(dim=12)
-TINY = emo.EmoA2EConfig(expression_dim=64, emotion_dim=12, encoder=emo.emotion_encoder_id(ENCODER.name, 12), target_frames=6, width=16, heads=2,
+TINY = emo.EmoA2EConfig(expression_dim=64, emotion_dim=12, encoder=emotion.emotion_encoder_id(ENCODER.name, 12), target_frames=6, width=16, heads=2,
                         layers=1, feedforward=32, dropout=0.0, audio_channels=(8,))
 
 
@@ -47,7 +48,7 @@ def test_synthetic_clips_show_the_emotion_and_follow_the_audio(face, clips):
 
 def test_hashed_prompt_encoder_is_a_text_encoder():
     embeddings = ENCODER.encode(["a happy face", "a sad face", "a happy face"])
-    assert isinstance(ENCODER, emo.TextEncoder) and embeddings.shape == (3, 12)
+    assert isinstance(ENCODER, emotion.EmotionTextEncoder) and embeddings.shape == (3, 12)
     assert torch.allclose(embeddings.norm(dim=1), torch.ones(3)) and torch.equal(embeddings[0], embeddings[2])
     assert not torch.allclose(embeddings[0], embeddings[1])
     with pytest.raises(errors.TalkingFaceError, match="'name' string"):

@@ -24,10 +24,9 @@ another encoder is refused with both names.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -56,24 +55,6 @@ ANIMATION_DEPTH = 0.2
 ANIMATION_FREQUENCIES_HZ = (0.05, 0.3)
 
 
-@runtime_checkable
-class TextEncoder(Protocol):
-    """What Emo-A2E training needs from a text encoder: ``encode(prompts) -> [N, D]`` pooled text
-    embeddings and a ``name`` naming the embedding space (e.g. ``open_clip:ViT-B-32``), which trained
-    checkpoints record and :class:`TextEmotion` values carry as ``encoder``. The emotion package's
-    encoders (:mod:`pipelines.emotion.clip_text`) have this shape."""
-
-    name: str
-
-    def encode(self, prompts: Sequence[str]) -> torch.Tensor: ...
-
-
-def emotion_encoder_id(encoder_name: str, emotion_dim: int) -> str:
-    """The ``encoder`` string of the TALK_EMOTION values a text encoder makes (the convention of
-    :func:`pipelines.emotion.emotion.encode_text_emotion`): its name and embedding size."""
-    return f"{encoder_name}:{emotion_dim}"
-
-
 @dataclass(frozen=True)
 class EmoA2EConfig(WindowTransformerConfig):
     DESCRIPTION = "Emo-A2E"
@@ -82,7 +63,7 @@ class EmoA2EConfig(WindowTransformerConfig):
     expression_dim: int = 64
     emotion_dim: int = 512
     # The text encoder whose embeddings the model was trained on, as TALK_EMOTION names it
-    # (emotion_encoder_id: its name and embedding size).
+    # (pipelines.emotion.emotion.emotion_encoder_id: its name and embedding size).
     encoder: str = ""
     target_frames: int = 32
 

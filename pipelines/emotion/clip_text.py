@@ -23,7 +23,7 @@ import json
 import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
@@ -43,15 +43,6 @@ CLIP_FOLDER_HINT = "ComfyUI/models/clip/ (or models/text_encoders/)"
 # Stable Diffusion checkpoint: both are CLIPs, but not open_clip's layout.
 HF_TEXT_KEY = "text_model.embeddings.token_embedding.weight"
 SD_CHECKPOINT_KEY_PREFIXES = ("cond_stage_model.", "conditioner.embedders.")
-
-
-class EmotionTextEncoder(Protocol):
-    """What the emotion code needs from a text encoder."""
-
-    name: str
-
-    def encode(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Unit-norm pooled embeddings ``[len(prompts), D]`` (float32, CPU)."""
 
 
 def _unit_rows(embeddings: torch.Tensor, what: str) -> torch.Tensor:

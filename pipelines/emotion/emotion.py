@@ -1,8 +1,9 @@
 """What travels on a TALK_EMOTION socket: a text emotion in CLIP space, with its strength."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -10,6 +11,23 @@ from ..errors import TalkingFaceError
 
 # The eight emotions of MEAD, the order of every per-emotion table in the pack.
 MEAD_EMOTIONS = ("neutral", "angry", "contempt", "disgusted", "fear", "happy", "sad", "surprised")
+
+
+@runtime_checkable
+class EmotionTextEncoder(Protocol):
+    """What the emotion code and Emo-A2E training need from a text encoder: a ``name`` for its
+    embedding space (``open_clip:ViT-B-32``, ``comfy:SD1ClipModel``) and unit-norm pooled embeddings."""
+
+    name: str
+
+    def encode(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Unit-norm pooled embeddings ``[len(prompts), D]`` (float32, CPU)."""
+
+
+def emotion_encoder_id(encoder_name: str, emotion_dim: int) -> str:
+    """The ``encoder`` string of TALK_EMOTION values, which trained models record: the encoder's name
+    and embedding size, since one name (e.g. a ComfyUI CLIP class) can come in several widths."""
+    return f"{encoder_name}:{emotion_dim}"
 
 
 @dataclass(frozen=True)
@@ -146,7 +164,7 @@ def encode_text_emotion(
         text = f"{prompt} ({1 - blend:.2f}) + {second_prompt} ({blend:.2f})"
     else:
         embedding, anchor_weights, text = embeddings[0], weights[0], prompt
-    return TextEmotion(embedding, anchor_weights, intensity, text, f"{encoder_name}:{embeddings.shape[-1]}")
+    return TextEmotion(embedding, anchor_weights, intensity, text, emotion_encoder_id(encoder_name, embeddings.shape[-1]))
 
 
 def describe_weights(emotion: TextEmotion, top: int = 3) -> str:

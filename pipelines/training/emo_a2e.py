@@ -17,7 +17,7 @@ metadata: ``format`` = ``talkingface.emotion_clip``, ``fps``, ``sample_rate`` (1
 video (the Fit 3DMM stage) and writes these files.
 
 Labels become conditions the way users give them: the label through a few prompt templates
-("a happy face", …) into the text encoder (any :class:`TextEncoder`), the level as the intensity
+("a happy face", …) into the text encoder (any :class:`EmotionTextEncoder`), the level as the intensity
 (:data:`LEVEL_INTENSITY`). Training samples windows of ``target_frames`` frames and minimises L1
 on the expression plus L1 on its frame-to-frame velocity (:func:`.loop.train_windows`, resumable
 from ``checkpoint_dir/training_state``). Validation compares the model with two
@@ -37,8 +37,6 @@ from torch.utils.data import DataLoader, Dataset
 from ..audio.emo_a2e import (
     EmoA2EConfig,
     EmoA2ETransformer,
-    TextEncoder,
-    emotion_encoder_id,
     predict_expression,
     save_emo_a2e,
 )
@@ -46,7 +44,7 @@ from ..audio.features import LogMel, mel_windows, padded_log_mel
 from ..audio.io import SAMPLE_RATE, Audio
 from ..audio.landmark_model import MOUTH_POINTS
 from ..audio.landmarks import project_landmarks
-from ..emotion.emotion import MEAD_EMOTIONS, TextEmotion
+from ..emotion.emotion import MEAD_EMOTIONS, EmotionTextEncoder, TextEmotion, emotion_encoder_id
 from ..errors import ModelFileError, TalkingFaceError
 from ..morphable.coefficients import FaceCoefficients
 from ..morphable.model import MorphableModel
@@ -70,9 +68,9 @@ def emotion_prompts(emotion: str, templates: Sequence[str] = PROMPT_TEMPLATES) -
     return [template.format(EMOTION_ADJECTIVES[emotion]) for template in templates]
 
 
-def encode_prompts(encoder: TextEncoder, prompts: Sequence[str]) -> torch.Tensor:
+def encode_prompts(encoder: EmotionTextEncoder, prompts: Sequence[str]) -> torch.Tensor:
     """Unit-norm embeddings ``[N, D]`` of ``prompts`` (as TALK_EMOTION carries them), checked."""
-    if not isinstance(encoder, TextEncoder):
+    if not isinstance(encoder, EmotionTextEncoder):
         raise TalkingFaceError("the text encoder needs an 'name' string and an 'encode(prompts)' method")
     with torch.no_grad():
         embeddings = torch.as_tensor(encoder.encode(list(prompts))).float().cpu()
@@ -83,7 +81,7 @@ def encode_prompts(encoder: TextEncoder, prompts: Sequence[str]) -> torch.Tensor
     return torch.nn.functional.normalize(embeddings, dim=-1)
 
 
-def clip_emotion(clip: EmotionClip, encoder: TextEncoder, template: str = PROMPT_TEMPLATES[0]) -> TextEmotion:
+def clip_emotion(clip: EmotionClip, encoder: EmotionTextEncoder, template: str = PROMPT_TEMPLATES[0]) -> TextEmotion:
     """The TALK_EMOTION a user would give for a clip's label and level."""
     (prompt,) = emotion_prompts(clip.emotion, (template,))
     anchors = torch.zeros(len(MEAD_EMOTIONS))
@@ -145,7 +143,7 @@ class EmotionWindows(Dataset):
         self,
         clips: Sequence[EmotionClip],
         config: EmoA2EConfig,
-        encoder: TextEncoder,
+        encoder: EmotionTextEncoder,
         count: int,
         seed: int = 0,
         templates: Sequence[str] = PROMPT_TEMPLATES,
@@ -241,7 +239,7 @@ def train_emo_a2e(
     model_config: EmoA2EConfig,
     train_clips: Sequence[EmotionClip],
     validation_clips: Sequence[EmotionClip],
-    encoder: TextEncoder,
+    encoder: EmotionTextEncoder,
     train_config: TrainConfig,
     checkpoint_dir: str | Path | None = None,
     log: Callable[[str], None] = print,
@@ -297,7 +295,7 @@ def _mouth_points(face_model: MorphableModel, identity: torch.Tensor, expression
 def check_clips(
     model: EmoA2ETransformer,
     clips: Sequence[EmotionClip],
-    encoder: TextEncoder,
+    encoder: EmotionTextEncoder,
     offsets: torch.Tensor,
     face_model: MorphableModel | None = None,
 ) -> ClipCheck:

@@ -9,7 +9,7 @@ emotion-dependent speaking style (how wide the jaw opens, how much the lips spre
 the emotion changes how the mouth moves, not only the resting shape. Speakers differ in identity
 (for landmark errors) and in their resting expression.
 
-A text encoder satisfying :class:`pipelines.audio.emo_a2e.TextEncoder` turns the clips' prompts
+A text encoder satisfying :class:`pipelines.emotion.emotion.EmotionTextEncoder` turns the clips' prompts
 into embeddings; :class:`HashedPromptEncoder` is a deterministic frozen random embedding per prompt
 (what a text tower with no pretrained knowledge gives: distinct, unrelated vectors), enough to
 check that the model learns to use its emotion condition.
@@ -161,7 +161,7 @@ def synthetic_emotion_clips(
 
 class HashedPromptEncoder:
     """A frozen random text embedding per prompt: unit vectors ``[N, dim]`` seeded by the prompt's
-    SHA-256 (stable across runs and machines). Satisfies :class:`pipelines.audio.emo_a2e.TextEncoder`."""
+    SHA-256 (stable across runs and machines). Satisfies :class:`pipelines.emotion.emotion.EmotionTextEncoder`."""
 
     def __init__(self, dim: int = 64, seed: int = 0) -> None:
         self.dim = dim
