@@ -4,13 +4,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ..pipelines.generator import sampler as sampling
 from ..pipelines.generator.checkpoint import load_tgdm
 from ..pipelines.generator.tgdm import TGDMDenoiser
 from ..pipelines.generator.vae import VAE_FOLDER_HINT, DiffusersVAECodec, LatentCodec, load_vae
-from ..pipelines.images import normalize_image_channels
+from ..pipelines.images import normalize_image_channels, resize_images
 from ..pipelines.morphable.coefficients import FaceCoefficients
 from . import host
 from .base import ROOT_CATEGORY, TalkingFaceNode
@@ -139,8 +138,7 @@ def _resized(images: torch.Tensor | None, size: int) -> torch.Tensor | None:
     """Channel-last images at the generator's size (the model works at one fixed resolution)."""
     if images is None or images.shape[1:3] == (size, size):
         return images
-    moved = images.permute(0, 3, 1, 2).float()
-    return F.interpolate(moved, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1).permute(0, 2, 3, 1)
+    return resize_images(images, size)
 
 
 class TGDMSampler(TalkingFaceNode):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .errors import TalkingFaceError
 
@@ -22,3 +23,10 @@ def normalize_image_channels(images: torch.Tensor, name: str = "the image") -> t
     if channels == 4:  # RGBA from LoadImage with transparency: the colour is what the models need
         return images[..., :3], f"{name} has an alpha channel; it was ignored"
     raise TalkingFaceError(f"{name} has {channels} channels; an IMAGE needs 1, 3 or 4 channels")
+
+
+def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Channel-last images ``[B, H, W, C]`` in 0..1 resampled to ``size``², antialiased when shrinking."""
+    moved = images.permute(0, 3, 1, 2).float()
+    resized = F.interpolate(moved, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return resized.clamp(0, 1).permute(0, 2, 3, 1)

@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from pipelines.generator.checkpoint import load_tgdm
 from pipelines.generator.sampler import SCHEDULERS, GeneratorInputs, SamplerSettings, TGDMSampler, flat_coefficients
+from pipelines.images import resize_images
 from pipelines.morphable.coefficients import FaceCoefficients
 from pipelines.morphable.demo_model import demo_face_model
 from pipelines.morphable.model import MorphableModel
@@ -57,11 +57,6 @@ def driving_sequence(model: MorphableModel, person: SyntheticIdentity, frames: i
     coeffs.rotation[:, 1] = 0.25 * torch.sin(2 * math.pi * 0.5 * t)
     coeffs.rotation[:, 0] = 0.06 * torch.sin(2 * math.pi * 0.9 * t)
     return coeffs
-
-
-def upscale(images: torch.Tensor, size: int) -> torch.Tensor:
-    moved = images.permute(0, 3, 1, 2)
-    return F.interpolate(moved, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1).permute(0, 2, 3, 1)
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -138,19 +133,19 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     tile = args.display_size
     writer = VideoWriter(args.out / "demo.mp4", args.fps, 3 * tile, tile)
-    source_tile = upscale(source_photo, tile)
+    source_tile = resize_images(source_photo, tile)
     generated = torch.empty(args.frames, size, size, 3)
     with torch.inference_mode():
         for chunk, images in sampler.sample_chunks(inputs, on_chunk=lambda done, total: print(f"frames {done}/{total}", flush=True)):
             generated[chunk] = images
             count = images.shape[0]
-            writer.write(torch.cat([source_tile.expand(count, -1, -1, -1), upscale(target_maps.image[chunk], tile),
-                                    upscale(images, tile)], dim=2))
+            writer.write(torch.cat([source_tile.expand(count, -1, -1, -1), resize_images(target_maps.image[chunk], tile),
+                                    resize_images(images, tile)], dim=2))
     writer.close()
 
     picks = torch.linspace(0, args.frames - 1, min(4, args.frames)).round().long()
-    rows = [torch.cat([source_tile[0], upscale(target_maps.image[picks], tile)[i], upscale(generated[picks], tile)[i],
-                       upscale(camera_truth[picks], tile)[i]], dim=1) for i in range(picks.numel())]
+    rows = [torch.cat([source_tile[0], resize_images(target_maps.image[picks], tile)[i], resize_images(generated[picks], tile)[i],
+                       resize_images(camera_truth[picks], tile)[i]], dim=1) for i in range(picks.numel())]
     from torchvision.io import write_png
 
     write_png(to_uint8(torch.cat(rows, dim=0)).permute(2, 0, 1).contiguous(), str(args.out / "demo_panel.png"))

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -34,6 +33,7 @@ from ..face.analysis import FaceAnalyzer
 from ..face.faces import AnalyzedFaces, analyze_frames
 from ..face.fit import fit_faces
 from ..generator.sampler import flat_coefficients
+from ..images import resize_images
 from ..morphable.coefficients import FaceCoefficients
 from ..morphable.model import MorphableModel
 from ..render.camera import PerspectiveCamera
@@ -193,8 +193,7 @@ def _on_canvas(faces: AnalyzedFaces, crops: torch.Tensor, canvas: int) -> Analyz
         return None if points is None else apply_transforms(frame_to_canvas, points)
 
     corners = apply_transforms(frame_to_canvas, faces.boxes.view(-1, 2, 2))
-    images = F.interpolate(crops.permute(0, 3, 1, 2).float() / 255.0, size=(canvas, canvas), mode="bilinear",
-                           antialias=True, align_corners=False).permute(0, 2, 3, 1)
+    images = resize_images(crops.float() / 255.0, canvas)
     return AnalyzedFaces(
         images=images, boxes=corners.reshape(-1, 4), scores=faces.scores, keypoints=moved(faces.keypoints),
         landmarks68=moved(faces.landmarks68), landmarks106=moved(faces.landmarks106), embeddings=faces.embeddings,
@@ -484,10 +483,7 @@ class ShardRows:
             ])
         values = raw.float() / 255.0 if raw.dtype == torch.uint8 else raw.float()
         if self.image_size is not None and values.shape[1] != self.image_size:
-            values = F.interpolate(values.permute(0, 3, 1, 2), size=(self.image_size, self.image_size),
-                                   mode="bilinear", antialias=True, align_corners=False).permute(0, 2, 3, 1)
-            if raw.dtype == torch.uint8:
-                values = values.clamp(0, 1)
+            values = resize_images(values, self.image_size)
         return values
 
 
