@@ -53,7 +53,7 @@ class LoadCLIPEmotion(TalkingFaceNode):
         return {
             "required": {
                 "clip_name": (
-                    host.list_text_encoders(),
+                    host.list_models("text_encoders"),
                     {"tooltip": "open_clip weights (.safetensors, or .bin/.pt/.pth read safely) from "
                      "ComfyUI/models/clip/ or models/text_encoders/."},
                 ),
@@ -68,7 +68,7 @@ class LoadCLIPEmotion(TalkingFaceNode):
         }
 
     def run(self, clip_name: str, model_name: str) -> tuple[OpenClipTextEncoder]:
-        return (load_open_clip_text_encoder(host.text_encoder_path(clip_name), model_name),)
+        return (load_open_clip_text_encoder(host.model_path("text_encoders", clip_name, "text encoder"), model_name),)
 
 
 def _open_clip_embedder(encoder: OpenClipTextEncoder):

@@ -28,9 +28,12 @@ MODEL_FOLDERS: dict[str, set[str]] = {
     "3dmm": {".mat"},
     "insightface": {".onnx"},
     "talkingface": {".safetensors"},
-    # a core ComfyUI folder; named here so the folder is found outside ComfyUI too
+    # core ComfyUI folders; named here so they are found outside ComfyUI too
     "vae": {".safetensors"},
+    "text_encoders": {".safetensors", ".sft", ".pt", ".pth", ".bin", ".ckpt"},
 }
+# ComfyUI reads models/clip/ as part of text_encoders; outside ComfyUI the fallback does the same.
+FOLDER_ALIASES: dict[str, tuple[str, ...]] = {"text_encoders": ("clip",)}
 
 
 def register_model_folders() -> None:
@@ -53,41 +56,44 @@ def _fallback_dir(variable: str, default: str) -> Path:
 
 
 def model_folder_hint(folder: str) -> str:
-    return f"ComfyUI/models/{folder}/"
+    return " or ".join(f"ComfyUI/models/{name}/" for name in (folder, *FOLDER_ALIASES.get(folder, ())))
+
+
+def _fallback_roots(folder: str) -> list[Path]:
+    models = _fallback_dir("TALKINGFACE_MODELS_DIR", "models")
+    return [models / name for name in (folder, *FOLDER_ALIASES.get(folder, ()))]
 
 
 def list_models(folder: str) -> list[str]:
     """Files in a model folder, as relative names (subfolders included), sorted."""
     if IN_COMFYUI:
         return folder_paths.get_filename_list(folder)
-    root = _fallback_dir("TALKINGFACE_MODELS_DIR", "models") / folder
-    if not root.is_dir():
-        return []
-    return sorted(
+    return sorted({
         path.relative_to(root).as_posix()
+        for root in _fallback_roots(folder) if root.is_dir()
         for path in root.rglob("*")
         if path.is_file() and path.suffix.lower() in MODEL_FOLDERS[folder]
-    )
+    })
 
 
-def model_path(folder: str, name: str) -> Path:
+def model_path(folder: str, name: str, what: str = "model file") -> Path:
     """The full path of a model file, or an error that names the file and the folder it belongs in."""
     if IN_COMFYUI:
         found = folder_paths.get_full_path(folder, name)
         if found:
             return Path(found)
     else:
-        candidate = _fallback_dir("TALKINGFACE_MODELS_DIR", "models") / folder / name
-        if candidate.is_file():
-            return candidate
-    raise ModelFileError(f"model file '{name}' not found: put it into {model_folder_hint(folder)}")
+        for root in _fallback_roots(folder):
+            if (root / name).is_file():
+                return root / name
+    raise ModelFileError(f"{what} '{name}' not found: put it into {model_folder_hint(folder)}")
 
 
 def model_folder_roots(folder: str) -> list[Path]:
     """Every root registered for a model folder (ComfyUI may list several via extra_model_paths.yaml)."""
     if IN_COMFYUI:
         return [Path(p) for p in folder_paths.get_folder_paths(folder)]
-    return [_fallback_dir("TALKINGFACE_MODELS_DIR", "models") / folder]
+    return _fallback_roots(folder)
 
 
 def model_packs(folder: str, subfolder: str) -> dict[str, Path]:
@@ -166,40 +172,3 @@ def next_free_path(directory: Path, prefix: str, suffix: str) -> Path:
             return candidate
         counter += 1
 
-
-# Text encoders (CLIP) live in ComfyUI's own folders: models/text_encoders/ and the older models/clip/,
-# which ComfyUI registers together under "text_encoders".
-TEXT_ENCODER_FOLDERS = ("text_encoders", "clip")
-TEXT_ENCODER_SUFFIXES = {".safetensors", ".sft", ".pt", ".pth", ".bin", ".ckpt"}
-
-
-def list_text_encoders() -> list[str]:
-    """Weight files in models/text_encoders/ and models/clip/, as relative names, sorted."""
-    if IN_COMFYUI:
-        return folder_paths.get_filename_list("text_encoders")
-    names: set[str] = set()
-    for folder in TEXT_ENCODER_FOLDERS:
-        root = _fallback_dir("TALKINGFACE_MODELS_DIR", "models") / folder
-        if root.is_dir():
-            names.update(
-                path.relative_to(root).as_posix()
-                for path in root.rglob("*")
-                if path.is_file() and path.suffix.lower() in TEXT_ENCODER_SUFFIXES
-            )
-    return sorted(names)
-
-
-def text_encoder_path(name: str) -> Path:
-    """The full path of a text encoder file, or an error naming the folders it belongs in."""
-    if IN_COMFYUI:
-        found = folder_paths.get_full_path("text_encoders", name)
-        if found:
-            return Path(found)
-    else:
-        for folder in TEXT_ENCODER_FOLDERS:
-            candidate = _fallback_dir("TALKINGFACE_MODELS_DIR", "models") / folder / name
-            if candidate.is_file():
-                return candidate
-    raise ModelFileError(
-        f"text encoder '{name}' not found: put it into {model_folder_hint('clip')} or {model_folder_hint('text_encoders')}"
-    )
