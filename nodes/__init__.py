@@ -10,6 +10,7 @@ from .face import FACE_NODES
 from .generator import LoadGenerator, TGDMSampler
 from .morphable import Load3DMM
 from .motion import MOTION_NODES
+from .pose import POSE_NODES
 from .render import Render3DMMTarget
 
 host.register_model_folders()
@@ -20,6 +21,7 @@ NODE_CLASSES = (
     SaveCoefficients,
     LoadCoefficients,
     *FACE_NODES,
+    *POSE_NODES,
     *MOTION_NODES,
     *AUDIO_NODES,
     *EMOTION_NODES,

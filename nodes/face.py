@@ -16,7 +16,7 @@ from ..pipelines.face.alignment import (
     warp_images,
 )
 from ..pipelines.face.analysis import FaceAnalyzer
-from ..pipelines.face.faces import MISSING_POLICIES, AnalyzedFaces, analyze_frames
+from ..pipelines.face.faces import AnalyzedFaces, analyze_frames
 from ..pipelines.face.fit import fit_faces
 from ..pipelines.face.regressor import (
     REFINE_GROUPS,
@@ -25,15 +25,14 @@ from ..pipelines.face.regressor import (
     load_face_regressor,
     regress_coefficients,
 )
-from ..pipelines.face.selection import ORDERS
 from ..pipelines.images import normalize_image_channels
 from ..pipelines.morphable.fitting import ALL_GROUPS, FitConfig
 from ..pipelines.morphable.model import MorphableModel
 from ..pipelines.video import frame_chunks
 from . import host
-from .base import ROOT_CATEGORY, TalkingFaceNode
+from .base import TalkingFaceNode
+from .face_inputs import FACE_CATEGORY, AlignedFacesNode
 
-FACE_CATEGORY = f"{ROOT_CATEGORY}/face"
 INSIGHTFACE_FOLDER = "insightface"
 INSIGHTFACE_PACKS = "models"
 DEFAULT_PACKS = ("buffalo_l", "antelopev2")
@@ -152,18 +151,11 @@ class LoadFaceRegressor(TalkingFaceNode):
         return (load_face_regressor(path, _template_file(path), refine),)
 
 
-class AnalyzeFaces(TalkingFaceNode):
+class AnalyzeFaces(AlignedFacesNode):
     DISPLAY_NAME = "Analyze Faces"
     DESCRIPTION = (
         "Finds one face per frame (a portrait or every frame of a video, following the same person), with "
         "landmarks and identity, and aligns it: TALK_FACES for fitting and paste-back, plus the aligned crops."
-    )
-    CATEGORY = FACE_CATEGORY
-    RETURN_TYPES = ("TALK_FACES", "IMAGE")
-    RETURN_NAMES = ("faces", "crops")
-    OUTPUT_TOOLTIPS = (
-        "Per-frame boxes, keypoints, landmarks, embeddings and crop transforms.",
-        "The aligned face crops at crop_size, one per frame (the generator's input framing).",
     )
 
     @classmethod
@@ -172,30 +164,15 @@ class AnalyzeFaces(TalkingFaceNode):
             "required": {
                 "analyzer": ("TALK_ANALYZER", {"tooltip": "From Load Face Analyzer."}),
                 "images": ("IMAGE", {"tooltip": "A portrait or the frames of a video."}),
-                "selection": (list(ORDERS), {
-                    "default": "largest",
-                    "tooltip": "Which face when there are several: 'single' fails if there is more than one; "
-                               "otherwise the face_index-th in this order (a video follows that person)."}),
-                "face_index": ("INT", {"default": 0, "min": 0, "max": 63, "tooltip": "Position in the selection order, 0 = first."}),
-                "missing_faces": (list(MISSING_POLICIES), {
-                    "default": "interpolate",
-                    "tooltip": "Frames where the face is not found: fill from neighbouring frames (with a warning) or stop with an error."}),
-                "crop_size": ([256, 512], {"default": 256, "tooltip": "Side of the aligned generator crop in px."}),
-                "crop_margin": ("FLOAT", {
-                    "default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05,
-                    "tooltip": "Extra context around the face in the crop, as a fraction of the fitting crop per side. "
-                               "0 frames the face as Render 3DMM Target does."}),
-                "smoothing": ("FLOAT", {
-                    "default": 0.3, "min": 0.0, "max": 1.0, "step": 0.05,
-                    "tooltip": "Temporal smoothing of the crop boxes of a video (One-Euro); 0 = none."}),
-                "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 240.0, "step": 0.01,
-                                  "tooltip": "Frame rate of the video (for smoothing)."}),
-            }
+                **cls.alignment_inputs(),
+            },
+            "optional": cls.video_info_input(),
         }
 
     def run(self, analyzer, images: torch.Tensor, selection: str, face_index: int, missing_faces: str,
-            crop_size: int, crop_margin: float, smoothing: float, fps: float):
-        if not isinstance(analyzer, FaceAnalyzer):
+            crop_size: int, crop_margin: float, smoothing: float, fps: float, video_info: dict | None = None):
+        fps = self.video_fps(fps, video_info)
+        if not hasattr(analyzer, "detect"):
             analyzer = FaceAnalyzer.wrap(analyzer)
         progress = host.Progress(images.shape[0])
 
@@ -205,8 +182,7 @@ class AnalyzeFaces(TalkingFaceNode):
 
         faces = analyze_frames(analyzer, images, selection, face_index, missing_faces, int(crop_size),
                                crop_margin, smoothing, fps, on_frame=advance)
-        crops = torch.cat([faces.crops(chunk) for chunk in frame_chunks(faces.frames, 64)])
-        return faces, crops.clamp(0.0, 1.0)
+        return self.outputs(faces)
 
 
 class Fit3DMM(TalkingFaceNode):
@@ -332,12 +308,15 @@ class PasteBack(TalkingFaceNode):
                 chunk.stop - chunk.start, dtype=torch.long)
             transforms = faces.crop_transforms[index] * scale
             masks_chunk = face_mask[chunk] if face_mask.shape[0] > 1 else face_mask.expand(chunk.stop - chunk.start, -1, -1)
-            feathered = _feathered_mask(faces, index, transforms, masks_chunk, region, erode, blur)
+            # Frames without a face under the 'pass_through' policy keep their original pixels exactly.
+            untouched = faces.untouched[index]
+            feathered = _feathered_mask(faces, index, transforms, masks_chunk, region, erode, blur, untouched)
             crops = generated[chunk].float()
             if colour_match:
                 originals = warp_images(faces.images[index], transforms, size)
                 crops = match_colours(crops, originals, feathered)
             pasted, mask = paste_back(faces.images[index], crops, transforms, feathered)
+            pasted[untouched] = faces.images[index][untouched].to(pasted.dtype)
             outputs.append(pasted)
             masks.append(mask)
             progress.advance(chunk.stop - chunk.start)
@@ -345,9 +324,9 @@ class PasteBack(TalkingFaceNode):
 
 
 def _feathered_mask(faces: AnalyzedFaces, index: torch.Tensor, transforms: torch.Tensor, render_mask: torch.Tensor,
-                    region: str, erode: int, blur: int) -> torch.Tensor:
-    mask = render_mask.float()
-    if region == "lower_face":
+                    region: str, erode: int, blur: int, untouched: torch.Tensor) -> torch.Tensor:
+    mask = render_mask.float() * (~untouched).float().view(-1, 1, 1)
+    if region == "lower_face" and not untouched.all():
         landmarks = apply_transforms(transforms, faces.require_landmarks68()[index])
         mask = lower_face_mask(mask, landmarks, feather=max(blur, 1))
     return face_mask(mask, erode, blur)

@@ -16,7 +16,10 @@ from .selection import select_face, track_face
 from .smoothing import one_euro
 
 logger = logging.getLogger(__name__)
-MISSING_POLICIES = ("interpolate", "error")
+# What happens to frames without the face: filled from neighbouring frames, left untouched downstream
+# (Paste Back returns them as they were), or an error naming them.
+MISSING_POLICIES = ("interpolate", "pass_through", "error")
+DEFAULT_FPS = 25.0
 
 
 @dataclass
@@ -25,7 +28,9 @@ class AnalyzedFaces:
 
     ``fit_transforms`` map frame pixels into the 224-px Deep3DFaceRecon crop the fitter sees,
     ``crop_transforms`` into the generator's ``crop_size`` crop; both invert for paste-back.
-    ``detected`` is False where the face was interpolated from neighbouring frames.
+    ``detected`` is False where the face was interpolated from neighbouring frames; ``pass_through``
+    (None: no frame) is True where the stages after the analysis must leave the frame as it was.
+    ``fps`` is the frame rate of the video the frames come from (temporal smoothing uses it).
     ``images`` is the analysed IMAGE batch itself (a reference, not a copy)."""
 
     images: torch.Tensor  # [T, H, W, 3]
@@ -42,10 +47,19 @@ class AnalyzedFaces:
     crop_size: int
     crop_margin: float
     notes: list[str] = field(default_factory=list)
+    fps: float = DEFAULT_FPS
+    pass_through: torch.Tensor | None = None  # [T] bool
 
     @property
     def frames(self) -> int:
         return self.boxes.shape[0]
+
+    @property
+    def untouched(self) -> torch.Tensor:
+        """``[T]`` bool: the frames later stages return unchanged (no face, policy ``pass_through``)."""
+        if self.pass_through is None:
+            return torch.zeros(self.frames, dtype=torch.bool)
+        return self.pass_through
 
     def require_landmarks68(self) -> torch.Tensor:
         if self.landmarks68 is None:
@@ -75,7 +89,8 @@ def keypoints_from_landmarks68(landmarks: torch.Tensor) -> torch.Tensor:
 
 
 def faces_from_landmarks(
-    images: torch.Tensor, landmarks68: torch.Tensor, crop_size: int = 256, crop_margin: float = 0.0
+    images: torch.Tensor, landmarks68: torch.Tensor, crop_size: int = 256, crop_margin: float = 0.0,
+    fps: float = DEFAULT_FPS,
 ) -> AnalyzedFaces:
     """Analysed faces from 68 landmarks found some other way (another tracker, synthetic renders)."""
     images, note = normalize_image_channels(images)
@@ -92,7 +107,7 @@ def faces_from_landmarks(
         detected=torch.ones(frames, dtype=torch.bool),
         fit_transforms=similarity_transforms(keypoints, crop_template(FIT_CROP_SIZE)),
         crop_transforms=similarity_transforms(keypoints, crop_template(crop_size, crop_margin)),
-        crop_size=crop_size, crop_margin=crop_margin, notes=[note] if note else [],
+        crop_size=crop_size, crop_margin=crop_margin, notes=[note] if note else [], fps=float(fps),
     )
 
 
@@ -126,32 +141,70 @@ def analyze_frames(
     crop_size: int = 256,
     crop_margin: float = 0.0,
     smoothing: float = 0.0,
-    fps: float = 25.0,
+    fps: float = DEFAULT_FPS,
     on_frame: Callable[[int], None] | None = None,
 ) -> AnalyzedFaces:
     """Detect, choose and align one face per frame of an IMAGE batch.
 
-    One image: the ``face_index``-th face in ``order``. A video: a track that follows that person.
-    Frames without the face are interpolated (with a logged warning listing them) or raise, by
-    ``missing``. ``smoothing`` (0..1) filters the keypoints over time before the crops are fixed."""
-    if missing not in MISSING_POLICIES:
-        raise TalkingFaceError(f"missing-face policy must be one of {MISSING_POLICIES}, got '{missing}'")
+    ``analyzer`` is anything with ``detect(uint8 RGB image) -> list[DetectedFace]`` (insightface, dlib).
+    The rest is :func:`faces_from_detections`."""
+    check_missing_policy(missing)
     if images.ndim not in (3, 4) or images.shape[0] == 0:
         raise TalkingFaceError(f"expected a non-empty IMAGE batch, got shape {tuple(images.shape)}")
     images, note = normalize_image_channels(images)
-    notes = [note] if note else []
-    frames = images.shape[0]
     per_frame: list[list[DetectedFace]] = []
-    for t in range(frames):
+    for t in range(images.shape[0]):
         per_frame.append(analyzer.detect(images_to_uint8(images[t])))
         if on_frame is not None:
             on_frame(t)
-    what = "the image" if frames == 1 else "frame 0"
+    return faces_from_detections(images, per_frame, order, face_index, missing, crop_size, crop_margin, smoothing,
+                                 fps, notes=[note] if note else [])
+
+
+def check_missing_policy(missing: str) -> None:
+    if missing not in MISSING_POLICIES:
+        raise TalkingFaceError(f"missing-face policy must be one of {MISSING_POLICIES}, got '{missing}'")
+
+
+def faces_from_detections(
+    images: torch.Tensor,
+    per_frame: list[list[DetectedFace]],
+    order: str = "largest",
+    face_index: int = 0,
+    missing: str = "interpolate",
+    crop_size: int = 256,
+    crop_margin: float = 0.0,
+    smoothing: float = 0.0,
+    fps: float = DEFAULT_FPS,
+    notes: list[str] | None = None,
+) -> AnalyzedFaces:
+    """Choose and align one face per frame from the faces found in each frame (``per_frame``).
+
+    One image: the ``face_index``-th face in ``order``. A video: a track that follows that person.
+    Frames without the face follow ``missing``: ``interpolate`` fills them from the neighbouring frames
+    (with a logged warning listing them), ``pass_through`` fills them the same way but marks them for the
+    later stages to leave untouched (with no face anywhere, every frame passes through), ``error`` raises
+    naming them. ``smoothing`` (0..1) filters the keypoints over time at ``fps`` before the crops are fixed."""
+    check_missing_policy(missing)
+    if fps <= 0:
+        raise TalkingFaceError(f"fps must be positive, got {fps}")
+    notes = list(notes or [])
+    frames = images.shape[0]
+    if len(per_frame) != frames:
+        raise TalkingFaceError(f"face detections for {len(per_frame)} frames, but there are {frames} images")
+    if not any(per_frame):
+        where = "the image" if frames == 1 else f"any of the {frames} frames"
+        if missing != "pass_through":
+            raise TalkingFaceError(
+                f"no face found in {where}; set missing faces to 'pass_through' to return "
+                f"{'it' if frames == 1 else 'the frames'} unchanged instead"
+            )
+        message = f"no face found in {where}: every frame passes through unchanged"
+        logger.warning(message)
+        return _faces_passing_through(images, crop_size, crop_margin, fps, notes + [message])
     if frames == 1:
-        track = [select_face(per_frame[0], order, face_index, what)]
+        track = [select_face(per_frame[0], order, face_index, "the image")]
     else:
-        if not any(per_frame):
-            raise TalkingFaceError(f"no face found in any of the {frames} frames")
         track = track_face(per_frame, order, face_index)
     present = np.array([face is not None for face in track])
     missing_frames = [t for t in range(frames) if not present[t]]
@@ -160,9 +213,11 @@ def analyze_frames(
         if missing == "error":
             raise TalkingFaceError(
                 f"no face (of the tracked person) in frame(s) {listed} of {frames}; set missing faces to "
-                "'interpolate' to fill them from the neighbouring frames"
+                "'interpolate' to fill them from the neighbouring frames, or 'pass_through' to leave them unchanged"
             )
-        message = f"no face in frame(s) {listed}; filled by interpolation from the neighbouring frames"
+        outcome = ("filled by interpolation from the neighbouring frames" if missing == "interpolate"
+                   else "these frames pass through unchanged")
+        message = f"no face in frame(s) {listed}; {outcome}"
         logger.warning(message)
         notes.append(message)
     tiny = [(t, face.size) for t, face in enumerate(track) if face is not None and face.size < MIN_FACE_PIXELS]
@@ -184,6 +239,7 @@ def analyze_frames(
     embeddings = optional("embedding")
     if embeddings is not None:
         embeddings = torch.nn.functional.normalize(embeddings, dim=-1)
+    detected = torch.from_numpy(present)
     return AnalyzedFaces(
         images=images,
         boxes=torch.from_numpy(_stack(track, present, "box")),
@@ -193,10 +249,33 @@ def analyze_frames(
         landmarks106=optional("landmarks106"),
         embeddings=embeddings,
         head_pose=optional("pose"),
-        detected=torch.from_numpy(present),
+        detected=detected,
         fit_transforms=similarity_transforms(keypoints, crop_template(FIT_CROP_SIZE)),
         crop_transforms=similarity_transforms(keypoints, crop_template(crop_size, crop_margin)),
         crop_size=crop_size,
         crop_margin=crop_margin,
         notes=notes,
+        fps=float(fps),
+        pass_through=~detected if missing == "pass_through" and missing_frames else None,
+    )
+
+
+def _faces_passing_through(
+    images: torch.Tensor, crop_size: int, crop_margin: float, fps: float, notes: list[str]
+) -> AnalyzedFaces:
+    """Frames without any face, every one marked to pass through: a stand-in face (the five-point
+    template, centred, half the shorter side wide) keeps the later stages' shapes and transforms valid."""
+    frames, height, width = images.shape[:3]
+    template = crop_template(FIT_CROP_SIZE)
+    scale = 0.5 * min(height, width) / FIT_CROP_SIZE
+    keypoints = ((template - FIT_CROP_SIZE / 2.0) * scale + torch.tensor([width / 2.0, height / 2.0])).expand(frames, -1, -1)
+    low, high = keypoints.amin(1), keypoints.amax(1)
+    return AnalyzedFaces(
+        images=images, boxes=torch.cat([low, high], 1), scores=torch.zeros(frames), keypoints=keypoints.clone(),
+        landmarks68=None, landmarks106=None, embeddings=None, head_pose=None,
+        detected=torch.zeros(frames, dtype=torch.bool),
+        fit_transforms=similarity_transforms(keypoints, crop_template(FIT_CROP_SIZE)),
+        crop_transforms=similarity_transforms(keypoints, crop_template(crop_size, crop_margin)),
+        crop_size=crop_size, crop_margin=crop_margin, notes=notes, fps=float(fps),
+        pass_through=torch.ones(frames, dtype=torch.bool),
     )

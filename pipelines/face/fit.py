@@ -40,7 +40,7 @@ def fit_faces(
     gaze: bool = True,
     video_mode: str = "joint",
     smoothing: float = 0.5,
-    fps: float = 25.0,
+    fps: float | None = None,
     appearance_resolution: int = 112,
     texture_frames: int = 8,
     batch_size: int = 16,
@@ -60,10 +60,16 @@ def fit_faces(
     ``init`` (one row per frame, e.g. from the face regressor, in the fitting crop) is where the fit
     starts; only the ``refine`` groups move, the rest (and texture and lighting when ``appearance`` is
     off) keep its values. A video's identity (and texture) from ``init`` is averaged over the detected
-    frames: one person, one shape."""
+    frames: one person, one shape.
+
+    ``fps`` defaults to the frame rate the faces carry. Frames with no face anywhere (every frame passing
+    through) get the neutral face, or ``init``, unfitted: nothing downstream will show them."""
     if video_mode not in VIDEO_MODES:
         raise TalkingFaceError(f"video mode must be one of {VIDEO_MODES}, got '{video_mode}'")
+    fps = faces.fps if fps is None else fps
     device = model.mean_shape.device
+    if not faces.detected.any():
+        return _unfitted(model, faces, init, device)
     fitter = LandmarkFitter(model, PerspectiveCamera.deep3d(FIT_CROP_SIZE), config)
     landmarks = faces.fit_landmarks().to(device)
     # Interpolated frames count less: their landmarks are a guess between two detections.
@@ -82,6 +88,13 @@ def fit_faces(
         coeffs = _from_crops(model, faces, coeffs, appearance, gaze, appearance_resolution, texture_frames,
                              batch_size, on_chunk)
     return FaceFit(coeffs, result.landmark_error, result.fitted_landmarks)
+
+
+def _unfitted(model: MorphableModel, faces: AnalyzedFaces, init: FaceCoefficients | None,
+              device: torch.device) -> FaceFit:
+    coeffs = init.to(device).repeat_to(faces.frames) if init is not None else FaceCoefficients.neutral(
+        faces.frames, model.dims, device=device)
+    return FaceFit(coeffs, torch.zeros(faces.frames, device=device), torch.zeros(faces.frames, 68, 2, device=device))
 
 
 def _one_person(init: FaceCoefficients, detected: torch.Tensor) -> FaceCoefficients:
