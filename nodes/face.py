@@ -16,6 +16,15 @@ from ..pipelines.face.alignment import (
     warp_images,
 )
 from ..pipelines.face.analysis import FaceAnalyzer
+from ..pipelines.face.dlib_analysis import (
+    CNN_DETECTOR,
+    RECOGNITION_MODEL,
+    SHAPE_PREDICTOR,
+    WHERE_TO_GET,
+    DlibFaceAnalyzer,
+    DlibModelFiles,
+    import_dlib,
+)
 from ..pipelines.face.faces import AnalyzedFaces, analyze_frames
 from ..pipelines.face.fit import fit_faces
 from ..pipelines.face.regressor import (
@@ -43,16 +52,35 @@ DEFAULT_REGRESSOR = "3dmm/epoch_20.pth"
 SADTALKER_BUNDLE_PREFIX = "sadtalker_"
 
 
+DLIB_FOLDER = "dlib"
+# Load Face Analyzer's choices for dlib's two detectors (the landmark and recognition models are shared).
+DLIB_CHOICES = {"dlib_hog": "hog", "dlib_cnn": "cnn"}
+
+
 def _pack_choices() -> list[str]:
     found = list(host.model_packs(INSIGHTFACE_FOLDER, INSIGHTFACE_PACKS))
-    return found or list(DEFAULT_PACKS)
+    return (found or list(DEFAULT_PACKS)) + list(DLIB_CHOICES)
+
+
+def _dlib_model_files() -> DlibModelFiles:
+    def find(name: str) -> Path | None:
+        return next((root / name for root in host.model_folder_roots(DLIB_FOLDER) if (root / name).is_file()), None)
+
+    predictor = find(SHAPE_PREDICTOR)
+    if predictor is None:
+        raise ModelFileError(
+            f"dlib's {SHAPE_PREDICTOR} not found: put it into {host.model_folder_hint(DLIB_FOLDER)} (with "
+            f"{RECOGNITION_MODEL} for identity tracking and {CNN_DETECTOR} for the CNN detector); {WHERE_TO_GET}")
+    return DlibModelFiles(predictor, find(RECOGNITION_MODEL), find(CNN_DETECTOR))
 
 
 class LoadFaceAnalyzer(TalkingFaceNode):
     DISPLAY_NAME = "Load Face Analyzer"
     DESCRIPTION = (
         "Loads an insightface model pack (detector, 68/106-point landmarks, ArcFace) from "
-        "ComfyUI/models/insightface/models/<pack>/, or reuses the analyzer of IPAdapter's InsightFace Loader."
+        "ComfyUI/models/insightface/models/<pack>/, or dlib's models (HOG or CNN detector, 68 landmarks, "
+        "128-d descriptors) from ComfyUI/models/dlib/ (pip install dlib), or reuses the analyzer of IPAdapter's "
+        "InsightFace Loader."
     )
     CATEGORY = FACE_CATEGORY
     RETURN_TYPES = ("TALK_ANALYZER",)
@@ -63,16 +91,22 @@ class LoadFaceAnalyzer(TalkingFaceNode):
     def INPUT_TYPES(cls) -> dict:
         return {
             "required": {
-                "pack": (_pack_choices(), {"tooltip": "Folder under ComfyUI/models/insightface/models/ (buffalo_l, antelopev2)."}),
+                "pack": (_pack_choices(), {
+                    "tooltip": "An insightface pack: a folder under ComfyUI/models/insightface/models/ (buffalo_l, "
+                               "antelopev2); or dlib with its HOG or CNN detector: shape_predictor_68_face_landmarks.dat "
+                               "(+ dlib_face_recognition_resnet_model_v1.dat, mmod_human_face_detector.dat for CNN) "
+                               "in ComfyUI/models/dlib/."}),
                 "provider": (["auto", "CPU", "CUDA"], {
                     "default": "auto",
-                    "tooltip": "ONNX Runtime device: auto takes CUDA when onnxruntime-gpu is installed, else CPU."}),
+                    "tooltip": "ONNX Runtime device for insightface: auto takes CUDA when onnxruntime-gpu is installed, "
+                               "else CPU. dlib uses CUDA when it was built with it."}),
                 "detection_size": ("INT", {
                     "default": 640, "min": 128, "max": 1536, "step": 32,
-                    "tooltip": "Detector input size in px; larger finds smaller faces, slower."}),
+                    "tooltip": "Detector input size in px (the image's longer side is scaled to it); larger finds "
+                               "smaller faces, slower."}),
                 "detection_threshold": ("FLOAT", {
                     "default": 0.5, "min": 0.05, "max": 0.99, "step": 0.01,
-                    "tooltip": "Minimum detector confidence for a face."}),
+                    "tooltip": "Minimum detector confidence for a face (dlib: 0.5 is dlib's own threshold)."}),
             },
             "optional": {
                 "insightface": ("INSIGHTFACE", {
@@ -83,6 +117,9 @@ class LoadFaceAnalyzer(TalkingFaceNode):
     def run(self, pack: str, provider: str, detection_size: int, detection_threshold: float, insightface=None):
         if insightface is not None:
             return (FaceAnalyzer.wrap(insightface),)
+        if pack in DLIB_CHOICES:
+            import_dlib()
+            return (DlibFaceAnalyzer(_dlib_model_files(), DLIB_CHOICES[pack], detection_size, detection_threshold),)
         folder = host.model_pack_path(INSIGHTFACE_FOLDER, INSIGHTFACE_PACKS, pack)
         return (FaceAnalyzer.load(folder, provider, detection_size, detection_threshold),)
 

@@ -27,6 +27,7 @@ IN_COMFYUI = folder_paths is not None
 MODEL_FOLDERS: dict[str, set[str]] = {
     "3dmm": {".mat"},
     "insightface": {".onnx"},
+    "dlib": {".dat"},
     "talkingface": {".safetensors"},
     # core ComfyUI folders; named here so they are found outside ComfyUI too
     "vae": {".safetensors"},

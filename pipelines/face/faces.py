@@ -157,8 +157,14 @@ def analyze_frames(
         per_frame.append(analyzer.detect(images_to_uint8(images[t])))
         if on_frame is not None:
             on_frame(t)
-    return faces_from_detections(images, per_frame, order, face_index, missing, crop_size, crop_margin, smoothing,
-                                 fps, notes=[note] if note else [])
+    try:
+        return faces_from_detections(images, per_frame, order, face_index, missing, crop_size, crop_margin,
+                                     smoothing, fps, notes=[note] if note else [])
+    except TalkingFaceError as error:
+        hint = getattr(analyzer, "no_face_hint", None)
+        if hint and not any(per_frame):
+            raise TalkingFaceError(f"{error} ({hint})") from error
+        raise
 
 
 def check_missing_policy(missing: str) -> None:
