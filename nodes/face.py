@@ -248,7 +248,9 @@ class Fit3DMM(TalkingFaceNode):
                                "with One-Euro; 'joint' solves all frames in one problem (smoother, ~5× slower)."}),
                 "temporal_smoothing": ("FLOAT", {
                     "default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05,
-                    "tooltip": "Video: how much pose and expression are smoothed over time (0 = none, 1 = strongest)."}),
+                    "tooltip": "Video: smoothing of pose and expression over time at the video's frame rate (carried by the "
+                               "faces): a cut-off of 0.5 Hz / value² (0.5 → 2 Hz, 1 → 0.5 Hz, 0 = none). 'fast' opens it "
+                               "for quick moves (One-Euro); 'joint' keeps it fixed, so stay at 0.3 or below for speech."}),
                 "expression_prior": ("FLOAT", {
                     "default": 1.0, "min": 0.0, "max": 100.0, "step": 0.1,
                     "tooltip": "Pull expressions towards neutral; raise it for noisy landmarks."}),
@@ -264,8 +266,7 @@ class Fit3DMM(TalkingFaceNode):
 
     def run(self, faces: AnalyzedFaces, face_model: MorphableModel, estimate_appearance: bool, video_mode: str,
             temporal_smoothing: float, expression_prior: float, batch_size: int, regressor: FaceRegressor | None = None):
-        # The joint fit's acceleration weight: 0..1 maps onto 0..4 (1 is its own default).
-        config = FitConfig(temporal_smoothing=4.0 * temporal_smoothing, expression_prior=expression_prior)
+        config = FitConfig(expression_prior=expression_prior)
         progress = host.Progress(faces.frames * (2 if regressor is not None else 1))
 
         def advance(frames: int) -> None:

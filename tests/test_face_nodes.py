@@ -56,7 +56,7 @@ def test_every_input_has_a_tooltip_and_widgets_have_defaults(node_class):
 
 def test_analyzer_lists_installed_packs_and_names_a_missing_one(dirs):
     choices = face_nodes.LoadFaceAnalyzer.INPUT_TYPES()["required"]["pack"][0]
-    assert choices == ["buffalo_l"]
+    assert choices == ["buffalo_l", "dlib_hog", "dlib_cnn"]  # the installed pack, then dlib's two detectors
     with pytest.raises(base.NodeInputError, match="Load Face Analyzer: .*antelopev2"):
         face_nodes.LoadFaceAnalyzer().execute(pack="antelopev2", provider="auto", detection_size=640,
                                               detection_threshold=0.5)

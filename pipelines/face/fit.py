@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -17,6 +17,7 @@ from .appearance import estimate_appearance
 from .faces import AnalyzedFaces
 from .gaze import estimate_gaze
 from .motion import smooth_coefficients
+from .smoothing import acceleration_weight
 
 VIDEO_MODES = ("joint", "fast")
 # Fast mode: frames whose joint fit fixes the shared identity, spread over the video.
@@ -49,13 +50,15 @@ def fit_faces(
     refine: Collection[str] = ALL_GROUPS,
 ) -> FaceFit:
     """Fit ``model`` to the faces of every frame: one image on its own, a video with one shared identity
-    and temporal smoothing (``config.temporal_smoothing``). With ``appearance``, one texture from up to
+    and temporal smoothing. With ``appearance``, one texture from up to
     ``texture_frames`` frames and lighting per frame are solved from the crops at ``appearance_resolution``;
     with ``gaze``, the gaze of each frame is read from its eyes in those crops.
 
-    ``video_mode`` ``joint`` solves the video in one problem (landmark-acceleration penalty); ``fast``
+    ``smoothing`` (0..1) is the one smoothing setting of both video modes: a cut-off of 0.5 Hz / smoothing²
+    at ``fps`` (see :mod:`.smoothing`). ``video_mode`` ``joint`` solves the video in one problem with a
+    landmark-acceleration penalty of that cut-off (it replaces ``config.temporal_smoothing``); ``fast``
     takes the identity from a joint fit of a few frames spread over the video, fits every frame with it
-    side by side, and smooths pose and expression with a One-Euro filter of ``smoothing`` (0..1).
+    side by side, and smooths pose and expression with a One-Euro filter whose cut-off at rest is that.
 
     ``init`` (one row per frame, e.g. from the face regressor, in the fitting crop) is where the fit
     starts; only the ``refine`` groups move, the rest (and texture and lighting when ``appearance`` is
@@ -70,6 +73,9 @@ def fit_faces(
     device = model.mean_shape.device
     if not faces.detected.any():
         return _unfitted(model, faces, init, device)
+    # Fast mode smooths afterwards; its identity frames are spread over the video, not neighbours.
+    weight = acceleration_weight(smoothing, fps) if video_mode == "joint" else 0.0
+    config = replace(config or FitConfig(), temporal_smoothing=weight)
     fitter = LandmarkFitter(model, PerspectiveCamera.deep3d(FIT_CROP_SIZE), config)
     landmarks = faces.fit_landmarks().to(device)
     # Interpolated frames count less: their landmarks are a guess between two detections.
