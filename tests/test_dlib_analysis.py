@@ -168,3 +168,31 @@ def test_detections_keep_the_pack_pixel_convention(hog):
     first, second = hog.detect(canvas)[0], hog.detect(moved)[0]
     shift = (second.landmarks68 - first.landmarks68).mean(0)
     assert np.allclose(shift, [30.0, 40.0], atol=1.5)
+
+
+def test_the_face_example_workflow_runs_with_the_dlib_analyzer(dlib_models, tiny_models_dir, tmp_path, monkeypatch):
+    """faces_reenact_geometry with Load Face Analyzer switched to dlib: dlib finds the rendered faces of the
+    committed assets too, and the whole workflow runs (the real-ComfyUI run does the same with --models)."""
+    import json
+    import shutil
+
+    import workflow_runner
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models_dir, models, symlinks=True)
+    shutil.copytree(dlib_models / "dlib", models / "dlib", symlinks=True)
+    (tmp_path / "input").mkdir()
+    for asset in (PACK_ROOT / "tests" / "assets").glob("talkingface_face_*"):
+        shutil.copy(asset, tmp_path / "input")
+    monkeypatch.setenv("TALKINGFACE_MODELS_DIR", str(models))
+    monkeypatch.setenv("TALKINGFACE_INPUT_DIR", str(tmp_path / "input"))
+    monkeypatch.setenv("TALKINGFACE_OUTPUT_DIR", str(tmp_path / "output"))
+    workflow = json.loads((PACK_ROOT / "example_workflows" / "faces_reenact_geometry.json").read_text())
+    loaders = [node for node in workflow["nodes"] if node["type"] == "TalkingFaceLoadFaceAnalyzer"]
+    assert len(loaders) == 1
+    loaders[0]["widgets_values"][0] = "dlib_hog"
+    path = tmp_path / "faces_reenact_geometry_dlib.json"
+    path.write_text(json.dumps(workflow))
+    recorded = workflow_runner.run_workflow(path, load_pack().NODE_CLASS_MAPPINGS)
+    renders = [outputs["images"] for outputs in recorded.values() if "images" in outputs]
+    assert renders and all(images.shape[0] >= 1 and float(images.mean()) > 0.02 for images in renders)
