@@ -5,7 +5,7 @@ import torch
 
 from ..pipelines.face.faces import faces_from_detections
 from ..pipelines.face.pose_keypoints import detections_from_pose_keypoints
-from ..pipelines.images import normalize_image_channels
+from ..pipelines.images import check_image_range, normalize_image_channels
 from .face_inputs import AlignedFacesNode
 
 
@@ -33,6 +33,7 @@ class FacesFromPoseKeypoints(AlignedFacesNode):
             crop_size: int, crop_margin: float, smoothing: float, fps: float, video_info: dict | None = None):
         fps = self.video_fps(fps, video_info)
         images, note = normalize_image_channels(images)
+        check_image_range(images, "images")
         frames, height, width = images.shape[:3]
         per_frame, notes = detections_from_pose_keypoints(pose_keypoint, frames, height, width)
         faces = faces_from_detections(images, per_frame, selection, face_index, missing_faces, int(crop_size),

@@ -25,6 +25,20 @@ def normalize_image_channels(images: torch.Tensor, name: str = "the image") -> t
     raise TalkingFaceError(f"{name} has {channels} channels; an IMAGE needs 1, 3 or 4 channels")
 
 
+def check_image_range(images: torch.Tensor, name: str = "the image") -> None:
+    """Refuse pixel values outside an IMAGE's 0..1 floats (8- or 16-bit values passed on unscaled)."""
+    if not images.is_floating_point():
+        raise TalkingFaceError(
+            f"the pixel values of {name} are {images.dtype}; an IMAGE holds floats 0..1: divide 8-bit pixels by 255 and 16-bit "
+            "ones by 65535 (ComfyUI's Load Image does this)")
+    if images.numel() and float(images.amax()) > 1.0 + 1e-3:
+        peak = float(images.amax())
+        scale = "65535 (16-bit)" if peak > 255.5 else "255 (8-bit)"
+        raise TalkingFaceError(
+            f"the pixel values of {name} go up to {peak:g}; an IMAGE holds floats 0..1: divide by {scale} "
+            "(ComfyUI's Load Image does this)")
+
+
 def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
     """Channel-last images ``[B, H, W, C]`` in 0..1 resampled to ``size``², antialiased when shrinking."""
     moved = images.permute(0, 3, 1, 2).float()

@@ -126,3 +126,12 @@ def test_fps_comes_from_the_widget_or_from_video_helper_suite(analyzer, video):
     assert faces.fps == 15.0
     with pytest.raises(base.NodeInputError, match="Analyze Faces: video_info has no usable frame rate"):
         analyze(analyzer, video[:4], "interpolate", video_info={"loaded_fps": 0})
+
+
+def test_unscaled_8_and_16_bit_pixels_are_refused_with_the_divisor(analyzer, video):
+    with pytest.raises(base.NodeInputError, match=r"Analyze Faces: .*go up to 1\d\d; .*divide by 255 \(8-bit\)"):
+        analyze(analyzer, video[:2] * 255.0, "interpolate")
+    with pytest.raises(base.NodeInputError, match="Analyze Faces: .*divide by 65535"):
+        analyze(analyzer, video[:2] * 65535.0, "interpolate")
+    with pytest.raises(base.NodeInputError, match="Analyze Faces: .*torch.uint8"):
+        analyze(analyzer, (video[:2] * 255).to(torch.uint8), "interpolate")

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..errors import TalkingFaceError
-from ..images import normalize_image_channels
+from ..images import check_image_range, normalize_image_channels
 from .alignment import FIT_CROP_SIZE, apply_transforms, crop_template, similarity_transforms, warp_images
 from .analysis import MIN_FACE_PIXELS, DetectedFace, FaceAnalyzer, images_to_uint8
 from .selection import select_face, track_face
@@ -152,6 +152,7 @@ def analyze_frames(
     if images.ndim not in (3, 4) or images.shape[0] == 0:
         raise TalkingFaceError(f"expected a non-empty IMAGE batch, got shape {tuple(images.shape)}")
     images, note = normalize_image_channels(images)
+    check_image_range(images, "the images")
     per_frame: list[list[DetectedFace]] = []
     for t in range(images.shape[0]):
         per_frame.append(analyzer.detect(images_to_uint8(images[t])))
