@@ -141,6 +141,15 @@ def _resized(images: torch.Tensor | None, size: int) -> torch.Tensor | None:
     return resize_images(images, size)
 
 
+def _warp_inputs(warped_source: torch.Tensor, warp_mask: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The warped source and its mask at the generator's size; a mask softened by resizing is made
+    binary again, so a pixel counts as seen only where most of it was."""
+    warped = _resized(normalize_image_channels(warped_source, "warped_source")[0], size)
+    mask = warp_mask.reshape(-1, *warp_mask.shape[-2:])
+    mask = (_resized(mask.unsqueeze(-1), size)[..., 0] > 0.5).float()
+    return warped * mask.unsqueeze(-1), mask
+
+
 class TGDMSampler(TalkingFaceNode):
     DISPLAY_NAME = "TGDM Sampler"
     CATEGORY = CATEGORY
@@ -176,6 +185,9 @@ class TGDMSampler(TalkingFaceNode):
             "optional": {
                 "target_surface": ("IMAGE", {"tooltip": "surface_coords of the renders (Render 3DMM Target), for generators trained with surface encodings."}),
                 "source_surface": ("IMAGE", {"tooltip": "surface_coords of a render of the source's own coefficients."}),
+                "warped_source": ("IMAGE", {"tooltip": "Render Textured Target's warped_source for the same frames: needed by "
+                                                       "generators trained on the warped source (all new checkpoints)."}),
+                "warp_mask": ("MASK", {"tooltip": "Render Textured Target's warp_mask, with warped_source."}),
             },
         }
 
@@ -184,6 +196,7 @@ class TGDMSampler(TalkingFaceNode):
         coefficients: FaceCoefficients, sampler: str, steps: int, seed: int, texture_guidance: float,
         geometry_guidance: float, batch_size: int, chunk_size: int, same_noise: bool,
         target_surface: torch.Tensor | None = None, source_surface: torch.Tensor | None = None,
+        warped_source: torch.Tensor | None = None, warp_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor]:
         model = generator.model
         config = model.config
@@ -199,12 +212,28 @@ class TGDMSampler(TalkingFaceNode):
         if source_image.ndim == 4 and source_image.shape[0] not in (1, frames):
             raise self.fail(f"{source_image.shape[0]} source images for {frames} renders: give one, or one per render")
         size = config.pixel_size
+        if config.warp_condition and (warped_source is None or warp_mask is None):
+            raise self.fail(
+                f"{generator.name} was trained on the source warped onto each target: add a Render Textured Target node "
+                "(same face model, source crop and coefficients) and connect its warped_source and warp_mask here"
+            )
+        warps = (None, None)
+        if config.warp_condition:
+            counts = (warped_source.shape[0] if warped_source.ndim == 4 else 1, warp_mask.reshape(-1, *warp_mask.shape[-2:]).shape[0])
+            if counts != (frames, frames):
+                raise self.fail(
+                    f"{counts[0]} warped_source and {counts[1]} warp_mask frames for {frames} renders: "
+                    "warp the same target coefficients the renders were made from"
+                )
+            warps = _warp_inputs(warped_source, warp_mask, size)
         inputs = sampling.GeneratorInputs(
             source=_resized(normalize_image_channels(source_image, "source_image")[0], size),
             renders=_resized(normalize_image_channels(render, "render")[0], size),
             coefficients=flat,
             target_surfaces=_resized(None if target_surface is None else normalize_image_channels(target_surface, "target_surface")[0], size),
             source_surface=_resized(None if source_surface is None else normalize_image_channels(source_surface, "source_surface")[0], size),
+            warped_sources=warps[0],
+            warp_masks=warps[1],
         )
         settings = sampling.SamplerSettings(
             scheduler=sampler, steps=steps, seed=seed, texture_guidance=texture_guidance,

@@ -48,6 +48,7 @@ def sample(generator, **changes):
         generator=generator, source_image=torch.rand(1, 40, 40, 3), render=torch.rand(frames, 64, 64, 3),
         coefficients=coeffs, sampler="ddim", steps=2, seed=3, texture_guidance=1.5, geometry_guidance=1.0,
         batch_size=2, chunk_size=2, same_noise=True, target_surface=torch.rand(frames, 64, 64, 3),
+        warped_source=torch.rand(frames, 64, 64, 3), warp_mask=(torch.rand(frames, 64, 64) > 0.3).float(),
     )
     inputs.update(changes)
     return generator_nodes.TGDMSampler().execute(**inputs)[0]
@@ -85,6 +86,10 @@ def test_sampler_node_errors_name_the_node_and_the_fix(models):
         sample(generator, coefficients=coefficients.FaceCoefficients.neutral(3, coefficients.CoefficientDims(10, 10, 10)))
     with pytest.raises(nodes_base.NodeInputError, match=r"^TGDM Sampler: source_image has 2 channels"):
         sample(generator, source_image=torch.rand(1, 32, 32, 2))
+    with pytest.raises(nodes_base.NodeInputError, match=r"^TGDM Sampler: .*add a Render Textured Target node"):
+        sample(generator, warped_source=None, warp_mask=None)
+    with pytest.raises(nodes_base.NodeInputError, match=r"^TGDM Sampler: 3 warped_source and 2 warp_mask frames for 3 renders"):
+        sample(generator, warp_mask=torch.ones(2, 64, 64))
 
 
 def test_interruption_reaches_the_sampler(models, monkeypatch):

@@ -12,6 +12,9 @@ from ..morphable.coefficients import BFM_DIMS, FIXED_DIMS
 DEFAULT_COEFFICIENT_DIM = BFM_DIMS.flat_size + FIXED_DIMS["gaze"]
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 SPACES = ("pixel", "latent")
+# Switches added after checkpoints were first written, with the value that older checkpoints (whose
+# config lacks the field) were trained with.
+LEGACY_DEFAULTS = {"warp_condition": False}
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,9 @@ class TGDMConfig:
     vae_scaling_factor: float = 0.18215
     # Width of the learned stem that brings the full-resolution I_3d render down to the latent grid.
     render_stem_channels: int = 32
+    # The source photo warped onto the target geometry and its validity mask join I_3d at the input
+    # (render/texture_transfer.py): the 3DMM's own correspondence instead of one attention must find.
+    warp_condition: bool = True
 
     def __post_init__(self) -> None:
         problems = []
@@ -88,6 +94,12 @@ class TGDMConfig:
     def pixel_size(self) -> int:
         """Side of the images going in (source, I_3d, surface maps) and coming out."""
         return self.image_size * self.vae_scale_factor if self.latent else self.image_size
+
+    @property
+    def condition_channels(self) -> int:
+        """Pixel-space channels beside the noisy input: I_3d, and with ``warp_condition`` the warped
+        source and its validity mask."""
+        return self.image_channels * (2 if self.warp_condition else 1) + (1 if self.warp_condition else 0)
 
     @property
     def level_channels(self) -> tuple[int, ...]:
@@ -128,4 +140,4 @@ class TGDMConfig:
         for name, value in values.items():
             if isinstance(value, list):
                 values[name] = tuple(value)
-        return cls(**values)
+        return cls(**{**LEGACY_DEFAULTS, **values})
