@@ -33,7 +33,7 @@ def scene():
     coeffs = synthetic.random_view_coefficients(model, person.identity, person.texture, 6, settings, generator)
     coeffs.expression[0] = 0  # a closed-mouth source, as portraits are
     renderer = renderer_module.FaceRenderer(model, camera_module.PerspectiveCamera.deep3d(SIZE))
-    photos, maps = synthetic.photograph(renderer, coeffs, [person] * 6, settings.pattern_strength)
+    photos, maps = synthetic.photograph(renderer, coeffs, [person] * 6)
     return model, coeffs, photos, maps, texture_transfer.TextureTransfer(renderer)
 
 

@@ -31,8 +31,10 @@ def test_synthetic_views_hold_detail_the_render_lacks(views):
     assert (views.renders[~face] == 0).all(), "I_3d is black off the face"
     assert views.photos[~face].mean() > 0.05, "the photos have a background"
     assert (views.photos - views.renders)[face].abs().mean() > 0.03, "the photos carry a pattern the render lacks"
-    same_person = (views.photos[0] - views.photos[1])[~face[0] & ~face[1]].abs().max()
-    assert same_person < 1e-6, "one person's background stays put between views"
+    lower_half = torch.arange(32).view(32, 1).expand(32, 32) >= 16  # hair past the silhouette grows on the upper head
+    off_face = ~face[0] & ~face[1] & lower_half
+    unchanged = (views.photos[0] - views.photos[1]).abs().amax(-1)[off_face] < 1e-6
+    assert unchanged.all(), "one person's wall stays put between views"
     again = synthetic.render_synthetic_views(demo_model.demo_face_model(12), 3, SETTINGS, seed=5)
     assert torch.equal(again.photos, views.photos)
 
@@ -123,11 +125,8 @@ def test_evaluation_compares_with_the_trivial_baselines(views):
     names = ("tgdm", "render", "source", "warp_relit", "warp_plain")
     expected = {f"{metric}_{name}{region}" for metric in ("psnr", "ssim") for name in names for region in ("", "_face")}
     assert set(results) == expected | {f"psnr_{name}_unseen" for name in names}
-    assert results["psnr_source"] > results["psnr_render"], "the source shares the background; the render is black"
     assert results["psnr_warp_relit_face"] > results["psnr_source_face"] + 3, "the warp carries the face's texture"
     assert results["psnr_warp_relit_face"] > results["psnr_warp_plain_face"], "relighting helps"
-    # Unseen pixels hold no warp: the warp baselines show the source photo there.
-    assert results["psnr_warp_relit_unseen"] == results["psnr_source_unseen"]
     with pytest.raises(errors.TalkingFaceError, match="warped sources"):
         evaluation.evaluate_generator(model, views, sampler_settings)
 

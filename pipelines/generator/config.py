@@ -62,6 +62,11 @@ class TGDMConfig:
     # The source photo warped onto the target geometry and its validity mask join I_3d at the input
     # (render/texture_transfer.py): the 3DMM's own correspondence instead of one attention must find.
     warp_condition: bool = True
+    # Per-dimension mean and standard deviation of the training coefficients (empty: use them as they
+    # are). Identity, texture and translation span very different ranges from expression and pose, so
+    # AdaIN sees them standardised.
+    coefficient_mean: tuple[float, ...] = ()
+    coefficient_std: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         problems = []
@@ -75,6 +80,13 @@ class TGDMConfig:
             problems.append(f"vae_scale_factor must be a power of two >= 2, got {self.vae_scale_factor}")
         if self.latent and (self.latent_channels < 1 or self.render_stem_channels < 1):
             problems.append("latent_channels and render_stem_channels must be positive")
+        for name in ("coefficient_mean", "coefficient_std"):
+            if len(getattr(self, name)) not in (0, self.coefficient_dim):
+                problems.append(f"{name} must be empty or hold {self.coefficient_dim} values")
+        if any(value <= 0 for value in self.coefficient_std):
+            problems.append("coefficient_std must be positive")
+        if bool(self.coefficient_mean) != bool(self.coefficient_std):
+            problems.append("coefficient_mean and coefficient_std come together")
         for channels in self.level_channels + (self.source_base_channels,):
             if channels % self.norm_groups:
                 problems.append(f"{channels} channels are not divisible into {self.norm_groups} norm groups")

@@ -117,6 +117,11 @@ class TGDMDenoiser(nn.Module):
             nn.Linear(config.base_channels, embedding), nn.SiLU(), nn.Linear(embedding, embedding)
         )
         self.coefficient_embedding = nn.Linear(config.coefficient_dim, embedding)
+        # Statistics from the config, not weights: they travel in the checkpoint's metadata.
+        mean = torch.tensor(config.coefficient_mean or [0.0] * config.coefficient_dim)
+        std = torch.tensor(config.coefficient_std or [1.0] * config.coefficient_dim)
+        self.register_buffer("coefficient_mean", mean, persistent=False)
+        self.register_buffer("coefficient_std", std, persistent=False)
         # What the coefficient embedding becomes when guidance drops the geometry.
         self.null_coefficients = nn.Parameter(torch.zeros(embedding))
         self.source_encoder = SourceEncoder(config)
@@ -219,7 +224,8 @@ class TGDMDenoiser(nn.Module):
         if config.identity_dim and identity is not None and identity.shape != (batch, config.identity_dim):
             raise TalkingFaceError(f"the identity embedding must be [{batch}, {config.identity_dim}], got {tuple(identity.shape)}")
 
-        coefficient_embedding = self.coefficient_embedding(coefficients)
+        standardised = (coefficients - self.coefficient_mean.to(coefficients.dtype)) / self.coefficient_std.to(coefficients.dtype)
+        coefficient_embedding = self.coefficient_embedding(standardised)
         if geometry_keep is not None:
             keep = geometry_keep.to(noisy.dtype).view(-1, 1)
             coefficient_embedding = keep * coefficient_embedding + (1 - keep) * self.null_coefficients

@@ -73,6 +73,17 @@ class TrainingSettings:
             raise TalkingFaceError(f"mixed_precision must be one of {MIXED_PRECISION}, got '{self.mixed_precision}'")
 
 
+def with_coefficient_statistics(config: TGDMConfig, coefficients: torch.Tensor) -> TGDMConfig:
+    """``config`` carrying the per-dimension mean and spread of the training coefficients ``[N, D]``;
+    dimensions that never vary (a fixed translation in synthetic data) keep a spread of 1."""
+    mean = coefficients.double().mean(0)
+    std = coefficients.double().std(0)
+    std = torch.where(std > 1e-4, std, torch.ones_like(std))
+    return dataclasses.replace(
+        config, coefficient_mean=tuple(round(v, 6) for v in mean.tolist()), coefficient_std=tuple(round(v, 6) for v in std.tolist())
+    )
+
+
 class ExponentialMovingAverage:
     """A shadow copy of the weights, averaged over training; it is what gets sampled and shipped."""
 

@@ -67,7 +67,9 @@ def evaluate_generator(
 ) -> dict[str, float]:
     """Generate every held-out target from its source and compare with the trivial answers: the render
     I_3d itself, the source photo unchanged and, given the data's ``face_model``, the source warped onto
-    the target geometry (plain and relit, the source photo where the warp has nothing). ``pairs``
+    the target geometry as Render Textured Target composes it (relit and plain: the colour-matched
+    render where the source did not see the face, a drawn mouth interior, the source photo around
+    the face). ``pairs``
     (source, target indices) default to :func:`held_out_pairs`. A latent-mode model needs ``vae``; a
     warp-conditioned model needs ``face_model``.
 
@@ -81,11 +83,10 @@ def evaluate_generator(
     if face_model is not None:
         warper = PairWarper(face_model, views.photos.shape[1])
         source_rows, target_rows = views.coefficients[sources], views.coefficients[targets]
-        warped, valid = warper(source_photos, source_rows, target_rows)
-        plain, _ = warper(source_photos, source_rows, target_rows, relight=False)
-        keep = valid.unsqueeze(-1)
-        candidates["warp_relit"] = warped + source_photos * (1 - keep)
-        candidates["warp_plain"] = plain + source_photos * (1 - keep)
+        relit = warper.textured(source_photos, source_rows, target_rows)
+        warped, valid = relit.warped, relit.valid
+        candidates["warp_relit"] = relit.image
+        candidates["warp_plain"] = warper.textured(source_photos, source_rows, target_rows, relight=False).image
     sampler = TGDMSampler(model, settings, vae)
     candidates["tgdm"] = sampler.sample(GeneratorInputs(
         source=source_photos, renders=views.renders[targets], coefficients=views.coefficients[targets],
