@@ -149,9 +149,11 @@ class LoadAudio(TalkingFaceNode):
 
 class AudioModelLoader(TalkingFaceNode):
     """Base of the audio chain's model loaders: a checkpoint from ComfyUI/models/talkingface/ read by
-    ``load`` (a strict loader); ``CHECKPOINT`` names the kind of checkpoint ("an <x> checkpoint")."""
+    ``load`` (a strict loader); ``CHECKPOINT`` names the kind of checkpoint ("an <x> checkpoint") and
+    ``OBTAIN`` says how a user gets one."""
 
     CHECKPOINT: ClassVar[str]
+    OBTAIN: ClassVar[str]
     load: ClassVar[Callable[[Path], torch.nn.Module]]
     CATEGORY = "TalkingFace/loaders"
 
@@ -165,6 +167,10 @@ class AudioModelLoader(TalkingFaceNode):
                 ),
             }
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, model_name: str) -> bool | str:
+        return cls.check_model_file("model_name", MODEL_FOLDER, model_name, cls.OBTAIN)
 
     def run(self, model_name: str) -> tuple[torch.nn.Module]:
         if not model_name:
@@ -184,6 +190,10 @@ class LoadAudioToMotionModel(AudioModelLoader):
     RETURN_NAMES = ("motion_model",)
     OUTPUT_TOOLTIPS = ("The audio-to-landmark model.",)
     CHECKPOINT = "audio-to-motion"
+    OBTAIN = (
+        "No trained model ships or can be downloaded: train one with `python -m scripts.train_audio_landmarks "
+        "--out runs/audio` and copy runs/audio/best.safetensors there under this name"
+    )
     load = staticmethod(load_landmark_model)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from ..pipelines.errors import TalkingFaceError
+from . import host
 
 ROOT_CATEGORY = "TalkingFace"
 
@@ -34,3 +35,13 @@ class TalkingFaceNode:
     @classmethod
     def fail(cls, message: str) -> NodeInputError:
         return NodeInputError(f"{cls.DISPLAY_NAME}: {message}")
+
+    @classmethod
+    def check_model_file(cls, input_name: str, folder: str, name: str, obtain: str) -> bool | str:
+        """For ``VALIDATE_INPUTS``: True when model file ``name`` is in ``folder``, else the message
+        ComfyUI shows before anything runs: node, input, file, the folder it belongs in and ``obtain``
+        (where the file comes from). Declaring the input in ``VALIDATE_INPUTS`` also tells ComfyUI not
+        to refuse a name missing from the list with its bare "not in []"."""
+        if host.find_model(folder, name) is not None:
+            return True
+        return f"{cls.DISPLAY_NAME}: {input_name}: {host.missing_model_message(folder, name)}. {obtain}"

@@ -44,6 +44,11 @@ class LoadEmoA2EModel(AudioModelLoader):
     RETURN_NAMES = ("emo_model",)
     OUTPUT_TOOLTIPS = ("The Emo-A2E model.",)
     CHECKPOINT = "Emo-A2E"
+    OBTAIN = (
+        "No trained model ships or can be downloaded: train one with `python -m scripts.train_emo_a2e "
+        "--out runs/emo` (with the text encoder you use in Load CLIP Emotion) and copy runs/emo/best.safetensors "
+        "there under this name"
+    )
     load = staticmethod(load_emo_a2e)
 
 

@@ -28,8 +28,8 @@ def demo_model():
 def test_load_3dmm_lists_and_loads_files_from_the_model_folder(host_dirs):
     choices = node("Load3DMM").INPUT_TYPES()["required"]["model_name"][0]
     assert choices[0] == "demo face (built-in)"
-    assert "BFM_Fitting/BFM_model_front.mat" in choices
-    model = call("Load3DMM", model_name="BFM_Fitting/BFM_model_front.mat")[0]
+    assert "BFM_model_front.mat" in choices
+    model = call("Load3DMM", model_name="BFM_model_front.mat")[0]
     assert model.dims == coefficients.BFM_DIMS and model.num_vertices > 68
 
 

@@ -284,8 +284,8 @@ def models(tiny_models, monkeypatch):
     return tiny_models
 
 
-LATENT_FILE = "tgdm_tiny_latent_64px.safetensors"
-VAE_FILE = "vae_tiny_sd15_layout.safetensors"
+LATENT_FILE = "tgdm_latent.safetensors"
+VAE_FILE = "vae-ft-mse-840000-ema-pruned.safetensors"
 
 
 def sample_node(generator, frames=3):

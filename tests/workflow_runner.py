@@ -15,6 +15,7 @@ import torch
 from PIL import Image, ImageSequence
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+NOTE_NODES = {"Note", "MarkdownNote"}  # editor-only: text for the user, never executed
 
 
 def _check_image(images: torch.Tensor) -> torch.Tensor:
@@ -92,7 +93,7 @@ def _widget_names(node_class) -> list[str]:
 def run_workflow(path: Path, node_mappings: dict) -> dict[int, dict]:
     """Run every node; return the recorded inputs of each output node, keyed by node id."""
     workflow = json.loads(Path(path).read_text())
-    nodes = {node["id"]: node for node in workflow["nodes"]}
+    nodes = {node["id"]: node for node in workflow["nodes"] if node["type"] not in NOTE_NODES}
     links = {link[0]: link for link in workflow["links"]}
     results: dict[int, tuple] = {}
     recorded: dict[int, dict] = {}
