@@ -89,7 +89,7 @@ def test_save_never_overwrites_and_load_reads_it_back(host_dirs):
     load = node("LoadCoefficients")
     assert "seq.safetensors" in load.INPUT_TYPES()["required"]["file"][0]
     assert load.VALIDATE_INPUTS(file="seq.safetensors") is True
-    assert "no file 'gone.safetensors'" in load.VALIDATE_INPUTS(file="gone.safetensors")
+    assert "file 'gone.safetensors' is not in ComfyUI/input/" in load.VALIDATE_INPUTS(file="gone.safetensors")
     loaded, frames = call("LoadCoefficients", file="seq.safetensors")
     assert frames == 4 and torch.equal(loaded.to_flat(), coeffs.to_flat())
 

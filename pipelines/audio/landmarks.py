@@ -238,3 +238,13 @@ def audio_to_landmarks(
     for chunk in chunks:
         points[chunk, list(MOUTH_POINTS)] = to_pixels(mouth[chunk], tuple(part[chunk] for part in frames))
     return TalkingLandmarks(points=points, base=base, fps=fps, camera=camera)
+
+
+def resting_landmarks(
+    face_model: MorphableModel, fps: float, base: FaceCoefficients, camera: PerspectiveCamera | None = None
+) -> TalkingLandmarks:
+    """Landmarks for silence: every point, the mouth included, projected from ``base`` (the head
+    motion over the portrait's own resting expression), so the mouth does not move."""
+    camera = camera or PerspectiveCamera.deep3d()
+    return TalkingLandmarks(points=project_landmarks(face_model, base, camera), base=base, fps=fps, camera=camera)
+

@@ -173,7 +173,7 @@ class FaceCoefficients:
     def load(cls, path: str | Path) -> FaceCoefficients:
         path = Path(path)
         if not path.is_file():
-            raise ModelFileError(f"coefficient file not found: {path}")
+            raise ModelFileError(f"coefficient file '{path.name}' not found")
         try:
             with safe_open(str(path), framework="pt") as handle:
                 metadata = handle.metadata() or {}
