@@ -120,10 +120,11 @@ class LoadGenerator(TalkingFaceNode):
 
     @classmethod
     def VALIDATE_INPUTS(cls, checkpoint: str, vae_name: str = NO_VAE) -> bool | str:
-        found = cls.check_model_file("checkpoint", "talkingface", checkpoint, OBTAIN_GENERATOR)
-        if found is True and vae_name not in (None, NO_VAE):
-            return cls.check_model_file("vae_name", VAE_FOLDER, vae_name, OBTAIN_VAE)
-        return found
+        problems = [cls.check_model_file("checkpoint", "talkingface", checkpoint, OBTAIN_GENERATOR)]
+        if vae_name not in (None, NO_VAE):
+            problems.append(cls.check_model_file("vae_name", VAE_FOLDER, vae_name, OBTAIN_VAE))
+        missing = [problem for problem in problems if problem is not True]
+        return " | ".join(missing) if missing else True
 
     def run(self, checkpoint: str, precision: str, vae=None, vae_name: str = NO_VAE) -> tuple[LoadedGenerator]:
         if precision not in PRECISIONS:

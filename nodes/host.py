@@ -242,7 +242,7 @@ def next_free_path(directory: Path, prefix: str, suffix: str) -> Path:
     """``directory/prefix_00001_.suffix`` with the first counter that is not taken: never overwrite."""
     target = (directory / prefix).resolve()
     if directory.resolve() not in target.parents:
-        raise TalkingFaceError(f"filename prefix '{prefix}' points outside the output folder")
+        raise TalkingFaceError(f"filename_prefix '{prefix}' points outside the output folder: give a path inside it, without '..'")
     target.parent.mkdir(parents=True, exist_ok=True)
     counter = 1
     while True:

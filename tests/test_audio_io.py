@@ -116,7 +116,7 @@ def test_length_policies():
     kept, frames = audio_io.fit_to_frames(speech, 50, 25.0, "trim")
     assert frames == 25 and kept.samples.shape[0] == 16000
     assert audio_io.fit_to_frames(speech, 0, 30.0, "pad")[1] == 30
-    with pytest.raises(errors.TalkingFaceError, match="length policy"):
+    with pytest.raises(errors.TalkingFaceError, match="length_policy"):
         audio_io.fit_to_frames(speech, 5, 25.0, "stretch")
 
 

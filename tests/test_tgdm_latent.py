@@ -125,7 +125,7 @@ def test_bad_vae_files_say_what_is_wrong(autoencoder, tmp_path):
     other = _save(tmp_path / "lora.safetensors", {"lora_unet.down.weight": torch.zeros(2)})
     with pytest.raises(errors.ModelFileError, match="not a Stable Diffusion VAE.*ComfyUI/models/vae/"):
         vae_module.load_vae(other)
-    with pytest.raises(errors.ModelFileError, match="VAE file not found.*ComfyUI/models/vae/"):
+    with pytest.raises(errors.ModelFileError, match="VAE file '.*' not found.*ComfyUI/models/vae/"):
         vae_module.load_vae(tmp_path / "absent.safetensors")
 
 

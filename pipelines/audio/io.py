@@ -66,7 +66,7 @@ def read_audio_file(path: str | Path) -> dict:
 def trim_comfy(audio: Mapping, start_seconds: float = 0.0, duration_seconds: float = 0.0) -> dict:
     """An AUDIO dict cut to ``start_seconds`` + ``duration_seconds`` (0: to the end), channels kept."""
     if start_seconds < 0 or duration_seconds < 0:
-        raise TalkingFaceError("start and duration must not be negative")
+        raise TalkingFaceError("start_seconds and duration_seconds must not be negative")
     waveform, sample_rate = audio["waveform"], int(audio["sample_rate"])
     first = int(round(start_seconds * sample_rate))
     last = waveform.shape[-1] if duration_seconds == 0 else first + int(round(duration_seconds * sample_rate))
@@ -76,7 +76,7 @@ def trim_comfy(audio: Mapping, start_seconds: float = 0.0, duration_seconds: flo
             f"{start_seconds:.2f} s; lower start_seconds"
         )
     if last <= first:
-        raise TalkingFaceError(f"duration {duration_seconds} s is shorter than one sample")
+        raise TalkingFaceError(f"duration_seconds {duration_seconds} is shorter than one sample: raise it, or set 0 to keep the rest")
     return {"waveform": waveform[..., first:last].contiguous(), "sample_rate": sample_rate}
 
 
@@ -128,7 +128,7 @@ def resample(audio: Audio, sample_rate: int = SAMPLE_RATE) -> Audio:
 def _fit_samples(samples: torch.Tensor, sample_rate: int, frames: int, fps: float, policy: str) -> tuple[torch.Tensor, int]:
     """:func:`fit_to_frames` on samples ``[..., N]`` (any channels in front)."""
     if policy not in LENGTH_POLICIES:
-        raise TalkingFaceError(f"unknown length policy '{policy}'; choose one of {LENGTH_POLICIES}")
+        raise TalkingFaceError(f"unknown length_policy '{policy}'; choose one of {LENGTH_POLICIES}")
     if not fps > 0:
         raise TalkingFaceError(f"fps must be positive, got {fps}")
     if frames < 0:

@@ -154,10 +154,10 @@ class FaceCoefficients:
     @staticmethod
     def concat(sequences: Sequence[FaceCoefficients]) -> FaceCoefficients:
         if not sequences:
-            raise TalkingFaceError("no coefficient sequences to join")
+            raise ValueError("no coefficient sequences to join")
         dims = {seq.dims for seq in sequences}
         if len(dims) > 1:
-            raise TalkingFaceError(f"cannot join coefficient sequences of different face models: {sorted(map(str, dims))}")
+            raise TalkingFaceError(f"cannot join coefficients of different face models {sorted(map(str, dims))}: fit them with the same Load 3DMM model")
         return FaceCoefficients(
             **{name: torch.cat([getattr(seq, name) for seq in sequences], dim=0) for name in ALL_FIELDS}
         )
