@@ -18,6 +18,15 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CATEGORY = f"{ROOT_CATEGORY}/generate"
 VAE_FOLDER = "vae"
 NO_VAE = "none"
+DEMO_GENERATOR = "tgdm_demo_64px.safetensors"
+OBTAIN_GENERATOR = (
+    f"Pick {DEMO_GENERATOR}, which ships with the pack, or train a generator with `python -m scripts.train_tgdm` "
+    "(add --space latent for 512² latent mode) and copy its tgdm_ema.safetensors there under this name"
+)
+OBTAIN_VAE = (
+    "It is the SD1.5 VAE the generator was trained with, e.g. vae-ft-mse-840000-ema-pruned.safetensors "
+    "(stabilityai/sd-vae-ft-mse-original); or set vae_name to none and connect a Load VAE node"
+)
 
 
 @dataclass
@@ -73,7 +82,8 @@ class LoadGenerator(TalkingFaceNode):
     CATEGORY = CATEGORY
     DESCRIPTION = (
         "Loads a TGDM generator checkpoint (.safetensors with its config in the metadata) from "
-        "ComfyUI/models/talkingface/. Train one with `python -m scripts.train_tgdm`. Latent-mode (512²) "
+        f"ComfyUI/models/talkingface/, or {DEMO_GENERATOR}, the small demo generator that ships with the pack "
+        "(trained on synthetic demo faces only). Train one with `python -m scripts.train_tgdm`. Latent-mode (512²) "
         "generators also need the SD1.5 VAE they were trained with: connect a Load VAE node or pick the "
         "file from ComfyUI/models/vae/."
     )
@@ -87,7 +97,7 @@ class LoadGenerator(TalkingFaceNode):
             "required": {
                 "checkpoint": (
                     host.list_models("talkingface"),
-                    {"tooltip": "A TGDM checkpoint in ComfyUI/models/talkingface/."},
+                    {"tooltip": f"A TGDM checkpoint in ComfyUI/models/talkingface/, or {DEMO_GENERATOR} (ships with the pack)."},
                 ),
                 "precision": (
                     list(PRECISIONS),
@@ -107,6 +117,14 @@ class LoadGenerator(TalkingFaceNode):
                 ),
             },
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, checkpoint: str, vae_name: str = NO_VAE) -> bool | str:
+        problems = [cls.check_model_file("checkpoint", "talkingface", checkpoint, OBTAIN_GENERATOR)]
+        if vae_name not in (None, NO_VAE):
+            problems.append(cls.check_model_file("vae_name", VAE_FOLDER, vae_name, OBTAIN_VAE))
+        missing = [problem for problem in problems if problem is not True]
+        return " | ".join(missing) if missing else True
 
     def run(self, checkpoint: str, precision: str, vae=None, vae_name: str = NO_VAE) -> tuple[LoadedGenerator]:
         if precision not in PRECISIONS:

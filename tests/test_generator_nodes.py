@@ -16,7 +16,7 @@ morphable_nodes = pack_import("nodes.morphable")
 nodes_base = pack_import("nodes.base")
 coefficients = pack_import("pipelines.morphable.coefficients")
 TINY_FILE = "tgdm_tiny_32px.safetensors"
-WORKFLOW = PACK_ROOT / "example_workflows" / "tgdm_tiny_32px.json"
+WORKFLOW = PACK_ROOT / "example_workflows" / "tgdm_demo_generator.json"
 
 
 @pytest.fixture(scope="module")
@@ -118,16 +118,16 @@ def test_load_generator_errors_name_the_file_and_folder(models):
         other.unlink()
 
 
-def test_example_workflow_runs_on_the_tiny_generator(models, tmp_path):
+def test_example_workflow_runs_on_the_demo_generator(models, tmp_path):
     import shutil
 
     for asset in (PACK_ROOT / "tests" / "assets").iterdir():
         shutil.copy(asset, tmp_path / "input")
     workflow = json.loads(WORKFLOW.read_text())
     assert {node["type"] for node in workflow["nodes"]} <= set(pack.NODE_CLASS_MAPPINGS) | {
-        "TalkingFaceLoadGenerator", "TalkingFaceTGDMSampler", "SaveImage", "PreviewImage"}
+        "TalkingFaceLoadGenerator", "TalkingFaceTGDMSampler", "SaveImage", "PreviewImage", "Note"}
     mappings = {**pack.NODE_CLASS_MAPPINGS, "TalkingFaceLoadGenerator": generator_nodes.LoadGenerator,
                 "TalkingFaceTGDMSampler": generator_nodes.TGDMSampler}
     recorded = run_workflow(WORKFLOW, mappings)
     images = [outputs["images"] for outputs in recorded.values()]
-    assert any(image.shape[1:] == (32, 32, 3) and image.shape[0] == 8 for image in images)
+    assert any(image.shape[1:] == (64, 64, 3) and image.shape[0] == 8 for image in images)

@@ -127,7 +127,7 @@ def test_bad_vae_files_say_what_is_wrong(autoencoder, tmp_path):
     other = _save(tmp_path / "lora.safetensors", {"lora_unet.down.weight": torch.zeros(2)})
     with pytest.raises(errors.ModelFileError, match="not a Stable Diffusion VAE.*ComfyUI/models/vae/"):
         vae_module.load_vae(other)
-    with pytest.raises(errors.ModelFileError, match="VAE file not found.*ComfyUI/models/vae/"):
+    with pytest.raises(errors.ModelFileError, match="VAE file '.*' not found.*ComfyUI/models/vae/"):
         vae_module.load_vae(tmp_path / "absent.safetensors")
 
 
@@ -290,8 +290,8 @@ def models(tiny_models, monkeypatch):
     return tiny_models
 
 
-LATENT_FILE = "tgdm_tiny_latent_64px.safetensors"
-VAE_FILE = "vae_tiny_sd15_layout.safetensors"
+LATENT_FILE = "tgdm_latent.safetensors"
+VAE_FILE = "vae-ft-mse-840000-ema-pruned.safetensors"
 
 
 def sample_node(generator, frames=3):

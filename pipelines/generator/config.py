@@ -91,7 +91,7 @@ class TGDMConfig:
             if channels % self.norm_groups:
                 problems.append(f"{channels} channels are not divisible into {self.norm_groups} norm groups")
         if problems:
-            raise ModelFileError("invalid TGDM config: " + "; ".join(problems))
+            raise ModelFileError("invalid TGDM config (checkpoint metadata or training options): " + "; ".join(problems))
 
     @property
     def latent(self) -> bool:
