@@ -11,13 +11,14 @@ from .generator import LoadGenerator, TGDMSampler
 from .morphable import Load3DMM
 from .motion import MOTION_NODES
 from .pose import POSE_NODES
-from .render import Render3DMMTarget
+from .render import Render3DMMTarget, RenderTexturedTarget
 
 host.register_model_folders()
 
 NODE_CLASSES = (
     Load3DMM,
     Render3DMMTarget,
+    RenderTexturedTarget,
     SaveCoefficients,
     LoadCoefficients,
     *FACE_NODES,

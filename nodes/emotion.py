@@ -67,6 +67,15 @@ class LoadCLIPEmotion(TalkingFaceNode):
             }
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, clip_name: str) -> bool | str:
+        return cls.check_model_file(
+            "clip_name", "text_encoders", clip_name,
+            "It is open_clip weights, e.g. the folder CLIP-ViT-B-32-laion2B-s34B-b79K (open_clip_config.json + "
+            "open_clip_model.safetensors) from Hugging Face's laion/CLIP-ViT-B-32-laion2B-s34B-b79K; or connect "
+            "a ComfyUI CLIP to Text Emotion instead",
+        )
+
     def run(self, clip_name: str, model_name: str) -> tuple[OpenClipTextEncoder]:
         return (load_open_clip_text_encoder(host.model_path("text_encoders", clip_name, "text encoder"), model_name),)
 

@@ -114,6 +114,18 @@ class LoadFaceAnalyzer(TalkingFaceNode):
             },
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, pack: str, insightface: object = "not connected") -> bool | str:
+        # ComfyUI validates before anything runs: a connected input arrives as None, an unconnected one not at all.
+        if insightface is None or pack in host.model_packs(INSIGHTFACE_FOLDER, INSIGHTFACE_PACKS):
+            return True
+        return (
+            f"{cls.DISPLAY_NAME}: pack: insightface model pack '{pack}' not found: put the folder {pack}/ into "
+            f"{host.model_folder_hint(INSIGHTFACE_FOLDER)}models/. It is insightface's own download (buffalo_l: "
+            "det_10g.onnx, 2d106det.onnx, 1k3d68.onnx, genderage.onnx, w600k_r50.onnx; non-commercial licence), "
+            "which ReActor and IPAdapter users often have already; or connect IPAdapter's InsightFace Loader to insightface"
+        )
+
     def run(self, pack: str, provider: str, detection_size: int, detection_threshold: float, insightface=None):
         if insightface is not None:
             return (FaceAnalyzer.wrap(insightface),)

@@ -120,8 +120,8 @@ def main() -> None:
     driving = driving_sequence(face_model, person, args.frames, args.fps)
     source_coeffs = driving[0]
     source_coeffs.rotation[:] = torch.tensor([[0.05, -0.2, 0.0]])
-    source_photo, source_maps = photograph(renderer, source_coeffs, [person], settings.pattern_strength)
-    camera_truth, target_maps = photograph(renderer, driving, [person] * args.frames, settings.pattern_strength)
+    source_photo, source_maps = photograph(renderer, source_coeffs, [person])
+    camera_truth, target_maps = photograph(renderer, driving, [person] * args.frames)
 
     inputs = GeneratorInputs(
         source=source_photo, renders=target_maps.image, coefficients=flat_coefficients(driving),

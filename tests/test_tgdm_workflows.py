@@ -93,8 +93,8 @@ def test_talking_portrait_makes_a_video_with_the_audio(run):
     outputs = run("audio_talking_portrait_tgdm.json")
     video = outputs["SaveVideo"][0]
     frames = video["images"]
-    # Load Audio keeps 0.5 s of speech: 12 or 13 frames at 25 fps, each the portrait with a generated face.
-    assert video["fps"] == 25.0 and frames.shape[0] in (12, 13) and frames.shape[1:] == portrait.shape[1:]
+    # Load Audio keeps the whole 2 s clip: 50 frames at 25 fps, each the portrait with a generated face.
+    assert video["fps"] == 25.0 and frames.shape[0] == 50 and frames.shape[1:] == portrait.shape[1:]
     assert video["audio"]["sample_rate"] == 16000
     assert abs(video["audio"]["waveform"].shape[-1] / 16000 - frames.shape[0] / 25.0) < 0.05
     for frame in frames:
@@ -115,3 +115,25 @@ def test_committed_single_driver_is_what_the_command_writes(tmp_path):
     fresh, _ = workflow_runner.load_image_file(written)
     committed, _ = workflow_runner.load_image_file(ASSETS / SINGLE_DRIVER)
     assert torch.equal(fresh, committed), f"tests/assets/{SINGLE_DRIVER} is stale"
+
+
+def test_textured_talking_portrait_makes_a_video_with_the_audio(run):
+    portrait, _ = workflow_runner.load_image_file(ASSETS / "talkingface_face_portrait.png")
+    video = run("textured_talking_portrait.json")["SaveVideo"][0]
+    frames = video["images"]
+    assert video["fps"] == 25.0 and frames.shape[1:] == portrait.shape[1:] and frames.shape[0] >= 12
+    assert abs(video["audio"]["waveform"].shape[-1] / video["audio"]["sample_rate"] - frames.shape[0] / 25.0) < 0.05
+    for frame in frames:
+        assert 0.01 < _changed_fraction(frame[None], portrait) < 0.5, "only the face region is replaced"
+
+
+def test_textured_reenactment_animates_the_portrait_with_the_driver(run):
+    portrait, _ = workflow_runner.load_image_file(ASSETS / "talkingface_face_portrait.png")
+    driving, _ = workflow_runner.load_image_file(ASSETS / "talkingface_face_driving.png")
+    outputs = run("textured_reenact_video.json")
+    frames = outputs["SaveVideo"][0]["images"]
+    assert frames.shape == (driving.shape[0], *portrait.shape[1:]), "one portrait frame per driving frame"
+    for frame in frames:
+        assert _changed_fraction(frame[None], portrait) < 0.5
+    motion = (frames[1:] - frames[:-1]).abs().amax(-1).gt(8 / 255).float().mean()
+    assert motion > 0.002, "the face follows the driver"

@@ -127,7 +127,7 @@ def estimate_appearance(
     coeffs = coeffs.to(device=device, dtype=torch.float32)
     pixels = _Pixels(model, coeffs, crops.to(device=device, dtype=torch.float32), erode)
     if pixels.frame.numel() == 0:
-        raise TalkingFaceError("the fitted face covers no pixel of its crop; the fit failed")
+        raise TalkingFaceError("the fitted face covers no pixel of its crop, so the fit failed: check the faces (Preview Face Landmarks) and use a larger, more frontal face")
     frames = coeffs.frames
     texture = (fixed_texture.to(device).view(1, -1).expand(frames, -1) if fixed_texture is not None
                else torch.zeros(frames, model.dims.texture, device=device))

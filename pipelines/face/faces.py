@@ -12,7 +12,7 @@ from ..errors import TalkingFaceError
 from ..images import check_image_range, normalize_image_channels
 from .alignment import FIT_CROP_SIZE, apply_transforms, crop_template, similarity_transforms, warp_images
 from .analysis import MIN_FACE_PIXELS, DetectedFace, FaceAnalyzer, images_to_uint8
-from .selection import select_face, track_face
+from .selection import NO_FACE_FIXES, select_face, track_face
 from .smoothing import one_euro
 
 logger = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ def analyze_frames(
     The rest is :func:`faces_from_detections`."""
     check_missing_policy(missing)
     if images.ndim not in (3, 4) or images.shape[0] == 0:
-        raise TalkingFaceError(f"expected a non-empty IMAGE batch, got shape {tuple(images.shape)}")
+        raise TalkingFaceError(f"images must be a non-empty IMAGE batch, got shape {tuple(images.shape)}")
     images, note = normalize_image_channels(images)
     check_image_range(images, "the images")
     per_frame: list[list[DetectedFace]] = []
@@ -170,7 +170,7 @@ def analyze_frames(
 
 def check_missing_policy(missing: str) -> None:
     if missing not in MISSING_POLICIES:
-        raise TalkingFaceError(f"missing-face policy must be one of {MISSING_POLICIES}, got '{missing}'")
+        raise TalkingFaceError(f"missing_faces must be one of {MISSING_POLICIES}, got '{missing}'")
 
 
 def faces_from_detections(
@@ -203,8 +203,8 @@ def faces_from_detections(
         where = "the image" if frames == 1 else f"any of the {frames} frames"
         if missing != "pass_through":
             raise TalkingFaceError(
-                f"no face found in {where}; set missing faces to 'pass_through' to return "
-                f"{'it' if frames == 1 else 'the frames'} unchanged instead"
+                f"no face found in {where} of images: {NO_FACE_FIXES}; or set missing_faces to 'pass_through' to "
+                f"return {'it' if frames == 1 else 'the frames'} unchanged"
             )
         message = f"no face found in {where}: every frame passes through unchanged"
         logger.warning(message)
@@ -219,7 +219,7 @@ def faces_from_detections(
         listed = ", ".join(map(str, missing_frames[:20])) + (" …" if len(missing_frames) > 20 else "")
         if missing == "error":
             raise TalkingFaceError(
-                f"no face (of the tracked person) in frame(s) {listed} of {frames}; set missing faces to "
+                f"no face (of the tracked person) in frame(s) {listed} of {frames} of images; set missing_faces to "
                 "'interpolate' to fill them from the neighbouring frames, or 'pass_through' to leave them unchanged"
             )
         outcome = ("filled by interpolation from the neighbouring frames" if missing == "interpolate"

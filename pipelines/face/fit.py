@@ -68,7 +68,7 @@ def fit_faces(
     ``fps`` defaults to the frame rate the faces carry. Frames with no face anywhere (every frame passing
     through) get the neutral face, or ``init``, unfitted: nothing downstream will show them."""
     if video_mode not in VIDEO_MODES:
-        raise TalkingFaceError(f"video mode must be one of {VIDEO_MODES}, got '{video_mode}'")
+        raise TalkingFaceError(f"video_mode must be one of {VIDEO_MODES}, got '{video_mode}'")
     fps = faces.fps if fps is None else fps
     device = model.mean_shape.device
     if not faces.detected.any():
