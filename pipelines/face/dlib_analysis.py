@@ -49,8 +49,8 @@ def import_dlib():
         import dlib
     except ImportError as error:
         raise TalkingFaceError(
-            "the dlib face analyzer needs the 'dlib' package: pip install dlib (it builds from source with a C++ "
-            "compiler and CMake, a few minutes), then restart ComfyUI"
+            "the dlib packs of Load Face Analyzer need the 'dlib' package: pip install dlib (it builds from source "
+            "with a C++ compiler and CMake, a few minutes), then restart ComfyUI; or pick an insightface pack"
         ) from error
     return dlib
 
@@ -70,7 +70,9 @@ def _load(loader, path: Path, what: str):
             reason = f"it has {size:,} bytes of the original's {expected:,}: it is truncated, copy it again"
         else:
             reason = f"it ({size:,} bytes) is damaged or a different dlib model"
-        raise ModelFileError(f"{path} is not a readable dlib {what} (dlib: {detail}); {reason}; {WHERE_TO_GET}") from error
+        raise ModelFileError(
+            f"{path.name} in ComfyUI/models/dlib/ is not a readable dlib {what} (dlib: {detail}); {reason}; {WHERE_TO_GET}"
+        ) from error
 
 
 class DlibFaceAnalyzer:
@@ -84,9 +86,9 @@ class DlibFaceAnalyzer:
     def __init__(self, files: DlibModelFiles, detector: str = "hog", detection_size: int = 640,
                  detection_threshold: float = 0.5) -> None:
         if detector not in DETECTORS:
-            raise TalkingFaceError(f"dlib detector must be one of {DETECTORS}, got '{detector}'")
+            raise ValueError(f"dlib detector must be one of {DETECTORS}, got '{detector}'")
         if not 0.0 < detection_threshold < 1.0:
-            raise TalkingFaceError(f"detection threshold must be between 0 and 1, got {detection_threshold}")
+            raise TalkingFaceError(f"detection_threshold must be between 0 and 1, got {detection_threshold}")
         dlib = import_dlib()
         self.dlib = dlib
         self.detector_kind = detector
@@ -96,11 +98,13 @@ class DlibFaceAnalyzer:
         parts = self.predictor(np.zeros((8, 8, 3), np.uint8), dlib.rectangle(0, 0, 7, 7)).num_parts
         if parts != 68:
             raise ModelFileError(
-                f"{files.shape_predictor} is a {parts}-point shape predictor; the fit needs the 68 iBUG points of "
-                f"{SHAPE_PREDICTOR}; {WHERE_TO_GET}")
+                f"{files.shape_predictor.name} in ComfyUI/models/dlib/ is a {parts}-point shape predictor; the fit "
+                f"needs the 68 iBUG points of {SHAPE_PREDICTOR}; {WHERE_TO_GET}")
         if detector == "cnn":
             if files.cnn_detector is None:
-                raise ModelFileError(f"the CNN detector needs {CNN_DETECTOR} beside the shape predictor; {WHERE_TO_GET}")
+                raise ModelFileError(
+                    f"pack dlib_cnn needs {CNN_DETECTOR} in ComfyUI/models/dlib/ beside the shape predictor (or pick "
+                    f"dlib_hog); {WHERE_TO_GET}")
             self.detector = _load(dlib.cnn_face_detection_model_v1, files.cnn_detector, "CNN face detector")
         else:
             self.detector = dlib.get_frontal_face_detector()

@@ -158,14 +158,8 @@ def analyze_frames(
         per_frame.append(analyzer.detect(images_to_uint8(images[t])))
         if on_frame is not None:
             on_frame(t)
-    try:
-        return faces_from_detections(images, per_frame, order, face_index, missing, crop_size, crop_margin,
-                                     smoothing, fps, notes=[note] if note else [])
-    except TalkingFaceError as error:
-        hint = getattr(analyzer, "no_face_hint", None)
-        if hint and not any(per_frame):
-            raise TalkingFaceError(f"{error} ({hint})") from error
-        raise
+    return faces_from_detections(images, per_frame, order, face_index, missing, crop_size, crop_margin, smoothing,
+                                 fps, notes=[note] if note else [], no_face_hint=getattr(analyzer, "no_face_hint", None))
 
 
 def check_missing_policy(missing: str) -> None:
@@ -184,6 +178,7 @@ def faces_from_detections(
     smoothing: float = 0.0,
     fps: float = DEFAULT_FPS,
     notes: list[str] | None = None,
+    no_face_hint: str | None = None,
 ) -> AnalyzedFaces:
     """Choose and align one face per frame from the faces found in each frame (``per_frame``).
 
@@ -191,20 +186,21 @@ def faces_from_detections(
     Frames without the face follow ``missing``: ``interpolate`` fills them from the neighbouring frames
     (with a logged warning listing them), ``pass_through`` fills them the same way but marks them for the
     later stages to leave untouched (with no face anywhere, every frame passes through), ``error`` raises
-    naming them. ``smoothing`` (0..1) filters the keypoints over time at ``fps`` before the crops are fixed."""
+    naming them. ``smoothing`` (0..1) filters the keypoints over time at ``fps`` before the crops are fixed.
+    ``no_face_hint`` (what the detector can find) is added to the error when no frame has a face."""
     check_missing_policy(missing)
     if fps <= 0:
         raise TalkingFaceError(f"fps must be positive, got {fps}")
     notes = list(notes or [])
     frames = images.shape[0]
     if len(per_frame) != frames:
-        raise TalkingFaceError(f"face detections for {len(per_frame)} frames, but there are {frames} images")
+        raise ValueError(f"face detections for {len(per_frame)} frames, but there are {frames} images")
     if not any(per_frame):
         where = "the image" if frames == 1 else f"any of the {frames} frames"
         if missing != "pass_through":
             raise TalkingFaceError(
                 f"no face found in {where} of images: {NO_FACE_FIXES}; or set missing_faces to 'pass_through' to "
-                f"return {'it' if frames == 1 else 'the frames'} unchanged"
+                f"return {'it' if frames == 1 else 'the frames'} unchanged" + (f" ({no_face_hint})" if no_face_hint else "")
             )
         message = f"no face found in {where}: every frame passes through unchanged"
         logger.warning(message)

@@ -42,7 +42,8 @@ def _face_points(person: Mapping) -> np.ndarray | None:
     points = np.asarray(values, dtype=np.float64)
     if points.ndim != 1 or points.size % 3 or points.size // 3 not in (FACE_POINTS, FACE_POINTS + 2):
         raise TalkingFaceError(
-            f"{FACE_KEY} must hold 68 or 70 (x, y, confidence) triples, got {points.size} numbers")
+            f"the face points ({FACE_KEY}) of pose_keypoint must be 68 or 70 (x, y, confidence) triples, got "
+            f"{points.size} numbers: connect a DWPose or OpenPose estimator's POSE_KEYPOINT")
     return points.reshape(-1, 3)[:FACE_POINTS]
 
 
