@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..pipelines.errors import ModelFileError
+from ..pipelines.errors import ModelFileError, TalkingFaceError
 from ..pipelines.face.alignment import (
     apply_transforms,
     face_mask,
@@ -118,6 +118,16 @@ class LoadFaceAnalyzer(TalkingFaceNode):
     def VALIDATE_INPUTS(cls, pack: str, insightface: object = "not connected") -> bool | str:
         # ComfyUI validates before anything runs: a connected input arrives as None, an unconnected one not at all.
         if insightface is None or pack in host.model_packs(INSIGHTFACE_FOLDER, INSIGHTFACE_PACKS):
+            return True
+        if pack in DLIB_CHOICES:
+            try:
+                import_dlib()
+                files = _dlib_model_files()
+            except TalkingFaceError as error:
+                return f"{cls.DISPLAY_NAME}: pack: {error}"
+            if DLIB_CHOICES[pack] == "cnn" and files.cnn_detector is None:
+                return (f"{cls.DISPLAY_NAME}: pack: dlib_cnn needs {CNN_DETECTOR} in "
+                        f"{host.model_folder_hint(DLIB_FOLDER)}; {WHERE_TO_GET}; or pick dlib_hog")
             return True
         return (
             f"{cls.DISPLAY_NAME}: pack: insightface model pack '{pack}' not found: put the folder {pack}/ into "

