@@ -211,6 +211,16 @@ class ApplyEmotion(TalkingFaceNode):
             }
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, directions: str) -> bool | str:
+        if directions == FACE_MODEL_DIRECTIONS:
+            return True
+        return cls.check_model_file(
+            "directions", DIRECTION_TABLE_FOLDER, directions,
+            "Fit a direction table for your face model with `python -m scripts.fit_emotion_directions`, or pick "
+            f"'{FACE_MODEL_DIRECTIONS}'",
+        )
+
     def run(
         self,
         coefficients: FaceCoefficients,

@@ -17,7 +17,6 @@ and no placeholder may format a path object itself (``{path}``, ``{folder}``, ``
 """
 import ast
 import re
-from pathlib import Path
 
 import pytest
 from packloader import PACK_ROOT, load_pack

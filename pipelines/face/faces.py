@@ -151,7 +151,7 @@ def analyze_frames(
         track = [select_face(per_frame[0], order, face_index, what)]
     else:
         if not any(per_frame):
-            raise TalkingFaceError(f"no face found in any of the {frames} frames of images: {NO_FACE_FIXES}")
+            raise TalkingFaceError(f"images: no face found in any of the {frames} frames; {NO_FACE_FIXES}")
         track = track_face(per_frame, order, face_index)
     present = np.array([face is not None for face in track])
     missing_frames = [t for t in range(frames) if not present[t]]
