@@ -8,6 +8,7 @@ from .emo_a2e import NODE_CLASSES as EMO_A2E_NODES
 from .emotion import EMOTION_NODES
 from .face import FACE_NODES
 from .generator import LoadGenerator, TGDMSampler
+from .mesh import ExportMesh
 from .morphable import Load3DMM
 from .motion import MOTION_NODES
 from .render import Render3DMMTarget
@@ -17,6 +18,7 @@ host.register_model_folders()
 NODE_CLASSES = (
     Load3DMM,
     Render3DMMTarget,
+    ExportMesh,
     SaveCoefficients,
     LoadCoefficients,
     *FACE_NODES,
