@@ -73,6 +73,7 @@ CORE_NODES = {
     "MaskToImage": ([], _mask_to_image),
     "CreateVideo": (["fps"], _create_video),
     "SaveVideo": (["filename_prefix", "format", "codec"], _save_video),
+    "Preview3D": (["model_file"], lambda model_file: {"model_file": model_file}),
 }
 
 
@@ -115,9 +116,9 @@ def run_workflow(path: Path, node_mappings: dict) -> dict[int, dict]:
                 _, origin, slot, *_ = links[socket["link"]]
                 inputs[socket["name"]] = evaluate(origin)[slot]
         output = function(**inputs)
-        if kind in ("SaveImage", "PreviewImage", "SaveVideo") or getattr(node_mappings.get(kind), "OUTPUT_NODE", False):
+        if kind in ("SaveImage", "PreviewImage", "SaveVideo", "Preview3D") or getattr(node_mappings.get(kind), "OUTPUT_NODE", False):
             recorded[node_id] = output
-            output = ()
+            output = output.get("result", ()) if isinstance(output, dict) else ()  # ComfyUI's {"ui", "result"}
         results[node_id] = output
         return output
 
