@@ -1,7 +1,7 @@
 // Edit Expression and Pose draws the face it will make, live, while the sliders move: the pack's
 // route (nodes/face_preview.py) sends the 3DMM once; posing and shading happen here in WebGL.
-import { app } from "../../scripts/app.js";
-import { api } from "../../scripts/api.js";
+import { app } from "../../../scripts/app.js";
+import { api } from "../../../scripts/api.js";
 import {
   composeShape, editorState, parseFacePreview, projectionMatrix, projectPoints, rotateVertices, rotationMatrix,
   stateKey, vertexNormals,

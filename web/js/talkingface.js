@@ -1,5 +1,5 @@
 // Shows where Save Coefficients and Export Mesh wrote their files, on the node itself, after each run.
-import { app } from "../../scripts/app.js";
+import { app } from "../../../scripts/app.js";
 
 const SAVING_NODES = new Set(["TalkingFaceSaveCoefficients", "TalkingFaceExportMesh"]);
 const WIDGET_NAME = "saved_to";

@@ -1,0 +1,240 @@
+"""The pack's web extension in a real browser: a real ComfyUI server with the pack, headless Chromium.
+
+    python -m bench.browser [--out DIR]
+
+Needs a ComfyUI prepared by ../shared/tools/comfyui_host/prepare.sh (``COMFYUI_HOME``, default
+/tmp/comfyui-host; its ``run.py`` starts the server), Playwright (pip) and a Chromium binary
+(``CHROMIUM``, default /usr/bin/chromium: Debian's package; Playwright's own download is not used).
+
+Steps: load the page and the example workflow ``edit_face_export_mesh.json``; wait for Edit
+Expression and Pose to draw its face; screenshot the preview; turn the jaw_open and yaw sliders
+through their widget callbacks (what a drag ends in) and screenshot again; tick the landmark box with a
+real click; queue the workflow from the page; wait for Preview 3D to fetch Export Mesh's .glb and
+screenshot that node. The last line is JSON: ``console_errors`` (messages the page logged as
+errors), ``preview_changed`` (the slider move changed the preview), ``mesh_loaded`` (Preview 3D got
+the file and its view changed) and the screenshot paths.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+PACK_ROOT = Path(__file__).resolve().parents[1]
+WORKFLOW = PACK_ROOT / "example_workflows" / "edit_face_export_mesh.json"
+ASSETS = PACK_ROOT / "tests" / "assets"
+HOST_TOOLS = Path(os.environ.get("COMFYUI_HOST_TOOLS", PACK_ROOT.parent / "shared" / "tools" / "comfyui_host"))
+EDITOR = "TalkingFaceEditExpressionAndPose"
+# SwiftShader gives headless Chromium WebGL without a GPU.
+DRAGGED_SLIDERS = ("jaw_open", "yaw")
+DRAG_PIXELS = 15
+OPTIONAL_HOST_FILES = ("/user.css", "/favicon.ico", "/api/userdata")
+CHROMIUM_ARGS = ["--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist"]
+
+
+def host_server_class():
+    """run.py's Server (start on a free loopback port with fresh folders, stop)."""
+    spec = importlib.util.spec_from_file_location("comfyui_host_run", HOST_TOOLS / "run.py")
+    if spec is None or not (HOST_TOOLS / "run.py").is_file():
+        raise SystemExit(f"bench.browser: {HOST_TOOLS / 'run.py'} not found; set COMFYUI_HOST_TOOLS")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.Server
+
+
+def changed_fraction(before: Path, after: Path, threshold: int = 12) -> float:
+    """Share of pixels whose largest channel difference exceeds ``threshold`` (0..255)."""
+    a = np.asarray(Image.open(before).convert("RGB"), dtype=np.int16)
+    b = np.asarray(Image.open(after).convert("RGB"), dtype=np.int16)
+    if a.shape != b.shape:
+        return 1.0
+    return float((np.abs(a - b).max(-1) > threshold).mean())
+
+
+def node_clip(page, node_type: str) -> dict:
+    """The node's rectangle on the screen (title bar included), for a screenshot clip."""
+    box = page.evaluate(
+        """(type) => {
+          const node = app.graph.findNodesByType(type)[0];
+          const canvas = app.canvas.canvas.getBoundingClientRect();
+          const [x, y] = app.canvas.ds.convertOffsetToCanvas([node.pos[0], node.pos[1] - LiteGraph.NODE_TITLE_HEIGHT]);
+          const scale = app.canvas.ds.scale;
+          return {x: canvas.left + x, y: canvas.top + y, width: node.size[0] * scale,
+                  height: (node.size[1] + LiteGraph.NODE_TITLE_HEIGHT) * scale};
+        }""",
+        node_type,
+    )
+    return {key: max(0.0, value) for key, value in box.items()}
+
+
+def drag_widget(page, node_type: str, widget_name: str, pixels: float) -> None:
+    """Drag a number widget sideways with the mouse, as a user moves a slider."""
+    x, y = page.evaluate(
+        """([type, name]) => {
+          const node = app.graph.findNodesByType(type)[0];
+          const widget = node.widgets.find((w) => w.name === name);
+          const canvas = app.canvas.canvas.getBoundingClientRect();
+          const height = widget.computedHeight ?? LiteGraph.NODE_WIDGET_HEIGHT;
+          const [x, y] = app.canvas.ds.convertOffsetToCanvas(
+            [node.pos[0] + node.size[0] * 0.5, node.pos[1] + (widget.y ?? widget.last_y) + height * 0.5]);
+          return [canvas.left + x, canvas.top + y];
+        }""",
+        [node_type, widget_name],
+    )
+    page.mouse.move(x, y)
+    page.mouse.down()
+    for step in range(1, 11):
+        page.mouse.move(x + pixels * step / 10, y)
+    page.mouse.up()
+
+
+def wait_for_redraw(page, before: str) -> bool:
+    """Whether the editor redrew (its state key moved away from ``before``) within 10 s."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function(
+            f"""(before) => app.graph.findNodesByType("{EDITOR}")[0].talkingfacePreview.drawnKey !== before""",
+            arg=before, timeout=10000,
+        )
+        return True
+    except PlaywrightTimeout:
+        return False
+
+
+def wait_for_preview(page, timeout_ms: int = 60000) -> str:
+    """Wait until the editor drew the face for its current widget values; return that state's key."""
+    page.wait_for_function(
+        f"""() => {{
+          const node = app.graph.findNodesByType("{EDITOR}")[0];
+          const preview = node?.talkingfacePreview;
+          if (!preview) return false;
+          preview.update();
+          return preview.face && preview.drawnKey;
+        }}""",
+        timeout=timeout_ms,
+    )
+    return page.evaluate(f'() => app.graph.findNodesByType("{EDITOR}")[0].talkingfacePreview.drawnKey')
+
+
+def run(out: Path, chromium: str, timeout: float) -> dict:
+    from playwright.sync_api import sync_playwright
+
+    home = Path(os.environ.get("COMFYUI_HOME", "/tmp/comfyui-host"))
+    if not (home / "main.py").is_file():
+        raise SystemExit(f"bench.browser: no ComfyUI at {home}; run ../shared/tools/comfyui_host/prepare.sh .")
+    link = home / "custom_nodes" / PACK_ROOT.name
+    if not link.exists():
+        link.symlink_to(PACK_ROOT)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="talkingface-browser-"))
+    settings = work / "user" / "default"
+    settings.mkdir(parents=True)
+    # A fresh user would first see the template browser over the canvas.
+    (settings / "comfy.settings.json").write_text(json.dumps({"Comfy.TutorialCompleted": True}))
+    server = host_server_class()(home, work, timeout)
+    console_errors: list[str] = []
+    offline_errors: list[str] = []
+
+    def record_console_error(message) -> None:
+        url = message.location.get("url", "")
+        # A fresh, offline ComfyUI logs 404s for optional user files and fails to reach api.comfy.org.
+        unrelated = message.text.startswith("Failed to load resource") and (
+            not url.startswith(server.url) or any(part in url for part in OPTIONAL_HOST_FILES))
+        (offline_errors if unrelated else console_errors).append(f"{message.text} {url}".strip())
+    mesh_responses: list[tuple[str, int]] = []
+    shots = {name: out / f"{name}.png" for name in
+             ("page", "page_after_run", "preview_before", "preview_after", "preview_landmarks", "preview3d_before", "preview3d_after")}
+    try:
+        server.start()
+        for asset in ASSETS.iterdir():
+            shutil.copy(asset, work / "input" / asset.name)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1700, "height": 1000})
+            page.on("console", lambda m: m.type == "error" and record_console_error(m))
+            page.on("pageerror", lambda e: console_errors.append(f"pageerror: {e}"))
+            page.on("response", lambda r: r.url.split("?")[0].endswith("/view") and ".glb" in r.url
+                    and mesh_responses.append((r.url, r.status)))
+            started = time.perf_counter()
+            page.goto(server.url)
+            page.wait_for_function("() => window.app?.graph && window.app.canvas", timeout=timeout * 1000)
+            extensions = page.evaluate("() => app.extensions.map((e) => e.name)")
+            page.evaluate("(workflow) => app.loadGraphData(workflow)", json.loads(WORKFLOW.read_text()))
+            page.evaluate("() => { app.canvas.ds.offset = [40, 90]; app.canvas.ds.scale = 0.75; app.canvas.setDirty(true, true); }")
+            first_key = wait_for_preview(page)
+            seconds_to_first_preview = time.perf_counter() - started
+            preview = page.locator("canvas[data-talkingface-preview='face']").first
+            preview.screenshot(path=shots["preview_before"])
+            for name in DRAGGED_SLIDERS:
+                drag_widget(page, EDITOR, name, DRAG_PIXELS)
+            slider_values = page.evaluate(
+                f"""(names) => Object.fromEntries(names.map((name) => [name,
+                  app.graph.findNodesByType("{EDITOR}")[0].widgets.find((w) => w.name === name).value]))""",
+                list(DRAGGED_SLIDERS),
+            )
+            wait_for_redraw(page, first_key)
+            slider_key = wait_for_preview(page)
+            preview.screenshot(path=shots["preview_after"])
+            page.locator(".talkingface-face-preview input[type=checkbox]").first.click()
+            wait_for_redraw(page, slider_key)
+            preview.screenshot(path=shots["preview_landmarks"])  # the landmark canvas lies over the face
+            page.screenshot(path=shots["page"])
+            page.screenshot(path=shots["preview3d_before"], clip=node_clip(page, "Preview3D"))
+            page.evaluate("() => app.queuePrompt(0, 1)")
+            deadline = time.time() + timeout
+            while time.time() < deadline and not any(status == 200 for _, status in mesh_responses):
+                page.wait_for_timeout(250)
+            page.wait_for_timeout(3000)  # let three.js parse the file and draw a few frames
+            page.screenshot(path=shots["preview3d_after"], clip=node_clip(page, "Preview3D"))
+            mesh_file = page.evaluate(
+                """() => app.graph.findNodesByType("Preview3D")[0].widgets.find((w) => w.name === "model_file")?.value"""
+            )
+            page.screenshot(path=shots["page_after_run"])
+            browser.close()
+    finally:
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    preview_change = changed_fraction(shots["preview_before"], shots["preview_after"])
+    preview3d_change = changed_fraction(shots["preview3d_before"], shots["preview3d_after"])
+    return {
+        "extension_loaded": "TalkingFace.FaceEditor" in extensions,
+        "seconds_to_first_preview": round(seconds_to_first_preview, 2),
+        "dragged_slider_values": slider_values,
+        "preview_changed_fraction": round(preview_change, 4),
+        "landmarks_changed_fraction": round(changed_fraction(shots["preview_after"], shots["preview_landmarks"]), 4),
+        "preview3d_changed_fraction": round(preview3d_change, 4),
+        "mesh_file": mesh_file,
+        "mesh_responses": [status for _, status in mesh_responses],
+        "console_error_messages": console_errors[:20],
+        "offline_host_errors": len(offline_errors),
+        "console_errors": len(console_errors),
+        "preview_changed": preview_change > 0.01,
+        "mesh_loaded": any(status == 200 for _, status in mesh_responses) and preview3d_change > 0.01,
+        "screenshots": {name: str(path) for name, path in shots.items()},
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "talkingface-browser",
+                        help="folder for the screenshots")
+    parser.add_argument("--chromium", default=os.environ.get("CHROMIUM", "/usr/bin/chromium"))
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds for start-up and for the run")
+    args = parser.parse_args()
+    result = run(args.out, args.chromium, args.timeout)
+    print(json.dumps(result))
+    return 0 if result["preview_changed"] and result["mesh_loaded"] and not result["console_errors"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
