@@ -126,7 +126,28 @@ def wait_for_preview(page, timeout_ms: int = 60000) -> str:
     return page.evaluate(f'() => app.graph.findNodesByType("{EDITOR}")[0].talkingfacePreview.drawnKey')
 
 
-def run(out: Path, chromium: str, timeout: float) -> dict:
+def show_other_face_model(page) -> str | None:
+    """Pick the first .mat file in Load 3DMM (BFM layout) and wait for the editor to draw it."""
+    choice = page.evaluate(
+        """() => {
+          const widget = app.graph.findNodesByType("TalkingFaceLoad3DMM")[0].widgets.find((w) => w.name === "model_name");
+          const choice = (widget.options.values ?? []).find((value) => value.endsWith(".mat"));
+          if (choice) { widget.value = choice; widget.callback?.(choice); app.canvas.setDirty(true, true); }
+          return choice ?? null;
+        }"""
+    )
+    if choice:
+        page.wait_for_function(
+            f"""(choice) => {{
+              const preview = app.graph.findNodesByType("{EDITOR}")[0].talkingfacePreview;
+              return preview.modelName === choice && preview.face && preview.drawnKey?.includes(choice);
+            }}""",
+            arg=choice, timeout=30000,
+        )
+    return choice
+
+
+def run(out: Path, chromium: str, timeout: float, models: Path | None) -> dict:
     from playwright.sync_api import sync_playwright
 
     home = Path(os.environ.get("COMFYUI_HOME", "/tmp/comfyui-host"))
@@ -141,7 +162,7 @@ def run(out: Path, chromium: str, timeout: float) -> dict:
     settings.mkdir(parents=True)
     # A fresh user would first see the template browser over the canvas.
     (settings / "comfy.settings.json").write_text(json.dumps({"Comfy.TutorialCompleted": True}))
-    server = host_server_class()(home, work, timeout)
+    server = host_server_class()(home, work, timeout, models)
     console_errors: list[str] = []
     offline_errors: list[str] = []
 
@@ -153,7 +174,7 @@ def run(out: Path, chromium: str, timeout: float) -> dict:
         (offline_errors if unrelated else console_errors).append(f"{message.text} {url}".strip())
     mesh_responses: list[tuple[str, int]] = []
     shots = {name: out / f"{name}.png" for name in
-             ("page", "page_after_run", "preview_before", "preview_after", "preview_landmarks", "preview3d_before", "preview3d_after")}
+             ("page", "page_after_run", "preview_other_model", "preview_before", "preview_after", "preview_landmarks", "preview3d_before", "preview3d_after")}
     try:
         server.start()
         for asset in ASSETS.iterdir():
@@ -200,6 +221,10 @@ def run(out: Path, chromium: str, timeout: float) -> dict:
                 """() => app.graph.findNodesByType("Preview3D")[0].widgets.find((w) => w.name === "model_file")?.value"""
             )
             page.screenshot(path=shots["page_after_run"])
+            # Only after the run: the example's coefficients belong to the demo face.
+            other_model = show_other_face_model(page)
+            if other_model:
+                preview.screenshot(path=shots["preview_other_model"])
             browser.close()
     finally:
         server.stop()
@@ -220,7 +245,8 @@ def run(out: Path, chromium: str, timeout: float) -> dict:
         "console_errors": len(console_errors),
         "preview_changed": preview_change > 0.01,
         "mesh_loaded": any(status == 200 for _, status in mesh_responses) and preview3d_change > 0.01,
-        "screenshots": {name: str(path) for name, path in shots.items()},
+        "other_face_model": other_model,
+        "screenshots": {name: str(path) for name, path in shots.items() if path.exists()},
     }
 
 
@@ -229,9 +255,11 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "talkingface-browser",
                         help="folder for the screenshots")
     parser.add_argument("--chromium", default=os.environ.get("CHROMIUM", "/usr/bin/chromium"))
+    parser.add_argument("--models", type=Path, help="a models/ folder (python -m scripts.tiny_models DIR): "
+                        "the editor then also draws the first .mat 3DMM in it")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds for start-up and for the run")
     args = parser.parse_args()
-    result = run(args.out, args.chromium, args.timeout)
+    result = run(args.out, args.chromium, args.timeout, args.models.resolve() if args.models else None)
     print(json.dumps(result))
     return 0 if result["preview_changed"] and result["mesh_loaded"] and not result["console_errors"] else 1
 
