@@ -13,3 +13,25 @@ def test_javascript_unit_tests_pass():
     result = subprocess.run([node, "--test", "tests/js/"], cwd=PACK_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert "# fail 0" in result.stdout and "# pass 0" not in result.stdout
+
+
+def test_extension_imports_resolve_where_comfyui_serves_them():
+    """ComfyUI serves WEB_DIRECTORY at /extensions/<pack>/: an import must reach the frontend's
+    /scripts/ shims or a file of the pack (a wrong ../ count 404s and the extension never loads)."""
+    import posixpath
+    import re
+
+    from packloader import load_pack
+
+    web_root = PACK_ROOT / load_pack().WEB_DIRECTORY
+    scripts = sorted(web_root.rglob("*.js"))
+    assert scripts
+    for script in scripts:
+        served = "/extensions/pack/" + script.relative_to(web_root).as_posix()
+        for target in re.findall(r'^\s*import\s[^;]*?from\s+"([^"]+)"', script.read_text(), flags=re.M | re.S):
+            url = posixpath.normpath(posixpath.join(posixpath.dirname(served), target))
+            if url.startswith("/scripts/"):
+                assert url in ("/scripts/app.js", "/scripts/api.js"), f"{script.name}: {target} -> {url}"
+            else:
+                assert url.startswith("/extensions/pack/"), f"{script.name}: {target} leaves the pack ({url})"
+                assert (web_root / url.removeprefix("/extensions/pack/")).is_file(), f"{script.name}: {target} missing"
