@@ -31,9 +31,11 @@ from PIL import Image
 
 PACK_ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW = PACK_ROOT / "example_workflows" / "edit_face_export_mesh.json"
+EMOTION_WORKFLOW = PACK_ROOT / "example_workflows" / "emotion_text_portrait.json"  # needs --models
 ASSETS = PACK_ROOT / "tests" / "assets"
 HOST_TOOLS = Path(os.environ.get("COMFYUI_HOST_TOOLS", PACK_ROOT.parent / "shared" / "tools" / "comfyui_host"))
 EDITOR = "TalkingFaceEditExpressionAndPose"
+APPLY_EMOTION = "TalkingFaceApplyEmotion"
 # SwiftShader gives headless Chromium WebGL without a GPU.
 DRAGGED_SLIDERS = ("jaw_open", "yaw")
 DRAG_PIXELS = 15
@@ -97,13 +99,13 @@ def drag_widget(page, node_type: str, widget_name: str, pixels: float) -> None:
     page.mouse.up()
 
 
-def wait_for_redraw(page, before: str) -> bool:
+def wait_for_redraw(page, before: str, node_type: str = EDITOR) -> bool:
     """Whether the editor redrew (its state key moved away from ``before``) within 10 s."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     try:
         page.wait_for_function(
-            f"""(before) => app.graph.findNodesByType("{EDITOR}")[0].talkingfacePreview.drawnKey !== before""",
+            f"""(before) => app.graph.findNodesByType("{node_type}")[0].talkingfacePreview.drawnKey !== before""",
             arg=before, timeout=10000,
         )
         return True
@@ -111,19 +113,40 @@ def wait_for_redraw(page, before: str) -> bool:
         return False
 
 
-def wait_for_preview(page, timeout_ms: int = 60000) -> str:
-    """Wait until the editor drew the face for its current widget values; return that state's key."""
+def wait_for_preview(page, timeout_ms: int = 60000, node_type: str = EDITOR) -> str:
+    """Wait until the node's preview drew a face for its current inputs; return that state's key."""
     page.wait_for_function(
         f"""() => {{
-          const node = app.graph.findNodesByType("{EDITOR}")[0];
+          const node = app.graph.findNodesByType("{node_type}")[0];
           const preview = node?.talkingfacePreview;
           if (!preview) return false;
           preview.update();
-          return preview.face && preview.drawnKey;
+          return preview.face && preview.drawnKey?.startsWith("[");  // a face, not a message
         }}""",
         timeout=timeout_ms,
     )
-    return page.evaluate(f'() => app.graph.findNodesByType("{EDITOR}")[0].talkingfacePreview.drawnKey')
+    return page.evaluate(f'() => app.graph.findNodesByType("{node_type}")[0].talkingfacePreview.drawnKey')
+
+
+def emotion_stage(page, shots: dict, timeout: float) -> dict:
+    """Apply Emotion: run the text-emotion workflow, then drag Text Emotion's intensity."""
+    page.evaluate("(workflow) => app.loadGraphData(workflow)", json.loads(EMOTION_WORKFLOW.read_text()))
+    page.evaluate("() => { app.canvas.ds.offset = [40, 90]; app.canvas.ds.scale = 0.6; app.canvas.setDirty(true, true); }")
+    page.evaluate("() => app.queuePrompt(0, 1)")
+    key = wait_for_preview(page, int(timeout * 1000), APPLY_EMOTION)
+    preview = page.locator("canvas[data-talkingface-preview='face']").first
+    preview.screenshot(path=shots["emotion_after_run"])
+    drag_widget(page, "TalkingFaceTextEmotion", "intensity", DRAG_PIXELS)
+    redrawn = wait_for_redraw(page, key, APPLY_EMOTION)
+    preview.screenshot(path=shots["emotion_intensity"])
+    page.screenshot(path=shots["page_emotion"])
+    caption, intensity = page.evaluate(
+        f"""() => [app.graph.findNodesByType("{APPLY_EMOTION}")[0].talkingfacePreview.caption.textContent,
+                  app.graph.findNodesByType("TalkingFaceTextEmotion")[0].widgets.find((w) => w.name === "intensity").value]"""
+    )
+    return {"emotion_caption": caption.strip(), "emotion_intensity_after_drag": intensity,
+            "emotion_preview_changed_fraction": round(changed_fraction(shots["emotion_after_run"], shots["emotion_intensity"]), 4)
+            if redrawn else 0.0}
 
 
 def show_other_face_model(page) -> str | None:
@@ -140,7 +163,7 @@ def show_other_face_model(page) -> str | None:
         page.wait_for_function(
             f"""(choice) => {{
               const preview = app.graph.findNodesByType("{EDITOR}")[0].talkingfacePreview;
-              return preview.modelName === choice && preview.face && preview.drawnKey?.includes(choice);
+              return preview.face?.header.model === choice && preview.drawnKey;
             }}""",
             arg=choice, timeout=30000,
         )
@@ -174,7 +197,7 @@ def run(out: Path, chromium: str, timeout: float, models: Path | None) -> dict:
         (offline_errors if unrelated else console_errors).append(f"{message.text} {url}".strip())
     mesh_responses: list[tuple[str, int]] = []
     shots = {name: out / f"{name}.png" for name in
-             ("page", "page_after_run", "preview_other_model", "preview_before", "preview_after", "preview_landmarks", "preview3d_before", "preview3d_after")}
+             ("page", "page_after_run", "preview_other_model", "emotion_after_run", "emotion_intensity", "page_emotion", "preview_before", "preview_after", "preview_landmarks", "preview3d_before", "preview3d_after")}
     try:
         server.start()
         for asset in ASSETS.iterdir():
@@ -225,6 +248,7 @@ def run(out: Path, chromium: str, timeout: float, models: Path | None) -> dict:
             other_model = show_other_face_model(page)
             if other_model:
                 preview.screenshot(path=shots["preview_other_model"])
+            emotion = emotion_stage(page, shots, timeout) if models else {}
             browser.close()
     finally:
         server.stop()
@@ -246,6 +270,7 @@ def run(out: Path, chromium: str, timeout: float, models: Path | None) -> dict:
         "preview_changed": preview_change > 0.01,
         "mesh_loaded": any(status == 200 for _, status in mesh_responses) and preview3d_change > 0.01,
         "other_face_model": other_model,
+        **emotion,
         "screenshots": {name: str(path) for name, path in shots.items() if path.exists()},
     }
 

@@ -1,14 +1,17 @@
 """The face editor's data route: the geometry the browser needs to draw Edit Expression and Pose live.
 
-``GET /talkingface/face_preview?model=<Load 3DMM choice>`` answers one binary message:
+``GET /talkingface/face_preview?model=<Load 3DMM choice>[&directions=<Apply Emotion choice>]``
+answers one binary message:
 
     uint32 little-endian H | H bytes of JSON header (space padded to a multiple of 4) | arrays
 
 The header names the model, its vertex and triangle counts, the slider names, the 68 landmark
 vertex ids, the camera, and for each array its ``offset`` (bytes after the header), ``length``
 (elements) and ``dtype``: ``mean_shape`` and ``albedo`` ``[N*3]`` float32, ``triangles`` ``[F*3]``
-uint32 and one ``[N*3]`` float32 offset per slider (``slider:<name>``). The browser poses and
-shades the mesh itself, so moving a slider costs no server round trip (``web/js/face_editor.js``).
+uint32, one ``[N*3]`` float32 offset per slider (``slider:<name>``) and, when ``directions`` is
+given, one per MEAD emotion (``emotion:<name>``, listed in the header's ``emotions``). The browser
+poses and shades the mesh itself, so moving a slider costs no server round trip
+(``web/js/face_editor.js``).
 """
 from __future__ import annotations
 
@@ -18,13 +21,16 @@ import struct
 
 import numpy as np
 
+from ..pipelines.emotion.directions import emotion_vertex_offsets
+from ..pipelines.emotion.emotion import MEAD_EMOTIONS
 from ..pipelines.errors import TalkingFaceError
 from ..pipelines.face.motion import SLIDERS, slider_offsets
 from ..pipelines.render.camera import REFERENCE_DISTANCE, REFERENCE_FOCAL, REFERENCE_SIZE
+from .emotion import directions_for_choice
 from .morphable import face_model_for_choice
 
 ROUTE = "/talkingface/face_preview"
-_cache: dict[str, bytes] = {}
+_cache: dict[tuple[str, str | None], bytes] = {}
 
 
 def pack_arrays(header: dict, arrays: dict[str, np.ndarray]) -> bytes:
@@ -40,9 +46,11 @@ def pack_arrays(header: dict, arrays: dict[str, np.ndarray]) -> bytes:
     return struct.pack("<I", len(text)) + text + b"".join(blobs)
 
 
-def face_preview_message(model_name: str) -> bytes:
-    """The route's answer for one Load 3DMM choice, built once per choice and process."""
-    if model_name not in _cache:
+def face_preview_message(model_name: str, directions: str | None = None) -> bytes:
+    """The route's answer for one Load 3DMM choice (and Apply Emotion directions choice), built once
+    per choice and process."""
+    key = (model_name, directions)
+    if key not in _cache:
         model = face_model_for_choice(model_name).cpu()
         arrays = {
             "mean_shape": model.mean_shape.numpy().astype(np.float32),
@@ -56,11 +64,17 @@ def face_preview_message(model_name: str) -> bytes:
             "vertices": model.num_vertices,
             "triangles": model.num_triangles,
             "sliders": list(SLIDERS),
+            "emotions": [],
             "landmark_ids": model.landmark_ids.tolist(),
             "camera": {"focal": REFERENCE_FOCAL, "image_size": REFERENCE_SIZE, "distance": REFERENCE_DISTANCE},
         }
-        _cache[model_name] = pack_arrays(header, arrays)
-    return _cache[model_name]
+        if directions is not None:
+            offsets = emotion_vertex_offsets(model, directions_for_choice(model, directions))
+            for name, emotion_offsets in offsets.items():
+                arrays[f"emotion:{name}"] = emotion_offsets.numpy().astype(np.float32)
+            header["emotions"] = list(MEAD_EMOTIONS)
+        _cache[key] = pack_arrays(header, arrays)
+    return _cache[key]
 
 
 async def face_preview_handler(request):
@@ -69,10 +83,12 @@ async def face_preview_handler(request):
     model_name = request.query.get("model", "")
     if not model_name:
         return web.json_response({"error": "add ?model=<a Load 3DMM choice>"}, status=400)
+    directions = request.query.get("directions")
     try:
-        message = face_preview_message(model_name)
+        message = face_preview_message(model_name, directions)
     except TalkingFaceError as error:
-        return web.json_response({"error": f"Edit Expression and Pose preview: {error}"}, status=404)
+        node = "Edit Expression and Pose" if directions is None else "Apply Emotion"
+        return web.json_response({"error": f"{node} preview: {error}"}, status=404)
     return web.Response(body=message, content_type="application/octet-stream",
                         headers={"Cache-Control": "no-store"})
 

@@ -69,3 +69,34 @@ def test_slider_offsets_are_linear_in_the_expression_basis():
     direction = motion.expression_direction(model, "smile")
     shape = model.shape(torch.zeros(1, model.dims.identity), direction.unsqueeze(0))[0]
     assert torch.allclose(model.mean_shape + offsets["smile"], shape, atol=1e-6)
+
+
+def test_emotion_offsets_move_the_mesh_as_apply_emotion_moves_the_coefficients(host_dirs):
+    emotion_nodes = pack_import("nodes.emotion")
+    emotion_module = pack_import("pipelines.emotion.emotion")
+    header, arrays = decode(face_preview.face_preview_message(DEMO, emotion_nodes.FACE_MODEL_DIRECTIONS))
+    assert header["emotions"] == list(emotion_module.MEAD_EMOTIONS)
+    model = morphable_nodes.face_model_for_choice(DEMO)
+    weights = torch.tensor([0.1, 0.0, 0.0, 0.0, 0.2, 0.6, 0.1, 0.0])
+    emotion = emotion_module.TextEmotion(torch.zeros(4), weights, 1.5, "mostly happy", "test")
+    output = emotion_nodes.ApplyEmotion().execute(coefficients=FaceCoefficients.neutral(1), emotion=emotion,
+                                                  face_model=model, directions=emotion_nodes.FACE_MODEL_DIRECTIONS,
+                                                  ramp_in_frames=0)
+    (edited,) = output["result"]
+    (shown,) = output["ui"]["talkingface_emotion"]
+    expected = model.shape(edited.identity, edited.expression)[0].numpy()
+    composed = arrays["mean_shape"] + sum(
+        shown["intensity"] * weight * arrays[f"emotion:{name}"] for name, weight in zip(header["emotions"], shown["weights"]))
+    assert np.allclose(composed.reshape(-1, 3), expected, atol=1e-5)
+    assert not np.abs(arrays["emotion:neutral"]).any() and np.abs(arrays["emotion:happy"]).max() > 0
+
+
+def test_emotion_preview_without_directions_for_the_model_says_how_to_get_them(host_dirs, monkeypatch):
+    emotion_nodes = pack_import("nodes.emotion")
+    model_module = pack_import("pipelines.morphable.model")
+    arrays = pack_import("pipelines.morphable.demo_model").build_demo_face_arrays(resolution=12)
+    del arrays["exNames"]
+    unnamed = model_module.MorphableModel.from_mat_arrays(arrays, name="BFM_model_front")
+    monkeypatch.setattr(face_preview, "face_model_for_choice", lambda choice: unnamed)
+    with pytest.raises(pack_import("pipelines.errors").TalkingFaceError, match="fit_emotion_directions"):
+        face_preview.face_preview_message("unnamed.mat", emotion_nodes.FACE_MODEL_DIRECTIONS)

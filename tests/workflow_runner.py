@@ -116,9 +116,14 @@ def run_workflow(path: Path, node_mappings: dict) -> dict[int, dict]:
                 _, origin, slot, *_ = links[socket["link"]]
                 inputs[socket["name"]] = evaluate(origin)[slot]
         output = function(**inputs)
-        if kind in ("SaveImage", "PreviewImage", "SaveVideo", "Preview3D") or getattr(node_mappings.get(kind), "OUTPUT_NODE", False):
+        is_output = kind in ("SaveImage", "PreviewImage", "SaveVideo", "Preview3D") or getattr(
+            node_mappings.get(kind), "OUTPUT_NODE", False)
+        if is_output:
             recorded[node_id] = output
-            output = output.get("result", ()) if isinstance(output, dict) else ()  # ComfyUI's {"ui", "result"}
+        if isinstance(output, dict):  # ComfyUI's {"ui": ..., "result": ...}
+            output = output.get("result", ())
+        elif is_output:
+            output = ()
         results[node_id] = output
         return output
 

@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import {
-  composeShape, editorState, parseFacePreview, projectionMatrix, projectPoints, rotateVertices, rotationMatrix,
+  composeShape, describeEmotion, editorState, emotionAmounts, parseFacePreview, projectionMatrix, projectPoints, rotateVertices, rotationMatrix,
   stateKey, vertexNormals,
 } from "../../web/js/face_preview_math.js";
 
@@ -46,6 +46,7 @@ test("parses the route's binary message", () => {
   assert.deepEqual(Array.from(face.triangles), [0, 1, 2]);
   assert.deepEqual(Array.from(face.meanShape), [0, 1, 2, 3, 4, 5, 6, 7, 8]);
   assert.equal(face.sliderOffsets.smile[8], -1);
+  assert.deepEqual(face.emotionOffsets, {}, "no emotions asked for, none sent");
   assert.equal(face.header.landmark_ids[0], 0);
 });
 
@@ -107,4 +108,13 @@ test("editor state reads the node's widgets and keys every change", () => {
   widgets[1].value = 0.55;
   assert.notEqual(stateKey("demo", editorState(widgets, ["smile", "blink"]), false), before);
   assert.notEqual(stateKey("demo", state, true), before);
+});
+
+test("emotion amounts scale the weights by the intensity and the caption names the strongest", () => {
+  const emotions = ["neutral", "happy", "sad"];
+  const amounts = emotionAmounts(emotions, [0.2, 0.7, 0.1], 1.5);
+  assert.deepEqual(Object.keys(amounts), emotions);
+  [0.3, 1.05, 0.15].forEach((expected, k) => close(amounts[emotions[k]], expected, 1e-9));
+  assert.equal(describeEmotion(emotions, [0.2, 0.7, 0.1], 2), "happy 0.70, neutral 0.20");
+  assert.equal(describeEmotion(emotions, [0, 1, 0]), "happy 1.00");
 });

@@ -1,24 +1,25 @@
-// Edit Expression and Pose draws the face it will make, live, while the sliders move: the pack's
-// route (nodes/face_preview.py) sends the 3DMM once; posing and shading happen here in WebGL.
+// Edit Expression and Pose draws the face it will make, live, while the sliders move; Apply Emotion
+// draws the emotion of its last run, live with Text Emotion's intensity. The pack's route
+// (nodes/face_preview.py) sends the 3DMM once; posing and shading happen here in WebGL.
 import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
 import {
-  composeShape, editorState, parseFacePreview, projectionMatrix, projectPoints, rotateVertices, rotationMatrix,
-  stateKey, vertexNormals,
+  composeShape, describeEmotion, editorState, emotionAmounts, parseFacePreview, projectionMatrix, projectPoints,
+  rotateVertices, rotationMatrix, stateKey, vertexNormals,
 } from "./face_preview_math.js";
 
-const EDITOR_NODE = "TalkingFaceEditExpressionAndPose";
 const LOAD_3DMM_NODE = "TalkingFaceLoad3DMM";
+const TEXT_EMOTION_NODE = "TalkingFaceTextEmotion";
 const DEMO_MODEL_CHOICE = "demo face (built-in)";
 const PREVIEW_SIZE = 256;
 const LANDMARK_PROPERTY = "talkingface_show_landmarks";
 
-const faces = new Map(); // Load 3DMM choice -> Promise of the parsed face
+const faces = new Map(); // route query -> Promise of the parsed face
 
-function loadFace(modelName) {
-  if (!faces.has(modelName)) {
+function loadFace(query) {
+  if (!faces.has(query)) {
     const request = api
-      .fetchApi(`/talkingface/face_preview?model=${encodeURIComponent(modelName)}`, { cache: "no-store" })
+      .fetchApi(`/talkingface/face_preview?${query}`, { cache: "no-store" })
       .then(async (response) => {
         if (!response.ok) {
           const detail = await response.json().catch(() => ({}));
@@ -26,22 +27,55 @@ function loadFace(modelName) {
         }
         return parseFacePreview(await response.arrayBuffer());
       });
-    request.catch(() => faces.delete(modelName)); // a file added later is found on the next try
-    faces.set(modelName, request);
+    request.catch(() => faces.delete(query)); // a file added later is found on the next try
+    faces.set(query, request);
   }
-  return faces.get(modelName);
+  return faces.get(query);
+}
+
+const widgetValue = (node, name) => node?.widgets?.find((w) => w.name === name)?.value;
+
+// The node of the given class wired into the named input, if any.
+function inputNode(node, input, comfyClass) {
+  const slot = node.findInputSlot?.(input) ?? -1;
+  const source = slot >= 0 ? node.getInputNode?.(slot) : null;
+  return source?.comfyClass === comfyClass || source?.type === comfyClass ? source : null;
 }
 
 // The Load 3DMM choice wired into face_model; the demo face when it comes from elsewhere.
 function connectedModelName(node) {
-  const slot = node.findInputSlot?.("face_model") ?? -1;
-  const source = slot >= 0 ? node.getInputNode?.(slot) : null;
-  if (source?.comfyClass === LOAD_3DMM_NODE || source?.type === LOAD_3DMM_NODE) {
-    const choice = source.widgets?.find((w) => w.name === "model_name")?.value;
-    if (choice) return { name: choice, linked: true };
-  }
-  return { name: DEMO_MODEL_CHOICE, linked: false };
+  const choice = widgetValue(inputNode(node, "face_model", LOAD_3DMM_NODE), "model_name");
+  return choice ? { name: choice, linked: true } : { name: DEMO_MODEL_CHOICE, linked: false };
 }
+
+// What each node previews: the route query it needs and the face it asks for.
+const PREVIEWS = {
+  TalkingFaceEditExpressionAndPose: {
+    query: (model) => `model=${encodeURIComponent(model)}`,
+    state(node, face) {
+      const { angles, amounts } = editorState(node.widgets, face.header.sliders);
+      return { angles, amounts, offsets: face.sliderOffsets, caption: "" };
+    },
+  },
+  TalkingFaceApplyEmotion: {
+    query: (model, node) =>
+      `model=${encodeURIComponent(model)}&directions=${encodeURIComponent(widgetValue(node, "directions") ?? "")}`,
+    state(node, face) {
+      const shown = node.talkingfaceEmotion;
+      if (!shown) return { message: "run the graph once: the emotion comes from Text Emotion's CLIP" };
+      // Intensity only scales the weights, so Text Emotion's slider previews live; a new prompt needs a run.
+      const live = Number(widgetValue(inputNode(node, "emotion", TEXT_EMOTION_NODE), "intensity"));
+      const intensity = Number.isFinite(live) ? live : shown.intensity;
+      const { emotions } = face.header;
+      return {
+        angles: [0, 0, 0],
+        amounts: emotionAmounts(emotions, shown.weights, intensity),
+        offsets: face.emotionOffsets,
+        caption: ` ${describeEmotion(emotions, shown.weights)} × ${intensity.toFixed(2)}`,
+      };
+    },
+  },
+};
 
 const VERTEX_SHADER = `#version 300 es
 in vec3 position;
@@ -77,10 +111,11 @@ function compile(gl, type, source) {
 }
 
 class FacePreview {
-  constructor(node) {
+  constructor(node, spec) {
     this.node = node;
+    this.spec = spec;
     this.face = null;
-    this.modelName = null;
+    this.query = null;
     this.drawnKey = null;
     this.element = document.createElement("div");
     this.element.className = "talkingface-face-preview";
@@ -135,6 +170,10 @@ class FacePreview {
   }
 
   showMessage(text) {
+    if (this.gl) {
+      this.gl.clearColor(0.08, 0.08, 0.09, 1);
+      this.gl.clear(this.gl.COLOR_BUFFER_BIT | this.gl.DEPTH_BUFFER_BIT);
+    }
     const context = this.overlay.getContext("2d");
     context.clearRect(0, 0, PREVIEW_SIZE, PREVIEW_SIZE);
     context.fillStyle = "#ccc";
@@ -158,35 +197,38 @@ class FacePreview {
   // Redraws when the model, a slider or the landmark toggle changed; cheap to call every frame.
   update() {
     const { name, linked } = connectedModelName(this.node);
-    if (name !== this.modelName) {
-      this.modelName = name;
+    const query = this.spec.query(name, this.node);
+    if (query !== this.query) {
+      this.query = query;
       this.face = null;
       this.drawnKey = null;
-      this.caption.textContent = linked ? "" : " (demo face until Load 3DMM is connected)";
-      loadFace(name).then(
+      this.modelNote = linked ? "" : " (demo face until Load 3DMM is connected)";
+      loadFace(query).then(
         (face) => {
-          if (this.modelName !== name) return;
+          if (this.query !== query) return;
           this.setFace(face);
           this.update();
         },
         (error) => {
-          if (this.modelName === name) this.showMessage(error.message);
+          if (this.query === query) this.showMessage(error.message);
         },
       );
       return;
     }
     if (!this.face || !this.gl) return;
-    const state = editorState(this.node.widgets, this.face.header.sliders);
+    const state = this.spec.state(this.node, this.face);
     const landmarks = this.landmarkToggle.checked;
-    const key = stateKey(name, state, landmarks);
+    const key = state.message ?? stateKey(query, state, landmarks);
     if (key === this.drawnKey) return;
     this.drawnKey = key;
-    this.draw(state, landmarks);
+    this.caption.textContent = (state.caption ?? "") + this.modelNote;
+    if (state.message) this.showMessage(state.message);
+    else this.draw(state, landmarks);
   }
 
   draw(state, landmarks) {
     const { face, gl } = this;
-    composeShape(face.meanShape, face.sliderOffsets, state.amounts, this.shape);
+    composeShape(face.meanShape, state.offsets, state.amounts, this.shape);
     rotateVertices(this.shape, rotationMatrix(...state.angles), this.posed);
     vertexNormals(this.posed, face.triangles, this.normals);
     gl.viewport(0, 0, PREVIEW_SIZE, PREVIEW_SIZE);
@@ -219,11 +261,12 @@ class FacePreview {
 app.registerExtension({
   name: "TalkingFace.FaceEditor",
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (nodeData.name !== EDITOR_NODE) return;
+    const spec = PREVIEWS[nodeData.name];
+    if (!spec) return;
     const onNodeCreated = nodeType.prototype.onNodeCreated;
     nodeType.prototype.onNodeCreated = function () {
       const result = onNodeCreated?.apply(this, arguments);
-      const preview = new FacePreview(this);
+      const preview = new FacePreview(this, spec);
       this.talkingfacePreview = preview;
       const widget = this.addDOMWidget("face_preview", "talkingface_face_preview", preview.element, {
         serialize: false,
@@ -244,7 +287,17 @@ app.registerExtension({
       requestAnimationFrame(() => preview.update());
       return result;
     };
-    // Values set without a callback (workflow load, links, another model in Load 3DMM) show on the next frame.
+    const onExecuted = nodeType.prototype.onExecuted;
+    nodeType.prototype.onExecuted = function (message) {
+      onExecuted?.apply(this, arguments);
+      const shown = message?.talkingface_emotion?.[0];
+      if (shown) {
+        this.talkingfaceEmotion = shown;
+        this.talkingfacePreview?.update();
+      }
+    };
+    // Values set without a callback (workflow load, links, another model in Load 3DMM, Text Emotion's
+    // intensity) show on the next frame.
     const onDrawForeground = nodeType.prototype.onDrawForeground;
     nodeType.prototype.onDrawForeground = function () {
       const result = onDrawForeground?.apply(this, arguments);

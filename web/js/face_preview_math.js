@@ -19,9 +19,11 @@ export function parseFacePreview(buffer) {
     if (!Type) throw new Error(`face preview: unknown array type ${spec.dtype} for ${name}`);
     arrays[name] = new Type(buffer, start + spec.offset, spec.length);
   }
-  const sliderOffsets = {};
-  for (const name of header.sliders) sliderOffsets[name] = arrays[`slider:${name}`];
-  return { header, meanShape: arrays.mean_shape, albedo: arrays.albedo, triangles: arrays.triangles, sliderOffsets };
+  const named = (prefix, names) => Object.fromEntries((names ?? []).map((name) => [name, arrays[`${prefix}:${name}`]]));
+  return {
+    header, meanShape: arrays.mean_shape, albedo: arrays.albedo, triangles: arrays.triangles,
+    sliderOffsets: named("slider", header.sliders), emotionOffsets: named("emotion", header.emotions),
+  };
 }
 
 // Row-major 3x3 R = Rz·Ry·Rx for angles in degrees, as pipelines/morphable/model.rotation_matrices.
@@ -112,6 +114,22 @@ export function editorState(widgets, sliderNames) {
   const amounts = {};
   for (const name of sliderNames) amounts[name] = value(name);
   return { angles: ANGLE_WIDGETS.map(value), amounts };
+}
+
+// Apply Emotion's amounts: intensity · weight per emotion, as pipelines/emotion/directions.offset.
+export function emotionAmounts(emotions, weights, intensity) {
+  return Object.fromEntries(emotions.map((name, k) => [name, intensity * (weights[k] ?? 0)]));
+}
+
+// "happy 0.60, fear 0.20": the strongest weights, as Text Emotion's weights output writes them.
+export function describeEmotion(emotions, weights, count = 3) {
+  return emotions
+    .map((name, k) => [name, weights[k] ?? 0])
+    .sort((a, b) => b[1] - a[1])
+    .slice(0, count)
+    .filter(([, weight]) => weight >= 0.005)
+    .map(([name, weight]) => `${name} ${weight.toFixed(2)}`)
+    .join(", ");
 }
 
 // A key that changes whenever the drawn face would.
