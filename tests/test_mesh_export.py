@@ -150,3 +150,12 @@ def test_export_mesh_node_errors_name_the_node(host_dirs, model):
         node.execute(coefficients=FaceCoefficients.neutral(1), filename_prefix=" ", **inputs)
     with pytest.raises(nodes_base.NodeInputError, match=r"^Export Mesh: .*outside the output folder"):
         node.execute(coefficients=FaceCoefficients.neutral(1), filename_prefix="../escape", **inputs)
+
+
+def test_chunked_meshes_equal_one_pass(model, monkeypatch):
+    coeffs = moving_sequence(model, frames=5)
+    whole = mesh_export.face_meshes(model, coeffs)
+    monkeypatch.setattr(mesh_export, "MESH_CHUNK_FRAMES", 2)
+    chunked = mesh_export.face_meshes(model, coeffs)
+    for name in ("vertices", "normals", "colours"):
+        assert np.allclose(getattr(whole, name), getattr(chunked, name), atol=1e-6), name

@@ -19,6 +19,7 @@ import torch
 from ..errors import TalkingFaceError
 from ..morphable.coefficients import FaceCoefficients
 from ..morphable.model import MorphableModel
+from ..video import frame_chunks
 from .shading import shade
 
 COLOUR_MODES = ("lit", "albedo")
@@ -26,6 +27,7 @@ GLB_MAGIC, GLB_VERSION = 0x46546C67, 2
 JSON_CHUNK, BIN_CHUNK = 0x4E4F534A, 0x004E4942
 FLOAT, UNSIGNED_INT = 5126, 5125
 ARRAY_BUFFER, ELEMENT_ARRAY_BUFFER = 34962, 34963
+MESH_CHUNK_FRAMES = 32
 
 
 @dataclass
@@ -54,20 +56,25 @@ def face_meshes(
         raise TalkingFaceError("the coefficient sequence has no frames")
     model.check_coefficients(coeffs)
     reference = model.mean_shape
-    coeffs = coeffs.to(device=reference.device, dtype=reference.dtype)
-    with torch.no_grad():
-        vertices = model.shape(coeffs.identity, coeffs.expression, coeffs.gaze)
-        if posed:
-            vertices = model.pose(vertices, coeffs.rotation, coeffs.translation)
-        normals = model.vertex_normals(vertices)
-        albedo = model.albedo(coeffs.texture)
-        colour = shade(albedo, normals, coeffs.lighting) if colours == "lit" else albedo
-    return FaceMeshes(
-        vertices=vertices.float().cpu().numpy(),
-        normals=normals.float().cpu().numpy(),
-        colours=colour.clamp(0.0, 1.0).float().cpu().numpy(),
+    shape = (coeffs.frames, model.num_vertices, 3)
+    meshes = FaceMeshes(
+        vertices=np.empty(shape, np.float32), normals=np.empty(shape, np.float32), colours=np.empty(shape, np.float32),
         triangles=model.triangles.cpu().numpy().astype(np.uint32),
     )
+    # Chunks bound the working memory; the arrays themselves are the file's content.
+    for chunk in frame_chunks(coeffs.frames, MESH_CHUNK_FRAMES):
+        part = coeffs[chunk].to(device=reference.device, dtype=reference.dtype)
+        with torch.no_grad():
+            vertices = model.shape(part.identity, part.expression, part.gaze)
+            if posed:
+                vertices = model.pose(vertices, part.rotation, part.translation)
+            normals = model.vertex_normals(vertices)
+            albedo = model.albedo(part.texture)
+            colour = shade(albedo, normals, part.lighting) if colours == "lit" else albedo
+        meshes.vertices[chunk] = vertices.float().cpu().numpy()
+        meshes.normals[chunk] = normals.float().cpu().numpy()
+        meshes.colours[chunk] = colour.clamp(0.0, 1.0).float().cpu().numpy()
+    return meshes
 
 
 def write_obj(path: str | Path, meshes: FaceMeshes, frame: int = 0) -> None:
