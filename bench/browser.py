@@ -10,7 +10,9 @@ Steps: load the page and the example workflow ``edit_face_export_mesh.json``; wa
 Expression and Pose to draw its face; screenshot the preview; turn the jaw_open and yaw sliders
 through their widget callbacks (what a drag ends in) and screenshot again; tick the landmark box with a
 real click; queue the workflow from the page; wait for Preview 3D to fetch Export Mesh's .glb and
-screenshot that node. The last line is JSON: ``console_errors`` (messages the page logged as
+screenshot that node. With ``--models DIR`` (python -m scripts.tiny_models DIR) it then switches Load
+3DMM to the first .mat model, and runs ``emotion_text_portrait.json`` to see Apply Emotion's preview
+follow a drag of Text Emotion's intensity. The last line is JSON: ``console_errors`` (messages the page logged as
 errors), ``preview_changed`` (the slider move changed the preview), ``mesh_loaded`` (Preview 3D got
 the file and its view changed) and the screenshot paths.
 """
