@@ -219,6 +219,12 @@ def run(out: Path, chromium: str, timeout: float, models: Path | None) -> dict:
             page.evaluate("() => { app.canvas.ds.offset = [40, 90]; app.canvas.ds.scale = 0.75; app.canvas.setDirty(true, true); }")
             first_key = wait_for_preview(page)
             seconds_to_first_preview = time.perf_counter() - started
+            # The preview is not a value: saved workflows keep the node's widget values as they were.
+            saved_values = page.evaluate(
+                f"""() => app.graph.serialize().nodes.find((n) => n.type === "{EDITOR}").widgets_values"""
+            )
+            expected_values = next(n for n in json.loads(WORKFLOW.read_text())["nodes"] if n["type"] == EDITOR)[
+                "widgets_values"]
             preview = page.locator("canvas[data-talkingface-preview='face']").first
             preview.screenshot(path=shots["preview_before"])
             for name in DRAGGED_SLIDERS:
@@ -260,6 +266,7 @@ def run(out: Path, chromium: str, timeout: float, models: Path | None) -> dict:
     return {
         "extension_loaded": "TalkingFace.FaceEditor" in extensions,
         "seconds_to_first_preview": round(seconds_to_first_preview, 2),
+        "saved_widget_values_unchanged": saved_values == expected_values,
         "dragged_slider_values": slider_values,
         "preview_changed_fraction": round(preview_change, 4),
         "landmarks_changed_fraction": round(changed_fraction(shots["preview_after"], shots["preview_landmarks"]), 4),

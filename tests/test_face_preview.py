@@ -85,8 +85,8 @@ def test_emotion_offsets_move_the_mesh_as_apply_emotion_moves_the_coefficients(h
     (edited,) = output["result"]
     (shown,) = output["ui"]["talkingface_emotion"]
     expected = model.shape(edited.identity, edited.expression)[0].numpy()
-    composed = arrays["mean_shape"] + sum(
-        shown["intensity"] * weight * arrays[f"emotion:{name}"] for name, weight in zip(header["emotions"], shown["weights"]))
+    composed = arrays["mean_shape"] + sum(shown["intensity"] * weight * arrays[f"emotion:{name}"]
+                                          for name, weight in zip(header["emotions"], shown["weights"], strict=True))
     assert np.allclose(composed.reshape(-1, 3), expected, atol=1e-5)
     assert not np.abs(arrays["emotion:neutral"]).any() and np.abs(arrays["emotion:happy"]).max() > 0
 
