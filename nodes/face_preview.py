@@ -26,11 +26,23 @@ from ..pipelines.emotion.emotion import MEAD_EMOTIONS
 from ..pipelines.errors import TalkingFaceError
 from ..pipelines.face.motion import SLIDERS, slider_offsets
 from ..pipelines.render.camera import REFERENCE_DISTANCE, REFERENCE_FOCAL, REFERENCE_SIZE
-from .emotion import directions_for_choice
-from .morphable import face_model_for_choice
+from . import host
+from .emotion import DIRECTION_TABLE_FOLDER, FACE_MODEL_DIRECTIONS, directions_for_choice
+from .morphable import DEMO_MODEL_CHOICE, face_model_for_choice
 
 ROUTE = "/talkingface/face_preview"
-_cache: dict[tuple[str, str | None], bytes] = {}
+CACHED_MESSAGES = 4
+_cache: dict[tuple, bytes] = {}
+
+
+def _file_stamp(folder: str, choice: str | None, built_in: str) -> int:
+    """Modification time of a chosen model file (0 for built-in choices), so a replaced file is re-read."""
+    if choice is None or choice == built_in:
+        return 0
+    try:
+        return host.model_path(folder, choice).stat().st_mtime_ns
+    except (TalkingFaceError, OSError):
+        return -1  # the loader below reports the missing file
 
 
 def pack_arrays(header: dict, arrays: dict[str, np.ndarray]) -> bytes:
@@ -49,7 +61,8 @@ def pack_arrays(header: dict, arrays: dict[str, np.ndarray]) -> bytes:
 def face_preview_message(model_name: str, directions: str | None = None) -> bytes:
     """The route's answer for one Load 3DMM choice (and Apply Emotion directions choice), built once
     per choice and process."""
-    key = (model_name, directions)
+    key = (model_name, _file_stamp("3dmm", model_name, DEMO_MODEL_CHOICE), directions,
+           _file_stamp(DIRECTION_TABLE_FOLDER, directions, FACE_MODEL_DIRECTIONS))
     if key not in _cache:
         model = face_model_for_choice(model_name).cpu()
         arrays = {
@@ -73,6 +86,8 @@ def face_preview_message(model_name: str, directions: str | None = None) -> byte
             for name, emotion_offsets in offsets.items():
                 arrays[f"emotion:{name}"] = emotion_offsets.numpy().astype(np.float32)
             header["emotions"] = list(MEAD_EMOTIONS)
+        while len(_cache) >= CACHED_MESSAGES:
+            _cache.pop(next(iter(_cache)))
         _cache[key] = pack_arrays(header, arrays)
     return _cache[key]
 

@@ -100,3 +100,20 @@ def test_emotion_preview_without_directions_for_the_model_says_how_to_get_them(h
     monkeypatch.setattr(face_preview, "face_model_for_choice", lambda choice: unnamed)
     with pytest.raises(pack_import("pipelines.errors").TalkingFaceError, match="fit_emotion_directions"):
         face_preview.face_preview_message("unnamed.mat", emotion_nodes.FACE_MODEL_DIRECTIONS)
+
+
+def test_a_replaced_model_file_is_read_again(host_dirs, tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    source = host_dirs["models"] / "3dmm" / "BFM_Fitting" / "BFM_model_front.mat"
+    folder = tmp_path / "models"
+    shutil.copytree(host_dirs["models"], folder)
+    monkeypatch.setenv("TALKINGFACE_MODELS_DIR", str(folder))
+    choice = "BFM_Fitting/BFM_model_front.mat"
+    first = face_preview.face_preview_message(choice)
+    assert face_preview.face_preview_message(choice) is first, "unchanged files are served from the cache"
+    target = folder / "3dmm" / choice
+    target.write_bytes(source.read_bytes())
+    os.utime(target, ns=(target.stat().st_atime_ns, target.stat().st_mtime_ns + 10**9))
+    assert face_preview.face_preview_message(choice) is not first
