@@ -40,6 +40,7 @@ EDITOR = "TalkingFaceEditExpressionAndPose"
 APPLY_EMOTION = "TalkingFaceApplyEmotion"
 # SwiftShader gives headless Chromium WebGL without a GPU.
 DRAGGED_SLIDERS = ("jaw_open", "yaw")
+REDRAWS = 20
 DRAG_PIXELS = 15
 OPTIONAL_HOST_FILES = ("/user.css", "/favicon.ico", "/api/userdata")
 CHROMIUM_ARGS = ["--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist"]
@@ -151,6 +152,27 @@ def emotion_stage(page, shots: dict, timeout: float) -> dict:
             if redrawn else 0.0}
 
 
+def measure_redraw(page) -> float:
+    """Milliseconds per editor redraw (compose, pose, normals, upload, draw, GPU finished)."""
+    return page.evaluate(
+        f"""() => {{
+          const node = app.graph.findNodesByType("{EDITOR}")[0];
+          const preview = node.talkingfacePreview;
+          const smile = node.widgets.find((w) => w.name === "smile");
+          const kept = smile.value;
+          const start = performance.now();
+          for (let i = 1; i <= {REDRAWS}; i++) {{
+            smile.value = kept + 0.01 * i;
+            preview.update();
+            preview.gl.finish();
+          }}
+          smile.value = kept;
+          preview.update();
+          return (performance.now() - start) / {REDRAWS};
+        }}"""
+    )
+
+
 def show_other_face_model(page) -> str | None:
     """Pick the first .mat file in Load 3DMM (BFM layout) and wait for the editor to draw it."""
     choice = page.evaluate(
@@ -237,6 +259,7 @@ def run(out: Path, chromium: str, timeout: float, models: Path | None) -> dict:
             wait_for_redraw(page, first_key)
             slider_key = wait_for_preview(page)
             preview.screenshot(path=shots["preview_after"])
+            ms_per_redraw = measure_redraw(page)
             page.locator(".talkingface-face-preview input[type=checkbox]").first.click()
             wait_for_redraw(page, slider_key)
             preview.screenshot(path=shots["preview_landmarks"])  # the landmark canvas lies over the face
@@ -256,6 +279,9 @@ def run(out: Path, chromium: str, timeout: float, models: Path | None) -> dict:
             other_model = show_other_face_model(page)
             if other_model:
                 preview.screenshot(path=shots["preview_other_model"])
+                other_ms_per_redraw = measure_redraw(page)
+                other_vertices = page.evaluate(
+                    f"""() => app.graph.findNodesByType("{EDITOR}")[0].talkingfacePreview.face.header.vertices""")
             emotion = emotion_stage(page, shots, timeout) if models else {}
             browser.close()
     finally:
@@ -269,6 +295,7 @@ def run(out: Path, chromium: str, timeout: float, models: Path | None) -> dict:
         "saved_widget_values_unchanged": saved_values == expected_values,
         "dragged_slider_values": slider_values,
         "preview_changed_fraction": round(preview_change, 4),
+        "ms_per_redraw": round(ms_per_redraw, 2),
         "landmarks_changed_fraction": round(changed_fraction(shots["preview_after"], shots["preview_landmarks"]), 4),
         "preview3d_changed_fraction": round(preview3d_change, 4),
         "mesh_file": mesh_file,
@@ -279,6 +306,8 @@ def run(out: Path, chromium: str, timeout: float, models: Path | None) -> dict:
         "preview_changed": preview_change > 0.01,
         "mesh_loaded": any(status == 200 for _, status in mesh_responses) and preview3d_change > 0.01,
         "other_face_model": other_model,
+        "other_model_vertices": other_vertices if other_model else None,
+        "other_model_ms_per_redraw": round(other_ms_per_redraw, 2) if other_model else None,
         **emotion,
         "screenshots": {name: str(path) for name, path in shots.items() if path.exists()},
     }
