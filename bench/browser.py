@@ -22,6 +22,7 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -43,6 +44,9 @@ DRAGGED_SLIDERS = ("jaw_open", "yaw")
 REDRAWS = 20
 DRAG_PIXELS = 15
 OPTIONAL_HOST_FILES = ("/user.css", "/favicon.ico", "/api/userdata")
+# Load 3D asks for <name>.mtl beside every OBJ; Export Mesh writes none on purpose: three.js's OBJ
+# loader drops the vertex colours when a material library is found (seen: a white head).
+LOAD3D_MATERIAL_PROBE = re.compile(r"/view\?.*filename=[^&]*\.mtl(&|$)")
 CHROMIUM_ARGS = ["--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist"]
 
 
@@ -63,6 +67,14 @@ def changed_fraction(before: Path, after: Path, threshold: int = 12) -> float:
     if a.shape != b.shape:
         return 1.0
     return float((np.abs(a - b).max(-1) > threshold).mean())
+
+
+def wait_for_mesh(page, responses: list, suffix: str, deadline: float) -> bool:
+    """Wait until the page fetched a file ending in ``suffix`` through /view, then let three.js draw."""
+    while time.time() < deadline and not any(suffix in url and status == 200 for url, status in responses):
+        page.wait_for_timeout(250)
+    page.wait_for_timeout(3000)  # three.js parses the file and draws a few frames
+    return any(suffix in url and status == 200 for url, status in responses)
 
 
 def node_clip(page, node_type: str) -> dict:
@@ -211,17 +223,19 @@ def run(out: Path, chromium: str, timeout: float, models: Path | None) -> dict:
     (settings / "comfy.settings.json").write_text(json.dumps({"Comfy.TutorialCompleted": True}))
     server = host_server_class()(home, work, timeout, models)
     console_errors: list[str] = []
-    offline_errors: list[str] = []
+    host_errors: list[str] = []
 
     def record_console_error(message) -> None:
         url = message.location.get("url", "")
-        # A fresh, offline ComfyUI logs 404s for optional user files and fails to reach api.comfy.org.
+        # A fresh, offline ComfyUI logs 404s for optional user files and fails to reach api.comfy.org;
+    # Load 3D probes for an OBJ's .mtl.
         unrelated = message.text.startswith("Failed to load resource") and (
-            not url.startswith(server.url) or any(part in url for part in OPTIONAL_HOST_FILES))
-        (offline_errors if unrelated else console_errors).append(f"{message.text} {url}".strip())
+            not url.startswith(server.url) or any(part in url for part in OPTIONAL_HOST_FILES)
+            or LOAD3D_MATERIAL_PROBE.search(url) is not None)
+        (host_errors if unrelated else console_errors).append(f"{message.text} {url}".strip())
     mesh_responses: list[tuple[str, int]] = []
     shots = {name: out / f"{name}.png" for name in
-             ("page", "page_after_run", "preview_other_model", "emotion_after_run", "emotion_intensity", "page_emotion", "preview_before", "preview_after", "preview_landmarks", "preview3d_before", "preview3d_after")}
+             ("page", "page_after_run", "preview_other_model", "emotion_after_run", "emotion_intensity", "page_emotion", "preview_before", "preview_after", "preview_landmarks", "preview3d_before", "preview3d_after", "preview3d_obj")}
     try:
         server.start()
         for asset in ASSETS.iterdir():
@@ -231,7 +245,7 @@ def run(out: Path, chromium: str, timeout: float, models: Path | None) -> dict:
             page = browser.new_page(viewport={"width": 1700, "height": 1000})
             page.on("console", lambda m: m.type == "error" and record_console_error(m))
             page.on("pageerror", lambda e: console_errors.append(f"pageerror: {e}"))
-            page.on("response", lambda r: r.url.split("?")[0].endswith("/view") and ".glb" in r.url
+            page.on("response", lambda r: r.url.split("?")[0].endswith("/view") and (".glb" in r.url or ".obj" in r.url)
                     and mesh_responses.append((r.url, r.status)))
             started = time.perf_counter()
             page.goto(server.url)
@@ -267,13 +281,19 @@ def run(out: Path, chromium: str, timeout: float, models: Path | None) -> dict:
             page.screenshot(path=shots["preview3d_before"], clip=node_clip(page, "Preview3D"))
             page.evaluate("() => app.queuePrompt(0, 1)")
             deadline = time.time() + timeout
-            while time.time() < deadline and not any(status == 200 for _, status in mesh_responses):
-                page.wait_for_timeout(250)
-            page.wait_for_timeout(3000)  # let three.js parse the file and draw a few frames
+            wait_for_mesh(page, mesh_responses, ".glb", deadline)
             page.screenshot(path=shots["preview3d_after"], clip=node_clip(page, "Preview3D"))
             mesh_file = page.evaluate(
                 """() => app.graph.findNodesByType("Preview3D")[0].widgets.find((w) => w.name === "model_file")?.value"""
             )
+            # The same edit as obj files: Preview 3D shows the first frame.
+            page.evaluate(
+                """() => { const node = app.graph.findNodesByType("TalkingFaceExportMesh")[0];
+                           node.widgets.find((w) => w.name === "file_format").value = "obj"; }"""
+            )
+            page.evaluate("() => app.queuePrompt(0, 1)")
+            obj_loaded = wait_for_mesh(page, mesh_responses, ".obj", time.time() + timeout)
+            page.screenshot(path=shots["preview3d_obj"], clip=node_clip(page, "Preview3D"))
             page.screenshot(path=shots["page_after_run"])
             # Only after the run: the example's coefficients belong to the demo face.
             other_model = show_other_face_model(page)
@@ -300,11 +320,12 @@ def run(out: Path, chromium: str, timeout: float, models: Path | None) -> dict:
         "preview3d_changed_fraction": round(preview3d_change, 4),
         "mesh_file": mesh_file,
         "mesh_responses": [status for _, status in mesh_responses],
+        "obj_loaded": obj_loaded,
         "console_error_messages": console_errors[:20],
-        "offline_host_errors": len(offline_errors),
+        "host_errors": len(host_errors),
         "console_errors": len(console_errors),
         "preview_changed": preview_change > 0.01,
-        "mesh_loaded": any(status == 200 for _, status in mesh_responses) and preview3d_change > 0.01,
+        "mesh_loaded": any(".glb" in url and status == 200 for url, status in mesh_responses) and preview3d_change > 0.01,
         "other_face_model": other_model,
         "other_model_vertices": other_vertices if other_model else None,
         "other_model_ms_per_redraw": round(other_ms_per_redraw, 2) if other_model else None,
