@@ -1,4 +1,4 @@
-// node --test tests/js/ : the face editor's geometry against the pack's Python conventions.
+// node --test tests/js/*.test.mjs : the face editor's geometry against the pack's Python conventions.
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
