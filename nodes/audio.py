@@ -59,7 +59,7 @@ def speech_and_sound(node: TalkingFaceNode, audio: dict, frames: int, fps: float
     sound = fit_comfy_to_frames(audio, frames, fps, length_policy)
     silent = is_silent(speech)
     if silent:
-        logger.warning("%s: the audio is silent, so the mouth stays closed at rest for its %d frames", node.DISPLAY_NAME, frames)
+        logger.warning("%s: the audio is silent, so the mouth rests (no speech motion) for its %d frames", node.DISPLAY_NAME, frames)
     return speech, sound, frames, silent
 
 

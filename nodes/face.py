@@ -199,13 +199,19 @@ class LoadFaceRegressor(TalkingFaceNode):
             }
         }
 
+    @staticmethod
+    def _missing(weights: str) -> str:
+        return (f"face regressor weights '{weights}' not found: put Deep3DFaceRecon's epoch_20.pth (SadTalker ships it "
+                f"in its checkpoints/ folder) into {host.model_folder_hint('3dmm')}")
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, weights: str) -> bool | str:
+        return True if weights in _regressor_files() else f"{cls.DISPLAY_NAME}: weights: {cls._missing(weights)}"
+
     def run(self, weights: str, refine: str):
         files = _regressor_files()
         if weights not in files:
-            raise ModelFileError(
-                f"face regressor weights '{weights}' not found: put Deep3DFaceRecon's epoch_20.pth (SadTalker ships it "
-                f"in its checkpoints/ folder) into {host.model_folder_hint('3dmm')}"
-            )
+            raise self.fail(f"weights: {self._missing(weights)}")
         path = files[weights]
         return (load_face_regressor(path, _template_file(path), refine),)
 

@@ -56,6 +56,11 @@ class Load3DMM(TalkingFaceNode):
         )
 
     def run(self, model_name: str) -> tuple[MorphableModel]:
-        if model_name == DEMO_MODEL_CHOICE:
-            return (demo_face_model(),)
-        return (load_face_model(host.model_path("3dmm", _face_model_name(model_name))),)
+        return (face_model_for_choice(model_name),)
+
+
+def face_model_for_choice(model_name: str) -> MorphableModel:
+    """The model behind one of Load 3DMM's choices (also what the face editor's preview shows)."""
+    if model_name == DEMO_MODEL_CHOICE:
+        return demo_face_model()
+    return load_face_model(host.model_path("3dmm", _face_model_name(model_name)))

@@ -10,7 +10,7 @@ from ..pipelines.images import normalize_image_channels
 from ..pipelines.morphable.coefficients import FaceCoefficients
 from ..pipelines.morphable.model import MorphableModel
 from ..pipelines.render.camera import PerspectiveCamera
-from ..pipelines.render.renderer import FaceRenderer
+from ..pipelines.render.renderer import FaceRenderer, normals_to_image
 from ..pipelines.render.texture_transfer import TextureTransfer
 from ..pipelines.render.textured_target import DRAWN_MOUTH, TexturedTarget, render_textured_target
 from ..pipelines.video import frame_chunks
@@ -73,7 +73,7 @@ class Render3DMMTarget(TalkingFaceNode):
                     maps = renderer.render(coefficients[chunk].to(device))
                 outputs["image"].append(maps.image.cpu())
                 outputs["mask"].append(maps.mask.cpu())
-                outputs["normals"].append(((maps.normals + 1.0) * 0.5 * maps.mask.unsqueeze(-1)).cpu())
+                outputs["normals"].append(normals_to_image(maps.normals, maps.mask).cpu())
                 outputs["surface"].append(maps.surface.cpu())
                 progress.advance(chunk.stop - chunk.start)
         finally:

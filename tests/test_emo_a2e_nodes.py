@@ -150,3 +150,15 @@ def test_bad_input(emo_dirs, face):
     )
     with pytest.raises(base.NodeInputError, match="predicts 64 expression coefficients but the face model 'small face' has 10"):
         node.execute(**inputs(emo_dirs, face, face_model=small_face))
+
+
+def test_silence_gives_the_emotion_alone_and_keeps_the_sound(emo_dirs, face, caplog):
+    silence = {"waveform": torch.zeros(1, 2, 44100), "sample_rate": 44100}
+    with caplog.at_level("WARNING"):
+        coeffs, sound, frames, _ = emo_nodes.AudioToExpression().execute(
+            **inputs(emo_dirs, face, audio=silence, head_motion="hold", no_audio_motion="held"))
+    assert "Audio to Expression (Emo-A2E): the audio is silent" in caplog.text
+    assert frames == 25 and sound["sample_rate"] == 44100 and sound["waveform"].shape == (1, 2, 44100)
+    emotion_only, _, _, _ = emo_nodes.AudioToExpression().execute(
+        **inputs(emo_dirs, face, audio=None, frames=25, head_motion="hold", no_audio_motion="held"))
+    assert torch.allclose(coeffs.expression, emotion_only.expression)

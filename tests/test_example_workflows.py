@@ -26,6 +26,8 @@ def test_example_workflow_runs(path, host_dirs):
     for outputs in recorded.values():
         if "ui" in outputs:  # the pack's own output nodes report what they wrote
             assert outputs["ui"]["text"]
+        elif "model_file" in outputs:  # Preview3D shows a file from the output folder
+            assert (host_dirs["output"] / outputs["model_file"]).is_file()
         else:
             assert outputs["images"].shape[0] >= 1
 

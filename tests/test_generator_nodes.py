@@ -131,3 +131,15 @@ def test_example_workflow_runs_on_the_demo_generator(models, tmp_path):
     recorded = run_workflow(WORKFLOW, mappings)
     images = [outputs["images"] for outputs in recorded.values()]
     assert any(image.shape[1:] == (64, 64, 3) and image.shape[0] == 8 for image in images)
+
+
+def test_load_generator_offers_the_demo_generator_that_ships_with_an_empty_models_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("TALKINGFACE_MODELS_DIR", str(tmp_path / "models"))
+    demo = generator_nodes.DEMO_GENERATOR
+    assert (PACK_ROOT / "assets" / demo).is_file()
+    assert generator_nodes.LoadGenerator.INPUT_TYPES()["required"]["checkpoint"][0] == [demo]
+    assert generator_nodes.LoadGenerator.VALIDATE_INPUTS(checkpoint=demo) is True
+    assert load(demo).model.config.image_size == 64
+    missing = generator_nodes.LoadGenerator.VALIDATE_INPUTS(checkpoint="mine.safetensors")
+    assert missing.startswith("Load Generator: checkpoint: ") and "'mine.safetensors' not found" in missing
+    assert "ComfyUI/models/talkingface/" in missing and demo in missing

@@ -62,3 +62,16 @@ def test_links_inside_the_input_folder_and_subfolders_are_fine(outside, host_dir
         assert audio_nodes.LoadAudio.VALIDATE_INPUTS(file=name) is True
         audio, _ = audio_nodes.LoadAudio().execute(file=name, start_seconds=0.0, duration_seconds=0.0)
         assert audio["sample_rate"] == 16000
+
+
+def test_model_names_stay_inside_their_model_folder(host_dirs, tmp_path):
+    host = pack_import("nodes.host")
+    generator_nodes = pack_import("nodes.generator")
+    outside = tmp_path / "elsewhere.safetensors"
+    outside.write_bytes(b"not a model")
+    for bad in (str(outside), "../elsewhere.safetensors", "..\\elsewhere.safetensors"):
+        assert host.find_model("talkingface", bad) is None
+        message = generator_nodes.LoadGenerator.VALIDATE_INPUTS(checkpoint=bad)
+        assert message.startswith("Load Generator: checkpoint: ") and "is not a file name inside ComfyUI/models/talkingface/" in message
+        with pytest.raises(base.NodeInputError, match="^Load Generator: .*not a file name inside"):
+            generator_nodes.LoadGenerator().execute(checkpoint=bad, precision="auto")

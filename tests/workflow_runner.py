@@ -75,6 +75,7 @@ CORE_NODES = {
     "MaskToImage": ([], _mask_to_image),
     "CreateVideo": (["fps"], _create_video),
     "SaveVideo": (["filename_prefix", "format", "codec"], _save_video),
+    "Preview3D": (["model_file"], lambda model_file: {"model_file": model_file}),
 }
 
 
@@ -117,8 +118,13 @@ def run_workflow(path: Path, node_mappings: dict) -> dict[int, dict]:
                 _, origin, slot, *_ = links[socket["link"]]
                 inputs[socket["name"]] = evaluate(origin)[slot]
         output = function(**inputs)
-        if kind in ("SaveImage", "PreviewImage", "SaveVideo") or getattr(node_mappings.get(kind), "OUTPUT_NODE", False):
+        is_output = kind in ("SaveImage", "PreviewImage", "SaveVideo", "Preview3D") or getattr(
+            node_mappings.get(kind), "OUTPUT_NODE", False)
+        if is_output:
             recorded[node_id] = output
+        if isinstance(output, dict):  # ComfyUI's {"ui": ..., "result": ...}
+            output = output.get("result", ())
+        elif is_output:
             output = ()
         results[node_id] = output
         return output

@@ -16,7 +16,7 @@ from ..morphable.coefficients import FaceCoefficients
 from ..morphable.model import AMBIENT_LIGHT, MorphableModel
 from ..render.camera import PerspectiveCamera
 from ..render.rasterizer import rasterize_covered
-from ..render.shading import NUM_SH_BANDS, _sh_terms
+from ..render.shading import NUM_SH_BANDS, sh_terms
 
 # Colour noise the texture prior assumes (0..1 units): model error, not sensor noise.
 COLOUR_NOISE = 0.1
@@ -51,7 +51,7 @@ class _Pixels:
         self.frame = (covered.pixels // (size * size))[keep]
         self.frames = crops.shape[0]
         self.observed = observed[:, keep]
-        self.sh_basis = torch.stack(_sh_terms(*normals[:, keep]))  # [9, P]
+        self.sh_basis = torch.stack(sh_terms(*normals[:, keep]))  # [9, P]
         triangles = model.triangles
         self.mean_albedo = covered.interpolate(model.mean_albedo.unsqueeze(0), triangles)[:, keep]  # [3, P]
         basis = model.albedo_basis.view(-1, model.num_vertices, 3).permute(1, 0, 2).reshape(1, model.num_vertices, -1)

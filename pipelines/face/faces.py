@@ -199,7 +199,7 @@ def faces_from_detections(
         where = "the image" if frames == 1 else f"any of the {frames} frames"
         if missing != "pass_through":
             raise TalkingFaceError(
-                f"no face found in {where} of images: {NO_FACE_FIXES}; or set missing_faces to 'pass_through' to "
+                f"images: no face found in {where}; {NO_FACE_FIXES}; or set missing_faces to 'pass_through' to "
                 f"return {'it' if frames == 1 else 'the frames'} unchanged" + (f" ({no_face_hint})" if no_face_hint else "")
             )
         message = f"no face found in {where}: every frame passes through unchanged"
@@ -215,7 +215,7 @@ def faces_from_detections(
         listed = ", ".join(map(str, missing_frames[:20])) + (" …" if len(missing_frames) > 20 else "")
         if missing == "error":
             raise TalkingFaceError(
-                f"no face (of the tracked person) in frame(s) {listed} of {frames} of images; set missing_faces to "
+                f"images: no face (of the tracked person) in frame(s) {listed} of {frames}; set missing_faces to "
                 "'interpolate' to fill them from the neighbouring frames, or 'pass_through' to leave them unchanged"
             )
         outcome = ("filled by interpolation from the neighbouring frames" if missing == "interpolate"

@@ -37,7 +37,7 @@ NO_FACE_FIXES = (
 def select_face(faces: Sequence[DetectedFace], order: str, index: int, what: str) -> DetectedFace:
     """The ``index``-th face of ``what`` (an image description for errors) in ``order``."""
     if not faces:
-        raise TalkingFaceError(f"no face found in {what} of images: {NO_FACE_FIXES}")
+        raise TalkingFaceError(f"images: no face found in {what}; {NO_FACE_FIXES}")
     if order == "single":
         if len(faces) > 1:
             raise TalkingFaceError(
