@@ -88,13 +88,13 @@ def test_pass_through_leaves_the_faceless_frames_exactly_as_they_were(analyzer, 
 
 
 def test_error_names_the_faceless_frames(analyzer, video):
-    with pytest.raises(base.NodeInputError, match=r"Analyze Faces: no face .* frame\(s\) 5, 14 of 20.*pass_through"):
+    with pytest.raises(base.NodeInputError, match=r"Analyze Faces: images: no face .* frame\(s\) 5, 14 of 20.*pass_through"):
         analyze(analyzer, video, "error")
 
 
 @pytest.mark.parametrize("policy", ["interpolate", "error"])
 def test_a_video_without_any_face_fails_clearly_unless_it_passes_through(analyzer, policy):
-    with pytest.raises(base.NodeInputError, match="Analyze Faces: no face found in any of the 6 frames.*'pass_through'"):
+    with pytest.raises(base.NodeInputError, match="Analyze Faces: images: no face found in any of the 6 frames.*'pass_through'"):
         analyze(analyzer, torch.zeros(6, 128, 160, 3), policy)
 
 
