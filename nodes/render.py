@@ -10,6 +10,7 @@ from ..pipelines.images import normalize_image_channels
 from ..pipelines.morphable.coefficients import FaceCoefficients
 from ..pipelines.morphable.model import MorphableModel
 from ..pipelines.render.camera import PerspectiveCamera
+from ..pipelines.render.mouth import lips_apart
 from ..pipelines.render.renderer import FaceRenderer, normals_to_image
 from ..pipelines.render.texture_transfer import TextureTransfer
 from ..pipelines.render.textured_target import DRAWN_MOUTH, TexturedTarget, render_textured_target
@@ -99,7 +100,7 @@ class RenderTexturedTarget(TalkingFaceNode):
         "The (relit) warped source alone, black where the source did not see the surface (for TGDM Sampler).",
         "1 where the source saw the target's surface point (for TGDM Sampler).",
     )
-    MOUTHS = ("drawn teeth", "source photo")
+    MOUTHS = ("auto", "drawn teeth", "source photo")
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -114,7 +115,8 @@ class RenderTexturedTarget(TalkingFaceNode):
                 "relight": ("BOOLEAN", {"default": True, "tooltip": "Divide out the photo's fitted lighting and apply the target's."}),
                 "mouth": (list(cls.MOUTHS), {"default": cls.MOUTHS[0],
                                              "tooltip": "drawn teeth: a cavity with teeth where the target's lips part (for a closed-mouth photo); "
-                                                        "source photo: keep what the warp carries (for a photo that shows its teeth)."}),
+                                                        "source photo: keep what the warp carries (for a photo that shows its teeth); "
+                                                        "auto: the photo's own mouth when its lips are apart, else drawn teeth."}),
                 "batch_size": ("INT", {"default": 16, "min": 1, "max": 512,
                                        "tooltip": "Frames warped at once; lower it if a long video runs out of memory."}),
             }
@@ -154,7 +156,11 @@ class RenderTexturedTarget(TalkingFaceNode):
         device = host.torch_device()
         face_model.to(device)
         transfer = TextureTransfer(FaceRenderer(face_model, PerspectiveCamera.deep3d(resolution)))
-        look = DRAWN_MOUTH if mouth == self.MOUTHS[0] else None
+        if mouth == "auto":
+            with torch.inference_mode():
+                photo_mouth_open = bool(lips_apart(transfer.renderer.render(source_coefficients.to(device)).landmarks).any())
+            mouth = "source photo" if photo_mouth_open else "drawn teeth"
+        look = DRAWN_MOUTH if mouth == "drawn teeth" else None
         progress = host.Progress(frames)
         parts = []
         try:

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from pipelines.generator.checkpoint import load_tgdm
-from pipelines.generator.config import TGDMConfig
+from pipelines.generator.config import PREDICTION_TYPES, TGDMConfig
 from pipelines.generator.sampler import SCHEDULERS, SamplerSettings
 from pipelines.generator.vae import DiffusersVAECodec, load_vae
 from pipelines.morphable.demo_model import demo_face_model
@@ -64,7 +64,9 @@ def parse_arguments() -> argparse.Namespace:
     model.add_argument("--levels", type=tuple_of_ints, default=(1, 2, 2), help="channel multipliers per level")
     model.add_argument("--attention", type=tuple_of_ints, default=(32, 16), help="texture-attention resolutions")
     model.add_argument("--surface-frequencies", type=int, default=4, help="0 switches surface encodings off")
-    model.add_argument("--prediction", choices=("epsilon", "v_prediction"), default="epsilon")
+    model.add_argument("--prediction", choices=PREDICTION_TYPES, default=None,
+                       help="default: sample (a correction of the warped source) in pixel space with the warp condition, "
+                            "else epsilon")
     model.add_argument("--no-warp-condition", action="store_true",
                        help="the design before the warped-source condition (texture attention alone), for comparison")
     model.add_argument("--face-model", type=Path, default=None,
@@ -97,6 +99,10 @@ def parse_arguments() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def default_prediction(args: argparse.Namespace) -> str:
+    return "sample" if args.space == "pixel" and not args.no_warp_condition else "epsilon"
+
+
 def shard_views(args: argparse.Namespace, folder: Path) -> VideoFaceShards:
     return VideoFaceShards(folder, image_size=args.image_size, min_frame_gap=args.min_frame_gap, in_memory=args.in_memory)
 
@@ -116,7 +122,7 @@ def main() -> None:
     config = TGDMConfig(
         image_size=size, base_channels=args.base_channels, channel_multipliers=args.levels,
         attention_resolutions=args.attention, source_base_channels=args.base_channels,
-        surface_frequencies=args.surface_frequencies, prediction_type=args.prediction, space=args.space,
+        surface_frequencies=args.surface_frequencies, prediction_type=args.prediction or default_prediction(args), space=args.space,
         vae=args.vae_family, warp_condition=not args.no_warp_condition,
         **({} if vae is None else {"latent_channels": vae.latent_channels, "vae_scale_factor": vae.scale_factor,
                                    "vae_scaling_factor": vae.scaling_factor}),

@@ -169,3 +169,18 @@ def test_the_warped_source_is_required_and_old_configs_load_without_it():
     assert old_model.input.in_channels == 6 and model.input.in_channels == 10
     with torch.no_grad():
         assert old_model(source=old_model.encode_source(source, source_surface), **kwargs).shape == kwargs["noisy"].shape
+
+
+def test_sample_prediction_starts_from_the_warped_source():
+    torch.manual_seed(0)
+    model = tgdm.TGDMDenoiser(config_module.TGDMConfig(**{**TINY, "prediction_type": "sample"})).eval()
+    kwargs, (source, source_surface) = inputs(model)
+    with torch.no_grad():
+        features = model.encode_source(source, source_surface)
+        untrained = model(source=features, **kwargs)  # the output layer starts at zero
+        assert torch.allclose(untrained, kwargs["warped_source"][:, :3])
+        dropped = model(source=features, texture_keep=torch.zeros(3), **kwargs)
+        assert torch.allclose(dropped, torch.zeros_like(dropped)), "guidance without texture drops the warp too"
+    for bad in ({"warp_condition": False}, {"space": "latent", "image_size": 8, "attention_resolutions": (8,)}):
+        with pytest.raises(errors.ModelFileError, match="prediction_type 'sample'"):
+            config_module.TGDMConfig(**{**TINY, "prediction_type": "sample", **bad})

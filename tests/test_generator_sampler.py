@@ -136,3 +136,16 @@ def test_bad_inputs_are_named(model):
         sampling.SamplerSettings(scheduler="heun")
     with pytest.raises(errors.TalkingFaceError, match="at least 1"):
         sampling.SamplerSettings(chunk_size=0)
+
+
+@pytest.mark.parametrize("scheduler", sampling.SCHEDULERS)
+def test_every_scheduler_lands_on_the_clean_image_a_sample_model_predicts(scheduler):
+    torch.manual_seed(0)
+    config = config_module.TGDMConfig(image_size=SIZE, base_channels=8, channel_multipliers=(1, 2),
+                                      attention_resolutions=(8,), attention_head_channels=4, source_base_channels=8,
+                                      norm_groups=4, surface_frequencies=2, prediction_type="sample")
+    untrained = tgdm.TGDMDenoiser(config).eval()  # zero output layer: it predicts exactly the warped source
+    inputs = video()
+    images = sampling.TGDMSampler(untrained, settings(scheduler=scheduler)).sample(inputs)
+    seen = inputs.warp_masks > 0
+    assert torch.allclose(images[seen], inputs.warped_sources[seen], atol=1e-4)

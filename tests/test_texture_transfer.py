@@ -178,3 +178,35 @@ def test_node_errors_name_the_input_and_the_fix(scene, caplog):
     with caplog.at_level(logging.WARNING):
         node.execute(**_node_inputs(scene, coefficients=turned_away))
     assert "almost none of the face in frames 0" in caplog.text
+
+
+def test_unseen_pixels_take_the_colour_of_the_nearest_seen_ones():
+    image = torch.zeros(1, 16, 16, 3)
+    image[0, :, :8] = torch.tensor([0.8, 0.5, 0.4])
+    image[0, :, 8:] = torch.tensor([0.2, 0.3, 0.9])
+    valid = torch.ones(1, 16, 16)
+    valid[0, 4:12, 6:10] = 0
+    filled = textured_target.fill_from_valid(image * valid.unsqueeze(-1), valid)
+    assert torch.equal(filled[valid > 0], image[valid > 0]), "seen pixels keep their colour"
+    left, right = image[0, 8, 0], image[0, 8, 15]
+    for column, nearer, farther in ((6, left, right), (9, right, left)):
+        pixel = filled[0, 8, column]
+        assert (pixel - nearer).norm() < 0.5 * (pixel - farther).norm(), "an unseen pixel leans to its nearer side"
+    assert ((filled >= 0.2 - 1e-6) & (filled <= 0.9 + 1e-6)).all(), "blends of seen colours only"
+    assert torch.allclose(textured_target.fill_from_valid(torch.full((1, 9, 9, 3), 0.3), torch.zeros(1, 9, 9) + (torch.arange(9) == 4)),
+                          torch.full((1, 9, 9, 3), 0.3)), "one seen pixel colours everything"
+
+
+def test_auto_mouth_keeps_an_open_mouthed_photos_own_teeth(scene):
+    model, coeffs, photos, _, _ = scene
+    node = nodes.NODE_CLASS_MAPPINGS["TalkingFaceRenderTexturedTarget"]()
+    jaw = model.expression_index("jaw_open")
+    opened = coeffs[0:1].replace(expression=coeffs[0:1].expression.clone())
+    opened.expression[0, jaw] = 0.8
+
+    def run(mouth, source_coefficients):
+        return node.execute(**_node_inputs(scene, mouth=mouth, source_coefficients=source_coefficients))[0]
+
+    assert torch.equal(run("auto", coeffs[0:1]), run("drawn teeth", coeffs[0:1])), "a closed-mouth photo gets drawn teeth"
+    assert torch.equal(run("auto", opened), run("source photo", opened)), "an open-mouthed photo keeps its own"
+    assert not torch.equal(run("drawn teeth", opened), run("source photo", opened))

@@ -10,7 +10,7 @@ from ..morphable.coefficients import BFM_DIMS, FIXED_DIMS
 
 # The Deep3DFaceRecon 257-d vector plus our gaze (pitch, yaw).
 DEFAULT_COEFFICIENT_DIM = BFM_DIMS.flat_size + FIXED_DIMS["gaze"]
-PREDICTION_TYPES = ("epsilon", "v_prediction")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 SPACES = ("pixel", "latent")
 # Switches added after checkpoints were first written, with the value that older checkpoints (whose
 # config lacks the field) were trained with.
@@ -47,6 +47,8 @@ class TGDMConfig:
     surface_frequencies: int = 4
     # Width of an ArcFace identity embedding joined to the attention keys/values as one token (0: off).
     identity_dim: int = 0
+    # "sample": the clean image as the warped source plus a learned correction (pixel space with
+    # warp_condition), so an untrained model already starts from the no-weights reenactment.
     prediction_type: str = "epsilon"
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
@@ -72,6 +74,8 @@ class TGDMConfig:
         problems = []
         if self.image_size % (2 ** (len(self.channel_multipliers) - 1)):
             problems.append(f"image_size {self.image_size} is not divisible by 2**(levels-1)")
+        if self.prediction_type == "sample" and not (self.warp_condition and not self.latent):
+            problems.append("prediction_type 'sample' predicts a correction of the warped source: it needs warp_condition in pixel space")
         if self.prediction_type not in PREDICTION_TYPES:
             problems.append(f"prediction_type must be one of {PREDICTION_TYPES}, got '{self.prediction_type}'")
         if self.space not in SPACES:

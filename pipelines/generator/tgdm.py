@@ -95,7 +95,8 @@ class RenderStem(nn.Module):
 
 
 class TGDMDenoiser(nn.Module):
-    """Predicts ε (or v) for ``noisy`` images given the render I_3d, coefficients ρ̂ and source features.
+    """Predicts ε, v, or the clean image (as a correction of the warped source) for ``noisy`` images
+    given the render I_3d, coefficients ρ̂ and source features.
 
     All images are in the model range -1..1, channel-first. In latent mode ``noisy`` and the source
     are (scaled) VAE latents at ``image_size``², while the render and surface maps stay pixels at
@@ -278,7 +279,11 @@ class TGDMDenoiser(nn.Module):
                     h = attend(self.decoder_attention[f"{level}_{index}"], h, level)
             if step < len(self.upsamples):
                 h = self.upsamples[step](h)
-        return self.output(F.silu(self.output_norm(h)))
+        output = self.output(F.silu(self.output_norm(h)))
+        if config.prediction_type == "sample":
+            # The warped colours where the source saw the surface (zero elsewhere and when dropped).
+            output = output + warped_source[:, : config.image_channels]
+        return output
 
     def _check_pixels(self, name: str, images: torch.Tensor, channels: int | None = None) -> None:
         channels = channels or self.config.image_channels

@@ -32,6 +32,12 @@ def mouth_opening(landmarks: torch.Tensor) -> torch.Tensor:
     return (lower - upper).norm(dim=-1).mean(dim=1)
 
 
+def lips_apart(landmarks: torch.Tensor) -> torch.Tensor:
+    """``[B]`` True where the inner lips of ``landmarks [B, 68, 2]`` part: where a mouth interior is drawn."""
+    width = (landmarks[:, 64] - landmarks[:, 60]).norm(dim=-1)
+    return mouth_opening(landmarks) >= MIN_OPENING * width
+
+
 def _curve_height(knots_s: torch.Tensor, knots_t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """Piecewise-linear ``t(s)`` through per-frame knots ``[B, K]`` (s ascending), at ``s [B, P]``."""
     height = torch.zeros_like(s)
@@ -75,7 +81,7 @@ def draw_mouth_interior(landmarks: torch.Tensor, size: int, look: MouthLook = Mo
     span = width.unsqueeze(1)
     coverage = (torch.minimum(t - top, bottom - t) + 0.5).clamp(0, 1)
     coverage = coverage * (torch.minimum(s, span - s) + 0.5).clamp(0, 1)
-    coverage = coverage * (mouth_opening(landmarks) >= MIN_OPENING * width).to(dtype).unsqueeze(1)
+    coverage = coverage * lips_apart(landmarks).to(dtype).unsqueeze(1)
 
     depth = ((t - top) / (bottom - top).clamp_min(1e-3)).clamp(0, 1)
     centre_weight = 1 - (2 * s / span - 1).abs().clamp(0, 1) ** 2  # the throat is darkest mid-mouth

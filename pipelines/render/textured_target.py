@@ -1,11 +1,12 @@
 """Textured reenactment with no trained weights (the Face2Face recipe): the source photo warped
-onto each target frame's geometry, the uncovered parts of the face filled with the colour-matched
-3DMM render, a drawn mouth interior where the lips part, and the source crop around the face."""
+onto each target frame's geometry, the parts of the face the photo did not show filled from the
+nearest parts it did, a drawn mouth interior where the lips part, and the source crop around the face."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from ..images import resize_images
 from ..morphable.coefficients import FaceCoefficients
@@ -30,6 +31,24 @@ class TexturedTarget:
         return TexturedTarget(*(torch.cat([getattr(part, name) for part in parts]) for name in TexturedTarget.__dataclass_fields__))
 
 
+def fill_from_valid(image: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Every pixel of ``image [B, H, W, C]`` given a colour from the ``valid [B, H, W]`` ones near it
+    (push-pull: averages of valid pixels over a pyramid, the finest level that has any wins), so a
+    thin ring at the silhouette takes the neighbouring skin and a large unseen area a smooth blend."""
+    colour = (image * valid.unsqueeze(-1)).permute(0, 3, 1, 2)
+    weight = valid.unsqueeze(1).to(image.dtype)
+    levels = [(colour, weight)]
+    while min(colour.shape[-2:]) > 1:
+        colour, weight = F.avg_pool2d(colour, 2, ceil_mode=True), F.avg_pool2d(weight, 2, ceil_mode=True)
+        levels.append((colour, weight))
+    filled = levels[-1][0] / levels[-1][1].clamp_min(1e-8)
+    for colour, weight in reversed(levels[:-1]):
+        coarse = F.interpolate(filled, size=colour.shape[-2:], mode="bilinear", align_corners=False)
+        own = colour / weight.clamp_min(1e-8)
+        filled = torch.where(weight > 0, own, coarse)
+    return filled.permute(0, 2, 3, 1)
+
+
 @torch.no_grad()
 def render_textured_target(
     transfer: TextureTransfer, source: SourceView, target: FaceCoefficients, relight: bool = True,
@@ -42,11 +61,7 @@ def render_textured_target(
     normals = maps.normals.view(-1, 3).index_select(0, covered.pixels).T
     warped = transfer.warp(source, target, relight, covered, vertices, normals)
     valid = warped.valid.unsqueeze(-1)
-    # Per-frame, per-channel gain from the render's colours to the photo's, over what both show.
-    seen = valid * maps.image
-    gain = (warped.image.sum(dim=(1, 2)) / seen.sum(dim=(1, 2)).clamp_min(1e-6)).clamp(0.2, 5.0)
-    filled = (maps.image * gain.view(-1, 1, 1, 3)).clamp(0, 1)
-    face = warped.image + filled * (1 - valid)
+    face = warped.image + fill_from_valid(warped.image, warped.valid) * (1 - valid)
     mask = warped.coverage
     if mouth is not None:
         colour, alpha = draw_mouth_interior(maps.landmarks, transfer.size, mouth)

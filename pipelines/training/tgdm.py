@@ -237,8 +237,11 @@ class TGDMTrainer:
             self.noise_schedule.config.num_train_timesteps, (clean.shape[0],), generator=self.generator
         ).to(device)
         noisy = self.noise_schedule.add_noise(clean, noise, timesteps)
-        if self.noise_schedule.config.prediction_type == "v_prediction":
+        prediction_type = self.noise_schedule.config.prediction_type
+        if prediction_type == "v_prediction":
             target = self.noise_schedule.get_velocity(clean, noise, timesteps)
+        elif prediction_type == "sample":
+            target = clean
         else:
             target = noise
         with self.accelerator.autocast():
