@@ -28,7 +28,7 @@ def decode(message: bytes):
     return header, arrays
 
 
-@pytest.mark.parametrize("choice", [DEMO, "BFM_Fitting/BFM_model_front.mat"])
+@pytest.mark.parametrize("choice", [DEMO, "BFM_model_front.mat"])
 def test_message_carries_the_model_and_slider_offsets_that_match_the_node(host_dirs, choice):
     model = morphable_nodes.face_model_for_choice(choice)
     header, arrays = decode(face_preview.face_preview_message(choice))
@@ -106,11 +106,11 @@ def test_a_replaced_model_file_is_read_again(host_dirs, tmp_path, monkeypatch):
     import os
     import shutil
 
-    source = host_dirs["models"] / "3dmm" / "BFM_Fitting" / "BFM_model_front.mat"
+    source = host_dirs["models"] / "3dmm" / "BFM_model_front.mat"
     folder = tmp_path / "models"
     shutil.copytree(host_dirs["models"], folder)
     monkeypatch.setenv("TALKINGFACE_MODELS_DIR", str(folder))
-    choice = "BFM_Fitting/BFM_model_front.mat"
+    choice = "BFM_model_front.mat"
     first = face_preview.face_preview_message(choice)
     assert face_preview.face_preview_message(choice) is first, "unchanged files are served from the cache"
     target = folder / "3dmm" / choice

@@ -19,7 +19,7 @@ def test_demo_writes_a_video_and_a_panel(tmp_path):
     with av.open(str(tmp_path / "demo.mp4")) as container:
         stream = container.streams.video[0]
         frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
-    assert len(frames) == 3 and frames[0].shape == (64, 3 * 64, 3)
+    assert len(frames) == 3 and frames[0].shape == (64, 4 * 64, 3), "source | I_3d | textured | generated"
     assert (tmp_path / "demo_panel.png").stat().st_size > 1000
 
 
