@@ -15,6 +15,7 @@ from pipelines.morphable.demo_model import build_demo_face_arrays
 from pipelines.morphable.model import save_face_model_mat
 from scripts.tiny_audio import write_tiny_audio_models
 from scripts.tiny_clip import write_tiny_clip
+from scripts.tiny_dubbing import write_tiny_dubbing_model
 from scripts.tiny_emo_a2e import write_tiny_emo_a2e
 from scripts.tiny_generator import write_tiny_generator, write_tiny_latent_generator
 from scripts.tiny_insightface import write_tiny_insightface
@@ -30,6 +31,7 @@ def write_tiny_models(root: Path) -> list[Path]:
     return [
         face_model, *write_tiny_audio_models(root), *write_tiny_insightface(root), *write_tiny_generator(root),
         *write_tiny_latent_generator(root), *write_tiny_clip(root), *write_tiny_emo_a2e(root),
+        *write_tiny_dubbing_model(root),
     ]
 
 
