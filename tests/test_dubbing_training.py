@@ -1,0 +1,97 @@
+"""Training the dubbing model: ground-truth landmarks, joint training with the landmark model, exact resume."""
+import pytest
+import torch
+from packloader import pack_import
+
+dubbing = pack_import("pipelines.generator.dubbing")
+training = pack_import("pipelines.training.dubbing")
+landmark_model = pack_import("pipelines.audio.landmark_model")
+demo_model = pack_import("pipelines.morphable.demo_model")
+errors = pack_import("pipelines.errors")
+
+CONFIG = dict(image_size=16, base_channels=8, channel_multipliers=(1, 2), attention_resolutions=(8,),
+              attention_head_channels=8, reference_base_channels=8, reference_frames=2, norm_groups=4, token_width=8,
+              coordinate_frequencies=2)
+LANDMARKS = landmark_model.LandmarkModelConfig(reference_sets=2, target_frames=4, width=16, heads=2, layers=1,
+                                               feedforward=16, dropout=0.0, audio_channels=(8,), point_channels=4)
+
+
+@pytest.fixture(scope="module")
+def clips():
+    return training.synthetic_dubbing_clips(demo_model.demo_face_model(resolution=12), clips=3, seconds=0.6, size=16, seed=1)
+
+
+def denoiser():
+    torch.manual_seed(0)
+    return dubbing.DubbingDenoiser(dubbing.DubbingConfig(**CONFIG))
+
+
+def settings(**changes):
+    return training.dubbing_train_config(**{**dict(steps=4, batch_size=2, warmup_steps=1, validate_every=2,
+                                                   train_windows=16, validation_windows=2), **changes})
+
+
+def test_synthetic_clips_move_the_mouth_with_the_audio(clips):
+    clip = clips[0]
+    assert clip.frames.shape == (15, 16, 16, 3) and clip.landmarks.shape == (15, 68, 2) and clip.audio.shape == (9600,)
+    opening = (clip.landmarks[:, 66, 1] - clip.landmarks[:, 62, 1])
+    assert torch.corrcoef(torch.stack([opening, clip.mouth[:, 0]]))[0, 1] > 0.8
+
+
+def test_windows_give_the_denoiser_and_the_landmark_model_what_they_read(clips):
+    config = dubbing.DubbingConfig(**CONFIG)
+    sample = training.DubbingWindows(clips, config, 4, landmark_config=LANDMARKS)[1]
+    assert sample["target"].shape == (2, 16, 16, 3) and sample["references"].shape == (2, 16, 16, 3)
+    assert sample["mel_windows"].shape == (4, 80, 16) and sample["pose"].shape == (4, 31, 2)
+    # the masked template is the target with its lower face grey
+    masked = sample["mask"].unsqueeze(-1) > 0
+    assert torch.equal(sample["masked"][~masked.expand_as(sample["masked"])], sample["target"][~masked.expand_as(sample["target"])])
+    assert 0.2 < sample["mask"].mean() < 0.7
+    # the ground-truth points in the crop are the normalised mouth points mapped back
+    from_normalised = training.to_pixels(sample["mouth"][sample["picks"]], (sample["origin"], sample["axis"], sample["scale"]))
+    assert torch.allclose(dubbing.crop_coordinates(from_normalised, 16), sample["landmarks"], atol=1e-4)
+
+
+def test_the_diffusion_loss_alone_trains_the_landmark_model(clips):
+    config = dubbing.DubbingConfig(**CONFIG)
+    model = training.DubbingTrainee(denoiser(), landmark_model.LandmarkCompletionTransformer(LANDMARKS))
+    for name, parameter in model.denoiser.named_parameters():  # zero-initialised outputs block gradients at step 0
+        if name.endswith(("output.weight", "landmark_out.weight", "warp_out.weight")):
+            torch.nn.init.normal_(parameter, std=0.1)
+    for head in (model.landmark_model.lip_head, model.landmark_model.jaw_head):  # so are the landmark heads
+        torch.nn.init.normal_(head.weight, std=0.1)
+    batch = torch.utils.data.default_collate([training.DubbingWindows(clips, config, 2, landmark_config=LANDMARKS)[i] for i in range(2)])
+    objective = training.DubbingObjective(config, landmark_drop=0.0)
+    diffusion, _ = objective(model, batch)
+    diffusion.backward()
+    assert model.landmark_model.lip_head.weight.grad.abs().sum() > 0
+    assert model.landmark_model.audio_encoder.project.weight.grad.abs().sum() > 0
+
+
+def test_ground_truth_stage_resumes_exactly(clips, tmp_path):
+    whole, _ = training.train_dubbing(denoiser(), clips[:2], clips[2:], settings(), tmp_path / "whole", log=lambda _: None)
+    training.train_dubbing(denoiser(), clips[:2], clips[2:], settings(), tmp_path / "split", log=lambda _: None, until_step=2)
+    resumed, history = training.train_dubbing(denoiser(), clips[:2], clips[2:], settings(), tmp_path / "split",
+                                              log=lambda _: None)
+    assert [step for step, _ in history] == [4]
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    loaded = dubbing.load_dubbing(tmp_path / "whole" / "last.safetensors")
+    assert loaded.config == whole.denoiser.config
+
+
+def test_joint_stage_writes_a_dubbing_and_a_landmark_checkpoint(clips, tmp_path):
+    model, history = training.train_dubbing(
+        denoiser(), clips[:2], clips[2:], settings(steps=2), tmp_path,
+        landmark_model=landmark_model.LandmarkCompletionTransformer(LANDMARKS), log=lambda _: None)
+    result = history[-1][1]
+    assert result.landmark_l1 == result.landmark_l1 and result.no_landmarks > 0
+    dubbing.load_dubbing(tmp_path / "last.safetensors")
+    fine_tuned = landmark_model.load_landmark_model(tmp_path / "last_landmarks.safetensors")
+    assert fine_tuned.config == LANDMARKS
+
+
+def test_joint_training_needs_audio(clips):
+    silent = [training.DubbingClip(clip.frames, clip.landmarks, clip.fps) for clip in clips]
+    with pytest.raises(errors.TalkingFaceError, match="joint training needs clips with audio"):
+        training.DubbingWindows(silent, dubbing.DubbingConfig(**CONFIG), 2, landmark_config=LANDMARKS)
