@@ -95,3 +95,47 @@ def test_joint_training_needs_audio(clips):
     silent = [training.DubbingClip(clip.frames, clip.landmarks, clip.fps) for clip in clips]
     with pytest.raises(errors.TalkingFaceError, match="joint training needs clips with audio"):
         training.DubbingWindows(silent, dubbing.DubbingConfig(**CONFIG), 2, landmark_config=LANDMARKS)
+
+
+def test_training_script_runs_both_stages(tmp_path, monkeypatch, capsys):
+    import json
+    import sys
+
+    from packloader import PACK_ROOT
+
+    monkeypatch.syspath_prepend(str(PACK_ROOT))
+    from scripts.train_dubbing import main
+
+    tiny = ["--image-size", "16", "--base-channels", "8", "--channel-multipliers", "1", "2", "--attention-resolutions", "8",
+            "--attention-head-channels", "8", "--reference-base-channels", "8", "--reference-frames", "2",
+            "--norm-groups", "4", "--token-width", "8", "--coordinate-frequencies", "2"]
+    run = ["--synthetic", "2", "--synthetic-validation", "1", "--clip-seconds", "0.8", "--steps", "2", "--batch-size", "2",
+           "--validate-every", "2", "--validation-windows", "2", "--warmup-steps", "1"]
+    monkeypatch.setattr(sys, "argv", ["train_dubbing", *run, *tiny, "--out", str(tmp_path / "stage1")])
+    main()
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 2
+    landmark_model.save_landmark_model(landmark_model.LandmarkCompletionTransformer(LANDMARKS), tmp_path / "lm.safetensors")
+    monkeypatch.setattr(sys, "argv", ["train_dubbing", *run, "--init", str(tmp_path / "stage1" / "last.safetensors"),
+                                      "--landmark-model", str(tmp_path / "lm.safetensors"), "--out", str(tmp_path / "joint")])
+    main()
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["joint"] and summary["landmark_l1"] is not None
+    assert (tmp_path / "joint" / "last_landmarks.safetensors").is_file()
+
+
+def test_held_out_evaluation_scores_every_method_against_the_truth():
+    evaluation = pack_import("pipelines.training.dubbing_evaluation")
+    sampler = pack_import("pipelines.generator.dubbing_sampler")
+    pairs = training.synthetic_dubbing_clips(demo_model.demo_face_model(resolution=12), clips=1, seconds=1.2, size=32,
+                                             seed=3, with_templates=True)
+    target, template = pairs[0]
+    upper = list(range(17, 27)) + list(range(36, 48))  # brows and eyes: the same head, another mouth
+    assert torch.allclose(target.landmarks[:, upper], template.landmarks[:, upper], atol=0.01)
+    assert not torch.allclose(target.landmarks[:, 48:], template.landmarks[:, 48:])
+    torch.manual_seed(0)
+    model = dubbing.DubbingDenoiser(dubbing.DubbingConfig(**{**CONFIG, "image_size": 32}))
+    scores = evaluation.evaluate_dubbing(pairs, {"model": (model, None)}, ablation=model,
+                                         settings=sampler.DubbingSettings(steps=1))
+    assert set(scores) == {"model", "no_landmarks", "copy_template", "copy_reference", "truth"}
+    assert scores["truth"]["mouth_ssim"] == 1.0 and scores["truth"]["lip_sync_r"] > 0.8  # the measure sees the mouth
+    assert scores["copy_template"]["mouth_psnr"] < 60 and scores["copy_template"]["lip_sync_r"] < 0.8

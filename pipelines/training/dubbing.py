@@ -37,7 +37,7 @@ from ..audio.landmark_model import (
     LandmarkModelConfig,
     save_landmark_model,
 )
-from ..audio.landmarks import eye_frames, to_normalised, to_pixels
+from ..audio.landmarks import eye_frames, project_landmarks, to_normalised, to_pixels
 from ..errors import TalkingFaceError
 from ..face.mouth import lower_face_input_mask
 from ..generator.dubbing import DubbingConfig, DubbingDenoiser, ReferenceFeatures, crop_coordinates, save_dubbing
@@ -46,9 +46,9 @@ from ..morphable.model import MorphableModel
 from ..render.camera import PerspectiveCamera
 from ..render.renderer import FaceRenderer
 from ..video import frame_chunks
-from .audio_synthetic import MOUTH_DIRECTIONS, synthetic_clip
+from .audio_synthetic import MOUTH_DIRECTIONS, TalkingClip, synthetic_clip
 from .loop import TrainConfig, WindowTask, train_windows, velocity_l1
-from .synthetic_faces import SyntheticFaceSettings, photograph, random_identity
+from .synthetic_faces import SyntheticFaceSettings, SyntheticIdentity, photograph, random_identity
 from .video_shards import VideoFaceShards
 
 STATE_FORMAT = "talkingface.dubbing-training-state"
@@ -76,26 +76,41 @@ class DubbingClip:
 
 def synthetic_dubbing_clips(
     face_model: MorphableModel, clips: int, seconds: float, size: int, seed: int = 0, fps: float = 25.0,
-    settings: SyntheticFaceSettings | None = None,
-) -> list[DubbingClip]:
+    settings: SyntheticFaceSettings | None = None, with_templates: bool = False,
+) -> list[DubbingClip] | list[tuple[DubbingClip, DubbingClip]]:
     """``clips`` synthetic speakers: the synthetic audio's syllables move the mouth of a random demo-face
-    identity with its own skin pattern and background, rendered at ``size``² in the fitter's framing."""
+    identity with its own skin pattern and background, rendered at ``size``² in the fitter's framing.
+
+    ``with_templates``: each clip comes with a template clip, the same speaker and head motion saying
+    something else (another clip's mouth motion): what dubbing starts from, for held-out evaluation."""
     settings = settings or SyntheticFaceSettings(image_size=size)
     renderer = FaceRenderer(face_model, PerspectiveCamera.deep3d(size))
     generator = torch.Generator().manual_seed(seed)
     mouth_columns = [face_model.expression_index(name) for name in MOUTH_DIRECTIONS]
-    result = []
-    for number in range(clips):
-        clip = synthetic_clip(face_model, seconds, seed * 100_003 + number, fps)
-        person = random_identity(face_model, settings, generator)
+    scale = size / PerspectiveCamera.deep3d().image_size
+
+    def render(clip: TalkingClip, person: SyntheticIdentity) -> DubbingClip:
         coefficients = clip.coefficients
         coefficients.texture[:] = person.texture
         frames = torch.cat([
             photograph(renderer, coefficients[chunk], [person] * (chunk.stop - chunk.start), settings.pattern_strength)[0]
             for chunk in frame_chunks(coefficients.frames, 64)
         ])
-        landmarks = clip.landmarks * (size / PerspectiveCamera.deep3d().image_size)
-        result.append(DubbingClip(frames.half(), landmarks, fps, clip.audio, coefficients.expression[:, mouth_columns]))
+        landmarks = project_landmarks(face_model, coefficients, PerspectiveCamera.deep3d()) * scale
+        return DubbingClip(frames.half(), landmarks, fps, clip.audio, coefficients.expression[:, mouth_columns].clone())
+
+    result = []
+    for number in range(clips):
+        clip_seed = seed * 100_003 + number
+        clip = synthetic_clip(face_model, seconds, clip_seed, fps)
+        person = random_identity(face_model, settings, generator)
+        target = render(clip, person)
+        if not with_templates:
+            result.append(target)
+            continue
+        other = synthetic_clip(face_model, seconds, clip_seed + 50_000, fps)
+        clip.coefficients.expression[:, mouth_columns] = other.coefficients.expression[:, mouth_columns]
+        result.append((target, render(TalkingClip(other.audio, clip.landmarks, fps, clip.coefficients), person)))
     return result
 
 

@@ -18,6 +18,12 @@ def psnr(images: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
 
 def ssim(images: torch.Tensor, references: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
     """Per-image SSIM (Wang et al. 2004, Gaussian window, averaged over channels) of ``[B, H, W, C]`` in 0..1."""
+    return ssim_map(images, references, window, sigma).flatten(1).mean(1).float()
+
+
+def ssim_map(images: torch.Tensor, references: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """The SSIM index of every full window position, averaged over channels: ``[B, H - window + 1, W - window + 1]``
+    (float64); an average over part of it scores a region."""
     x, y = images.permute(0, 3, 1, 2).double(), references.permute(0, 3, 1, 2).double()
     channels = x.shape[1]
     offsets = torch.arange(window, dtype=torch.float64) - window // 2
@@ -34,7 +40,7 @@ def ssim(images: torch.Tensor, references: torch.Tensor, window: int = 11, sigma
     cov = blur(x * y) - mean_x * mean_y
     c1, c2 = 0.01**2, 0.03**2
     index = ((2 * mean_x * mean_y + c1) * (2 * cov + c2)) / ((mean_x**2 + mean_y**2 + c1) * (var_x + var_y + c2))
-    return index.flatten(1).mean(1).float()
+    return index.mean(1)
 
 
 def held_out_pairs(views: FaceViews) -> tuple[torch.Tensor, torch.Tensor]:
