@@ -153,7 +153,8 @@ class DubVideo(TalkingFaceNode):
             part.to(device)
         try:
             result = dub_video(DubbingSampler(model, settings, dubbing_model.vae), motion_model, faces, audio, fps,
-                               options, on_step, host.throw_if_interrupted)
+                               options, on_step, host.throw_if_interrupted,
+                               on_chunk=lambda frame: progress.advance(0, preview=frame))
         finally:
             for part in movable:
                 part.to(host.offload_device())

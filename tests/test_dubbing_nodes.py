@@ -81,3 +81,29 @@ def test_a_latent_dubbing_model_needs_its_vae(host_dirs, clip):
     frames, _, masks = dub(clip, faces, dubbing_model=loaded, steps=1, length_policy="cut_to_shorter")
     assert frames.shape == (3, 80, 80, 3) and masks.amax() > 0.5
     (host_dirs["models"] / "talkingface" / "dub_latent_test.safetensors").unlink()
+
+
+def test_progress_shows_a_preview_of_the_frames_done(monkeypatch):
+    import types
+
+    host = pack_import("nodes.host")
+    calls = []
+
+    class Bar:
+        def __init__(self, total):
+            self.total, self.current = total, 0
+
+        def update(self, steps):
+            self.current += steps
+
+        def update_absolute(self, value, total=None, preview=None):
+            self.current = value
+            calls.append((value, preview))
+
+    monkeypatch.setattr(host, "IN_COMFYUI", True)
+    monkeypatch.setattr(host, "comfy_utils", types.SimpleNamespace(ProgressBar=Bar))
+    progress = host.Progress(10)
+    progress.advance(3)
+    progress.advance(0, preview=torch.rand(8, 6, 3))
+    (value, (kind, image, size)), = calls
+    assert value == 3 and kind == "JPEG" and image.size == (6, 8) and size == host.PREVIEW_SIZE

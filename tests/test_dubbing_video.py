@@ -109,8 +109,13 @@ def test_chunking_does_not_change_any_frame(models, clip):
     faces = video(clip, frames=6)
     audio = speech(clip, 0.24)
     whole = run(models, faces, audio, chunk_size=16)
-    pieces = run(models, faces, audio, chunk_size=2)
+    model, motion = models
+    previews = []
+    pieces = dubbing_video.dub_video(
+        dubbing_sampler.DubbingSampler(model, dubbing_sampler.DubbingSettings(steps=2, batch_size=3)), motion, faces,
+        audio, 25.0, dubbing_video.DubbingOptions(chunk_size=2), on_chunk=previews.append)
     assert torch.allclose(whole.images, pieces.images, atol=1e-5)
+    assert len(previews) == 3 and torch.equal(previews[-1], pieces.images[-1])  # one preview per chunk
 
 
 def test_longer_audio_loops_the_video_and_silence_is_valid(models, clip):

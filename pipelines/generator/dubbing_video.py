@@ -125,9 +125,11 @@ def dub_video(
     options: DubbingOptions = DubbingOptions(),
     on_step: Callable[[int, int], None] | None = None,
     check_interrupted: Callable[[], None] | None = None,
+    on_chunk: Callable[[torch.Tensor], None] | None = None,
 ) -> DubbingResult:
     """Dub the analysed frames ``faces`` with ``audio`` at ``fps``. ``on_step(step, steps)`` runs after
-    every denoising step of every chunk, ``check_interrupted()`` before every denoiser batch."""
+    every denoising step of every chunk, ``check_interrupted()`` before every denoiser batch,
+    ``on_chunk(frame)`` with the last dubbed frame ``[H, W, 3]`` of every chunk (a preview)."""
     config = sampler.model.config
     check_fps(fps, config.fps)
     if faces.frames < 2:
@@ -188,4 +190,6 @@ def dub_video(
         pasted, frame_masks = paste_back(faces.images[template].float(), generated, transforms[template], paste_masks)
         images[rows] = pasted
         masks[rows] = frame_masks
+        if on_chunk is not None:
+            on_chunk(pasted[-1])
     return DubbingResult(images, fit_audio_length(audio, count, fps), masks, schedule)
