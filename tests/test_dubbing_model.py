@@ -94,19 +94,22 @@ def test_dropping_the_landmarks_removes_exactly_them():
         assert torch.allclose(dropped[0], model(references=features, **kwargs)[0], atol=1e-5)
 
 
-def test_implicit_warping_finds_reference_pixels_by_their_landmark_code():
-    """A warping block whose query and key codes compare landmark codes only: a target pixel reads the
-    reference pixel that lies at the same place relative to the reference's own landmarks."""
+def test_landmark_codes_depend_on_pixel_position_and_landmark_coordinates():
+    """The landmark code that keys implicit warping: where a pixel lies relative to a landmark set.
+    It differs between pixels, moves with the landmarks, and is what links a target pixel to the
+    reference pixels at the same place relative to their own landmarks."""
     torch.manual_seed(0)
     block = talkformer.TalkFormer(8, 8, 8, 8, 4, 3)
-    codes = block.landmark_code(torch.randn(2, 37, 8), 4, 4)
-    assert codes.shape == (2, 16, 8)
-    # moving a landmark set changes the code of the pixels: the code depends on the coordinates
     tokenizer = talkformer.LandmarkTokenizer(37, 8, 3)
     points = torch.rand(1, 37, 2) - 0.5
     first = block.landmark_code(tokenizer(points), 4, 4)
-    second = block.landmark_code(tokenizer(points + 0.3), 4, 4)
-    assert not torch.allclose(first, second)
+    assert first.shape == (1, 16, 8)
+    assert not torch.allclose(first[0, 0], first[0, 15])  # two pixels, two codes
+    assert not torch.allclose(first, block.landmark_code(tokenizer(points + 0.3), 4, 4))
+    # pixel grid and landmarks share one frame: a grid cell's centre is where its coordinates say
+    grid = talkformer.pixel_grid(4, 4, torch.device("cpu"), torch.float32)
+    assert torch.allclose(grid[0], torch.tensor([-0.75, -0.75])) and torch.allclose(grid[1], torch.tensor([-0.25, -0.75]))
+    assert torch.allclose(dubbing.crop_coordinates(torch.tensor([[0.5, 3.5]]), 4), torch.tensor([[-0.75, 0.75]]))
 
 
 def test_latent_mode_uses_the_same_network_on_latents():
