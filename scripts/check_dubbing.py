@@ -28,7 +28,7 @@ from pipelines.generator.dubbing_sampler import DubbingSettings
 from pipelines.morphable.demo_model import demo_face_model
 from pipelines.training.audio_landmarks import train_landmark_model
 from pipelines.training.audio_synthetic import TalkingClip
-from pipelines.training.dubbing import dubbing_train_config, synthetic_dubbing_clips, train_dubbing
+from pipelines.training.dubbing import MOUTH_WEIGHT, dubbing_train_config, synthetic_dubbing_clips, train_dubbing
 from pipelines.training.dubbing_evaluation import evaluate_dubbing
 from pipelines.training.loop import TrainConfig
 
@@ -56,6 +56,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--sample-steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--mouth-weight", type=float, default=MOUTH_WEIGHT)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     timings = {}
@@ -87,11 +88,12 @@ def main() -> None:
     started_stage = time.time()
     torch.manual_seed(0)
     stage1, history1 = train_dubbing(DubbingDenoiser(config), train, validation, settings, args.out / "ground_truth",
-                                     log=log, until_step=args.steps)
+                                     mouth_weight=args.mouth_weight, log=log, until_step=args.steps)
     stage1_weights = copy.deepcopy(stage1.denoiser.state_dict())
     timings["stage1_s"] = round(time.time() - started_stage, 1)
     started_stage = time.time()
-    ground_truth, history_gt = train_dubbing(DubbingDenoiser(config), train, validation, settings, args.out / "ground_truth", log=log)
+    ground_truth, history_gt = train_dubbing(DubbingDenoiser(config), train, validation, settings, args.out / "ground_truth",
+                                             mouth_weight=args.mouth_weight, log=log)
     timings["continue_ground_truth_s"] = round(time.time() - started_stage, 1)
     started_stage = time.time()
     joint_denoiser = DubbingDenoiser(config)
@@ -100,7 +102,7 @@ def main() -> None:
                                           warmup_steps=20, validate_every=max(args.joint_steps // 2, 1),
                                           train_windows=args.joint_steps * args.batch_size, validation_windows=32)
     joint, history_joint = train_dubbing(joint_denoiser, train, validation, joint_settings, args.out / "joint",
-                                         landmark_model=copy.deepcopy(landmark_model), log=log)
+                                         landmark_model=copy.deepcopy(landmark_model), mouth_weight=args.mouth_weight, log=log)
     timings["joint_s"] = round(time.time() - started_stage, 1)
 
     started_stage = time.time()
@@ -117,7 +119,7 @@ def main() -> None:
     model = scores["model_true_landmarks"]
     baselines = [scores[name] for name in ("no_landmarks", "copy_template", "copy_reference")]
     print(json.dumps({
-        "size": args.size, "train_clips": args.clips, "held_out_pairs": args.held_out,
+        "size": args.size, "mouth_weight": args.mouth_weight, "train_clips": args.clips, "held_out_pairs": args.held_out,
         "landmark_steps": args.landmark_steps, "stage1_steps": args.steps, "continuation_steps": args.joint_steps,
         "landmark_validation_l1": round(landmark_history[-1][1].model_l1, 4),
         "landmark_reference_mean_l1": round(landmark_history[-1][1].reference_mean_l1, 4),

@@ -26,7 +26,7 @@ from pipelines.audio.landmark_model import load_landmark_model
 from pipelines.generator.dubbing import DubbingConfig, DubbingDenoiser, load_dubbing
 from pipelines.generator.vae import DiffusersVAECodec, load_vae
 from pipelines.morphable.demo_model import demo_face_model
-from pipelines.training.dubbing import dubbing_train_config, shard_clips, synthetic_dubbing_clips, train_dubbing
+from pipelines.training.dubbing import MOUTH_WEIGHT, dubbing_train_config, shard_clips, synthetic_dubbing_clips, train_dubbing
 from pipelines.training.loop import TRAIN_OPTIONS, add_field_options, add_run_options, fields_from_options, last_validation
 from pipelines.training.video_shards import VideoFaceShards
 
@@ -52,6 +52,8 @@ def main() -> None:
     add_field_options(training, dubbing_train_config(), TRAIN_OPTIONS)
     training.add_argument("--landmark-drop", type=float, default=0.1, help="fraction of frames trained without landmarks")
     training.add_argument("--landmark-weight", type=float, default=1.0, help="weight of the landmark model's own loss (joint)")
+    training.add_argument("--mouth-weight", type=float, default=MOUTH_WEIGHT,
+                          help="extra weight of the mouth and jaw region in the diffusion loss")
     add_run_options(parser)
     args = parser.parse_args()
     if args.threads:
@@ -85,7 +87,7 @@ def main() -> None:
     train_config = dubbing_train_config(**fields_from_options(args, TRAIN_OPTIONS))
     started = time.time()
     model, history = train_dubbing(denoiser, train, validation, train_config, args.out, landmark_model, vae,
-                                   args.landmark_drop, args.landmark_weight)
+                                   args.landmark_drop, args.landmark_weight, args.mouth_weight)
     step, final = last_validation(history, args.out)
     print(json.dumps({
         "steps": step, "train_clips": len(train), "validation_clips": len(validation),

@@ -47,6 +47,9 @@ def test_windows_give_the_denoiser_and_the_landmark_model_what_they_read(clips):
     masked = sample["mask"].unsqueeze(-1) > 0
     assert torch.equal(sample["masked"][~masked.expand_as(sample["masked"])], sample["target"][~masked.expand_as(sample["target"])])
     assert 0.2 < sample["mask"].mean() < 0.7
+    # the loss weighs up the mouth and jaw region, which lies inside the mask
+    region = sample["mouth_region"]
+    assert region.amax() > 0.5 and (region * sample["mask"]).sum() > 2 * (region * (1 - sample["mask"])).sum()
     # the ground-truth points in the crop are the normalised mouth points mapped back
     from_normalised = training.to_pixels(sample["mouth"][sample["picks"]], (sample["origin"], sample["axis"], sample["scale"]))
     assert torch.allclose(dubbing.crop_coordinates(from_normalised, 16), sample["landmarks"], atol=1e-4)

@@ -39,7 +39,7 @@ from ..audio.landmark_model import (
 )
 from ..audio.landmarks import eye_frames, project_landmarks, to_normalised, to_pixels
 from ..errors import TalkingFaceError
-from ..face.mouth import lower_face_input_mask
+from ..face.mouth import lower_face_input_mask, mouth_paste_mask
 from ..generator.dubbing import DubbingConfig, DubbingDenoiser, ReferenceFeatures, crop_coordinates, save_dubbing
 from ..generator.vae import LatentCodec
 from ..morphable.model import MorphableModel
@@ -55,6 +55,8 @@ STATE_FORMAT = "talkingface.dubbing-training-state"
 LANDMARK_SUFFIX = "_landmarks"
 # How far the training masks' top edge wanders (fraction of the crop), so users may move it a little.
 TOP_SHIFT_JITTER = 0.03
+# Default extra weight of the mouth and jaw region in the diffusion loss (see DubbingObjective).
+MOUTH_WEIGHT = 5.0
 
 
 @dataclass
@@ -204,6 +206,9 @@ class DubbingWindows(Dataset):
             "target": target,
             "masked": target * (1 - mask.unsqueeze(-1)) + 0.5 * mask.unsqueeze(-1),
             "mask": mask,
+            # where the mouth and jaw are, in the target or the template's shape: the loss weighs it up
+            "mouth_region": mouth_paste_mask(clip.landmarks[frames], clip.landmarks[frames][:, :17], size, shift,
+                                             feather=max(size // 32, 1)),
             "landmarks": crop_coordinates(clip.landmarks[frames][:, list(MOUTH_POINTS)], size),
             "references": clip.frames[references].float(),
             "reference_landmarks": crop_coordinates(clip.landmarks[references][:, list(MOUTH_POINTS)], size),
@@ -247,10 +252,13 @@ class DubbingLosses:
 
 
 class DubbingObjective:
-    """The losses of one training or validation batch."""
+    """The losses of one training or validation batch. ``mouth_weight``: the squared error in the mouth
+    and jaw region counts 1 + ``mouth_weight`` times, because most of the regenerated region (cheeks,
+    neck, the background under the nose line) is predictable from what surrounds it, while the mouth,
+    the point of dubbing, is a few percent of the pixels."""
 
     def __init__(self, config: DubbingConfig, vae: LatentCodec | None = None, landmark_drop: float = 0.1,
-                 landmark_weight: float = 1.0, velocity_weight: float = 1.0) -> None:
+                 landmark_weight: float = 1.0, velocity_weight: float = 1.0, mouth_weight: float = 0.0) -> None:
         from diffusers import DDPMScheduler
 
         if config.latent and vae is None:
@@ -260,6 +268,7 @@ class DubbingObjective:
         self.schedule = DDPMScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
                                       prediction_type=config.prediction_type)
         self.landmark_drop, self.landmark_weight, self.velocity_weight = landmark_drop, landmark_weight, velocity_weight
+        self.mouth_weight = mouth_weight
 
     def target_landmarks(self, model: DubbingTrainee, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Lip and jaw points ``[B·G, 37, 2]`` for the denoiser: the truth, or (jointly) the landmark
@@ -295,7 +304,14 @@ class DubbingObjective:
         noisy = self.schedule.add_noise(clean, noise, timesteps)
         target = self.schedule.get_velocity(clean, noise, timesteps) if self.config.prediction_type == "v_prediction" else noise
         prediction = denoiser(noisy, timesteps, masked, mask, landmarks, references, landmark_keep)
-        return F.mse_loss(prediction.float(), target), landmark_loss
+        error = (prediction.float() - target).pow(2)
+        if self.mouth_weight:
+            region = batch["mouth_region"].flatten(0, 1).unsqueeze(1)
+            if region.shape[-1] != error.shape[-1]:
+                region = F.interpolate(region, size=error.shape[-2:], mode="area")
+            weight = 1 + self.mouth_weight * region
+            return (error * weight).sum() / (weight.sum() * error.shape[1]), landmark_loss
+        return error.mean(), landmark_loss
 
     def training_loss(self, model: DubbingTrainee, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         diffusion, landmark_loss = self(model, batch)
@@ -341,6 +357,7 @@ def train_dubbing(
     vae: LatentCodec | None = None,
     landmark_drop: float = 0.1,
     landmark_weight: float = 1.0,
+    mouth_weight: float = MOUTH_WEIGHT,
     log: Callable[[str], None] = print,
     until_step: int | None = None,
 ) -> tuple[DubbingTrainee, list[tuple[int, DubbingLosses]]]:
@@ -348,7 +365,7 @@ def train_dubbing(
     ``landmark_model`` (usually starting from a stage-1 denoiser and a trained landmark model)."""
     config = denoiser.config
     landmark_config = None if landmark_model is None else landmark_model.config
-    objective = DubbingObjective(config, vae, landmark_drop, landmark_weight, train_config.velocity_weight)
+    objective = DubbingObjective(config, vae, landmark_drop, landmark_weight, train_config.velocity_weight, mouth_weight)
     train_set = DubbingWindows(train_clips, config, train_config.train_windows, train_config.seed, landmark_config)
     validation_set = DubbingWindows(validation_clips, config, train_config.validation_windows, 10_000 + train_config.seed,
                                     landmark_config)
