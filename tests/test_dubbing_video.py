@@ -152,3 +152,13 @@ def test_landmark_guidance_runs_two_variants_in_one_pass(models, clip):
     references = sampler.encode_references(torch.rand(2, 16, 16, 3), torch.rand(2, 37, 2) - 0.5)
     out = sampler.sample(crops, torch.ones(2, 16, 16), landmarks, references, [0, 1])
     assert out.shape == (2, 16, 16, 3) and sampler.denoiser_calls == 2
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "dpmpp_2m", "euler", "lcm"])
+def test_every_scheduler_samples_a_clean_frame_model(models, scheduler):
+    model, _ = models
+    assert model.config.prediction_type == "sample"
+    sampler = dubbing_sampler.DubbingSampler(model, dubbing_sampler.DubbingSettings(scheduler=scheduler, steps=3))
+    references = sampler.encode_references(torch.rand(2, 16, 16, 3), torch.rand(2, 37, 2) - 0.5)
+    out = sampler.sample(torch.rand(2, 16, 16, 3), torch.ones(2, 16, 16), torch.rand(2, 37, 2) - 0.5, references, [0, 1])
+    assert out.shape == (2, 16, 16, 3) and torch.isfinite(out).all()

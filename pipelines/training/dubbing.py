@@ -302,7 +302,10 @@ class DubbingObjective:
         if landmark_keep is None:
             landmark_keep = (torch.rand(count, generator=generator) >= self.landmark_drop).float().to(device)
         noisy = self.schedule.add_noise(clean, noise, timesteps)
-        target = self.schedule.get_velocity(clean, noise, timesteps) if self.config.prediction_type == "v_prediction" else noise
+        if self.config.prediction_type == "v_prediction":
+            target = self.schedule.get_velocity(clean, noise, timesteps)
+        else:
+            target = clean if self.config.prediction_type == "sample" else noise
         prediction = denoiser(noisy, timesteps, masked, mask, landmarks, references, landmark_keep)
         error = (prediction.float() - target).pow(2)
         if self.mouth_weight:
