@@ -142,3 +142,18 @@ def test_held_out_evaluation_scores_every_method_against_the_truth():
     assert set(scores) == {"model", "no_landmarks", "copy_template", "copy_reference", "truth"}
     assert scores["truth"]["mouth_ssim"] == 1.0 and scores["truth"]["lip_sync_r"] > 0.8  # the measure sees the mouth
     assert scores["copy_template"]["mouth_psnr"] < 60 and scores["copy_template"]["lip_sync_r"] < 0.8
+
+
+def test_latent_mode_trains_on_the_frozen_vae_latents(tmp_path):
+    vae_module = pack_import("pipelines.generator.vae")
+    torch.manual_seed(0)
+    vae_config = {**vae_module.vae_config("sd15"), "block_out_channels": [8, 8, 8, 8], "norm_num_groups": 4,
+                  "layers_per_block": 1, "sample_size": 64}
+    codec = vae_module.DiffusersVAECodec(vae_module.build_autoencoder(vae_config).eval())
+    config = dubbing.DubbingConfig(**{**CONFIG, "space": "latent", "image_size": 8, "attention_resolutions": (4,)})
+    clips = training.synthetic_dubbing_clips(demo_model.demo_face_model(resolution=12), clips=2, seconds=0.6, size=64, seed=4)
+    model, history = training.train_dubbing(dubbing.DubbingDenoiser(config), clips[:1], clips[1:], settings(steps=1),
+                                            tmp_path, vae=codec, log=lambda _: None)
+    assert history[-1][1].model_l1 > 0 and dubbing.load_dubbing(tmp_path / "last.safetensors").config.latent
+    with pytest.raises(errors.TalkingFaceError, match="give the VAE"):
+        training.train_dubbing(dubbing.DubbingDenoiser(config), clips[:1], clips[1:], settings(steps=1), log=lambda _: None)
