@@ -3,7 +3,8 @@
 Run from the repository root: ``python -m bench.render``. Prints readable lines, then one JSON
 object as the last line. Times are milliseconds per frame, the median of several repeats after
 warm-up, at torch's default thread count. The reference in the same run is the unbatched pass:
-``batching_speedup_256`` is full_ms_256_b1 / full_ms_256_b8. CPU figures are only meaningful on
+``batching_speedup_256`` is full_ms_256_b1 / full_ms_256_b8, and ``warp_to_render_256`` the texture
+warp (one source onto 8 targets) against the full render pass at 256². CPU figures are only meaningful on
 an otherwise idle machine (torch's worker threads stall when the cores are shared), so the run
 records the load average next to them.
 """
@@ -24,6 +25,8 @@ from pipelines.morphable.model import MorphableModel
 from pipelines.render.camera import PerspectiveCamera
 from pipelines.render.rasterizer import rasterize
 from pipelines.render.renderer import FaceRenderer
+from pipelines.render.texture_transfer import TextureTransfer
+from pipelines.render.textured_target import render_textured_target
 
 # A grid of 189 × 189 vertices: 35,721 vertices and 70,688 triangles, BFM_model_front.mat's size
 # (35,709 and 70,789), as an open front-facing surface like BFM's face mask.
@@ -107,13 +110,18 @@ def median_ms_per_frame(run: Callable[[], object], frames: int, device: torch.de
 def measure(model: MorphableModel, device: torch.device, repeats: int) -> dict[str, float]:
     model = model.to(device)
     results: dict[str, float] = {}
-    for size, frames, kinds in ((256, 1, ("raster", "full")), (256, 8, ("raster", "full")), (512, 8, ("full",))):
+    for size, frames, kinds in ((256, 1, ("raster", "full")), (256, 8, ("raster", "full", "warp", "textured")), (512, 8, ("full",))):
         renderer = FaceRenderer(model, PerspectiveCamera.deep3d(size))
         coeffs = random_coefficients(frames, device)
         screen = renderer.camera.to_screen(model.posed_vertices(coeffs))
+        # One portrait warped onto every frame, as in a talking-portrait job: its view is prepared once.
+        transfer = TextureTransfer(renderer)
+        source = transfer.prepare_source(random_coefficients(1, device), torch.rand(1, size, size, 3, device=device))
         runs = {
             "raster": lambda screen=screen, size=size: rasterize(screen, model.triangles, size, size),
             "full": lambda renderer=renderer, coeffs=coeffs: renderer.render(coeffs),
+            "warp": lambda transfer=transfer, source=source, coeffs=coeffs: transfer.warp(source, coeffs),
+            "textured": lambda transfer=transfer, source=source, coeffs=coeffs: render_textured_target(transfer, source, coeffs),
         }
         for kind in kinds:
             results[f"{kind}_ms_{size}_b{frames}"] = median_ms_per_frame(runs[kind], frames, device, repeats)
@@ -139,6 +147,8 @@ def main() -> None:
     speedup = cpu["full_ms_256_b1"] / cpu["full_ms_256_b8"]
     print(f"  batching 8 frames renders {speedup:.2f}x faster per frame than one at a time")
     print(f"  target ≤ 15 ms/frame at 256² batched: {'met' if cpu['full_ms_256_b8'] <= 15 else 'missed'}")
+    warp_ratio = cpu["warp_ms_256_b8"] / cpu["full_ms_256_b8"]
+    print(f"  the texture warp costs {warp_ratio:.2f}x a render pass at 256², batch 8 (target ≤ 1.5)")
     summary = {key: round(value, 3) for key, value in cpu.items()}
     summary.update(
         device="cpu",
@@ -149,6 +159,7 @@ def main() -> None:
         vertices=model.num_vertices,
         triangles=model.num_triangles,
         batching_speedup_256=round(speedup, 3),
+        warp_to_render_256=round(warp_ratio, 3),
     )
     if cuda:
         name = torch.cuda.get_device_name()

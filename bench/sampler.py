@@ -13,6 +13,8 @@
     pixel model (target ≥ 10) and the 512² latent model (64² latents, SD1.5 VAE architecture with
     random weights: speed does not depend on the weights), VAE decode included. Without CUDA the
     JSON says so in ``gpu_cases``.
+(f) ``warp_condition_cost``: one denoiser pass with the warped-source input ÷ one without it, same
+    widths (the old design); target ≤ 1.1.
 (e) latent mode on the CPU at a small size (``--latent-size``, default 128² = 16² latents, the SD1.5
     VAE architecture): frames/s at batch 2, the share of the time spent decoding with the VAE, and
     peak memory streaming 16 vs 64 frames (VAE decode per chunk included).
@@ -37,6 +39,7 @@ from pipelines.generator.sampler import (
     TGDMSampler,
     to_channels_first,
     to_model_images,
+    warp_condition,
 )
 from pipelines.generator.tgdm import TGDMDenoiser
 from pipelines.generator.vae import DiffusersVAECodec, build_autoencoder, vae_config
@@ -53,12 +56,14 @@ def inputs_for(frames: int, size: int) -> GeneratorInputs:
         coefficients=torch.randn(frames, DEFAULT_COEFFICIENT_DIM, generator=generator),
         target_surfaces=torch.rand(frames, size, size, 3, generator=generator),
         source_surface=torch.rand(1, size, size, 3, generator=generator),
+        warped_sources=torch.rand(frames, size, size, 3, generator=generator),
+        warp_masks=(torch.rand(frames, size, size, generator=generator) > 0.2).float(),
     )
 
 
-def model_for(size: int, device: torch.device) -> TGDMDenoiser:
+def model_for(size: int, device: torch.device, warp_condition: bool = True) -> TGDMDenoiser:
     torch.manual_seed(0)
-    return TGDMDenoiser(TGDMConfig(image_size=size)).to(device).eval()
+    return TGDMDenoiser(TGDMConfig(image_size=size, warp_condition=warp_condition)).to(device).eval()
 
 
 def latent_setup(pixel_size: int, device: torch.device, dtype: torch.dtype) -> tuple[TGDMDenoiser, DiffusersVAECodec]:
@@ -124,6 +129,7 @@ def bare_forward_seconds(model: TGDMDenoiser, inputs: GeneratorInputs, repeats: 
     render = to_model_images(inputs.renders, device, torch.float32)
     coefficients = inputs.coefficients.to(device)
     surface = to_channels_first(inputs.target_surfaces, device, torch.float32)
+    warped = warp_condition(inputs.warped_sources, inputs.warp_masks, device, torch.float32) if model.config.warp_condition else None
     source = model.encode_source(to_model_images(inputs.source, device, torch.float32),
                                  to_channels_first(inputs.source_surface, device, torch.float32))
     timesteps = torch.full((frames,), 500, device=device)
@@ -131,7 +137,7 @@ def bare_forward_seconds(model: TGDMDenoiser, inputs: GeneratorInputs, repeats: 
     for _ in range(repeats + 1):
         synchronize(device)
         started = time.perf_counter()
-        model(noisy, timesteps, render, coefficients, source, surface)
+        model(noisy, timesteps, render, coefficients, source, surface, warped_source=warped)
         synchronize(device)
         times.append(time.perf_counter() - started)
     return sorted(times[1:])[len(times[1:]) // 2]
@@ -227,6 +233,9 @@ def pixel_cases(args: argparse.Namespace, device: torch.device, steps: int, resu
     bare = bare_forward_seconds(model, overhead_inputs)
     results["overhead_ratio"] = round(pipeline / (calls * bare), 3)
     print(f"overhead: {pipeline:.2f}s for {calls} passes of {bare:.2f}s", flush=True)
+    without_warp = bare_forward_seconds(model_for(args.size, device, warp_condition=False), overhead_inputs)
+    results["warp_condition_cost"] = round(bare / without_warp, 3)
+    print(f"the warped-source input costs {bare / without_warp:.3f}x a pass without it (target ≤ 1.1)", flush=True)
     for batch in (1, 8, 32):
         seconds, _ = sampler_seconds(model, inputs_for(batch, args.size),
                                      SamplerSettings(steps=steps, batch_size=batch, chunk_size=batch))

@@ -1,7 +1,7 @@
 """The pack's ComfyUI nodes: thin wrappers that validate inputs and call ``pipelines``."""
 from __future__ import annotations
 
-from . import host
+from . import face_preview, host
 from .audio import NODE_CLASSES as AUDIO_NODES
 from .coefficients import LoadCoefficients, SaveCoefficients
 from .dubbing import DUBBING_NODES
@@ -9,15 +9,19 @@ from .emo_a2e import NODE_CLASSES as EMO_A2E_NODES
 from .emotion import EMOTION_NODES
 from .face import FACE_NODES
 from .generator import LoadGenerator, TGDMSampler
+from .mesh import ExportMesh
 from .morphable import Load3DMM
 from .motion import MOTION_NODES
-from .render import Render3DMMTarget
+from .render import Render3DMMTarget, RenderTexturedTarget
 
 host.register_model_folders()
+face_preview.register_routes()
 
 NODE_CLASSES = (
     Load3DMM,
     Render3DMMTarget,
+    RenderTexturedTarget,
+    ExportMesh,
     SaveCoefficients,
     LoadCoefficients,
     *FACE_NODES,

@@ -1,7 +1,7 @@
 """Audio to motion: load audio, the audio-to-landmark model, and drive a portrait's lips and jaw."""
 from __future__ import annotations
 
-import hashlib
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
@@ -12,23 +12,28 @@ from ..pipelines.audio.expression import landmarks_to_expression
 from ..pipelines.audio.io import (
     AUDIO_SUFFIXES,
     LENGTH_POLICIES,
+    Audio,
+    fit_comfy_to_frames,
     fit_to_frames,
+    is_silent,
     prepare_speech,
     read_audio_file,
     trim_comfy,
 )
 from ..pipelines.audio.landmark_model import LandmarkCompletionTransformer, load_landmark_model
-from ..pipelines.audio.landmarks import TalkingLandmarks, audio_to_landmarks
+from ..pipelines.audio.landmarks import TalkingLandmarks, audio_to_landmarks, resting_landmarks
 from ..pipelines.audio.motion import HEAD_MOTIONS
 from ..pipelines.audio.motion import head_motion as make_head_motion
+from ..pipelines.errors import TalkingFaceError
 from ..pipelines.morphable.coefficients import FaceCoefficients
 from ..pipelines.morphable.model import MorphableModel
 from . import host
-from .base import TalkingFaceNode
+from .base import InputFileNode, TalkingFaceNode
 from .render import Render3DMMTarget
 
 CATEGORY = "TalkingFace/audio"
 MODEL_FOLDER = "talkingface"
+logger = logging.getLogger(__name__)
 
 
 def frame_progress(total: int):
@@ -46,15 +51,16 @@ def frame_progress(total: int):
     return advance
 
 
-def audio_files() -> list[str]:
-    root = host.input_directory()
-    if not root.is_dir():
-        return []
-    return sorted(
-        path.relative_to(root).as_posix()
-        for path in root.rglob("*")
-        if path.is_file() and path.suffix.lower() in AUDIO_SUFFIXES
-    )
+def speech_and_sound(node: TalkingFaceNode, audio: dict, frames: int, fps: float, length_policy: str) -> tuple[Audio, dict, int, bool]:
+    """What the audio-driven nodes need from their AUDIO input: the models' mono 16 kHz copy and the
+    sound for the video (all channels, the given rate), both matched to the frames, the frame count,
+    and whether it is silence (a warning in the log: the mouth rests)."""
+    speech, frames = fit_to_frames(prepare_speech(audio), frames, fps, length_policy)
+    sound = fit_comfy_to_frames(audio, frames, fps, length_policy)
+    silent = is_silent(speech)
+    if silent:
+        logger.warning("%s: the audio is silent, so the mouth rests (no speech motion) for its %d frames", node.DISPLAY_NAME, frames)
+    return speech, sound, frames, silent
 
 
 def timing_and_motion_inputs(frames_tooltip: str, seed_tooltip: str) -> dict:
@@ -98,7 +104,7 @@ def portrait_row(
     return portrait[portrait_frame]
 
 
-class LoadAudio(TalkingFaceNode):
+class LoadAudio(InputFileNode):
     DISPLAY_NAME = "Load Audio (TalkingFace)"
     DESCRIPTION = (
         "Decodes an audio file from ComfyUI's input folder with soundfile (wav, flac, ogg, mp3; any bit depth, "
@@ -113,7 +119,7 @@ class LoadAudio(TalkingFaceNode):
     def INPUT_TYPES(cls) -> dict:
         return {
             "required": {
-                "file": (audio_files(), {"tooltip": "An audio file in ComfyUI's input folder (any subfolder)."}),
+                "file": (host.input_files(set(AUDIO_SUFFIXES)), {"tooltip": "An audio file in ComfyUI's input folder (any subfolder)."}),
                 "start_seconds": (
                     "FLOAT",
                     {"default": 0.0, "min": 0.0, "max": 36000.0, "step": 0.01,
@@ -127,31 +133,25 @@ class LoadAudio(TalkingFaceNode):
             }
         }
 
-    @classmethod
-    def _path(cls, file: str) -> Path:
-        return host.input_directory() / file
-
-    @classmethod
-    def IS_CHANGED(cls, file: str, **_) -> str:
-        path = cls._path(file)
-        return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, file: str, **_) -> bool | str:
-        if not cls._path(file).is_file():
-            return f"{cls.DISPLAY_NAME}: no file '{file}' in the input folder {host.input_directory()}"
-        return True
-
     def run(self, file: str, start_seconds: float, duration_seconds: float) -> tuple[dict, float]:
-        audio = trim_comfy(read_audio_file(self._path(file)), start_seconds, duration_seconds)
+        path = host.input_file(file)
+        audio = read_audio_file(path)
+        if audio["waveform"].shape[-1] == 0:
+            raise self.fail(f"file '{file}' holds no audio samples: export it again from an audio editor, or pick another file")
+        try:
+            audio = trim_comfy(audio, start_seconds, duration_seconds)
+        except TalkingFaceError as error:
+            raise self.fail(f"file '{file}': {error}") from error
         return (audio, audio["waveform"].shape[-1] / audio["sample_rate"])
 
 
 class AudioModelLoader(TalkingFaceNode):
     """Base of the audio chain's model loaders: a checkpoint from ComfyUI/models/talkingface/ read by
-    ``load`` (a strict loader); ``CHECKPOINT`` names the kind of checkpoint ("an <x> checkpoint")."""
+    ``load`` (a strict loader); ``CHECKPOINT`` names the kind of checkpoint ("an <x> checkpoint") and
+    ``OBTAIN`` says how a user gets one."""
 
     CHECKPOINT: ClassVar[str]
+    OBTAIN: ClassVar[str]
     load: ClassVar[Callable[[Path], torch.nn.Module]]
     CATEGORY = "TalkingFace/loaders"
 
@@ -165,6 +165,10 @@ class AudioModelLoader(TalkingFaceNode):
                 ),
             }
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, model_name: str) -> bool | str:
+        return cls.check_model_file("model_name", MODEL_FOLDER, model_name, cls.OBTAIN)
 
     def run(self, model_name: str) -> tuple[torch.nn.Module]:
         if not model_name:
@@ -184,6 +188,10 @@ class LoadAudioToMotionModel(AudioModelLoader):
     RETURN_NAMES = ("motion_model",)
     OUTPUT_TOOLTIPS = ("The audio-to-landmark model.",)
     CHECKPOINT = "audio-to-motion"
+    OBTAIN = (
+        "No trained model ships or can be downloaded: train one with `python -m scripts.train_audio_landmarks "
+        "--out runs/audio` and copy runs/audio/best.safetensors there under this name"
+    )
     load = staticmethod(load_landmark_model)
 
 
@@ -198,7 +206,7 @@ class AudioToLandmarks(TalkingFaceNode):
     RETURN_NAMES = ("landmarks", "audio", "frames", "fps")
     OUTPUT_TOOLTIPS = (
         "68 landmarks per frame: lip and jaw from the audio, the rest from the head motion.",
-        "The audio as used: mono 16 kHz, cut, padded or looped to the frames.",
+        "The audio as given (its channels and sample rate), cut, padded or looped to the frames: the video's sound.",
         "Number of video frames.",
         "Frame rate of the sequence.",
     )
@@ -237,11 +245,12 @@ class AudioToLandmarks(TalkingFaceNode):
         motion_reference: FaceCoefficients | None = None,
     ) -> tuple[TalkingLandmarks, dict, int, float]:
         portrait = portrait_row(self, portrait, portrait_frame, head_motion, motion_reference)
-        speech = prepare_speech(audio)
-        speech, frames = fit_to_frames(speech, frames, fps, length_policy)
+        speech, sound, frames, silent = speech_and_sound(self, audio, frames, fps, length_policy)
         base = make_head_motion(
             face_model, portrait, frames, fps, head_motion, motion_reference, seed, motion_strength
         )
+        if silent:
+            return (resting_landmarks(face_model, fps, base), sound, frames, float(fps))
         device = host.torch_device()
         on_batch = frame_progress(frames)
         try:
@@ -253,7 +262,7 @@ class AudioToLandmarks(TalkingFaceNode):
         finally:
             motion_model.to(host.offload_device())
         landmarks.points = landmarks.points.cpu()
-        return (landmarks, speech.to_comfy(), frames, float(fps))
+        return (landmarks, sound, frames, float(fps))
 
 
 class LandmarksToExpression(TalkingFaceNode):

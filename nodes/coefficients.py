@@ -1,21 +1,11 @@
 """Save and load coefficient sequences as safetensors files (never pickle)."""
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-
 from ..pipelines.morphable.coefficients import FaceCoefficients
 from . import host
-from .base import TalkingFaceNode
+from .base import InputFileNode, TalkingFaceNode
 
 COEFFICIENT_SUFFIX = ".safetensors"
-
-
-def coefficient_files() -> list[str]:
-    root = host.input_directory()
-    if not root.is_dir():
-        return []
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob(f"*{COEFFICIENT_SUFFIX}") if p.is_file())
 
 
 class SaveCoefficients(TalkingFaceNode):
@@ -47,7 +37,7 @@ class SaveCoefficients(TalkingFaceNode):
         return {"ui": {"text": [f"saved {coefficients.frames} frames to output/{relative}"]}}
 
 
-class LoadCoefficients(TalkingFaceNode):
+class LoadCoefficients(InputFileNode):
     DISPLAY_NAME = "Load Coefficients"
     DESCRIPTION = (
         "Reads a coefficient sequence saved by Save Coefficients. Copy the file into ComfyUI's input folder "
@@ -62,27 +52,12 @@ class LoadCoefficients(TalkingFaceNode):
         return {
             "required": {
                 "file": (
-                    coefficient_files(),
+                    host.input_files({COEFFICIENT_SUFFIX}),
                     {"tooltip": "A .safetensors coefficient file from ComfyUI's input folder."},
                 ),
             }
         }
 
-    @classmethod
-    def _path(cls, file: str) -> Path:
-        return host.input_directory() / file
-
-    @classmethod
-    def IS_CHANGED(cls, file: str) -> str:
-        path = cls._path(file)
-        return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, file: str) -> bool | str:
-        if not cls._path(file).is_file():
-            return f"{cls.DISPLAY_NAME}: no file '{file}' in the input folder {host.input_directory()}"
-        return True
-
     def run(self, file: str) -> tuple[FaceCoefficients, int]:
-        coefficients = FaceCoefficients.load(self._path(file))
+        coefficients = FaceCoefficients.load(host.input_file(file))
         return (coefficients, coefficients.frames)

@@ -15,9 +15,13 @@ from ..pipelines.generator.sampler import SCHEDULERS
 from ..pipelines.generator.vae import DiffusersVAECodec, LatentCodec
 from . import host
 from .base import ROOT_CATEGORY, TalkingFaceNode
-from .generator import NO_VAE, PRECISIONS, _precision, _vae_files, latent_codec
+from .generator import NO_VAE, OBTAIN_VAE, PRECISIONS, VAE_FOLDER, _precision, _vae_files, latent_codec
 
 MODEL_FOLDER = "talkingface"
+OBTAIN_DUBBING = (
+    "No trained dubbing model exists to download: train one with `python -m scripts.train_dubbing` and copy its "
+    "best.safetensors there under this name"
+)
 
 
 @dataclass
@@ -60,9 +64,15 @@ class LoadDubbingModel(TalkingFaceNode):
             },
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, checkpoint: str, vae_name: str = NO_VAE) -> bool | str:
+        problems = [cls.check_model_file("checkpoint", MODEL_FOLDER, checkpoint, OBTAIN_DUBBING)]
+        if vae_name not in (None, NO_VAE):
+            problems.append(cls.check_model_file("vae_name", VAE_FOLDER, vae_name, OBTAIN_VAE))
+        missing = [problem for problem in problems if problem is not True]
+        return " | ".join(missing) if missing else True
+
     def run(self, checkpoint: str, precision: str, vae=None, vae_name: str = NO_VAE) -> tuple[LoadedDubbingModel]:
-        if not checkpoint:
-            raise self.fail(f"no checkpoint chosen: put a dubbing .safetensors file into {host.model_folder_hint(MODEL_FOLDER)}")
         if precision not in PRECISIONS:
             raise self.fail(f"precision must be one of {PRECISIONS}, got '{precision}'")
         model = load_dubbing(host.model_path(MODEL_FOLDER, checkpoint, "dubbing checkpoint"), host.offload_device())

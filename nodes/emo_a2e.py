@@ -14,7 +14,7 @@ from ..pipelines.audio.emo_a2e import (
     predict_expression,
     with_expression,
 )
-from ..pipelines.audio.io import SAMPLE_RATE, Audio, fit_to_frames, prepare_speech
+from ..pipelines.audio.io import SAMPLE_RATE, Audio
 from ..pipelines.audio.motion import head_motion as make_head_motion
 from ..pipelines.emotion.emotion import TextEmotion
 from ..pipelines.morphable.coefficients import FaceCoefficients
@@ -26,6 +26,7 @@ from .audio import (
     AudioModelLoader,
     frame_progress,
     portrait_row,
+    speech_and_sound,
     timing_and_motion_inputs,
 )
 from .base import TalkingFaceNode
@@ -44,6 +45,11 @@ class LoadEmoA2EModel(AudioModelLoader):
     RETURN_NAMES = ("emo_model",)
     OUTPUT_TOOLTIPS = ("The Emo-A2E model.",)
     CHECKPOINT = "Emo-A2E"
+    OBTAIN = (
+        "No trained model ships or can be downloaded: train one with `python -m scripts.train_emo_a2e "
+        "--out runs/emo` (with the text encoder you use in Load CLIP Emotion) and copy runs/emo/best.safetensors "
+        "there under this name"
+    )
     load = staticmethod(load_emo_a2e)
 
 
@@ -60,7 +66,7 @@ class AudioToExpression(TalkingFaceNode):
     OUTPUT_TOOLTIPS = (
         "The talking coefficient sequence, one row per frame: the portrait's identity, texture and light; "
         "expression from Emo-A2E; pose, blinks and gaze from the head motion.",
-        "The audio as used: mono 16 kHz, cut, padded or looped to the frames (silence without audio).",
+        "The audio as given (its channels and sample rate), cut, padded or looped to the frames: the video's sound (silence without audio).",
         "Number of video frames.",
         "Frame rate of the sequence.",
     )
@@ -126,21 +132,22 @@ class AudioToExpression(TalkingFaceNode):
                 raise self.fail("no audio is connected: set frames to the length of the emotion-only sequence, "
                                 "or connect speech to audio")
             speech = Audio(torch.zeros(max(1, math.ceil(frames / fps * SAMPLE_RATE))), SAMPLE_RATE)
+            sound, silent = speech.to_comfy(), True
         else:
-            speech, frames = fit_to_frames(prepare_speech(audio), frames, fps, length_policy)
+            speech, sound, frames, silent = speech_and_sound(self, audio, frames, fps, length_policy)
         base = make_head_motion(face_model, portrait, frames, fps, head_motion, motion_reference, seed, motion_strength)
         neutral = portrait.expression[0].float()
         device = host.torch_device()
         try:
             emo_model.to(device)
-            if audio is None:
+            if silent:  # no speech: the emotion alone, as without audio
                 expression = emotion_only_expression(emo_model, frames, fps, emotion, neutral, no_audio_motion, seed)
             else:
                 expression = predict_expression(emo_model, speech, fps, frames, emotion, neutral,
                                                 windows_per_batch=windows_per_batch, on_batch=frame_progress(frames))
         finally:
             emo_model.to(host.offload_device())
-        return (with_expression(face_model, base, expression.cpu()), speech.to_comfy(), frames, float(fps))
+        return (with_expression(face_model, base, expression.cpu()), sound, frames, float(fps))
 
 
 NODE_CLASSES = (LoadEmoA2EModel, AudioToExpression)

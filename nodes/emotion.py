@@ -14,7 +14,7 @@ from ..pipelines.emotion.clip_text import (
     encode_cached,
     load_open_clip_text_encoder,
 )
-from ..pipelines.emotion.directions import apply_emotion, emotion_directions_for
+from ..pipelines.emotion.directions import EmotionDirections, apply_emotion, emotion_directions_for
 from ..pipelines.emotion.emotion import (
     MAX_INTENSITY,
     MEAD_EMOTIONS,
@@ -66,6 +66,15 @@ class LoadCLIPEmotion(TalkingFaceNode):
                 ),
             }
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, clip_name: str) -> bool | str:
+        return cls.check_model_file(
+            "clip_name", "text_encoders", clip_name,
+            "It is open_clip weights, e.g. the folder CLIP-ViT-B-32-laion2B-s34B-b79K (open_clip_config.json + "
+            "open_clip_model.safetensors) from Hugging Face's laion/CLIP-ViT-B-32-laion2B-s34B-b79K; or connect "
+            "a ComfyUI CLIP to Text Emotion instead",
+        )
 
     def run(self, clip_name: str, model_name: str) -> tuple[OpenClipTextEncoder]:
         return (load_open_clip_text_encoder(host.model_path("text_encoders", clip_name, "text encoder"), model_name),)
@@ -202,6 +211,16 @@ class ApplyEmotion(TalkingFaceNode):
             }
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, directions: str) -> bool | str:
+        if directions == FACE_MODEL_DIRECTIONS:
+            return True
+        return cls.check_model_file(
+            "directions", DIRECTION_TABLE_FOLDER, directions,
+            "Fit a direction table for your face model with `python -m scripts.fit_emotion_directions`, or pick "
+            f"'{FACE_MODEL_DIRECTIONS}'",
+        )
+
     def run(
         self,
         coefficients: FaceCoefficients,
@@ -209,14 +228,22 @@ class ApplyEmotion(TalkingFaceNode):
         face_model: MorphableModel,
         directions: str,
         ramp_in_frames: int,
-    ) -> tuple[FaceCoefficients]:
+    ) -> dict:
         if coefficients.frames == 0:
             raise self.fail("the coefficient sequence has no frames")
         if ramp_in_frames < 0:
             raise self.fail(f"ramp_in_frames must be 0 or more, got {ramp_in_frames}")
         face_model.check_coefficients(coefficients)
-        table = None if directions == FACE_MODEL_DIRECTIONS else host.model_path(DIRECTION_TABLE_FOLDER, directions)
-        return (apply_emotion(coefficients, emotion, emotion_directions_for(face_model, table), ramp_in_frames),)
+        edited = apply_emotion(coefficients, emotion, directions_for_choice(face_model, directions), ramp_in_frames)
+        # The node's face preview (web/js/face_editor.js) draws this emotion on the model's average face.
+        shown = {"weights": emotion.anchor_weights.tolist(), "intensity": emotion.intensity, "prompt": emotion.prompt}
+        return {"ui": {"talkingface_emotion": [shown]}, "result": (edited,)}
+
+
+def directions_for_choice(face_model: MorphableModel, choice: str) -> EmotionDirections:
+    """The emotion directions behind one of Apply Emotion's choices (also what its preview draws)."""
+    table = None if choice == FACE_MODEL_DIRECTIONS else host.model_path(DIRECTION_TABLE_FOLDER, choice)
+    return emotion_directions_for(face_model, table)
 
 
 EMOTION_NODES = (LoadCLIPEmotion, TextEmotion, ApplyEmotion)

@@ -6,7 +6,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..pipelines.errors import ModelFileError
 from ..pipelines.face.alignment import (
     apply_transforms,
     face_mask,
@@ -81,6 +80,18 @@ class LoadFaceAnalyzer(TalkingFaceNode):
             },
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, pack: str, insightface: object = "not connected") -> bool | str:
+        # ComfyUI validates before anything runs: a connected input arrives as None, an unconnected one not at all.
+        if insightface is None or pack in host.model_packs(INSIGHTFACE_FOLDER, INSIGHTFACE_PACKS):
+            return True
+        return (
+            f"{cls.DISPLAY_NAME}: pack: insightface model pack '{pack}' not found: put the folder {pack}/ into "
+            f"{host.model_folder_hint(INSIGHTFACE_FOLDER)}models/. It is insightface's own download (buffalo_l: "
+            "det_10g.onnx, 2d106det.onnx, 1k3d68.onnx, genderage.onnx, w600k_r50.onnx; non-commercial licence), "
+            "which ReActor and IPAdapter users often have already; or connect IPAdapter's InsightFace Loader to insightface"
+        )
+
     def run(self, pack: str, provider: str, detection_size: int, detection_threshold: float, insightface=None):
         if insightface is not None:
             return (FaceAnalyzer.wrap(insightface),)
@@ -141,13 +152,19 @@ class LoadFaceRegressor(TalkingFaceNode):
             }
         }
 
+    @staticmethod
+    def _missing(weights: str) -> str:
+        return (f"face regressor weights '{weights}' not found: put Deep3DFaceRecon's epoch_20.pth (SadTalker ships it "
+                f"in its checkpoints/ folder) into {host.model_folder_hint('3dmm')}")
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, weights: str) -> bool | str:
+        return True if weights in _regressor_files() else f"{cls.DISPLAY_NAME}: weights: {cls._missing(weights)}"
+
     def run(self, weights: str, refine: str):
         files = _regressor_files()
         if weights not in files:
-            raise ModelFileError(
-                f"face regressor weights '{weights}' not found: put Deep3DFaceRecon's epoch_20.pth (SadTalker ships it "
-                f"in its checkpoints/ folder) into {host.model_folder_hint('3dmm')}"
-            )
+            raise self.fail(f"weights: {self._missing(weights)}")
         path = files[weights]
         return (load_face_regressor(path, _template_file(path), refine),)
 

@@ -19,6 +19,15 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CATEGORY = f"{ROOT_CATEGORY}/generate"
 VAE_FOLDER = "vae"
 NO_VAE = "none"
+DEMO_GENERATOR = "tgdm_demo_64px.safetensors"
+OBTAIN_GENERATOR = (
+    f"Pick {DEMO_GENERATOR}, which ships with the pack, or train a generator with `python -m scripts.train_tgdm` "
+    "(add --space latent for 512² latent mode) and copy its tgdm_ema.safetensors there under this name"
+)
+OBTAIN_VAE = (
+    "It is the SD1.5 VAE the generator was trained with, e.g. vae-ft-mse-840000-ema-pruned.safetensors "
+    "(stabilityai/sd-vae-ft-mse-original); or set vae_name to none and connect a Load VAE node"
+)
 
 
 @dataclass
@@ -96,7 +105,8 @@ class LoadGenerator(TalkingFaceNode):
     CATEGORY = CATEGORY
     DESCRIPTION = (
         "Loads a TGDM generator checkpoint (.safetensors with its config in the metadata) from "
-        "ComfyUI/models/talkingface/. Train one with `python -m scripts.train_tgdm`. Latent-mode (512²) "
+        f"ComfyUI/models/talkingface/, or {DEMO_GENERATOR}, the small demo generator that ships with the pack "
+        "(trained on synthetic demo faces only). Train one with `python -m scripts.train_tgdm`. Latent-mode (512²) "
         "generators also need the SD1.5 VAE they were trained with: connect a Load VAE node or pick the "
         "file from ComfyUI/models/vae/."
     )
@@ -110,7 +120,7 @@ class LoadGenerator(TalkingFaceNode):
             "required": {
                 "checkpoint": (
                     host.list_models("talkingface"),
-                    {"tooltip": "A TGDM checkpoint in ComfyUI/models/talkingface/."},
+                    {"tooltip": f"A TGDM checkpoint in ComfyUI/models/talkingface/, or {DEMO_GENERATOR} (ships with the pack)."},
                 ),
                 "precision": (
                     list(PRECISIONS),
@@ -131,6 +141,14 @@ class LoadGenerator(TalkingFaceNode):
             },
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, checkpoint: str, vae_name: str = NO_VAE) -> bool | str:
+        problems = [cls.check_model_file("checkpoint", "talkingface", checkpoint, OBTAIN_GENERATOR)]
+        if vae_name not in (None, NO_VAE):
+            problems.append(cls.check_model_file("vae_name", VAE_FOLDER, vae_name, OBTAIN_VAE))
+        missing = [problem for problem in problems if problem is not True]
+        return " | ".join(missing) if missing else True
+
     def run(self, checkpoint: str, precision: str, vae=None, vae_name: str = NO_VAE) -> tuple[LoadedGenerator]:
         if precision not in PRECISIONS:
             raise self.fail(f"precision must be one of {PRECISIONS}, got '{precision}'")
@@ -147,6 +165,15 @@ def _resized(images: torch.Tensor | None, size: int) -> torch.Tensor | None:
     if images is None or images.shape[1:3] == (size, size):
         return images
     return resize_images(images, size)
+
+
+def _warp_inputs(warped_source: torch.Tensor, warp_mask: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The warped source and its mask at the generator's size; a mask softened by resizing is made
+    binary again, so a pixel counts as seen only where most of it was."""
+    warped = _resized(normalize_image_channels(warped_source, "warped_source")[0], size)
+    mask = warp_mask.reshape(-1, *warp_mask.shape[-2:])
+    mask = (_resized(mask.unsqueeze(-1), size)[..., 0] > 0.5).float()
+    return warped * mask.unsqueeze(-1), mask
 
 
 class TGDMSampler(TalkingFaceNode):
@@ -184,6 +211,9 @@ class TGDMSampler(TalkingFaceNode):
             "optional": {
                 "target_surface": ("IMAGE", {"tooltip": "surface_coords of the renders (Render 3DMM Target), for generators trained with surface encodings."}),
                 "source_surface": ("IMAGE", {"tooltip": "surface_coords of a render of the source's own coefficients."}),
+                "warped_source": ("IMAGE", {"tooltip": "Render Textured Target's warped_source for the same frames: needed by "
+                                                       "generators trained on the warped source (all new checkpoints)."}),
+                "warp_mask": ("MASK", {"tooltip": "Render Textured Target's warp_mask, with warped_source."}),
             },
         }
 
@@ -192,6 +222,7 @@ class TGDMSampler(TalkingFaceNode):
         coefficients: FaceCoefficients, sampler: str, steps: int, seed: int, texture_guidance: float,
         geometry_guidance: float, batch_size: int, chunk_size: int, same_noise: bool,
         target_surface: torch.Tensor | None = None, source_surface: torch.Tensor | None = None,
+        warped_source: torch.Tensor | None = None, warp_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor]:
         model = generator.model
         config = model.config
@@ -207,12 +238,28 @@ class TGDMSampler(TalkingFaceNode):
         if source_image.ndim == 4 and source_image.shape[0] not in (1, frames):
             raise self.fail(f"{source_image.shape[0]} source images for {frames} renders: give one, or one per render")
         size = config.pixel_size
+        if config.warp_condition and (warped_source is None or warp_mask is None):
+            raise self.fail(
+                f"{generator.name} was trained on the source warped onto each target: add a Render Textured Target node "
+                "(same face model, source crop and coefficients) and connect its warped_source and warp_mask here"
+            )
+        warps = (None, None)
+        if config.warp_condition:
+            counts = (warped_source.shape[0] if warped_source.ndim == 4 else 1, warp_mask.reshape(-1, *warp_mask.shape[-2:]).shape[0])
+            if counts != (frames, frames):
+                raise self.fail(
+                    f"{counts[0]} warped_source and {counts[1]} warp_mask frames for {frames} renders: "
+                    "warp the same target coefficients the renders were made from"
+                )
+            warps = _warp_inputs(warped_source, warp_mask, size)
         inputs = sampling.GeneratorInputs(
             source=_resized(normalize_image_channels(source_image, "source_image")[0], size),
             renders=_resized(normalize_image_channels(render, "render")[0], size),
             coefficients=flat,
             target_surfaces=_resized(None if target_surface is None else normalize_image_channels(target_surface, "target_surface")[0], size),
             source_surface=_resized(None if source_surface is None else normalize_image_channels(source_surface, "source_surface")[0], size),
+            warped_sources=warps[0],
+            warp_masks=warps[1],
         )
         settings = sampling.SamplerSettings(
             scheduler=sampler, steps=steps, seed=seed, texture_guidance=texture_guidance,

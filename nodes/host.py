@@ -8,7 +8,7 @@ the environment variables ``TALKINGFACE_MODELS_DIR``, ``TALKINGFACE_INPUT_DIR`` 
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import torch
 
@@ -22,6 +22,7 @@ except ImportError:
     model_management = comfy_utils = folder_paths = None
 
 IN_COMFYUI = folder_paths is not None
+PACK_ROOT = Path(__file__).resolve().parents[1]
 # Longest side of the previews shown on a node while it works (ComfyUI's own default).
 PREVIEW_SIZE = 512
 
@@ -36,6 +37,9 @@ MODEL_FOLDERS: dict[str, set[str]] = {
 }
 # ComfyUI reads models/clip/ as part of text_encoders; outside ComfyUI the fallback does the same.
 FOLDER_ALIASES: dict[str, tuple[str, ...]] = {"text_encoders": ("clip",)}
+# Model files that ship inside the pack, offered after the user's own files of the same folder
+# (a user file of the same name wins).
+BUNDLED_MODELS: dict[str, Path] = {"talkingface": PACK_ROOT / "assets"}
 
 
 def register_model_folders() -> None:
@@ -66,20 +70,42 @@ def _fallback_roots(folder: str) -> list[Path]:
     return [models / name for name in (folder, *FOLDER_ALIASES.get(folder, ()))]
 
 
+def _bundled_models(folder: str) -> dict[str, Path]:
+    root = BUNDLED_MODELS.get(folder)
+    if root is None or not root.is_dir():
+        return {}
+    return {path.name: path for path in sorted(root.iterdir())
+            if path.is_file() and path.suffix.lower() in MODEL_FOLDERS[folder]}
+
+
 def list_models(folder: str) -> list[str]:
-    """Files in a model folder, as relative names (subfolders included), sorted."""
+    """Files in a model folder, as relative names (subfolders included), sorted; then the files the
+    pack ships for that folder."""
     if IN_COMFYUI:
-        return folder_paths.get_filename_list(folder)
-    return sorted({
-        path.relative_to(root).as_posix()
-        for root in _fallback_roots(folder) if root.is_dir()
-        for path in root.rglob("*")
-        if path.is_file() and path.suffix.lower() in MODEL_FOLDERS[folder]
-    })
+        own = list(folder_paths.get_filename_list(folder))
+    else:
+        own = sorted({
+            path.relative_to(root).as_posix()
+            for root in _fallback_roots(folder) if root.is_dir()
+            for path in root.rglob("*")
+            if path.is_file() and path.suffix.lower() in MODEL_FOLDERS[folder]
+        })
+    return own + [name for name in _bundled_models(folder) if name not in own]
 
 
-def model_path(folder: str, name: str, what: str = "model file") -> Path:
-    """The full path of a model file, or an error that names the file and the folder it belongs in."""
+def _is_plain_relative(name: str) -> bool:
+    """A non-empty relative name without '..' on POSIX and Windows alike."""
+    return bool(name) and not any(
+        flavour(name).is_absolute() or ".." in flavour(name).parts or flavour(name).drive
+        for flavour in (PurePosixPath, PureWindowsPath)
+    )
+
+
+def find_model(folder: str, name: str) -> Path | None:
+    """The full path of model file ``name`` in ``folder`` (user files first, then the pack's own), or
+    None. Names that are absolute or climb out with '..' are never looked up."""
+    if not _is_plain_relative(name):
+        return None
     if IN_COMFYUI:
         found = folder_paths.get_full_path(folder, name)
         if found:
@@ -88,7 +114,24 @@ def model_path(folder: str, name: str, what: str = "model file") -> Path:
         for root in _fallback_roots(folder):
             if (root / name).is_file():
                 return root / name
-    raise ModelFileError(f"{what} '{name}' not found: put it into {model_folder_hint(folder)}")
+    return _bundled_models(folder).get(name)
+
+
+def missing_model_message(folder: str, name: str, what: str = "model file") -> str:
+    """Why ``name`` cannot be loaded, naming the file and the folder it belongs in."""
+    if not name:
+        return f"no {what} chosen: put one into {model_folder_hint(folder)} and pick it from the list"
+    if not _is_plain_relative(name):
+        return f"{what} '{name}' is not a file name inside {model_folder_hint(folder)}: pick a file from the list"
+    return f"{what} '{name}' not found: put it into {model_folder_hint(folder)}"
+
+
+def model_path(folder: str, name: str, what: str = "model file") -> Path:
+    """The full path of a model file, or an error that names the file and the folder it belongs in."""
+    found = find_model(folder, name)
+    if found is None:
+        raise ModelFileError(missing_model_message(folder, name, what))
+    return found
 
 
 def model_folder_roots(folder: str) -> list[Path]:
@@ -132,6 +175,42 @@ def output_directory() -> Path:
     return _fallback_dir("TALKINGFACE_OUTPUT_DIR", "output")
 
 
+INPUT_FOLDER_HINT = "ComfyUI/input/"
+
+
+def input_file(name: str, input_name: str = "file") -> Path:
+    """The file ``name`` inside ComfyUI's input folder. Absolute names, '..' and links that lead out of
+    the folder are refused, so a prompt cannot make a node read any other file the server can read."""
+    if not _is_plain_relative(name):
+        raise TalkingFaceError(
+            f"{input_name} '{name}' is not a file name inside {INPUT_FOLDER_HINT}: give a name relative to "
+            "that folder (no absolute path, no '..'), as the list shows it"
+        )
+    root = input_directory()
+    path = root / name
+    if root.resolve() not in path.resolve().parents:
+        raise TalkingFaceError(
+            f"{input_name} '{name}' is a link that leads out of {INPUT_FOLDER_HINT}: copy the file itself into that folder"
+        )
+    if not path.is_file():
+        raise TalkingFaceError(
+            f"{input_name} '{name}' is not in {INPUT_FOLDER_HINT}: copy (or upload) the file there and pick it from the list"
+        )
+    return path
+
+
+def input_files(suffixes: set[str]) -> list[str]:
+    """Files with these suffixes in ComfyUI's input folder (any subfolder), as relative names, sorted."""
+    root = input_directory()
+    if not root.is_dir():
+        return []
+    return sorted(
+        path.relative_to(root).as_posix()
+        for path in root.rglob("*")
+        if path.is_file() and path.suffix.lower() in suffixes
+    )
+
+
 def torch_device() -> torch.device:
     if IN_COMFYUI:
         return model_management.get_torch_device()
@@ -173,7 +252,7 @@ def next_free_path(directory: Path, prefix: str, suffix: str) -> Path:
     """``directory/prefix_00001_.suffix`` with the first counter that is not taken: never overwrite."""
     target = (directory / prefix).resolve()
     if directory.resolve() not in target.parents:
-        raise TalkingFaceError(f"filename prefix '{prefix}' points outside the output folder")
+        raise TalkingFaceError(f"filename_prefix '{prefix}' points outside the output folder: give a path inside it, without '..'")
     target.parent.mkdir(parents=True, exist_ok=True)
     counter = 1
     while True:

@@ -7,6 +7,15 @@ from . import host
 from .base import TalkingFaceNode
 
 DEMO_MODEL_CHOICE = "demo face (built-in)"
+SADTALKER_FOLDER = "BFM_Fitting"
+
+
+def _face_model_name(model_name: str) -> str:
+    """The name as given, or inside SadTalker's BFM_Fitting/ folder when only that has it, so a workflow
+    naming BFM_model_front.mat runs with either layout."""
+    if host.find_model("3dmm", model_name) is None and host.find_model("3dmm", f"{SADTALKER_FOLDER}/{model_name}"):
+        return f"{SADTALKER_FOLDER}/{model_name}"
+    return model_name
 
 
 class Load3DMM(TalkingFaceNode):
@@ -35,7 +44,23 @@ class Load3DMM(TalkingFaceNode):
             }
         }
 
-    def run(self, model_name: str) -> tuple[MorphableModel]:
+    @classmethod
+    def VALIDATE_INPUTS(cls, model_name: str) -> bool | str:
         if model_name == DEMO_MODEL_CHOICE:
-            return (demo_face_model(),)
-        return (load_face_model(host.model_path("3dmm", model_name)),)
+            return True
+        return cls.check_model_file(
+            "model_name", "3dmm", _face_model_name(model_name),
+            "It is the Basel Face Model 2009 as Deep3DFaceRecon converts it (free for non-commercial research, "
+            "requested from faces.dmi.unibas.ch), or SadTalker's BFM_Fitting folder; or pick "
+            f"'{DEMO_MODEL_CHOICE}', which needs no file",
+        )
+
+    def run(self, model_name: str) -> tuple[MorphableModel]:
+        return (face_model_for_choice(model_name),)
+
+
+def face_model_for_choice(model_name: str) -> MorphableModel:
+    """The model behind one of Load 3DMM's choices (also what the face editor's preview shows)."""
+    if model_name == DEMO_MODEL_CHOICE:
+        return demo_face_model()
+    return load_face_model(host.model_path("3dmm", _face_model_name(model_name)))

@@ -1,15 +1,25 @@
-"""Render 3DMM Target: coefficients to TGDM's target image I_3d and the maps built with it."""
+"""Render 3DMM Target (coefficients to TGDM's target image I_3d and its maps) and Render Textured
+Target (the source photo carried onto the target geometry)."""
 from __future__ import annotations
+
+import logging
 
 import torch
 
+from ..pipelines.images import normalize_image_channels
 from ..pipelines.morphable.coefficients import FaceCoefficients
 from ..pipelines.morphable.model import MorphableModel
 from ..pipelines.render.camera import PerspectiveCamera
-from ..pipelines.render.renderer import FaceRenderer
+from ..pipelines.render.renderer import FaceRenderer, normals_to_image
+from ..pipelines.render.texture_transfer import TextureTransfer
+from ..pipelines.render.textured_target import DRAWN_MOUTH, TexturedTarget, render_textured_target
 from ..pipelines.video import frame_chunks
 from . import host
 from .base import TalkingFaceNode
+
+logger = logging.getLogger(__name__)
+# Below this share of the target face seen by the source a frame is mostly guessed: the user is told.
+MIN_VISIBLE_FRACTION = 0.05
 
 
 class Render3DMMTarget(TalkingFaceNode):
@@ -63,9 +73,110 @@ class Render3DMMTarget(TalkingFaceNode):
                     maps = renderer.render(coefficients[chunk].to(device))
                 outputs["image"].append(maps.image.cpu())
                 outputs["mask"].append(maps.mask.cpu())
-                outputs["normals"].append(((maps.normals + 1.0) * 0.5 * maps.mask.unsqueeze(-1)).cpu())
+                outputs["normals"].append(normals_to_image(maps.normals, maps.mask).cpu())
                 outputs["surface"].append(maps.surface.cpu())
                 progress.advance(chunk.stop - chunk.start)
         finally:
             face_model.to(host.offload_device())
         return tuple(torch.cat(outputs[key]).float() for key in ("image", "mask", "normals", "surface"))
+
+
+class RenderTexturedTarget(TalkingFaceNode):
+    DISPLAY_NAME = "Render Textured Target"
+    DESCRIPTION = (
+        "Reenactment with no trained weights: the source photo's texture carried onto each target frame's "
+        "3DMM geometry (the same mesh under the source's and the target's coefficients gives every target "
+        "pixel its place in the photo), relit to the target's lighting, with a mouth interior where the lips "
+        "part. With Paste Back this is a complete talking-portrait or reenactment path. The warped source and "
+        "its mask also condition TGDM Sampler."
+    )
+    RETURN_TYPES = ("IMAGE", "MASK", "IMAGE", "MASK")
+    RETURN_NAMES = ("image", "mask", "warped_source", "warp_mask")
+    OUTPUT_TOOLTIPS = (
+        "The reenacted crops: warped face, colour-matched render where the photo does not show the surface, "
+        "mouth interior, and the source crop around the face.",
+        "The face and mouth: connect to Paste Back's face_mask.",
+        "The (relit) warped source alone, black where the source did not see the surface (for TGDM Sampler).",
+        "1 where the source saw the target's surface point (for TGDM Sampler).",
+    )
+    MOUTHS = ("drawn teeth", "source photo")
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "face_model": ("TALK_FACE_MODEL", {"tooltip": "From Load 3DMM: the model both coefficient sets were fitted with."}),
+                "source_image": ("IMAGE", {"tooltip": "The source face crop(s) the source coefficients were fitted to (Analyze Faces' crops): one, or one per frame."}),
+                "source_coefficients": ("TALK_COEFFS", {"tooltip": "Fit 3DMM's coefficients of the source crop(s), one row per source image."}),
+                "coefficients": ("TALK_COEFFS", {"tooltip": "The target frames (e.g. Replace Coefficients' output), one row per output frame."}),
+                "resolution": ("INT", {"default": 256, "min": 64, "max": 2048, "step": 8,
+                                       "tooltip": "Output width and height, in the crop's framing."}),
+                "relight": ("BOOLEAN", {"default": True, "tooltip": "Divide out the photo's fitted lighting and apply the target's."}),
+                "mouth": (list(cls.MOUTHS), {"default": cls.MOUTHS[0],
+                                             "tooltip": "drawn teeth: a cavity with teeth where the target's lips part (for a closed-mouth photo); "
+                                                        "source photo: keep what the warp carries (for a photo that shows its teeth)."}),
+                "batch_size": ("INT", {"default": 16, "min": 1, "max": 512,
+                                       "tooltip": "Frames warped at once; lower it if a long video runs out of memory."}),
+            }
+        }
+
+    def run(
+        self, face_model: MorphableModel, source_image: torch.Tensor, source_coefficients: FaceCoefficients,
+        coefficients: FaceCoefficients, resolution: int, relight: bool, mouth: str, batch_size: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        if mouth not in self.MOUTHS:
+            raise self.fail(f"mouth must be one of {self.MOUTHS}, got '{mouth}'")
+        frames = coefficients.frames
+        if frames == 0:
+            raise self.fail("the coefficients input has no frames")
+        source_image = normalize_image_channels(source_image, "source_image")[0]
+        if source_image.shape[1] != source_image.shape[2]:
+            raise self.fail(
+                f"source_image is {source_image.shape[2]}x{source_image.shape[1]}; connect the square face crops "
+                "from Analyze Faces that the source coefficients were fitted to"
+            )
+        sources = source_image.shape[0]
+        if source_coefficients.frames != sources:
+            raise self.fail(
+                f"{source_coefficients.frames} source_coefficients rows for {sources} source images: fit the same crops you connect"
+            )
+        if sources not in (1, frames):
+            raise self.fail(f"{sources} source images for {frames} target frames: give one source, or one per frame")
+        for name, coeffs in (("source_coefficients", source_coefficients), ("coefficients", coefficients)):
+            if coeffs.dims != face_model.dims:
+                raise self.fail(
+                    f"{name} were made for a face model with {coeffs.dims} but {face_model.name} has {face_model.dims}: "
+                    "fit the source and the targets with the 3DMM connected here"
+                )
+            bad = [i for i, row in enumerate(coeffs.to_flat()) if not torch.isfinite(row).all()]
+            if bad:
+                raise self.fail(f"{name} hold NaN or infinite values in frames {_frame_list(bad)}; check the fit that made them")
+        device = host.torch_device()
+        face_model.to(device)
+        transfer = TextureTransfer(FaceRenderer(face_model, PerspectiveCamera.deep3d(resolution)))
+        look = DRAWN_MOUTH if mouth == self.MOUTHS[0] else None
+        progress = host.Progress(frames)
+        parts = []
+        try:
+            shared = transfer.prepare_source(source_coefficients.to(device), source_image.to(device)) if sources == 1 else None
+            for chunk in frame_chunks(frames, batch_size):
+                host.throw_if_interrupted()
+                source = shared or transfer.prepare_source(source_coefficients[chunk].to(device), source_image[chunk].to(device))
+                part = render_textured_target(transfer, source, coefficients[chunk].to(device), relight, look)
+                parts.append(TexturedTarget(*(value.cpu() for value in vars(part).values())))
+                progress.advance(chunk.stop - chunk.start)
+        finally:
+            face_model.to(host.offload_device())
+        result = TexturedTarget.concat(parts)
+        unseen = (result.visible_fraction < MIN_VISIBLE_FRACTION).nonzero().flatten().tolist()
+        if unseen:
+            logger.warning(
+                "%s: the source photo shows almost none of the face in frames %s (the target is turned too far from "
+                "the source); those frames show the colour-matched 3DMM render", self.DISPLAY_NAME, _frame_list(unseen),
+            )
+        return result.image.float(), result.mask.float(), result.warped.float(), result.valid.float()
+
+
+def _frame_list(frames: list[int], shown: int = 10) -> str:
+    listed = ", ".join(map(str, frames[:shown]))
+    return listed + (f" and {len(frames) - shown} more" if len(frames) > shown else "")

@@ -27,7 +27,7 @@ def read_checkpoint_metadata(path: str | Path, description: str) -> dict[str, st
     """The metadata of a checkpoint, read without loading its weights (wrong files fail cheaply)."""
     path = Path(path)
     if not path.is_file():
-        raise ModelFileError(f"{description} not found: {path}")
+        raise ModelFileError(f"{description} '{path.name}' not found")
     try:
         with safe_open(str(path), framework="pt") as handle:
             return handle.metadata() or {}

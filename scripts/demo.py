@@ -6,9 +6,10 @@ A synthetic person (the procedural demo face with a random identity, a skin patt
 background) is photographed once: that photo is the source. A driving sequence of expressions,
 blinks and head motion is rendered by our 3DMM renderer (I_3d), and the small TGDM checkpoint
 trained by ``scripts/train_tgdm.py`` on synthetic faces paints the source's texture onto every
-render. Writes DIR/demo.mp4 (source | I_3d | generated) and DIR/demo_panel.png (rows of frames:
-source, I_3d, generated, and what a camera would have seen). Real faces need a generator trained
-on real videos: see the README.
+render, conditioned on the source photo warped onto each frame's geometry. Writes DIR/demo.mp4
+(source | I_3d | Render Textured Target's no-weights reenactment | generated) and
+DIR/demo_panel.png (rows of frames: source, I_3d, the no-weights reenactment, generated, and what a camera
+would have seen). Real faces need a generator trained on real videos: see the README.
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ from pipelines.morphable.demo_model import demo_face_model
 from pipelines.morphable.model import MorphableModel
 from pipelines.render.camera import PerspectiveCamera
 from pipelines.render.renderer import FaceRenderer
+from pipelines.render.texture_transfer import TextureTransfer
+from pipelines.render.textured_target import render_textured_target
 from pipelines.training.synthetic_faces import SyntheticFaceSettings, SyntheticIdentity, photograph, random_identity
 from pipelines.training.tgdm_evaluation import psnr
 
@@ -120,19 +123,23 @@ def main() -> None:
     driving = driving_sequence(face_model, person, args.frames, args.fps)
     source_coeffs = driving[0]
     source_coeffs.rotation[:] = torch.tensor([[0.05, -0.2, 0.0]])
-    source_photo, source_maps = photograph(renderer, source_coeffs, [person], settings.pattern_strength)
-    camera_truth, target_maps = photograph(renderer, driving, [person] * args.frames, settings.pattern_strength)
+    source_photo, source_maps = photograph(renderer, source_coeffs, [person])
+    camera_truth, target_maps = photograph(renderer, driving, [person] * args.frames)
 
+    transfer = TextureTransfer(renderer)
+    textured = render_textured_target(transfer, transfer.prepare_source(source_coeffs, source_photo), driving)
+    warped = generator.config.warp_condition
     inputs = GeneratorInputs(
         source=source_photo, renders=target_maps.image, coefficients=flat_coefficients(driving),
         target_surfaces=target_maps.surface, source_surface=source_maps.surface,
+        warped_sources=textured.warped if warped else None, warp_masks=textured.valid if warped else None,
     )
     sampler = TGDMSampler(generator, SamplerSettings(
         scheduler=args.sampler, steps=args.steps, seed=args.seed, batch_size=16, chunk_size=16, same_noise=True,
     ))
     args.out.mkdir(parents=True, exist_ok=True)
     tile = args.display_size
-    writer = VideoWriter(args.out / "demo.mp4", args.fps, 3 * tile, tile)
+    writer = VideoWriter(args.out / "demo.mp4", args.fps, 4 * tile, tile)
     source_tile = resize_images(source_photo, tile)
     generated = torch.empty(args.frames, size, size, 3)
     with torch.inference_mode():
@@ -140,12 +147,12 @@ def main() -> None:
             generated[chunk] = images
             count = images.shape[0]
             writer.write(torch.cat([source_tile.expand(count, -1, -1, -1), resize_images(target_maps.image[chunk], tile),
-                                    resize_images(images, tile)], dim=2))
+                                    resize_images(textured.image[chunk], tile), resize_images(images, tile)], dim=2))
     writer.close()
 
     picks = torch.linspace(0, args.frames - 1, min(4, args.frames)).round().long()
-    rows = [torch.cat([source_tile[0], resize_images(target_maps.image[picks], tile)[i], resize_images(generated[picks], tile)[i],
-                       resize_images(camera_truth[picks], tile)[i]], dim=1) for i in range(picks.numel())]
+    columns = [resize_images(images[picks], tile) for images in (target_maps.image, textured.image, generated, camera_truth)]
+    rows = [torch.cat([source_tile[0], *(column[i] for column in columns)], dim=1) for i in range(picks.numel())]
     from torchvision.io import write_png
 
     write_png(to_uint8(torch.cat(rows, dim=0)).permute(2, 0, 1).contiguous(), str(args.out / "demo_panel.png"))
@@ -154,6 +161,7 @@ def main() -> None:
         "seconds": round(time.monotonic() - started, 1),
         "psnr_generated_vs_camera": round(psnr(generated, camera_truth).mean().item(), 2),
         "psnr_render_vs_camera": round(psnr(target_maps.image, camera_truth).mean().item(), 2),
+        "psnr_textured_vs_camera": round(psnr(textured.image, camera_truth).mean().item(), 2),
         "psnr_source_vs_camera": round(psnr(source_photo.expand_as(camera_truth), camera_truth).mean().item(), 2),
     }))
 

@@ -21,7 +21,7 @@ from pipelines.audio.io import SAMPLE_RATE
 from pipelines.audio.landmark_model import LandmarkCompletionTransformer, LandmarkModelConfig, save_landmark_model
 from pipelines.training.audio_synthetic import formant_audio, syllable_track
 
-TINY_AUDIO_MODEL_FILE = "talkingface_audio_landmarks_tiny.safetensors"
+TINY_AUDIO_MODEL_FILE = "audio_landmarks.safetensors"  # the name the example workflows give the user's trained model
 TINY_AUDIO_MODEL_CONFIG = LandmarkModelConfig(
     reference_sets=2, target_frames=8, width=32, heads=2, layers=1, feedforward=64, dropout=0.0,
     audio_channels=(16,), point_channels=4,

@@ -5,7 +5,8 @@
 Writes ``DIR/clip/talkingface_tiny_clip.safetensors`` with its open_clip config beside it as
 ``talkingface_tiny_clip.json`` (how the pack's loader learns a custom architecture's name in any
 process: no ``open_clip.add_model_config`` needed), and the same model in open_clip's ``local-dir``
-layout, ``DIR/clip/talkingface_tiny_clip_dir/{open_clip_config.json, open_clip_model.safetensors}``.
+layout under the folder name a Hugging Face download of ViT-B-32 has (what the example workflows
+name), ``DIR/clip/CLIP-ViT-B-32-laion2B-s34B-b79K/{open_clip_config.json, open_clip_model.safetensors}``.
 The checkpoint is a full open_clip ``CLIP`` state dict (text and image towers, logit scale).
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ from safetensors.torch import save_file
 
 TINY_CLIP_NAME = "TalkingFace-tiny-CLIP"
 TINY_CLIP_FILE = "talkingface_tiny_clip.safetensors"
-TINY_CLIP_DIR = "talkingface_tiny_clip_dir"
+TINY_CLIP_DIR = "CLIP-ViT-B-32-laion2B-s34B-b79K"  # the folder a Hugging Face download of ViT-B-32 gives
 TINY_CLIP_CONFIG = {
     "embed_dim": 32,
     "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},

@@ -15,7 +15,7 @@ import torch
 
 from pipelines.generator.dubbing import DubbingConfig, DubbingDenoiser, save_dubbing
 
-TINY_DUBBING_FILE = "talkingface_dubbing_tiny_32px.safetensors"
+TINY_DUBBING_FILE = "dubbing.safetensors"  # the name the example workflow gives the user's trained model
 
 
 def tiny_dubbing_config() -> DubbingConfig:

@@ -20,7 +20,7 @@ from pipelines.emotion.emotion import emotion_encoder_id
 from pipelines.morphable.coefficients import BFM_DIMS
 from scripts.tiny_clip import TINY_CLIP_CONFIG, TINY_CLIP_NAME
 
-TINY_EMO_A2E_FILE = "talkingface_emo_a2e_tiny.safetensors"
+TINY_EMO_A2E_FILE = "emo_a2e.safetensors"  # the name the example workflows give the user's trained model
 TINY_CLIP_ENCODER_NAME = f"open_clip:{TINY_CLIP_NAME}"
 TINY_CLIP_EMOTION_DIM = TINY_CLIP_CONFIG["embed_dim"]
 

@@ -23,8 +23,8 @@ from pipelines.generator.tgdm import TGDMDenoiser
 from pipelines.generator.vae import build_autoencoder, ldm_vae_weights, vae_config
 
 TINY_GENERATOR_FILE = "tgdm_tiny_32px.safetensors"
-TINY_LATENT_GENERATOR_FILE = "tgdm_tiny_latent_64px.safetensors"
-TINY_VAE_FILE = "vae_tiny_sd15_layout.safetensors"
+TINY_LATENT_GENERATOR_FILE = "tgdm_latent.safetensors"  # the name the example workflows give the user's trained one
+TINY_VAE_FILE = "vae-ft-mse-840000-ema-pruned.safetensors"  # the SD1.5 VAE users have
 
 
 def tiny_generator_config() -> TGDMConfig:
@@ -50,8 +50,8 @@ def tiny_vae_config() -> dict:
 
 
 def write_tiny_vae(models_root: Path) -> Path:
-    """``models_root/vae/vae_tiny_sd15_layout.safetensors``: original LDM key names (like
-    vae-ft-mse-840000-ema-pruned.safetensors) and, unlike real SD files, its config in the metadata."""
+    """``models_root/vae/vae-ft-mse-840000-ema-pruned.safetensors``, a stand-in for the SD1.5 VAE file of
+    that name: its original LDM key names and, unlike the real file, its toy config in the metadata."""
     torch.manual_seed(0)
     config = tiny_vae_config()
     weights = build_autoencoder(config).state_dict()
@@ -63,7 +63,8 @@ def write_tiny_vae(models_root: Path) -> Path:
 
 
 def write_tiny_generator(models_root: Path) -> list[Path]:
-    """Save the tiny generator as ``models_root/talkingface/tgdm_tiny_32px.safetensors``."""
+    """Save the tiny generator as ``models_root/talkingface/tgdm_tiny_32px.safetensors`` (for tests; the
+    example workflows use the demo generator that ships with the pack)."""
     torch.manual_seed(0)
     path = Path(models_root) / "talkingface" / TINY_GENERATOR_FILE
     save_tgdm(TGDMDenoiser(tiny_generator_config()), path, {"note": "tiny random weights for tests"})

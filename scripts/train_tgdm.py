@@ -13,8 +13,9 @@ Latent mode (512² output on SD1.5 VAE latents; the VAE stays frozen):
     python -m scripts.train_tgdm --out runs/tgdm512 --space latent --image-size 512 \
         --vae ComfyUI/models/vae/vae-ft-mse-840000-ema-pruned.safetensors --attention 32,16 ...
 ``--image-size`` is always the size of the images; the denoiser works on image-size/8 latents. The last line printed is a JSON
-object with held-out PSNR/SSIM of the generator and of two trivial baselines (the render I_3d and
-the unchanged source photo).
+object with held-out PSNR/SSIM of the generator and of the baselines (the render I_3d, the unchanged
+source photo, the source warped onto the target geometry, plain and relit), on the whole crop, the
+face, and what the warp cannot see.
 
 The committed demo checkpoint (assets/tgdm_demo_64px.safetensors) was made with DEMO_COMMAND below.
 """
@@ -32,8 +33,9 @@ from pipelines.generator.config import TGDMConfig
 from pipelines.generator.sampler import SCHEDULERS, SamplerSettings
 from pipelines.generator.vae import DiffusersVAECodec, load_vae
 from pipelines.morphable.demo_model import demo_face_model
+from pipelines.morphable.model import load_face_model
 from pipelines.training.synthetic_faces import SyntheticFaceSettings, render_synthetic_views
-from pipelines.training.tgdm import EMA_FILE, TGDMTrainer, TrainingSettings
+from pipelines.training.tgdm import EMA_FILE, TGDMTrainer, TrainingSettings, with_coefficient_statistics
 from pipelines.training.tgdm_evaluation import evaluate_generator, held_out_pairs
 from pipelines.training.video_shards import VideoFaceShards
 
@@ -63,6 +65,10 @@ def parse_arguments() -> argparse.Namespace:
     model.add_argument("--attention", type=tuple_of_ints, default=(32, 16), help="texture-attention resolutions")
     model.add_argument("--surface-frequencies", type=int, default=4, help="0 switches surface encodings off")
     model.add_argument("--prediction", choices=("epsilon", "v_prediction"), default="epsilon")
+    model.add_argument("--no-warp-condition", action="store_true",
+                       help="the design before the warped-source condition (texture attention alone), for comparison")
+    model.add_argument("--face-model", type=Path, default=None,
+                       help="the 3DMM the --data shards were fitted with (BFM_model_front.mat); default: the demo face")
     data = parser.add_argument_group("data")
     data.add_argument("--identities", type=int, default=160)
     data.add_argument("--views", type=int, default=6, help="renders per identity")
@@ -111,16 +117,16 @@ def main() -> None:
         image_size=size, base_channels=args.base_channels, channel_multipliers=args.levels,
         attention_resolutions=args.attention, source_base_channels=args.base_channels,
         surface_frequencies=args.surface_frequencies, prediction_type=args.prediction, space=args.space,
-        vae=args.vae_family, **({} if vae is None else {"latent_channels": vae.latent_channels,
-                                                      "vae_scale_factor": vae.scale_factor,
-                                                      "vae_scaling_factor": vae.scaling_factor}),
+        vae=args.vae_family, warp_condition=not args.no_warp_condition,
+        **({} if vae is None else {"latent_channels": vae.latent_channels, "vae_scale_factor": vae.scale_factor,
+                                   "vae_scaling_factor": vae.scaling_factor}),
     )
     settings = TrainingSettings(
         steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, ema_decay=args.ema_decay,
         mixed_precision=args.mixed_precision, checkpoint_every=args.checkpoint_every, seed=args.seed,
     )
     faces = SyntheticFaceSettings(image_size=args.image_size, views_per_identity=args.views)
-    face_model = demo_face_model()
+    face_model = demo_face_model() if args.face_model is None else load_face_model(args.face_model)
     started = time.monotonic()
     if args.data is not None:
         views = shard_views(args, args.data)
@@ -128,7 +134,8 @@ def main() -> None:
     else:
         views = render_synthetic_views(face_model, args.identities, faces, seed=args.seed)
         print(f"rendered {len(views)} training views in {time.monotonic() - started:.0f}s", flush=True)
-    trainer = TGDMTrainer(config, settings, args.out, vae)
+    config = with_coefficient_statistics(config, views.coefficients)
+    trainer = TGDMTrainer(config, settings, args.out, vae, face_model)
     parameters = sum(p.numel() for p in trainer.denoiser.parameters())
     print(f"{parameters / 1e6:.2f}M parameters, starting at step {trainer.step}", flush=True)
     trainer.train(views, args.time_limit, log=lambda line: print(line, flush=True))
@@ -145,7 +152,7 @@ def main() -> None:
         sampling = SamplerSettings(scheduler=args.sampler, steps=args.sample_steps, batch_size=32, chunk_size=32,
                                    same_noise=False)
         with torch.inference_mode():
-            summary.update(evaluate_generator(model, held_out, sampling, vae, pairs))
+            summary.update(evaluate_generator(model, held_out, sampling, vae, pairs, face_model))
         summary["held_out_pairs"] = len(pairs[0])
     print(json.dumps(summary))
 

@@ -76,7 +76,6 @@ def test_channels_are_averaged_and_batch_layouts_accepted():
         (torch.zeros(1, 0, 100), "empty"),
         (torch.tensor([[[0.1, float("nan"), 0.2] * 400]]), "NaN or infinite"),
         (torch.tensor([[[0.1, float("inf"), 0.2] * 400]]), "NaN or infinite"),
-        (torch.zeros(1, 2, 16000), "silent"),
     ],
 )
 def test_bad_audio_is_refused_with_a_clear_message(waveform, message):
@@ -117,5 +116,24 @@ def test_length_policies():
     kept, frames = audio_io.fit_to_frames(speech, 50, 25.0, "trim")
     assert frames == 25 and kept.samples.shape[0] == 16000
     assert audio_io.fit_to_frames(speech, 0, 30.0, "pad")[1] == 30
-    with pytest.raises(errors.TalkingFaceError, match="length policy"):
+    with pytest.raises(errors.TalkingFaceError, match="length_policy"):
         audio_io.fit_to_frames(speech, 5, 25.0, "stretch")
+
+
+@pytest.mark.parametrize("policy, frames, seconds", [("pad", 50, 2.0), ("loop", 50, 2.0), ("trim", 50, 1.0), ("pad", 10, 0.4), ("pad", 0, 1.0)])
+def test_the_sound_keeps_its_rate_and_channels_and_follows_the_frames_like_the_speech(policy, frames, seconds):
+    stereo = torch.stack([torch.linspace(-0.5, 0.5, 48000), torch.linspace(0.5, -0.5, 48000)]).unsqueeze(0)  # 1 s
+    audio = {"waveform": stereo, "sample_rate": 48000}
+    sound = audio_io.fit_comfy_to_frames(audio, frames, 25.0, policy)
+    assert sound["sample_rate"] == 48000 and sound["waveform"].shape == (1, 2, round(seconds * 48000))
+    speech, speech_frames = audio_io.fit_to_frames(audio_io.prepare_speech(audio), frames, 25.0, policy)
+    assert speech.duration == pytest.approx(seconds, abs=1e-3), "the models' 16 kHz copy covers the same time"
+    if policy == "loop":
+        assert torch.equal(sound["waveform"][..., 48000:], stereo)
+    assert torch.equal(sound["waveform"][..., :min(48000, sound["waveform"].shape[-1])], stereo[..., :sound["waveform"].shape[-1]])
+
+
+def test_silence_is_recognised_not_refused():
+    silence = audio_io.prepare_speech({"waveform": torch.zeros(1, 2, 16000), "sample_rate": 16000})
+    assert audio_io.is_silent(silence)
+    assert not audio_io.is_silent(audio_io.Audio(torch.full((100,), 0.01), 16000))

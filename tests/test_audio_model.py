@@ -119,7 +119,7 @@ def test_sliding_windows_blend_and_do_not_depend_on_batching():
     assert torch.allclose(direct[:4], one[:4], atol=1e-4)
     with pytest.raises(errors.TalkingFaceError, match="16000 Hz"):
         landmarks.predict_mouth(model, audio_io.Audio(speech.samples, 8000), 25.0, references, pose)
-    with pytest.raises(errors.TalkingFaceError, match="reference landmark sets"):
+    with pytest.raises(ValueError, match="reference landmark sets"):
         landmarks.predict_mouth(model, speech, 25.0, references[:2], pose)
 
 

@@ -49,7 +49,7 @@ def test_hold_idle_and_reference_motion(face):
     assert torch.allclose(followed.gaze[:, 0], torch.full((9,), 0.1))
     with pytest.raises(errors.TalkingFaceError, match="needs reference coefficients"):
         motion.head_motion(face, still, 9, 25.0, "reference")
-    with pytest.raises(errors.TalkingFaceError, match="unknown head motion"):
+    with pytest.raises(errors.TalkingFaceError, match="unknown head_motion"):
         motion.head_motion(face, still, 9, 25.0, "dance")
 
 

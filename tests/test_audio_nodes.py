@@ -17,7 +17,7 @@ base = pack_import("nodes.base")
 coefficients = pack_import("pipelines.morphable.coefficients")
 ASSETS = PACK_ROOT / "tests" / "assets"
 SPEECH = "talkingface_audio_speech.wav"
-TINY_MODEL = "talkingface_audio_landmarks_tiny.safetensors"
+TINY_MODEL = "audio_landmarks.safetensors"
 MAPPINGS = {**pack.NODE_CLASS_MAPPINGS, **{f"TalkingFace{cls.__name__}": cls for cls in audio_nodes.NODE_CLASSES}}
 
 
@@ -45,7 +45,7 @@ def test_load_audio_lists_loads_and_trims(audio_dirs):
     audio, seconds = node().execute(file=SPEECH, start_seconds=0.5, duration_seconds=1.0)
     assert audio["sample_rate"] == 16000 and audio["waveform"].shape == (1, 1, 16000) and seconds == 1.0
     assert node.VALIDATE_INPUTS(file=SPEECH) is True
-    assert "no file" in node.VALIDATE_INPUTS(file="missing.wav")
+    assert "'missing.wav' is not in ComfyUI/input/" in node.VALIDATE_INPUTS(file="missing.wav")
     assert node.IS_CHANGED(file=SPEECH) == node.IS_CHANGED(file=SPEECH) != ""
     (audio_dirs["input"] / "broken.wav").write_text("this is not audio")
     with pytest.raises(base.NodeInputError, match=r"^Load Audio \(TalkingFace\): 'broken.wav' could not be decoded"):
@@ -104,7 +104,6 @@ def test_audio_to_expression_chain(audio_dirs):
     [
         ({"portrait_frame": 99}, "portrait_frame 99 does not exist"),
         ({"head_motion": "reference"}, "nothing is connected to motion_reference"),
-        ({"audio": {"waveform": torch.zeros(1, 1, 16000), "sample_rate": 16000}}, "silent"),
         ({"audio": {"waveform": torch.full((1, 2, 16000), float("nan")), "sample_rate": 48000}}, "NaN"),
         ({"audio": {"waveform": torch.zeros(1, 1, 0), "sample_rate": 16000}}, "empty"),
     ],
@@ -117,7 +116,8 @@ def test_audio_to_landmarks_bad_input(audio_dirs, changes, message):
 def test_audio_workflow_runs(audio_dirs):
     recorded = run_workflow(PACK_ROOT / "example_workflows" / "audio_talking_demo_face.json", MAPPINGS)
     (outputs,) = recorded.values()
-    assert outputs["images"].shape == (13, 128, 128, 3) and outputs["images"].amax() > 0.2
+    whole_clip = 2 * 25  # the template keeps the whole 2 s example clip, at 25 fps
+    assert outputs["images"].shape == (whole_clip, 128, 128, 3) and outputs["images"].amax() > 0.2
 
 
 def test_committed_speech_asset_is_what_the_script_writes(tmp_path):
@@ -127,3 +127,42 @@ def test_committed_speech_asset_is_what_the_script_writes(tmp_path):
     assert rate == 16000 and fresh.shape == kept.shape and np.abs(fresh - kept).max() <= 2 / 32768, (
         f"tests/assets/{SPEECH} is stale: run python -m scripts.tiny_audio assets"
     )
+
+
+def test_a_48khz_stereo_file_comes_out_as_the_videos_sound_at_48khz_stereo(audio_dirs):
+    speech, rate = soundfile.read(str(ASSETS / SPEECH), dtype="float32")
+    stereo = np.stack([np.interp(np.arange(3 * speech.size) / 3, np.arange(speech.size), speech)] * 2, axis=1)
+    stereo[:, 1] *= 0.5  # the channels differ, so a mix-down would show
+    soundfile.write(str(audio_dirs["input"] / "stereo48k.flac"), stereo, 48000, subtype="PCM_24")
+    audio, seconds = audio_nodes.LoadAudio().execute(file="stereo48k.flac", start_seconds=0.0, duration_seconds=0.0)
+    assert audio["sample_rate"] == 48000 and audio["waveform"].shape == (1, 2, 96000) and seconds == 2.0
+    inputs = chain_inputs(audio_dirs, audio=audio)
+    _, sound, frames, _ = audio_nodes.AudioToLandmarks().execute(**inputs)
+    assert frames == 50 and sound["sample_rate"] == 48000 and sound["waveform"].shape == (1, 2, 96000)
+    assert torch.allclose(sound["waveform"], audio["waveform"]), "the sound is the user's, not the models' 16 kHz copy"
+    _, padded, frames, _ = audio_nodes.AudioToLandmarks().execute(**{**inputs, "frames": 60})
+    assert frames == 60 and padded["waveform"].shape == (1, 2, 115200) and padded["waveform"][..., 96000:].abs().max() == 0
+
+
+def test_silence_gives_a_resting_mouth_and_a_warning(audio_dirs, caplog):
+    silence = {"waveform": torch.zeros(1, 2, 48000), "sample_rate": 48000}
+    inputs = chain_inputs(audio_dirs, audio=silence, head_motion="idle")
+    with caplog.at_level("WARNING"):
+        landmarks, sound, frames, _ = audio_nodes.AudioToLandmarks().execute(**inputs)
+    assert "Audio to Landmarks: the audio is silent" in caplog.text
+    assert frames == 25 and sound["waveform"].shape == (1, 2, 48000)
+    coeffs, _ = audio_nodes.LandmarksToExpression().execute(face_model=inputs["face_model"], landmarks=landmarks, smoothing=0.5)
+    jaw = coeffs.expression[:, inputs["face_model"].expression_index("jaw_open")]
+    resting = inputs["portrait"].expression[0, inputs["face_model"].expression_index("jaw_open")]
+    assert (jaw - resting).abs().max() < 0.05, "the jaw stays where the portrait rests it"
+    assert coeffs.rotation.std(0).amax() > 0, "the head still moves as head_motion says"
+
+
+def test_audio_files_without_samples_or_undecodable_name_the_file_not_the_server_path(audio_dirs):
+    soundfile.write(str(audio_dirs["input"] / "empty.wav"), np.zeros((0, 1), dtype="float32"), 16000)
+    with pytest.raises(base.NodeInputError, match=r"^Load Audio \(TalkingFace\): file 'empty.wav' holds no audio samples"):
+        audio_nodes.LoadAudio().execute(file="empty.wav", start_seconds=0.0, duration_seconds=0.0)
+    (audio_dirs["input"] / "broken.wav").write_text("this is not audio")
+    with pytest.raises(base.NodeInputError) as raised:
+        audio_nodes.LoadAudio().execute(file="broken.wav", start_seconds=0.0, duration_seconds=0.0)
+    assert "'broken.wav' could not be decoded" in str(raised.value) and str(audio_dirs["input"]) not in str(raised.value)

@@ -13,8 +13,8 @@ faces_module = pack_import("pipelines.face.faces")
 audio_synthetic = pack_import("pipelines.training.audio_synthetic")
 demo_model = pack_import("pipelines.morphable.demo_model")
 
-DUBBING_FILE = "talkingface_dubbing_tiny_32px.safetensors"
-AUDIO_MODEL_FILE = "talkingface_audio_landmarks_tiny.safetensors"
+DUBBING_FILE = "dubbing.safetensors"
+AUDIO_MODEL_FILE = "audio_landmarks.safetensors"
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_a_latent_dubbing_model_needs_its_vae(host_dirs, clip):
     with pytest.raises(nodes_base.NodeInputError, match="latent-mode generator.*ComfyUI/models/vae/"):
         dubbing_nodes.LoadDubbingModel().execute(checkpoint="dub_latent_test.safetensors", precision="auto")
     loaded = dubbing_nodes.LoadDubbingModel().execute(checkpoint="dub_latent_test.safetensors", precision="auto",
-                                                      vae_name="vae_tiny_sd15_layout.safetensors")[0]
+                                                      vae_name="vae-ft-mse-840000-ema-pruned.safetensors")[0]
     faces = faces_module.faces_from_landmarks(torch.rand(3, 80, 80, 3), clip.landmarks[:3] * (80 / 224))
     frames, _, masks = dub(clip, faces, dubbing_model=loaded, steps=1, length_policy="cut_to_shorter")
     assert frames.shape == (3, 80, 80, 3) and masks.amax() > 0.5

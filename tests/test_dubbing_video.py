@@ -66,13 +66,6 @@ def test_length_policies(policy, audio_frames, expected):
     assert dubbing_video.frame_schedule(3, audio_frames, policy).tolist() == expected
 
 
-def test_audio_is_cut_or_padded_with_silence_keeping_its_channels_and_rate():
-    audio = {"waveform": torch.ones(1, 2, 44100), "sample_rate": 44100}
-    longer = dubbing_video.fit_audio_length(audio, 50, 25.0)
-    assert longer["waveform"].shape == (1, 2, 88200) and longer["waveform"][..., 44100:].abs().max() == 0
-    assert dubbing_video.fit_audio_length(audio, 5, 25.0)["waveform"].shape == (1, 2, 8820)
-
-
 def test_input_mask_top_edge_follows_the_nose_and_the_shift(clip):
     points = clip.landmarks[:2] * (64 / 224)
     base = mouth.lower_face_input_mask(points, 64)

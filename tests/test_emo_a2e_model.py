@@ -69,7 +69,7 @@ def test_config_validation_and_json_round_trip():
         emo.EmoA2EConfig(encoder="")
     with pytest.raises(errors.TalkingFaceError, match="divisible by heads"):
         emo.EmoA2EConfig(encoder="x", width=10, heads=3)
-    with pytest.raises(errors.ModelFileError, match="unknown Emo-A2E settings"):
+    with pytest.raises(errors.ModelFileError, match="Emo-A2E config has unknown settings"):
         emo.EmoA2EConfig.from_json('{"encoder": "x", "colour": 1}')
 
 

@@ -72,7 +72,7 @@ def test_load_finds_the_checkpoint_and_refuses_other_kinds(emo_dirs):
     (model,) = node().execute(model_name=emo_dirs["model_file"])
     assert isinstance(model, emo.EmoA2ETransformer) and model.config.expression_dim == 64
     with pytest.raises(base.NodeInputError, match="^Load Emo-A2E Model: .*not an Emo-A2E checkpoint.*audio_landmarks"):
-        node().execute(model_name="talkingface_audio_landmarks_tiny.safetensors")
+        node().execute(model_name="audio_landmarks.safetensors")
     with pytest.raises(base.NodeInputError, match="ComfyUI/models/talkingface/"):
         node().execute(model_name="nothing.safetensors")
     with pytest.raises(base.NodeInputError, match="no checkpoint chosen"):
@@ -95,7 +95,7 @@ def test_text_emotion_from_the_tiny_clip_drives_the_tiny_model(emo_dirs, face):
 def test_example_workflow_runs(emo_dirs):
     recorded = run_workflow(PACK_ROOT / "example_workflows" / "emotion_audio_talking.json", MAPPINGS)
     (outputs,) = recorded.values()
-    assert outputs["images"].shape == (13, 128, 128, 3) and outputs["images"].amax() > 0.2
+    assert outputs["images"].shape == (2 * 25, 128, 128, 3) and outputs["images"].amax() > 0.2  # the whole 2 s clip
 
 
 def test_audio_drives_an_emotional_sequence(emo_dirs, face):
@@ -132,7 +132,6 @@ def test_bad_input(emo_dirs, face):
     node = emo_nodes.AudioToExpression()
     model = emo_nodes.LoadEmoA2EModel().execute(model_name=emo_dirs["model_file"])[0]
     cases = [
-        ({"audio": {"waveform": torch.zeros(1, 1, 16000), "sample_rate": 16000}}, "silent"),
         ({"audio": {"waveform": torch.full((1, 2, 16000), float("nan")), "sample_rate": 48000}}, "NaN"),
         ({"audio": {"waveform": torch.zeros(1, 1, 0), "sample_rate": 16000}}, "empty"),
         ({"emotion": make_emotion(model, encoder="open_clip:ViT-L-14")}, "encoded by 'open_clip:ViT-L-14'.*trained on"),
@@ -151,3 +150,15 @@ def test_bad_input(emo_dirs, face):
     )
     with pytest.raises(base.NodeInputError, match="predicts 64 expression coefficients but the face model 'small face' has 10"):
         node.execute(**inputs(emo_dirs, face, face_model=small_face))
+
+
+def test_silence_gives_the_emotion_alone_and_keeps_the_sound(emo_dirs, face, caplog):
+    silence = {"waveform": torch.zeros(1, 2, 44100), "sample_rate": 44100}
+    with caplog.at_level("WARNING"):
+        coeffs, sound, frames, _ = emo_nodes.AudioToExpression().execute(
+            **inputs(emo_dirs, face, audio=silence, head_motion="hold", no_audio_motion="held"))
+    assert "Audio to Expression (Emo-A2E): the audio is silent" in caplog.text
+    assert frames == 25 and sound["sample_rate"] == 44100 and sound["waveform"].shape == (1, 2, 44100)
+    emotion_only, _, _, _ = emo_nodes.AudioToExpression().execute(
+        **inputs(emo_dirs, face, audio=None, frames=25, head_motion="hold", no_audio_motion="held"))
+    assert torch.allclose(coeffs.expression, emotion_only.expression)

@@ -89,8 +89,11 @@ def happy(clip_text):
 def test_apply_emotion_on_the_demo_face(happy):
     face_model = demo_model.demo_face_model(resolution=12)
     sequence = coefficients.FaceCoefficients.neutral(6)
-    (result,) = emotion_nodes.ApplyEmotion().execute(coefficients=sequence, emotion=happy, face_model=face_model,
-                                                     directions=emotion_nodes.FACE_MODEL_DIRECTIONS, ramp_in_frames=3)
+    output = emotion_nodes.ApplyEmotion().execute(coefficients=sequence, emotion=happy, face_model=face_model,
+                                                  directions=emotion_nodes.FACE_MODEL_DIRECTIONS, ramp_in_frames=3)
+    (result,) = output["result"]
+    (shown,) = output["ui"]["talkingface_emotion"]  # what the node's face preview draws
+    assert shown["weights"] == happy.anchor_weights.tolist() and shown["intensity"] == happy.intensity
     expected = directions.demo_emotion_directions(face_model).offset(happy)
     assert torch.allclose(result.expression[-1], expected) and not result.expression[0].any()
     assert float(result.expression[-1, face_model.expression_index("smile")]) > 0.5
@@ -110,7 +113,7 @@ def test_apply_emotion_with_a_direction_table_for_bfm(happy, emotion_dirs):
     choices = emotion_nodes.ApplyEmotion.INPUT_TYPES()["required"]["directions"][0]
     assert "emotion_directions_test.safetensors" in choices
     (result,) = node.execute(coefficients=sequence, emotion=happy, face_model=bfm,
-                             directions="emotion_directions_test.safetensors", ramp_in_frames=0)
+                             directions="emotion_directions_test.safetensors", ramp_in_frames=0)["result"]
     assert torch.allclose(result.expression, table.offset(happy).expand(2, -1))
     with pytest.raises(base.NodeInputError, match="^Apply Emotion: .*face model"):
         node.execute(coefficients=coefficients.FaceCoefficients.neutral(1, coefficients.CoefficientDims(80, 10, 80)),

@@ -90,7 +90,7 @@ def test_gaze_comes_from_the_eyes(model):
 def test_unknown_video_mode_is_refused(model):
     maps = render(model, coefficients.FaceCoefficients.neutral(2, model.dims), 64)
     faces = faces_module.faces_from_landmarks(maps.image, maps.landmarks)
-    with pytest.raises(errors.TalkingFaceError, match="video mode"):
+    with pytest.raises(errors.TalkingFaceError, match="video_mode"):
         fit_module.fit_faces(model, faces, appearance=False, video_mode="slow")
 
 

@@ -30,11 +30,15 @@ def inputs(model, batch=3, seed=1):
     def randn(*shape):
         return torch.randn(*shape, generator=generator)
 
-    return dict(
+    conditions = dict(
         noisy=randn(batch, 3, size, size), timesteps=torch.tensor([5, 500, 999][:batch]),
         render=randn(batch, 3, size, size), coefficients=randn(batch, dim),
         target_surface=torch.rand(batch, 3, size, size, generator=generator),
-    ), (randn(1, 3, size, size), torch.rand(1, 3, size, size, generator=generator))
+    )
+    if model.config.warp_condition:
+        valid = (torch.rand(batch, 1, size, size, generator=generator) > 0.3).float()
+        conditions["warped_source"] = torch.cat([randn(batch, 3, size, size) * valid, valid], dim=1)
+    return conditions, (randn(1, 3, size, size), torch.rand(1, 3, size, size, generator=generator))
 
 
 def test_every_condition_reaches_the_output():
@@ -50,6 +54,7 @@ def test_every_condition_reaches_the_output():
             "coefficients": dict(kwargs, coefficients=kwargs["coefficients"] + 1),
             "timesteps": dict(kwargs, timesteps=kwargs["timesteps"] + 50),
             "target surface": dict(kwargs, target_surface=kwargs["target_surface"].flip(-1)),
+            "warped source": dict(kwargs, warped_source=kwargs["warped_source"].flip(-1)),
         }
         for name, variant in changed.items():
             assert not torch.allclose(model(source=features, identity=identity, **variant), base), name
@@ -65,7 +70,8 @@ def test_dropping_conditions_per_sample_removes_exactly_them():
         features = model.encode_source(source, source_surface)
         no_texture = model(source=features, texture_keep=torch.zeros(3), **kwargs)
         other = model.encode_source(-source, source_surface)
-        assert torch.allclose(model(source=other, texture_keep=torch.zeros(3), **kwargs), no_texture, atol=1e-6)
+        other_warp = dict(kwargs, warped_source=-kwargs["warped_source"])
+        assert torch.allclose(model(source=other, texture_keep=torch.zeros(3), **other_warp), no_texture, atol=1e-6)
         no_geometry = model(source=features, geometry_keep=torch.zeros(3), **kwargs)
         moved = dict(kwargs, render=kwargs["render"] * 3, coefficients=kwargs["coefficients"] - 2,
                      target_surface=kwargs["target_surface"].flip(-1))
@@ -146,3 +152,20 @@ def test_strict_loading_says_what_is_wrong(tmp_path):
         checkpoint.load_tgdm(corrupt)
     with pytest.raises(errors.ModelFileError, match="not found"):
         checkpoint.load_tgdm(tmp_path / "absent.safetensors")
+
+
+def test_the_warped_source_is_required_and_old_configs_load_without_it():
+    model = tiny()
+    kwargs, (source, source_surface) = inputs(model)
+    features = model.encode_source(source, source_surface)
+    kwargs.pop("warped_source")
+    with pytest.raises(errors.TalkingFaceError, match="connect Render Textured Target's warped_source"):
+        model(source=features, **kwargs)
+    legacy = json.loads(model.config.to_json())
+    del legacy["warp_condition"]
+    old = config_module.TGDMConfig.from_json(json.dumps(legacy))
+    assert not old.warp_condition and old.condition_channels == 3
+    old_model = tgdm.TGDMDenoiser(old).eval()
+    assert old_model.input.in_channels == 6 and model.input.in_channels == 10
+    with torch.no_grad():
+        assert old_model(source=old_model.encode_source(source, source_surface), **kwargs).shape == kwargs["noisy"].shape

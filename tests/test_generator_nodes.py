@@ -16,7 +16,7 @@ morphable_nodes = pack_import("nodes.morphable")
 nodes_base = pack_import("nodes.base")
 coefficients = pack_import("pipelines.morphable.coefficients")
 TINY_FILE = "tgdm_tiny_32px.safetensors"
-WORKFLOW = PACK_ROOT / "example_workflows" / "tgdm_tiny_32px.json"
+WORKFLOW = PACK_ROOT / "example_workflows" / "tgdm_demo_generator.json"
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +48,7 @@ def sample(generator, **changes):
         generator=generator, source_image=torch.rand(1, 40, 40, 3), render=torch.rand(frames, 64, 64, 3),
         coefficients=coeffs, sampler="ddim", steps=2, seed=3, texture_guidance=1.5, geometry_guidance=1.0,
         batch_size=2, chunk_size=2, same_noise=True, target_surface=torch.rand(frames, 64, 64, 3),
+        warped_source=torch.rand(frames, 64, 64, 3), warp_mask=(torch.rand(frames, 64, 64) > 0.3).float(),
     )
     inputs.update(changes)
     return generator_nodes.TGDMSampler().execute(**inputs)[0]
@@ -85,6 +86,10 @@ def test_sampler_node_errors_name_the_node_and_the_fix(models):
         sample(generator, coefficients=coefficients.FaceCoefficients.neutral(3, coefficients.CoefficientDims(10, 10, 10)))
     with pytest.raises(nodes_base.NodeInputError, match=r"^TGDM Sampler: source_image has 2 channels"):
         sample(generator, source_image=torch.rand(1, 32, 32, 2))
+    with pytest.raises(nodes_base.NodeInputError, match=r"^TGDM Sampler: .*add a Render Textured Target node"):
+        sample(generator, warped_source=None, warp_mask=None)
+    with pytest.raises(nodes_base.NodeInputError, match=r"^TGDM Sampler: 3 warped_source and 2 warp_mask frames for 3 renders"):
+        sample(generator, warp_mask=torch.ones(2, 64, 64))
 
 
 def test_interruption_reaches_the_sampler(models, monkeypatch):
@@ -113,16 +118,28 @@ def test_load_generator_errors_name_the_file_and_folder(models):
         other.unlink()
 
 
-def test_example_workflow_runs_on_the_tiny_generator(models, tmp_path):
+def test_example_workflow_runs_on_the_demo_generator(models, tmp_path):
     import shutil
 
     for asset in (PACK_ROOT / "tests" / "assets").iterdir():
         shutil.copy(asset, tmp_path / "input")
     workflow = json.loads(WORKFLOW.read_text())
     assert {node["type"] for node in workflow["nodes"]} <= set(pack.NODE_CLASS_MAPPINGS) | {
-        "TalkingFaceLoadGenerator", "TalkingFaceTGDMSampler", "SaveImage", "PreviewImage"}
+        "TalkingFaceLoadGenerator", "TalkingFaceTGDMSampler", "SaveImage", "PreviewImage", "Note"}
     mappings = {**pack.NODE_CLASS_MAPPINGS, "TalkingFaceLoadGenerator": generator_nodes.LoadGenerator,
                 "TalkingFaceTGDMSampler": generator_nodes.TGDMSampler}
     recorded = run_workflow(WORKFLOW, mappings)
     images = [outputs["images"] for outputs in recorded.values()]
-    assert any(image.shape[1:] == (32, 32, 3) and image.shape[0] == 8 for image in images)
+    assert any(image.shape[1:] == (64, 64, 3) and image.shape[0] == 8 for image in images)
+
+
+def test_load_generator_offers_the_demo_generator_that_ships_with_an_empty_models_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("TALKINGFACE_MODELS_DIR", str(tmp_path / "models"))
+    demo = generator_nodes.DEMO_GENERATOR
+    assert (PACK_ROOT / "assets" / demo).is_file()
+    assert generator_nodes.LoadGenerator.INPUT_TYPES()["required"]["checkpoint"][0] == [demo]
+    assert generator_nodes.LoadGenerator.VALIDATE_INPUTS(checkpoint=demo) is True
+    assert load(demo).model.config.image_size == 64
+    missing = generator_nodes.LoadGenerator.VALIDATE_INPUTS(checkpoint="mine.safetensors")
+    assert missing.startswith("Load Generator: checkpoint: ") and "'mine.safetensors' not found" in missing
+    assert "ComfyUI/models/talkingface/" in missing and demo in missing

@@ -28,8 +28,8 @@ def demo_model():
 def test_load_3dmm_lists_and_loads_files_from_the_model_folder(host_dirs):
     choices = node("Load3DMM").INPUT_TYPES()["required"]["model_name"][0]
     assert choices[0] == "demo face (built-in)"
-    assert "BFM_Fitting/BFM_model_front.mat" in choices
-    model = call("Load3DMM", model_name="BFM_Fitting/BFM_model_front.mat")[0]
+    assert "BFM_model_front.mat" in choices
+    model = call("Load3DMM", model_name="BFM_model_front.mat")[0]
     assert model.dims == coefficients.BFM_DIMS and model.num_vertices > 68
 
 
@@ -89,7 +89,7 @@ def test_save_never_overwrites_and_load_reads_it_back(host_dirs):
     load = node("LoadCoefficients")
     assert "seq.safetensors" in load.INPUT_TYPES()["required"]["file"][0]
     assert load.VALIDATE_INPUTS(file="seq.safetensors") is True
-    assert "no file 'gone.safetensors'" in load.VALIDATE_INPUTS(file="gone.safetensors")
+    assert "file 'gone.safetensors' is not in ComfyUI/input/" in load.VALIDATE_INPUTS(file="gone.safetensors")
     loaded, frames = call("LoadCoefficients", file="seq.safetensors")
     assert frames == 4 and torch.equal(loaded.to_flat(), coeffs.to_flat())
 

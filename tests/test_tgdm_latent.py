@@ -64,6 +64,8 @@ def video(frames=5, seed=0):
         coefficients=torch.randn(frames, config_module.DEFAULT_COEFFICIENT_DIM, generator=generator),
         target_surfaces=torch.rand(frames, PIXELS, PIXELS, 3, generator=generator),
         source_surface=torch.rand(1, PIXELS, PIXELS, 3, generator=generator),
+        warped_sources=torch.rand(frames, PIXELS, PIXELS, 3, generator=generator),
+        warp_masks=(torch.rand(frames, PIXELS, PIXELS, generator=generator) > 0.3).float(),
     )
 
 
@@ -125,7 +127,7 @@ def test_bad_vae_files_say_what_is_wrong(autoencoder, tmp_path):
     other = _save(tmp_path / "lora.safetensors", {"lora_unet.down.weight": torch.zeros(2)})
     with pytest.raises(errors.ModelFileError, match="not a Stable Diffusion VAE.*ComfyUI/models/vae/"):
         vae_module.load_vae(other)
-    with pytest.raises(errors.ModelFileError, match="VAE file not found.*ComfyUI/models/vae/"):
+    with pytest.raises(errors.ModelFileError, match="VAE file '.*' not found.*ComfyUI/models/vae/"):
         vae_module.load_vae(tmp_path / "absent.safetensors")
 
 
@@ -153,7 +155,9 @@ def test_latent_denoiser_takes_latents_and_full_size_conditions():
     noisy = torch.randn(2, 4, 8, 8, generator=generator)
     render = torch.rand(2, 3, 64, 64, generator=generator)
     surface = torch.rand(2, 3, 64, 64, generator=generator)
-    kwargs = dict(timesteps=torch.tensor([10, 900]), coefficients=torch.randn(2, config.coefficient_dim), target_surface=surface)
+    warped = torch.cat([torch.rand(2, 3, 64, 64, generator=generator), torch.ones(2, 1, 64, 64)], dim=1)
+    kwargs = dict(timesteps=torch.tensor([10, 900]), coefficients=torch.randn(2, config.coefficient_dim), target_surface=surface,
+                  warped_source=warped)
     with torch.no_grad():
         source = model.encode_source(torch.randn(1, 4, 8, 8, generator=generator), surface[:1])
         out = model(noisy, render=render, source=source, **kwargs)
@@ -230,7 +234,8 @@ def test_latent_training_caches_the_photo_latents(codec, tmp_path):
     counting.name = "tiny.safetensors"
     config = config_module.TGDMConfig(**LATENT)
     settings = training.TrainingSettings(steps=3, batch_size=4, learning_rate=1e-3, checkpoint_every=100)
-    trainer = training.TGDMTrainer(config, settings, tmp_path, counting)
+    face_model = demo_model.demo_face_model(12)
+    trainer = training.TGDMTrainer(config, settings, tmp_path, counting, face_model)
     path = trainer.train(views, log=lambda line: None)
     encoded = sum(n for kind, n in counting.calls if kind == "encode")
     assert 0 < encoded <= len(views), "every photo is encoded at most once"
@@ -239,12 +244,13 @@ def test_latent_training_caches_the_photo_latents(codec, tmp_path):
     calls = len(counting.calls)
     trainer.training_step(views)
     assert len(counting.calls) == calls, "cached latents are not encoded again"
-    results = evaluation.evaluate_generator(checkpoint.load_tgdm(path), views, sampling.SamplerSettings(steps=2), codec)
+    results = evaluation.evaluate_generator(checkpoint.load_tgdm(path), views, sampling.SamplerSettings(steps=2), codec,
+                                            face_model=face_model)
     assert {"psnr_tgdm", "ssim_tgdm"} <= set(results)
     assert checkpoint.read_tgdm_metadata(path)["trained_with_vae"] == "tiny.safetensors"
     assert checkpoint.load_tgdm(path).config == config
     with pytest.raises(errors.TalkingFaceError, match="latent-mode generator .*ComfyUI/models/vae/"):
-        training.TGDMTrainer(config, settings, tmp_path / "other")
+        training.TGDMTrainer(config, settings, tmp_path / "other", face_model=face_model)
     small = synthetic.render_synthetic_views(demo_model.demo_face_model(12), 1, synthetic.SyntheticFaceSettings(
         image_size=32, views_per_identity=2), seed=1)
     with pytest.raises(errors.TalkingFaceError, match="training photos are .*64x64"):
@@ -284,8 +290,8 @@ def models(tiny_models, monkeypatch):
     return tiny_models
 
 
-LATENT_FILE = "tgdm_tiny_latent_64px.safetensors"
-VAE_FILE = "vae_tiny_sd15_layout.safetensors"
+LATENT_FILE = "tgdm_latent.safetensors"
+VAE_FILE = "vae-ft-mse-840000-ema-pruned.safetensors"
 
 
 def sample_node(generator, frames=3):
@@ -294,6 +300,8 @@ def sample_node(generator, frames=3):
         render=torch.rand(frames, 64, 64, 3, generator=torch.Generator().manual_seed(2)),
         coefficients=coefficients.FaceCoefficients.neutral(frames), sampler="ddim", steps=2, seed=3,
         texture_guidance=1.0, geometry_guidance=1.0, batch_size=2, chunk_size=2, same_noise=True,
+        warped_source=torch.rand(frames, 64, 64, 3, generator=torch.Generator().manual_seed(4)),
+        warp_mask=torch.ones(frames, 64, 64),
     )[0]
 
 

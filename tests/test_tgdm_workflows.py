@@ -93,8 +93,8 @@ def test_talking_portrait_makes_a_video_with_the_audio(run):
     outputs = run("audio_talking_portrait_tgdm.json")
     video = outputs["SaveVideo"][0]
     frames = video["images"]
-    # Load Audio keeps 0.5 s of speech: 12 or 13 frames at 25 fps, each the portrait with a generated face.
-    assert video["fps"] == 25.0 and frames.shape[0] in (12, 13) and frames.shape[1:] == portrait.shape[1:]
+    # Load Audio keeps the whole 2 s clip: 50 frames at 25 fps, each the portrait with a generated face.
+    assert video["fps"] == 25.0 and frames.shape[0] == 50 and frames.shape[1:] == portrait.shape[1:]
     assert video["audio"]["sample_rate"] == 16000
     assert abs(video["audio"]["waveform"].shape[-1] / 16000 - frames.shape[0] / 25.0) < 0.05
     for frame in frames:
@@ -115,3 +115,74 @@ def test_committed_single_driver_is_what_the_command_writes(tmp_path):
     fresh, _ = workflow_runner.load_image_file(written)
     committed, _ = workflow_runner.load_image_file(ASSETS / SINGLE_DRIVER)
     assert torch.equal(fresh, committed), f"tests/assets/{SINGLE_DRIVER} is stale"
+
+
+def test_textured_talking_portrait_makes_a_video_with_the_audio(run):
+    portrait, _ = workflow_runner.load_image_file(ASSETS / "talkingface_face_portrait.png")
+    video = run("textured_talking_portrait.json")["SaveVideo"][0]
+    frames = video["images"]
+    assert video["fps"] == 25.0 and frames.shape[1:] == portrait.shape[1:] and frames.shape[0] >= 12
+    assert abs(video["audio"]["waveform"].shape[-1] / video["audio"]["sample_rate"] - frames.shape[0] / 25.0) < 0.05
+    for frame in frames:
+        assert 0.01 < _changed_fraction(frame[None], portrait) < 0.5, "only the face region is replaced"
+
+
+def test_textured_reenactment_animates_the_portrait_with_the_driver(run):
+    portrait, _ = workflow_runner.load_image_file(ASSETS / "talkingface_face_portrait.png")
+    driving, _ = workflow_runner.load_image_file(ASSETS / "talkingface_face_driving.png")
+    outputs = run("textured_reenact_video.json")
+    frames = outputs["SaveVideo"][0]["images"]
+    assert frames.shape == (driving.shape[0], *portrait.shape[1:]), "one portrait frame per driving frame"
+    for frame in frames:
+        assert _changed_fraction(frame[None], portrait) < 0.5
+    motion = (frames[1:] - frames[:-1]).abs().amax(-1).gt(8 / 255).float().mean()
+    assert motion > 0.002, "the face follows the driver"
+
+
+def _write_mp4_as_comfyui_does(video: dict, path) -> None:
+    """What core Save Video does with a VIDEO (comfy_api VideoFromComponents.save_to): H.264 frames and
+    one AAC stream at the AUDIO's own sample rate, mono or stereo as its channels say."""
+    import math
+    from fractions import Fraction
+
+    import av
+
+    rate = Fraction(round(video["fps"] * 1000), 1000)
+    with av.open(str(path), mode="w") as output:
+        picture = output.add_stream("h264", rate=rate)
+        picture.width, picture.height, picture.pix_fmt = video["images"].shape[2], video["images"].shape[1], "yuv420p"
+        sample_rate = int(video["audio"]["sample_rate"])
+        sound = output.add_stream("aac", rate=sample_rate)
+        for image in video["images"]:
+            frame = av.VideoFrame.from_ndarray((image * 255).clamp(0, 255).byte().numpy(), format="rgb24")
+            output.mux(picture.encode(frame.reformat(format="yuv420p")))
+        output.mux(picture.encode(None))
+        waveform = video["audio"]["waveform"][:, :, :math.ceil(sample_rate / rate * video["images"].shape[0])]
+        frame = av.AudioFrame.from_ndarray(waveform.movedim(2, 1).reshape(1, -1).float().numpy(), format="flt",
+                                           layout="mono" if waveform.shape[1] == 1 else "stereo")
+        frame.sample_rate, frame.pts = sample_rate, 0
+        output.mux(sound.encode(frame))
+        output.mux(sound.encode(None))
+
+
+def test_a_48khz_stereo_speech_file_comes_out_of_save_video_at_48khz_stereo(run, host_dirs, tmp_path):
+    import av
+    import numpy as np
+    import soundfile
+
+    speech, _ = soundfile.read(str(ASSETS / "talkingface_audio_speech.wav"), dtype="float32")
+    stereo = np.stack([np.interp(np.arange(3 * speech.size) / 3, np.arange(speech.size), speech)] * 2, axis=1)
+    stereo[:, 1] *= 0.5
+    soundfile.write(str(host_dirs["input"] / "talkingface_audio_speech.wav"), stereo, 48000, subtype="PCM_24")
+    outputs = run("audio_talking_portrait_tgdm.json")
+    video = outputs["SaveVideo"][-1]
+    assert video["audio"]["sample_rate"] == 48000 and video["audio"]["waveform"].shape == (1, 2, 96000)
+    mp4 = tmp_path / "talking.mp4"
+    _write_mp4_as_comfyui_does(video, mp4)
+    with av.open(str(mp4)) as container:
+        stream = container.streams.audio[0]
+        assert (stream.rate, stream.channels) == (48000, 2)
+        decoded = np.concatenate([frame.to_ndarray() for frame in container.decode(audio=0)], axis=-1)
+    assert abs(decoded.shape[-1] / 48000 - 2.0) < 0.05, "the whole 2 s clip"
+    left, right = np.sqrt((decoded ** 2).mean(-1))
+    assert 0.4 < right / left < 0.6, "the two channels stay apart"

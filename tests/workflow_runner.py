@@ -6,6 +6,7 @@ same files inside a real ComfyUI.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from pathlib import Path
@@ -15,6 +16,7 @@ import torch
 from PIL import Image, ImageSequence
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+NOTE_NODES = {"Note", "MarkdownNote"}  # editor-only: text for the user, never executed
 
 
 def _check_image(images: torch.Tensor) -> torch.Tensor:
@@ -73,6 +75,7 @@ CORE_NODES = {
     "MaskToImage": ([], _mask_to_image),
     "CreateVideo": (["fps"], _create_video),
     "SaveVideo": (["filename_prefix", "format", "codec"], _save_video),
+    "Preview3D": (["model_file"], lambda model_file: {"model_file": model_file}),
 }
 
 
@@ -92,7 +95,7 @@ def _widget_names(node_class) -> list[str]:
 def run_workflow(path: Path, node_mappings: dict) -> dict[int, dict]:
     """Run every node; return the recorded inputs of each output node, keyed by node id."""
     workflow = json.loads(Path(path).read_text())
-    nodes = {node["id"]: node for node in workflow["nodes"]}
+    nodes = {node["id"]: node for node in workflow["nodes"] if node["type"] not in NOTE_NODES}
     links = {link[0]: link for link in workflow["links"]}
     results: dict[int, tuple] = {}
     recorded: dict[int, dict] = {}
@@ -115,8 +118,13 @@ def run_workflow(path: Path, node_mappings: dict) -> dict[int, dict]:
                 _, origin, slot, *_ = links[socket["link"]]
                 inputs[socket["name"]] = evaluate(origin)[slot]
         output = function(**inputs)
-        if kind in ("SaveImage", "PreviewImage", "SaveVideo") or getattr(node_mappings.get(kind), "OUTPUT_NODE", False):
+        is_output = kind in ("SaveImage", "PreviewImage", "SaveVideo", "Preview3D") or getattr(
+            node_mappings.get(kind), "OUTPUT_NODE", False)
+        if is_output:
             recorded[node_id] = output
+        if isinstance(output, dict):  # ComfyUI's {"ui": ..., "result": ...}
+            output = output.get("result", ())
+        elif is_output:
             output = ()
         results[node_id] = output
         return output
@@ -124,3 +132,24 @@ def run_workflow(path: Path, node_mappings: dict) -> dict[int, dict]:
     for node_id in sorted(nodes, key=lambda i: nodes[i].get("order", 0)):
         evaluate(node_id)
     return recorded
+
+
+def validate_workflow(path: Path, node_mappings: dict) -> dict[int, str]:
+    """What ComfyUI's validation says before anything runs: the message of every node whose
+    ``VALIDATE_INPUTS`` refuses its values, keyed by node id. As in ComfyUI, the method receives only
+    the inputs it names; a connected input arrives as None."""
+    workflow = json.loads(Path(path).read_text())
+    problems = {}
+    for node in workflow["nodes"]:
+        node_class = node_mappings.get(node["type"])
+        check = getattr(node_class, "VALIDATE_INPUTS", None)
+        if check is None:
+            continue
+        values = dict(zip(_widget_names(node_class), node["widgets_values"], strict=False))
+        values.update({socket["name"]: None for socket in node.get("inputs", []) if socket.get("link") is not None})
+        wanted = inspect.signature(check).parameters
+        verdict = check(**{name: value for name, value in values.items() if name in wanted and name})
+        if verdict is not True:
+            problems[node["id"]] = str(verdict)
+    return problems
+

@@ -107,7 +107,7 @@ class MouthExpressionSolver:
         self.expression_basis = model.expression_basis[:, columns]  # [n_exp, 111]
         self.directions = self.expression_basis[self.seen]  # [k, 111]
         if not jaw_weight > 0:
-            raise TalkingFaceError(f"the jaw weight must be positive, got {jaw_weight}")
+            raise ValueError(f"the jaw weight must be positive, got {jaw_weight}")
         weights = torch.ones(len(MOUTH_POINTS), device=self.mean.device)
         weights[[MOUTH_POINTS.index(i) for i in JAW_CONTOUR]] = jaw_weight
         self.point_weights = weights.view(-1, 1)  # [37, 1]: per squared pixel residual

@@ -117,7 +117,7 @@ class LogMel(nn.Module):
         if squeeze:
             waveform = waveform.unsqueeze(0)
         if waveform.ndim != 2 or not waveform.is_floating_point():
-            raise TalkingFaceError(f"log-mel needs float waveforms [batch, samples], got {tuple(waveform.shape)}")
+            raise ValueError(f"log-mel needs float waveforms [batch, samples], got {tuple(waveform.shape)}")
         config = self.config
         samples = waveform.shape[-1]
         if samples < config.n_fft // 2 + 1:

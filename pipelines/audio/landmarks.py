@@ -109,7 +109,7 @@ class WindowPlan:
         if self.frames < 1:
             raise TalkingFaceError("there are no video frames to predict")
         if not 0 <= self.overlap < self.length:
-            raise TalkingFaceError(f"window overlap must be in 0..{self.length - 1}, got {self.overlap}")
+            raise ValueError(f"window overlap must be in 0..{self.length - 1}, got {self.overlap}")
 
     @property
     def window(self) -> int:
@@ -181,7 +181,7 @@ def predict_mouth(
     config = model.config
     check_speech(audio, fps, "the landmark model")
     if references.shape != (config.reference_sets, NUM_POINTS, 2):
-        raise TalkingFaceError(
+        raise ValueError(
             f"the model takes {config.reference_sets} reference landmark sets [N, 68, 2], got {tuple(references.shape)}"
         )
     device = next(model.parameters()).device
@@ -238,3 +238,13 @@ def audio_to_landmarks(
     for chunk in chunks:
         points[chunk, list(MOUTH_POINTS)] = to_pixels(mouth[chunk], tuple(part[chunk] for part in frames))
     return TalkingLandmarks(points=points, base=base, fps=fps, camera=camera)
+
+
+def resting_landmarks(
+    face_model: MorphableModel, fps: float, base: FaceCoefficients, camera: PerspectiveCamera | None = None
+) -> TalkingLandmarks:
+    """Landmarks for silence: every point, the mouth included, projected from ``base`` (the head
+    motion over the portrait's own resting expression), so the mouth does not move."""
+    camera = camera or PerspectiveCamera.deep3d()
+    return TalkingLandmarks(points=project_landmarks(face_model, base, camera), base=base, fps=fps, camera=camera)
+

@@ -51,9 +51,9 @@ def head_motion(
 ) -> FaceCoefficients:
     """``frames`` rows of the portrait's first frame, with pose (and blinks, gaze) moved by ``mode``."""
     if mode not in HEAD_MOTIONS:
-        raise TalkingFaceError(f"unknown head motion '{mode}'; choose one of {HEAD_MOTIONS}")
+        raise TalkingFaceError(f"unknown head_motion '{mode}'; choose one of {HEAD_MOTIONS}")
     if frames < 1:
-        raise TalkingFaceError("head motion needs at least one frame")
+        raise TalkingFaceError("head_motion needs at least one frame: set frames to 1 or more")
     model.check_coefficients(portrait)
     base = portrait[0].to(torch.float32).repeat_to(frames)
     base = base.map(lambda value: value.clone())

@@ -52,7 +52,7 @@ class WindowTransformerConfig:
         if not self.audio_channels:
             problems.append("audio_channels must name at least one stage")
         if problems:
-            raise TalkingFaceError(f"invalid {self.DESCRIPTION} config: " + "; ".join(problems))
+            raise TalkingFaceError(f"invalid {self.DESCRIPTION} config (checkpoint or training options): " + "; ".join(problems))
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -62,7 +62,7 @@ class WindowTransformerConfig:
         values = json.loads(text)
         unknown = set(values) - {field.name for field in dataclasses.fields(cls)}
         if unknown:
-            raise ModelFileError(f"unknown {cls.DESCRIPTION} settings {sorted(unknown)}")
+            raise ModelFileError(f"the checkpoint's {cls.DESCRIPTION} config has unknown settings {sorted(unknown)}: it was written by another version; train or convert it with this one")
         if "audio_channels" in values:
             values["audio_channels"] = tuple(values["audio_channels"])
         return cls(**values)

@@ -169,7 +169,7 @@ def _local_dir_weights(folder: Path) -> Path:
             return folder / name
     candidates = sorted(p for p in folder.iterdir() if p.suffix.lower() in WEIGHT_SUFFIXES)
     if not candidates:
-        raise ModelFileError(f"the open_clip folder {folder} has {LOCAL_DIR_CONFIG} but no weights file ({LOCAL_DIR_WEIGHTS[0]})")
+        raise ModelFileError(f"the open_clip folder {folder.name} has {LOCAL_DIR_CONFIG} but no weights file ({LOCAL_DIR_WEIGHTS[0]}): put the weights beside it in {CLIP_FOLDER_HINT}")
     return candidates[0]
 
 
@@ -179,10 +179,10 @@ def resolve_open_clip_files(path: str | Path) -> tuple[Path, Path | None]:
     if path.is_dir():
         config = path / LOCAL_DIR_CONFIG
         if not config.is_file():
-            raise ModelFileError(f"{path} is a folder without {LOCAL_DIR_CONFIG}: it is not an open_clip local-dir model")
+            raise ModelFileError(f"{path.name} is a folder without {LOCAL_DIR_CONFIG}: it is not an open_clip local-dir model; pick its weights file in clip_name")
         return _local_dir_weights(path), config
     if not path.is_file():
-        raise ModelFileError(f"CLIP weights not found: {path}. Put open_clip weights into {CLIP_FOLDER_HINT}")
+        raise ModelFileError(f"CLIP weights '{path.name}' not found: put open_clip weights into {CLIP_FOLDER_HINT}")
     for config in (path.with_suffix(".json"), path.parent / LOCAL_DIR_CONFIG):
         if config.is_file():
             return path, config

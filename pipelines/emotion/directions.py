@@ -198,3 +198,15 @@ def apply_emotion(
     offset = directions.offset(emotion).to(coefficients.expression)
     ramp = ramp_weights(coefficients.frames, ramp_in_frames).to(coefficients.expression)
     return coefficients.replace(expression=coefficients.expression + ramp[:, None] * offset)
+
+
+def emotion_vertex_offsets(model: MorphableModel, directions: EmotionDirections) -> dict[str, torch.Tensor]:
+    """Vertex offsets ``[N, 3]`` of each MEAD emotion at weight 1 and intensity 1 on ``model``: what
+    Apply Emotion adds to a face (before its weights and intensity scale them)."""
+    if directions.expression_dims != model.dims.expression:
+        raise TalkingFaceError(
+            f"the emotion directions ({directions.source}) have {directions.expression_dims} expression values but "
+            f"{model.name} has {model.dims.expression}: use the same face model"
+        )
+    offsets = (directions.directions @ model.expression_basis.cpu()).view(len(MEAD_EMOTIONS), -1, 3)
+    return dict(zip(MEAD_EMOTIONS, offsets, strict=True))

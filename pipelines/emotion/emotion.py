@@ -156,7 +156,7 @@ def encode_text_emotion(
     prompts = (prompt, second_prompt) if blend > 0 else (prompt,)
     embeddings = embed(prompts)
     if embeddings.shape[-1] != phrasings.shape[-1]:
-        raise TalkingFaceError("the text encoder gave prompts and anchors of different sizes")
+        raise ValueError("the text encoder gave prompts and anchors of different sizes")
     weights = [zero_shot_weights(row, phrasings, temperature) for row in embeddings]
     if blend > 0:
         embedding = slerp(embeddings[0], embeddings[1], float(blend))

@@ -23,7 +23,7 @@ def crop_template(size: int, margin: float = 0.0) -> torch.Tensor:
     """The five-point template for a ``size``-px crop that shows ``margin`` (fraction of the
     fitting crop) more around the face on every side."""
     if margin < 0:
-        raise TalkingFaceError(f"crop margin must be at least 0, got {margin}")
+        raise TalkingFaceError(f"crop_margin must be at least 0, got {margin}")
     centre = FIT_CROP_SIZE / 2.0
     scale = size / FIT_CROP_SIZE / (1.0 + 2.0 * margin)
     return (FIT_TEMPLATE_224 - centre) * scale + size / 2.0

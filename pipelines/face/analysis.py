@@ -75,17 +75,15 @@ def check_pack_folder(folder: Path) -> None:
     """Raise an error that lists the folder and the expected files when a pack is unusable."""
     expected = PACK_FILES.get(folder.name, PACK_FILES["buffalo_l"])
     if not folder.is_dir():
-        parent = folder.parent
-        present = sorted(p.name for p in parent.iterdir() if p.is_dir()) if parent.is_dir() else []
+        present = sorted(p.name for p in folder.parent.iterdir() if p.is_dir()) if folder.parent.is_dir() else []
         raise ModelFileError(
-            f"insightface model pack '{folder.name}' not found: expected the folder {folder} holding "
-            f"{', '.join(expected)} (put it into {PACK_FOLDER_HINT}{folder.name}/); "
-            f"packs found in {parent}: {present or 'none'}"
+            f"insightface model pack '{folder.name}' not found: put the folder {folder.name}/ holding "
+            f"{', '.join(expected)} into {PACK_FOLDER_HINT}; packs found there: {present or 'none'}"
         )
     onnx_files = sorted(p.name for p in folder.glob("*.onnx"))
     if not any(name.startswith(DETECTOR_PREFIXES) for name in onnx_files):
         raise ModelFileError(
-            f"insightface model pack {folder} has no face detector (det_*.onnx or scrfd_*.onnx); it holds "
+            f"insightface model pack {folder.name} has no face detector (det_*.onnx or scrfd_*.onnx); it holds "
             f"{onnx_files or 'no .onnx files'}, a complete '{folder.name}' pack has {', '.join(expected)}"
         )
 
@@ -122,7 +120,7 @@ class FaceAnalyzer:
             app = FaceAnalysis(name=str(folder.resolve()), providers=chosen)
         except AssertionError as error:  # insightface asserts a detection model was recognised
             raise ModelFileError(
-                f"insightface found no face detector among {sorted(p.name for p in folder.glob('*.onnx'))} in {folder}"
+                f"insightface found no face detector among {sorted(p.name for p in folder.glob('*.onnx'))} in the pack {folder.name}"
             ) from error
         app.prepare(ctx_id=0 if "CUDAExecutionProvider" in chosen else -1,
                     det_thresh=detection_threshold, det_size=(detection_size, detection_size))

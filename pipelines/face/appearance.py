@@ -16,7 +16,7 @@ from ..morphable.coefficients import FaceCoefficients
 from ..morphable.model import AMBIENT_LIGHT, MorphableModel
 from ..render.camera import PerspectiveCamera
 from ..render.rasterizer import rasterize_covered
-from ..render.shading import NUM_SH_BANDS, _sh_terms
+from ..render.shading import NUM_SH_BANDS, sh_terms
 
 # Colour noise the texture prior assumes (0..1 units): model error, not sensor noise.
 COLOUR_NOISE = 0.1
@@ -51,7 +51,7 @@ class _Pixels:
         self.frame = (covered.pixels // (size * size))[keep]
         self.frames = crops.shape[0]
         self.observed = observed[:, keep]
-        self.sh_basis = torch.stack(_sh_terms(*normals[:, keep]))  # [9, P]
+        self.sh_basis = torch.stack(sh_terms(*normals[:, keep]))  # [9, P]
         triangles = model.triangles
         self.mean_albedo = covered.interpolate(model.mean_albedo.unsqueeze(0), triangles)[:, keep]  # [3, P]
         basis = model.albedo_basis.view(-1, model.num_vertices, 3).permute(1, 0, 2).reshape(1, model.num_vertices, -1)
@@ -127,7 +127,7 @@ def estimate_appearance(
     coeffs = coeffs.to(device=device, dtype=torch.float32)
     pixels = _Pixels(model, coeffs, crops.to(device=device, dtype=torch.float32), erode)
     if pixels.frame.numel() == 0:
-        raise TalkingFaceError("the fitted face covers no pixel of its crop; the fit failed")
+        raise TalkingFaceError("the fitted face covers no pixel of its crop, so the fit failed: check the faces (Preview Face Landmarks) and use a larger, more frontal face")
     frames = coeffs.frames
     texture = (fixed_texture.to(device).view(1, -1).expand(frames, -1) if fixed_texture is not None
                else torch.zeros(frames, model.dims.texture, device=device))

@@ -12,7 +12,7 @@ from ..errors import TalkingFaceError
 from ..images import normalize_image_channels
 from .alignment import FIT_CROP_SIZE, apply_transforms, crop_template, similarity_transforms, warp_images
 from .analysis import MIN_FACE_PIXELS, DetectedFace, FaceAnalyzer, images_to_uint8
-from .selection import select_face, track_face
+from .selection import NO_FACE_FIXES, select_face, track_face
 from .smoothing import one_euro
 
 logger = logging.getLogger(__name__)
@@ -135,9 +135,9 @@ def analyze_frames(
     Frames without the face are interpolated (with a logged warning listing them) or raise, by
     ``missing``. ``smoothing`` (0..1) filters the keypoints over time before the crops are fixed."""
     if missing not in MISSING_POLICIES:
-        raise TalkingFaceError(f"missing-face policy must be one of {MISSING_POLICIES}, got '{missing}'")
+        raise TalkingFaceError(f"missing_faces must be one of {MISSING_POLICIES}, got '{missing}'")
     if images.ndim not in (3, 4) or images.shape[0] == 0:
-        raise TalkingFaceError(f"expected a non-empty IMAGE batch, got shape {tuple(images.shape)}")
+        raise TalkingFaceError(f"images must be a non-empty IMAGE batch, got shape {tuple(images.shape)}")
     images, note = normalize_image_channels(images)
     notes = [note] if note else []
     frames = images.shape[0]
@@ -151,7 +151,7 @@ def analyze_frames(
         track = [select_face(per_frame[0], order, face_index, what)]
     else:
         if not any(per_frame):
-            raise TalkingFaceError(f"no face found in any of the {frames} frames")
+            raise TalkingFaceError(f"images: no face found in any of the {frames} frames; {NO_FACE_FIXES}")
         track = track_face(per_frame, order, face_index)
     present = np.array([face is not None for face in track])
     missing_frames = [t for t in range(frames) if not present[t]]

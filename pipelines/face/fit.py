@@ -62,7 +62,7 @@ def fit_faces(
     off) keep its values. A video's identity (and texture) from ``init`` is averaged over the detected
     frames: one person, one shape."""
     if video_mode not in VIDEO_MODES:
-        raise TalkingFaceError(f"video mode must be one of {VIDEO_MODES}, got '{video_mode}'")
+        raise TalkingFaceError(f"video_mode must be one of {VIDEO_MODES}, got '{video_mode}'")
     device = model.mean_shape.device
     fitter = LandmarkFitter(model, PerspectiveCamera.deep3d(FIT_CROP_SIZE), config)
     landmarks = faces.fit_landmarks().to(device)

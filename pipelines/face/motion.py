@@ -118,3 +118,10 @@ def edit_coefficients(
             expression += amount * expression_direction(model, name).to(expression)
     rotation = coeffs.rotation + torch.tensor([math.radians(a) for a in pose_degrees]).to(coeffs.rotation)
     return coeffs.replace(expression=expression, rotation=rotation)
+
+
+def slider_offsets(model: MorphableModel) -> dict[str, torch.Tensor]:
+    """Vertex offsets ``[N, 3]`` of each slider at 1: what Edit Expression and Pose adds to a face.
+    The expression basis is linear, so the offsets are the same on every identity."""
+    basis = model.expression_basis.cpu()
+    return {name: (expression_direction(model, name) @ basis).view(-1, 3) for name in SLIDERS}

@@ -212,7 +212,7 @@ def load_regressor_network(path: str | Path) -> FaceCoefficientRegressor:
     """Read ``epoch_20.pth`` (``torch.load(weights_only=True)``) or a ``.safetensors`` with the same keys."""
     path = Path(path)
     if not path.is_file():
-        raise ModelFileError(f"face regressor weights {path} not found")
+        raise ModelFileError(f"face regressor weights '{path.name}' not found")
     state = _network_state(_read_tensors(path), path.name)
     with torch.device("meta"):  # every tensor comes from the file: skip initialising 24M weights first
         network = FaceCoefficientRegressor()
@@ -227,7 +227,7 @@ def five_point_template(landmarks3d: np.ndarray | torch.Tensor) -> torch.Tensor:
     """Deep3DFaceRecon's five 3D points ``[5, 3]`` from 68 3D landmarks (``similarity_Lm3D_all.mat``'s ``lm``)."""
     points = torch.as_tensor(np.asarray(landmarks3d, dtype=np.float32))
     if points.shape != (68, 3):
-        raise ModelFileError(f"the 3D landmark template must be 68×3, got {tuple(points.shape)}")
+        raise ModelFileError(f"the 3D landmark template must be 68×3, got {tuple(points.shape)}: use SadTalker's {TEMPLATE_FILE} in ComfyUI/models/3dmm/")
     return torch.stack([points[list(group)].mean(0) for group in FIVE_FROM_68])
 
 

@@ -23,14 +23,21 @@ def order_faces(faces: Sequence[DetectedFace], order: str) -> list[DetectedFace]
         "most_confident": lambda f: -f.score,
     }
     if order not in keys:
-        raise TalkingFaceError(f"unknown face order '{order}'; choose one of {ORDERS}")
+        raise TalkingFaceError(f"unknown selection '{order}'; choose one of {ORDERS}")
     return sorted(faces, key=keys[order])
+
+
+# What to try when the detector finds no face (Load Face Analyzer's inputs, the image, Analyze Faces' policy).
+NO_FACE_FIXES = (
+    "lower detection_threshold (or raise detection_size for a small face) in Load Face Analyzer, use a larger or "
+    "more frontal face, check the image is not blank, or, in a video, set missing_faces to interpolate"
+)
 
 
 def select_face(faces: Sequence[DetectedFace], order: str, index: int, what: str) -> DetectedFace:
     """The ``index``-th face of ``what`` (an image description for errors) in ``order``."""
     if not faces:
-        raise TalkingFaceError(f"no face found in {what}")
+        raise TalkingFaceError(f"images: no face found in {what}; {NO_FACE_FIXES}")
     if order == "single":
         if len(faces) > 1:
             raise TalkingFaceError(

@@ -12,6 +12,9 @@ from ..morphable.coefficients import BFM_DIMS, FIXED_DIMS
 DEFAULT_COEFFICIENT_DIM = BFM_DIMS.flat_size + FIXED_DIMS["gaze"]
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 SPACES = ("pixel", "latent")
+# Switches added after checkpoints were first written, with the value that older checkpoints (whose
+# config lacks the field) were trained with.
+LEGACY_DEFAULTS = {"warp_condition": False}
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,14 @@ class TGDMConfig:
     vae_scaling_factor: float = 0.18215
     # Width of the learned stem that brings the full-resolution I_3d render down to the latent grid.
     render_stem_channels: int = 32
+    # The source photo warped onto the target geometry and its validity mask join I_3d at the input
+    # (render/texture_transfer.py): the 3DMM's own correspondence instead of one attention must find.
+    warp_condition: bool = True
+    # Per-dimension mean and standard deviation of the training coefficients (empty: use them as they
+    # are). Identity, texture and translation span very different ranges from expression and pose, so
+    # AdaIN sees them standardised.
+    coefficient_mean: tuple[float, ...] = ()
+    coefficient_std: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         problems = []
@@ -69,11 +80,18 @@ class TGDMConfig:
             problems.append(f"vae_scale_factor must be a power of two >= 2, got {self.vae_scale_factor}")
         if self.latent and (self.latent_channels < 1 or self.render_stem_channels < 1):
             problems.append("latent_channels and render_stem_channels must be positive")
+        for name in ("coefficient_mean", "coefficient_std"):
+            if len(getattr(self, name)) not in (0, self.coefficient_dim):
+                problems.append(f"{name} must be empty or hold {self.coefficient_dim} values")
+        if any(value <= 0 for value in self.coefficient_std):
+            problems.append("coefficient_std must be positive")
+        if bool(self.coefficient_mean) != bool(self.coefficient_std):
+            problems.append("coefficient_mean and coefficient_std come together")
         for channels in self.level_channels + (self.source_base_channels,):
             if channels % self.norm_groups:
                 problems.append(f"{channels} channels are not divisible into {self.norm_groups} norm groups")
         if problems:
-            raise ModelFileError("invalid TGDM config: " + "; ".join(problems))
+            raise ModelFileError("invalid TGDM config (checkpoint metadata or training options): " + "; ".join(problems))
 
     @property
     def latent(self) -> bool:
@@ -88,6 +106,12 @@ class TGDMConfig:
     def pixel_size(self) -> int:
         """Side of the images going in (source, I_3d, surface maps) and coming out."""
         return self.image_size * self.vae_scale_factor if self.latent else self.image_size
+
+    @property
+    def condition_channels(self) -> int:
+        """Pixel-space channels beside the noisy input: I_3d, and with ``warp_condition`` the warped
+        source and its validity mask."""
+        return self.image_channels * (2 if self.warp_condition else 1) + (1 if self.warp_condition else 0)
 
     @property
     def level_channels(self) -> tuple[int, ...]:
@@ -128,4 +152,4 @@ class TGDMConfig:
         for name, value in values.items():
             if isinstance(value, list):
                 values[name] = tuple(value)
-        return cls(**values)
+        return cls(**{**LEGACY_DEFAULTS, **values})

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..audio.io import SAMPLE_RATE, Audio, frames_in, mono_from_comfy, resample
+from ..audio.io import fit_comfy_to_frames, fit_to_frames, prepare_speech
 from ..audio.landmark_model import MOUTH_POINTS, POSE_POINTS, LandmarkCompletionTransformer
 from ..audio.landmarks import eye_frames, predict_mouth, to_normalised, to_pixels
 from ..errors import TalkingFaceError
@@ -74,18 +74,6 @@ def frame_schedule(video_frames: int, audio_frames: int, policy: str) -> torch.T
     raise TalkingFaceError(f"unknown length policy '{policy}'; choose one of {LENGTH_POLICIES}")
 
 
-def fit_audio_length(audio: Mapping, frames: int, fps: float) -> dict:
-    """The user's AUDIO (every channel, its own rate) cut or padded with silence to ``frames`` / ``fps`` s."""
-    waveform, rate = torch.as_tensor(audio["waveform"]), int(audio["sample_rate"])
-    if waveform.ndim == 2:
-        waveform = waveform.unsqueeze(0)
-    wanted = int(round(frames / fps * rate))
-    waveform = waveform[..., :wanted]
-    if waveform.shape[-1] < wanted:
-        waveform = torch.nn.functional.pad(waveform, (0, wanted - waveform.shape[-1]))
-    return {"waveform": waveform.contiguous(), "sample_rate": rate}
-
-
 def spread_references(opening: torch.Tensor, usable: torch.Tensor, count: int) -> torch.Tensor:
     """``count`` frame indices whose mouth openings ``[T]`` spread from closed to wide open (quantiles
     among the ``usable`` frames), so the references show lips at rest and teeth."""
@@ -138,11 +126,10 @@ def dub_video(
             "talking-portrait path (Audio to Landmarks → Landmarks to Expression → TGDM Sampler), or make a video from it first"
         )
     landmarks68 = faces.require_landmarks68()
-    track = resample(mono_from_comfy(audio), SAMPLE_RATE)
-    schedule = frame_schedule(faces.frames, frames_in(track, fps), options.length_policy)
+    track = prepare_speech(audio)
+    schedule = frame_schedule(faces.frames, fit_to_frames(track, 0, fps, "pad")[1], options.length_policy)
     count = schedule.shape[0]
-    speech = Audio(fit_audio_length({"waveform": track.samples.view(1, 1, -1), "sample_rate": SAMPLE_RATE},
-                                    count, fps)["waveform"].flatten(), SAMPLE_RATE)
+    speech, _ = fit_to_frames(track, count, fps, "pad")  # cut, or padded with silence: the mouth rests
 
     size = config.pixel_size
     transforms = faces.crop_transforms.float() * (size / faces.crop_size)
@@ -192,4 +179,4 @@ def dub_video(
         masks[rows] = frame_masks
         if on_chunk is not None:
             on_chunk(pasted[-1])
-    return DubbingResult(images, fit_audio_length(audio, count, fps), masks, schedule)
+    return DubbingResult(images, fit_comfy_to_frames(audio, count, fps, "pad"), masks, schedule)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import TalkingFaceError
-from ..morphable.coefficients import FaceCoefficients
+from ..morphable.coefficients import CoefficientDims, FaceCoefficients
 from ..video import frame_chunks
 from .config import TGDMConfig
 from .tgdm import SourceFeatures, TGDMDenoiser
@@ -80,6 +80,8 @@ class GeneratorInputs:
     target_surfaces: torch.Tensor | None = None  # [T, H, W, 3]
     source_surface: torch.Tensor | None = None  # [1 or T, H, W, 3]
     identity: torch.Tensor | None = None  # [1 or T, identity_dim]
+    warped_sources: torch.Tensor | None = None  # [T, H, W, C] the source on each target's geometry, 0 where not valid
+    warp_masks: torch.Tensor | None = None  # [T, H, W] 1 where the source saw the target's surface
 
     @property
     def frames(self) -> int:
@@ -108,11 +110,24 @@ class GeneratorInputs:
         need("the source surface map", self.source_surface, (size, size, 3), True)
         if config.identity_dim:
             need("the identity embedding", self.identity, (config.identity_dim,), True)
+        if config.warp_condition:
+            if self.warped_sources is None or self.warp_masks is None:
+                raise TalkingFaceError(
+                    "this generator is conditioned on the source warped onto each target: give the warped sources "
+                    "and their masks (Render Textured Target's warped_source and warp_mask)"
+                )
+            need("the warped source", self.warped_sources, expected, False)
+            need("the warp mask", self.warp_masks, (size, size), False)
 
 
 def flat_coefficients(coeffs: FaceCoefficients) -> torch.Tensor:
     """ρ̂ as the generator reads it: the 257-d Deep3DFaceRecon vector and gaze, ``[T, 259]``."""
     return torch.cat([coeffs.to_flat(), coeffs.gaze], dim=1)
+
+
+def generator_rows_to_coefficients(rows: torch.Tensor, dims: CoefficientDims) -> FaceCoefficients:
+    """The inverse of :func:`flat_coefficients`."""
+    return FaceCoefficients.from_flat(rows[:, : dims.flat_size], rows[:, dims.flat_size :], dims)
 
 
 def to_model_images(images: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -122,6 +137,18 @@ def to_model_images(images: torch.Tensor, device: torch.device, dtype: torch.dty
 
 def to_channels_first(maps: torch.Tensor | None, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
     return None if maps is None else maps.to(device=device, dtype=dtype).permute(0, 3, 1, 2)
+
+
+def warp_condition(
+    warped: torch.Tensor | None, valid: torch.Tensor | None, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor | None:
+    """The denoiser's ``warped_source`` input from channel-last warped images (0..1) and masks
+    ``[B, H, W]``: ``[B, C + 1, H, W]``, the colours in the model range and 0 wherever not valid."""
+    if warped is None or valid is None:
+        return None
+    mask = valid.to(device=device, dtype=torch.float32).unsqueeze(1)
+    colours = to_model_images(warped, device, torch.float32) * mask
+    return torch.cat([colours, mask], dim=1).to(dtype)
 
 
 def frame_noise(seed: int, frames: range, shape: tuple[int, ...], same_noise: bool) -> torch.Tensor:
@@ -251,6 +278,10 @@ class TGDMSampler:
         surface = to_channels_first(
             None if inputs.target_surfaces is None else inputs.target_surfaces[frames], device, dtype
         )
+        warped = warp_condition(
+            None if inputs.warped_sources is None else inputs.warped_sources[frames],
+            None if inputs.warp_masks is None else inputs.warp_masks[frames], device, dtype,
+        )
         identity = inputs.identity
         if identity is not None:
             identity = identity.expand(render.shape[0], -1) if identity.shape[0] == 1 else identity[frames]
@@ -260,7 +291,7 @@ class TGDMSampler:
         timesteps = timestep.to(device).expand(batch)
         if not settings.guided:
             self.denoiser_calls += 1
-            return self.model(noisy, timesteps, render, coefficients, source, surface, identity).float()
+            return self.model(noisy, timesteps, render, coefficients, source, surface, identity, warped_source=warped).float()
 
         # Three variants in one pass: full conditions, geometry only, nothing; InstructPix2Pix-style
         # guidance then weighs geometry and texture separately.
@@ -272,7 +303,7 @@ class TGDMSampler:
         self.denoiser_calls += 1
         full, geometry, unconditional = self.model(
             three(noisy), timesteps.repeat(3), three(render), three(coefficients), source.repeat(3),
-            three(surface), three(identity), geometry_keep, texture_keep,
+            three(surface), three(identity), geometry_keep, texture_keep, three(warped),
         ).float().chunk(3)
         return (
             unconditional

@@ -85,7 +85,7 @@ class RenderStem(nn.Module):
         width = config.render_stem_channels
         self.layers = nn.Sequential(
             nn.PixelUnshuffle(factor),
-            nn.Conv2d(config.image_channels * factor * factor, width, 1),
+            nn.Conv2d(config.condition_channels * factor * factor, width, 1),
             nn.SiLU(),
             nn.Conv2d(width, width, 3, padding=1),
         )
@@ -117,6 +117,11 @@ class TGDMDenoiser(nn.Module):
             nn.Linear(config.base_channels, embedding), nn.SiLU(), nn.Linear(embedding, embedding)
         )
         self.coefficient_embedding = nn.Linear(config.coefficient_dim, embedding)
+        # Statistics from the config, not weights: they travel in the checkpoint's metadata.
+        mean = torch.tensor(config.coefficient_mean or [0.0] * config.coefficient_dim)
+        std = torch.tensor(config.coefficient_std or [1.0] * config.coefficient_dim)
+        self.register_buffer("coefficient_mean", mean, persistent=False)
+        self.register_buffer("coefficient_std", std, persistent=False)
         # What the coefficient embedding becomes when guidance drops the geometry.
         self.null_coefficients = nn.Parameter(torch.zeros(embedding))
         self.source_encoder = SourceEncoder(config)
@@ -127,8 +132,8 @@ class TGDMDenoiser(nn.Module):
             )
 
         self.render_stem = RenderStem(config) if config.latent else None
-        render_channels = config.render_stem_channels if config.latent else config.image_channels
-        self.input = nn.Conv2d(config.denoised_channels + render_channels, channels[0], 3, padding=1)
+        condition_channels = config.render_stem_channels if config.latent else config.condition_channels
+        self.input = nn.Conv2d(config.denoised_channels + condition_channels, channels[0], 3, padding=1)
         self.encoder = nn.ModuleList()
         self.encoder_attention = nn.ModuleDict()
         self.downsamples = nn.ModuleList()
@@ -193,11 +198,21 @@ class TGDMDenoiser(nn.Module):
         identity: torch.Tensor | None = None,
         geometry_keep: torch.Tensor | None = None,
         texture_keep: torch.Tensor | None = None,
+        warped_source: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``warped_source`` ``[B, 4, H, W]``: the source warped onto the target geometry (-1..1, 0 where
+        not valid) and its validity mask (0..1), at pixel resolution; required with ``warp_condition``."""
         config = self.config
         batch = noisy.shape[0]
         self._check_denoised("noisy", noisy)
         self._check_pixels("render", render)
+        if config.warp_condition:
+            if warped_source is None:
+                raise TalkingFaceError(
+                    "this generator is conditioned on the source warped onto the target geometry: connect "
+                    "Render Textured Target's warped_source and warp_mask to TGDM Sampler"
+                )
+            self._check_pixels("warped source", warped_source, channels=config.image_channels + 1)
         if coefficients.shape != (batch, config.coefficient_dim):
             raise TalkingFaceError(
                 f"the generator expects coefficients [{batch}, {config.coefficient_dim}], got {tuple(coefficients.shape)}"
@@ -209,7 +224,8 @@ class TGDMDenoiser(nn.Module):
         if config.identity_dim and identity is not None and identity.shape != (batch, config.identity_dim):
             raise TalkingFaceError(f"the identity embedding must be [{batch}, {config.identity_dim}], got {tuple(identity.shape)}")
 
-        coefficient_embedding = self.coefficient_embedding(coefficients)
+        standardised = (coefficients - self.coefficient_mean.to(coefficients.dtype)) / self.coefficient_std.to(coefficients.dtype)
+        coefficient_embedding = self.coefficient_embedding(standardised)
         if geometry_keep is not None:
             keep = geometry_keep.to(noisy.dtype).view(-1, 1)
             coefficient_embedding = keep * coefficient_embedding + (1 - keep) * self.null_coefficients
@@ -234,9 +250,15 @@ class TGDMDenoiser(nn.Module):
                 identity if config.identity_dim else None,
             )
 
+        condition = render
+        if config.warp_condition:
+            # The warp is the source's texture: texture guidance drops it with texture attention.
+            if texture_keep is not None:
+                warped_source = warped_source * texture_keep.to(noisy.dtype).view(-1, 1, 1, 1)
+            condition = torch.cat([render, warped_source], dim=1)
         if self.render_stem is not None:
-            render = self.render_stem(render)
-        h = self.input(torch.cat([noisy, render], dim=1))
+            condition = self.render_stem(condition)
+        h = self.input(torch.cat([noisy, condition], dim=1))
         skips = []
         for level, blocks in enumerate(self.encoder):
             for index, block in enumerate(blocks):

@@ -107,7 +107,7 @@ def load_vae(path: str | Path, name: str = "sd15", device: torch.device | str = 
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(
-            f"VAE file not found: {path}; put the SD1.5 VAE (e.g. vae-ft-mse-840000-ema-pruned.safetensors) into {VAE_FOLDER_HINT}"
+            f"VAE file '{path.name}' not found: put the SD1.5 VAE (e.g. vae-ft-mse-840000-ema-pruned.safetensors) into {VAE_FOLDER_HINT}"
         )
     config = _own_config(read_checkpoint_metadata(path, "VAE file")) or vae_config(name)
     weights = diffusers_vae_weights(read_checkpoint_weights(path), config)

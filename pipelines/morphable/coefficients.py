@@ -154,10 +154,10 @@ class FaceCoefficients:
     @staticmethod
     def concat(sequences: Sequence[FaceCoefficients]) -> FaceCoefficients:
         if not sequences:
-            raise TalkingFaceError("no coefficient sequences to join")
+            raise ValueError("no coefficient sequences to join")
         dims = {seq.dims for seq in sequences}
         if len(dims) > 1:
-            raise TalkingFaceError(f"cannot join coefficient sequences of different face models: {sorted(map(str, dims))}")
+            raise TalkingFaceError(f"cannot join coefficients of different face models {sorted(map(str, dims))}: fit them with the same Load 3DMM model")
         return FaceCoefficients(
             **{name: torch.cat([getattr(seq, name) for seq in sequences], dim=0) for name in ALL_FIELDS}
         )
@@ -173,7 +173,7 @@ class FaceCoefficients:
     def load(cls, path: str | Path) -> FaceCoefficients:
         path = Path(path)
         if not path.is_file():
-            raise ModelFileError(f"coefficient file not found: {path}")
+            raise ModelFileError(f"coefficient file '{path.name}' not found")
         try:
             with safe_open(str(path), framework="pt") as handle:
                 metadata = handle.metadata() or {}

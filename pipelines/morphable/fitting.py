@@ -102,7 +102,7 @@ class FitConfig:
         if not self.tolerance > 0:
             problems.append(f"tolerance must be positive, got {self.tolerance}")
         if problems:
-            raise TalkingFaceError("invalid fitting settings: " + "; ".join(problems))
+            raise TalkingFaceError("invalid Fit 3DMM settings: " + "; ".join(problems))
 
 
 @dataclass
@@ -338,9 +338,9 @@ class LandmarkFitter:
         groups = frozenset([optimize] if isinstance(optimize, str) else optimize)
         unknown = groups - ALL_GROUPS
         if unknown:
-            raise TalkingFaceError(f"cannot optimise {sorted(unknown)}; choose from {sorted(ALL_GROUPS)}")
+            raise TalkingFaceError(f"Fit 3DMM cannot optimise {sorted(unknown)}; choose from {sorted(ALL_GROUPS)}")
         if not groups:
-            raise TalkingFaceError(f"nothing to optimise: name at least one of {sorted(ALL_GROUPS)}")
+            raise TalkingFaceError(f"Fit 3DMM has nothing to optimise: name at least one of {sorted(ALL_GROUPS)}")
         fixed_pose = [g for g in POSE_GROUPS if g not in groups]
         if fixed_pose and init is None:
             raise TalkingFaceError(f"{' and '.join(fixed_pose)} stay fixed, so pass their values as init coefficients")

@@ -234,12 +234,12 @@ def resolve_face_model_path(path: str | Path) -> Path:
             if candidate.is_file():
                 return candidate
         raise ModelFileError(
-            f"no {BFM_FILE_NAME} in the folder {path}. Put Deep3DFaceRecon's {BFM_FILE_NAME} (or SadTalker's "
+            f"no {BFM_FILE_NAME} in the folder {path.name}. Put Deep3DFaceRecon's {BFM_FILE_NAME} (or SadTalker's "
             f"whole BFM_Fitting/ folder) into {MODEL_FOLDER_HINT}"
         )
     if not path.is_file():
         raise ModelFileError(
-            f"3DMM file not found: {path}. Put {BFM_FILE_NAME} into {MODEL_FOLDER_HINT} (the Basel Face Model is "
+            f"3DMM file '{path.name}' not found. Put {BFM_FILE_NAME} into {MODEL_FOLDER_HINT} (the Basel Face Model is "
             "non-commercial: register at the University of Basel and convert it with Deep3DFaceRecon), "
             "or choose the built-in demo face model"
         )

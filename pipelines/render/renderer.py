@@ -9,7 +9,7 @@ from torch import nn
 from ..morphable.coefficients import FaceCoefficients
 from ..morphable.model import MorphableModel
 from .camera import PerspectiveCamera
-from .rasterizer import rasterize_covered
+from .rasterizer import CoveredPixels, rasterize_covered
 from .shading import shade_planar
 
 
@@ -42,6 +42,11 @@ class FaceRenderer(nn.Module):
 
     def render(self, coeffs: FaceCoefficients) -> RenderMaps:
         """Render every frame of ``coeffs``; they are moved to the model's device and dtype."""
+        return self.render_with_coverage(coeffs)[0]
+
+    def render_with_coverage(self, coeffs: FaceCoefficients) -> tuple[RenderMaps, CoveredPixels, torch.Tensor]:
+        """:meth:`render`, plus the covered pixels and the posed vertices it rasterized, for work
+        that reuses them (the texture transfer onto the same targets)."""
         self.model.check_coefficients(coeffs)
         reference = self.model.mean_shape
         coeffs = coeffs.to(device=reference.device, dtype=reference.dtype)
@@ -56,7 +61,7 @@ class FaceRenderer(nn.Module):
             # Interpolated unit normals are shorter than 1 inside a triangle.
             normals = normals * (normals * normals).sum(0).clamp_min_(1e-24).rsqrt_()
             image = shade_planar(albedo, normals, coeffs.lighting, covered.frame_sizes())
-            return RenderMaps(
+            maps = RenderMaps(
                 image=covered.scatter(image.clamp_(0.0, 1.0)),
                 mask=covered.scatter(torch.ones_like(covered.depth, dtype=albedo.dtype)),
                 depth=covered.scatter(covered.depth.to(albedo.dtype)),
@@ -66,3 +71,4 @@ class FaceRenderer(nn.Module):
                 triangle_ids=covered.scatter(covered.triangle_ids, -1),
                 landmarks=self.camera.project(vertices[:, self.model.landmark_ids]),
             )
+            return maps, covered, vertices

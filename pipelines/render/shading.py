@@ -22,7 +22,7 @@ _BAND1 = _A[1] * _C[1]
 _BAND2 = _A[2] * _C[2]
 
 
-def _sh_terms(nx: torch.Tensor, ny: torch.Tensor, nz: torch.Tensor) -> list[torch.Tensor]:
+def sh_terms(nx: torch.Tensor, ny: torch.Tensor, nz: torch.Tensor) -> list[torch.Tensor]:
     """The 9 Deep3DFaceRecon SH basis values of unit normals (nx, ny, nz)."""
     return [
         torch.full_like(nx, _BAND0),
@@ -57,7 +57,7 @@ def shade(albedo: torch.Tensor, normals: torch.Tensor, lighting: torch.Tensor) -
         )
     frames = albedo.shape[0]
     # Basis planes [B, 9, M] make the product a wide matrix multiply, far faster than [M, 9] @ [9, 3].
-    basis = torch.stack(_sh_terms(*normals.reshape(frames, -1, 3).unbind(-1)), dim=1)
+    basis = torch.stack(sh_terms(*normals.reshape(frames, -1, 3).unbind(-1)), dim=1)
     irradiance = torch.bmm(lighting_matrix(lighting).to(basis.dtype), basis)
     return albedo * irradiance.transpose(1, 2).reshape(albedo.shape)
 
@@ -79,6 +79,6 @@ def shade_planar(
     start = 0
     for gamma, count in zip(gammas, frame_sizes, strict=True):
         run = slice(start, start + count)
-        colour[:, run] = gamma @ torch.stack(_sh_terms(*normals[:, run]))
+        colour[:, run] = gamma @ torch.stack(sh_terms(*normals[:, run]))
         start += count
     return colour.mul_(albedo)

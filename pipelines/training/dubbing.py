@@ -95,7 +95,7 @@ def synthetic_dubbing_clips(
         coefficients = clip.coefficients
         coefficients.texture[:] = person.texture
         frames = torch.cat([
-            photograph(renderer, coefficients[chunk], [person] * (chunk.stop - chunk.start), settings.pattern_strength)[0]
+            photograph(renderer, coefficients[chunk], [person] * (chunk.stop - chunk.start))[0]
             for chunk in frame_chunks(coefficients.frames, 64)
         ])
         landmarks = project_landmarks(face_model, coefficients, PerspectiveCamera.deep3d()) * scale

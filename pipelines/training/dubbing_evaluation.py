@@ -29,7 +29,7 @@ from ..generator.dubbing import DubbingDenoiser, crop_coordinates
 from ..generator.dubbing_sampler import DubbingSampler, DubbingSettings
 from ..generator.dubbing_video import INNER_LIPS, spread_references
 from .dubbing import DubbingClip
-from .tgdm_evaluation import psnr, ssim_map
+from .tgdm_evaluation import psnr, ssim
 
 LIPS = list(range(48, 68))
 CHIN = 8
@@ -56,18 +56,11 @@ def mouth_boxes(target: torch.Tensor, template: torch.Tensor, size: int) -> torc
 
 
 def region_scores(images: torch.Tensor, truth: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-frame PSNR and SSIM of ``[F, S, S, 3]`` images inside ``boxes``."""
-    window = 11
-    quality = ssim_map(images, truth, window)
-    psnrs, ssims = [], []
-    last = quality.shape[-1] - 1
+    """Per-frame PSNR and SSIM of ``[F, S, S, 3]`` images inside ``boxes`` (SSIM: windows centred there)."""
+    mask = torch.zeros(images.shape[:3])
     for frame, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
-        psnrs.append(psnr(images[frame:frame + 1, y0:y1, x0:x1], truth[frame:frame + 1, y0:y1, x0:x1]))
-        # SSIM windows centred in the box (the map is indexed by the window's corner)
-        cx0, cy0 = min(max(x0 - window // 2, 0), last), min(max(y0 - window // 2, 0), last)
-        cx1, cy1 = max(min(x1 - window // 2, last + 1), cx0 + 1), max(min(y1 - window // 2, last + 1), cy0 + 1)
-        ssims.append(quality[frame, cy0:cy1, cx0:cx1].mean().float().view(1))
-    return torch.cat(psnrs), torch.cat(ssims)
+        mask[frame, y0:y1, x0:x1] = 1
+    return psnr(images, truth, mask), ssim(images, truth, mask)
 
 
 def mouth_darkness(images: torch.Tensor, template: torch.Tensor) -> torch.Tensor:

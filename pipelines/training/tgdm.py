@@ -28,9 +28,11 @@ from torch import nn
 from ..errors import TalkingFaceError
 from ..generator.checkpoint import save_tgdm
 from ..generator.config import TGDMConfig
-from ..generator.sampler import missing_vae_error, to_channels_first, to_model_images
+from ..generator.sampler import missing_vae_error, to_channels_first, to_model_images, warp_condition
 from ..generator.tgdm import TGDMDenoiser
 from ..generator.vae import LatentCodec
+from ..morphable.model import MorphableModel
+from .pair_warp import PairWarper
 from .state import (
     STATE_FOLDER,
     load_model_weights,
@@ -69,6 +71,17 @@ class TrainingSettings:
     def __post_init__(self) -> None:
         if self.mixed_precision not in MIXED_PRECISION:
             raise TalkingFaceError(f"mixed_precision must be one of {MIXED_PRECISION}, got '{self.mixed_precision}'")
+
+
+def with_coefficient_statistics(config: TGDMConfig, coefficients: torch.Tensor) -> TGDMConfig:
+    """``config`` carrying the per-dimension mean and spread of the training coefficients ``[N, D]``;
+    dimensions that never vary (a fixed translation in synthetic data) keep a spread of 1."""
+    mean = coefficients.double().mean(0)
+    std = coefficients.double().std(0)
+    std = torch.where(std > 1e-4, std, torch.ones_like(std))
+    return dataclasses.replace(
+        config, coefficient_mean=tuple(round(v, 6) for v in mean.tolist()), coefficient_std=tuple(round(v, 6) for v in std.tolist())
+    )
 
 
 class ExponentialMovingAverage:
@@ -137,19 +150,23 @@ class SelfReconstruction(nn.Module):
         source = self.denoiser.encode_source(batch["source"], batch["source_surface"])
         return self.denoiser(
             noisy, timesteps, batch["render"], batch["coefficients"], source, batch["target_surface"],
-            None, batch["geometry_keep"], batch["texture_keep"],
+            None, batch["geometry_keep"], batch["texture_keep"], batch.get("warped_source"),
         )
 
 
 def pair_batch(
     views: FaceViews, size: int, generator: torch.Generator, settings: TrainingSettings, device: torch.device,
-    latents: Callable[[FaceViews, torch.Tensor], torch.Tensor] | None = None,
+    latents: Callable[[FaceViews, torch.Tensor], torch.Tensor] | None = None, warper: PairWarper | None = None,
 ) -> dict[str, torch.Tensor]:
     """A random batch of (source, target) views of one identity each, in the model's layout and range.
     With ``latents`` (latent mode) the target and source are their VAE latents; renders and surface
-    maps stay pixels."""
+    maps stay pixels. With ``warper`` the batch holds the source warped onto each target's geometry."""
     sources, targets = views.pairs(size, generator)
     dtype = torch.float32
+    extra = {}
+    if warper is not None:
+        warped, valid = warper(views.photos[sources], views.coefficients[sources], views.coefficients[targets])
+        extra["warped_source"] = warp_condition(warped, valid, device, dtype)
     if latents is None:
         target = to_model_images(views.photos[targets], device, dtype)
         source = to_model_images(views.photos[sources], device, dtype)
@@ -164,15 +181,18 @@ def pair_batch(
         "source_surface": to_channels_first(views.surfaces[sources], device, dtype),
         "geometry_keep": (torch.rand(size, generator=generator) >= settings.geometry_drop).float().to(device),
         "texture_keep": (torch.rand(size, generator=generator) >= settings.texture_drop).float().to(device),
+        **extra,
     }
 
 
 class TGDMTrainer:
     """Trains a :class:`TGDMDenoiser` from ``config`` (or continues the run saved in ``output_dir``).
-    A latent-mode config needs ``vae``, the frozen VAE whose latents it learns to denoise."""
+    A latent-mode config needs ``vae``, the frozen VAE whose latents it learns to denoise; a config
+    with ``warp_condition`` needs ``face_model``, the 3DMM the data's coefficients belong to."""
 
     def __init__(
-        self, config: TGDMConfig, settings: TrainingSettings, output_dir: str | Path, vae: LatentCodec | None = None
+        self, config: TGDMConfig, settings: TrainingSettings, output_dir: str | Path, vae: LatentCodec | None = None,
+        face_model: MorphableModel | None = None,
     ) -> None:
         from accelerate import Accelerator
         from accelerate.utils import set_seed
@@ -186,6 +206,11 @@ class TGDMTrainer:
         self.output_dir = Path(output_dir)
         self.vae = vae
         self.latents = LatentCache(vae) if config.latent else None
+        if config.warp_condition and face_model is None:
+            raise TalkingFaceError(
+                "a generator conditioned on the warped source trains with the face model its data was fitted with"
+            )
+        self.warper = PairWarper(face_model, config.pixel_size) if config.warp_condition else None
         self.accelerator = Accelerator(
             mixed_precision=settings.mixed_precision, cpu=not torch.cuda.is_available()
         )
@@ -205,7 +230,7 @@ class TGDMTrainer:
 
     def training_step(self, views: FaceViews) -> float:
         device = self.accelerator.device
-        batch = pair_batch(views, self.settings.batch_size, self.generator, self.settings, device, self.latents)
+        batch = pair_batch(views, self.settings.batch_size, self.generator, self.settings, device, self.latents, self.warper)
         clean = batch["target"]
         noise = torch.randn(clean.shape, generator=self.generator).to(device)
         timesteps = torch.randint(

@@ -7,23 +7,28 @@ import torch.nn.functional as F
 from ..generator.sampler import GeneratorInputs, SamplerSettings, TGDMSampler
 from ..generator.tgdm import TGDMDenoiser
 from ..generator.vae import LatentCodec
+from ..morphable.model import MorphableModel
+from .pair_warp import PairWarper
 from .synthetic_faces import FaceViews
 
 
-def psnr(images: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB of ``[B, H, W, C]`` images in 0..1."""
-    mse = (images - references).pow(2).flatten(1).mean(1).clamp_min(1e-10)
-    return -10 * torch.log10(mse)
+def psnr(images: torch.Tensor, references: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-image PSNR in dB of ``[B, H, W, C]`` images in 0..1, over the pixels where ``mask [B, H, W]``
+    is 1 when given (NaN for an image whose mask is empty)."""
+    error = (images - references).pow(2).mean(-1)
+    if mask is None:
+        mse = error.flatten(1).mean(1)
+    else:
+        weight = mask.to(error.dtype)
+        mse = (error * weight).flatten(1).sum(1) / weight.flatten(1).sum(1)
+    return -10 * torch.log10(mse.clamp_min(1e-10))
 
 
-def ssim(images: torch.Tensor, references: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """Per-image SSIM (Wang et al. 2004, Gaussian window, averaged over channels) of ``[B, H, W, C]`` in 0..1."""
-    return ssim_map(images, references, window, sigma).flatten(1).mean(1).float()
-
-
-def ssim_map(images: torch.Tensor, references: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """The SSIM index of every full window position, averaged over channels: ``[B, H - window + 1, W - window + 1]``
-    (float64); an average over part of it scores a region."""
+def ssim(
+    images: torch.Tensor, references: torch.Tensor, mask: torch.Tensor | None = None, window: int = 11, sigma: float = 1.5
+) -> torch.Tensor:
+    """Per-image SSIM (Wang et al. 2004, Gaussian window, averaged over channels) of ``[B, H, W, C]`` in
+    0..1, averaged over the windows that fit inside the image, or over those centred where ``mask`` is 1."""
     x, y = images.permute(0, 3, 1, 2).double(), references.permute(0, 3, 1, 2).double()
     channels = x.shape[1]
     offsets = torch.arange(window, dtype=torch.float64) - window // 2
@@ -40,7 +45,12 @@ def ssim_map(images: torch.Tensor, references: torch.Tensor, window: int = 11, s
     cov = blur(x * y) - mean_x * mean_y
     c1, c2 = 0.01**2, 0.03**2
     index = ((2 * mean_x * mean_y + c1) * (2 * cov + c2)) / ((mean_x**2 + mean_y**2 + c1) * (var_x + var_y + c2))
-    return index.mean(1)
+    index = index.mean(1)
+    if mask is None:
+        return index.flatten(1).mean(1).float()
+    margin = window // 2
+    weight = mask[:, margin : mask.shape[1] - margin, margin : mask.shape[2] - margin].double()
+    return ((index * weight).flatten(1).sum(1) / weight.flatten(1).sum(1)).float()
 
 
 def held_out_pairs(views: FaceViews) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,20 +63,47 @@ def held_out_pairs(views: FaceViews) -> tuple[torch.Tensor, torch.Tensor]:
 
 def evaluate_generator(
     model: TGDMDenoiser, views: FaceViews, settings: SamplerSettings, vae: LatentCodec | None = None,
-    pairs: tuple[torch.Tensor, torch.Tensor] | None = None,
+    pairs: tuple[torch.Tensor, torch.Tensor] | None = None, face_model: MorphableModel | None = None,
 ) -> dict[str, float]:
-    """Generate every held-out target from its source and compare, together with the two trivial
-    answers: the render I_3d itself and the source photo unchanged. ``pairs`` (source, target
-    indices) default to :func:`held_out_pairs`. A latent-mode model needs ``vae``."""
+    """Generate every held-out target from its source and compare with the trivial answers: the render
+    I_3d itself, the source photo unchanged and, given the data's ``face_model``, the source warped onto
+    the target geometry as Render Textured Target composes it (relit and plain: the colour-matched
+    render where the source did not see the face, a drawn mouth interior, the source photo around
+    the face). ``pairs``
+    (source, target indices) default to :func:`held_out_pairs`. A latent-mode model needs ``vae``; a
+    warp-conditioned model needs ``face_model``.
+
+    Besides the whole crop, PSNR and SSIM are reported on the target's face (``_face``) and PSNR on what
+    the warp cannot know (``_unseen``: face pixels the source did not see, and wall pixels the source's
+    head hid)."""
     sources, targets = held_out_pairs(views) if pairs is None else pairs
+    source_photos = views.photos[sources]
+    candidates = {"render": views.renders[targets], "source": source_photos}
+    warped = valid = None
+    if face_model is not None:
+        warper = PairWarper(face_model, views.photos.shape[1])
+        source_rows, target_rows = views.coefficients[sources], views.coefficients[targets]
+        relit = warper.textured(source_photos, source_rows, target_rows)
+        warped, valid = relit.warped, relit.valid
+        candidates["warp_relit"] = relit.image
+        candidates["warp_plain"] = warper.textured(source_photos, source_rows, target_rows, relight=False).image
     sampler = TGDMSampler(model, settings, vae)
-    generated = sampler.sample(GeneratorInputs(
-        source=views.photos[sources], renders=views.renders[targets], coefficients=views.coefficients[targets],
+    candidates["tgdm"] = sampler.sample(GeneratorInputs(
+        source=source_photos, renders=views.renders[targets], coefficients=views.coefficients[targets],
         target_surfaces=views.surfaces[targets], source_surface=views.surfaces[sources],
+        warped_sources=warped if model.config.warp_condition else None,
+        warp_masks=valid if model.config.warp_condition else None,
     ))
     truth = views.photos[targets]
+    target_face = views.surfaces[targets].abs().sum(-1) > 0
+    source_face = views.surfaces[sources].abs().sum(-1) > 0
+    regions = {"": None, "_face": target_face}
+    if valid is not None:
+        regions["_unseen"] = (target_face & (valid < 0.5)) | (~target_face & source_face)
     results = {}
-    for name, images in (("tgdm", generated), ("render", views.renders[targets]), ("source", views.photos[sources])):
-        results[f"psnr_{name}"] = round(psnr(images, truth).mean().item(), 3)
-        results[f"ssim_{name}"] = round(ssim(images, truth).mean().item(), 4)
+    for name, images in candidates.items():
+        for suffix, mask in regions.items():
+            results[f"psnr_{name}{suffix}"] = round(psnr(images, truth, mask).nanmean().item(), 3)
+            if suffix != "_unseen":
+                results[f"ssim_{name}{suffix}"] = round(ssim(images, truth, mask).nanmean().item(), 4)
     return results

@@ -1,13 +1,13 @@
-// Shows where Save Coefficients wrote its file, on the node itself, after each run.
-import { app } from "../../scripts/app.js";
+// Shows where Save Coefficients and Export Mesh wrote their files, on the node itself, after each run.
+import { app } from "../../../scripts/app.js";
 
-const SAVE_NODE = "TalkingFaceSaveCoefficients";
+const SAVING_NODES = new Set(["TalkingFaceSaveCoefficients", "TalkingFaceExportMesh"]);
 const WIDGET_NAME = "saved_to";
 
 app.registerExtension({
   name: "TalkingFace.SavedFileNotice",
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (nodeData.name !== SAVE_NODE) return;
+    if (!SAVING_NODES.has(nodeData.name)) return;
     const onExecuted = nodeType.prototype.onExecuted;
     nodeType.prototype.onExecuted = function (message) {
       onExecuted?.apply(this, arguments);
