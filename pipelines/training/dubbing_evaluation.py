@@ -5,7 +5,8 @@ following its audio, the template's another clip's mouth. Dubbing the template w
 audio should give the target. Measures, over every frame of every held-out clip:
 
 * **mouth-region PSNR / SSIM** against the target, in the box around both the target's and the
-  template's lips and chin (so copying the template's mouth is penalised);
+  template's lips and chin (so copying the template's mouth is penalised); PSNR of the squared error
+  pooled over all frames, SSIM averaged over frames;
 * **lip sync**: the Pearson correlation between the true jaw opening of the frame (the synthetic
   ground truth) and the *mouth darkness* measured on the produced frame: one minus the mean luminance
   in the template's box from the upper lip to the chin (an open mouth shows its dark interior). It is
@@ -149,6 +150,9 @@ def evaluate_dubbing(
     for name, produced in outputs.items():
         images = torch.cat(produced)
         psnrs, ssims = region_scores(images, truth, box)
-        results[name] = Scores(float(psnrs.mean()), float(ssims.mean()),
+        # PSNR of the squared error pooled over every frame: a frame identical to the truth (both mouths
+        # closed) would otherwise count 100 dB and swamp the mean
+        pooled = -10 * torch.log10((10 ** (-psnrs / 10)).mean())
+        results[name] = Scores(float(pooled), float(ssims.mean()),
                                correlation(mouth_darkness(images, template_points), opening)).as_dict()
     return results
