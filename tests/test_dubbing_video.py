@@ -73,7 +73,7 @@ def test_input_mask_top_edge_follows_the_nose_and_the_shift(clip):
     nose_row = int(points[0, mouth.NOSE_TIP, 1])
     assert base[0, nose_row + 1:].min() == 1 and base[0, : nose_row - 1].max() == 0
     assert higher.sum() > base.sum()
-    with pytest.raises(errors.TalkingFaceError, match="top shift"):
+    with pytest.raises(errors.TalkingFaceError, match="mask_top_shift"):
         mouth.lower_face_input_mask(points, 64, top_shift=0.5)
 
 

@@ -24,7 +24,7 @@ def mask_top_rows(landmarks: torch.Tensor, size: int, top_shift: float) -> torch
     (negative: higher, more of the face regenerated; positive: lower, more kept)."""
     low, high = TOP_SHIFT_RANGE
     if not low <= top_shift <= high:
-        raise TalkingFaceError(f"the mask's top shift must be in {low}..{high} of the crop height, got {top_shift}")
+        raise TalkingFaceError(f"mask_top_shift must be in {low}..{high} (a fraction of the face crop's height), got {top_shift}")
     return landmarks[:, NOSE_TIP, 1] + top_shift * size
 
 

@@ -94,7 +94,7 @@ class DubbingConfig:
             if channels % self.norm_groups:
                 problems.append(f"{channels} channels are not divisible into {self.norm_groups} norm groups")
         if problems:
-            raise ModelFileError("invalid dubbing config: " + "; ".join(problems))
+            raise ModelFileError("invalid dubbing config (checkpoint metadata or training options): " + "; ".join(problems))
 
     @property
     def latent(self) -> bool:
@@ -255,7 +255,7 @@ class DubbingDenoiser(nn.Module):
         self._check_denoised("masked template", masked)
         self._check_landmarks("target landmarks", landmarks, (batch,))
         if mask.ndim != 4 or mask.shape[:2] != (batch, 1) or mask.shape[2] != mask.shape[3]:
-            raise TalkingFaceError(f"the mask must be [{batch}, 1, S, S], got {tuple(mask.shape)}")
+            raise ValueError(f"the mask must be [{batch}, 1, S, S], got {tuple(mask.shape)}")
         if references.batch not in (1, batch):
             raise TalkingFaceError(f"{references.batch} reference sets for {batch} frames: give one set or one per frame")
         if mask.shape[-1] != config.image_size:

@@ -87,7 +87,7 @@ class DubbingSampler:
         config = self.model.config
         count = templates.shape[0]
         if masks.shape != templates.shape[:3] or landmarks.shape[0] != count or len(frames) != count:
-            raise TalkingFaceError(
+            raise ValueError(
                 f"dubbing inputs disagree: {count} templates, masks {tuple(masks.shape)}, {landmarks.shape[0]} landmark sets"
             )
         device, dtype = self.device, self.dtype

@@ -51,7 +51,7 @@ class DubbingOptions:
 
     def __post_init__(self) -> None:
         if self.length_policy not in LENGTH_POLICIES:
-            raise TalkingFaceError(f"unknown length policy '{self.length_policy}'; choose one of {LENGTH_POLICIES}")
+            raise TalkingFaceError(f"unknown length_policy '{self.length_policy}'; choose one of {LENGTH_POLICIES}")
         if self.chunk_size < 1 or self.feather < 0:
             raise TalkingFaceError("chunk size must be at least 1 and feather not negative")
 
@@ -71,7 +71,7 @@ def frame_schedule(video_frames: int, audio_frames: int, policy: str) -> torch.T
         period = 2 * video_frames - 2
         phase = steps % period
         return torch.where(phase < video_frames, phase, period - phase)
-    raise TalkingFaceError(f"unknown length policy '{policy}'; choose one of {LENGTH_POLICIES}")
+    raise TalkingFaceError(f"unknown length_policy '{policy}'; choose one of {LENGTH_POLICIES}")
 
 
 def spread_references(opening: torch.Tensor, usable: torch.Tensor, count: int) -> torch.Tensor:
