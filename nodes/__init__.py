@@ -4,6 +4,7 @@ from __future__ import annotations
 from . import face_preview, host
 from .audio import NODE_CLASSES as AUDIO_NODES
 from .coefficients import LoadCoefficients, SaveCoefficients
+from .dubbing import DUBBING_NODES
 from .emo_a2e import NODE_CLASSES as EMO_A2E_NODES
 from .emotion import EMOTION_NODES
 from .face import FACE_NODES
@@ -32,6 +33,7 @@ NODE_CLASSES = (
     *EMO_A2E_NODES,
     LoadGenerator,
     TGDMSampler,
+    *DUBBING_NODES,
 )
 NODE_CLASS_MAPPINGS = {f"TalkingFace{cls.__name__}": cls for cls in NODE_CLASSES}
 NODE_DISPLAY_NAME_MAPPINGS = {f"TalkingFace{cls.__name__}": cls.DISPLAY_NAME for cls in NODE_CLASSES}

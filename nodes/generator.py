@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..pipelines.errors import TalkingFaceError
 from ..pipelines.generator import sampler as sampling
 from ..pipelines.generator.checkpoint import load_tgdm
 from ..pipelines.generator.tgdm import TGDMDenoiser
@@ -77,6 +78,28 @@ def _vae_files() -> list[str]:
     return [name for name in host.list_models(VAE_FOLDER) if name.lower().endswith(".safetensors")]
 
 
+def latent_codec(config, checkpoint: str, dtype: torch.dtype, vae=None, vae_name: str = NO_VAE) -> LatentCodec | None:
+    """The VAE a latent-mode model (TGDM or dubbing) needs: a connected ComfyUI VAE, else the file picked
+    in ``vae_name``; None for a pixel-mode model. Checked against the latents the model was trained on."""
+    if not config.latent:
+        return None
+    if vae is not None:
+        codec = ComfyUIVAECodec(vae, config.vae_scaling_factor)
+    elif vae_name and vae_name != NO_VAE:
+        # fp16 SD VAEs overflow to NaN (diffusers' force_upcast); bf16 and fp32 are safe.
+        vae_dtype = torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
+        autoencoder = load_vae(host.model_path(VAE_FOLDER, vae_name), config.vae, host.offload_device(), vae_dtype)
+        codec = DiffusersVAECodec(autoencoder, name=vae_name)
+    else:
+        raise TalkingFaceError(
+            f"{checkpoint} is a latent-mode generator ({config.pixel_size}x{config.pixel_size}) and needs the "
+            f"{config.vae} VAE it was trained with: put the VAE file into {VAE_FOLDER_HINT} and pick it in "
+            "vae_name, or connect a Load VAE node to vae"
+        )
+    codec.check_matches(config, checkpoint)
+    return codec
+
+
 class LoadGenerator(TalkingFaceNode):
     DISPLAY_NAME = "Load Generator"
     CATEGORY = CATEGORY
@@ -133,22 +156,7 @@ class LoadGenerator(TalkingFaceNode):
         model = load_tgdm(path, host.offload_device())
         dtype = _precision(precision, host.torch_device())
         config = model.config
-        codec = None
-        if config.latent:
-            if vae is not None:
-                codec = ComfyUIVAECodec(vae, config.vae_scaling_factor)
-            elif vae_name and vae_name != NO_VAE:
-                # fp16 SD VAEs overflow to NaN (diffusers' force_upcast); bf16 and fp32 are safe.
-                vae_dtype = torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
-                autoencoder = load_vae(host.model_path(VAE_FOLDER, vae_name), config.vae, host.offload_device(), vae_dtype)
-                codec = DiffusersVAECodec(autoencoder, name=vae_name)
-            else:
-                raise self.fail(
-                    f"{checkpoint} is a latent-mode generator ({config.pixel_size}x{config.pixel_size}) and needs the "
-                    f"{config.vae} VAE it was trained with: put the VAE file into {VAE_FOLDER_HINT} and pick it in "
-                    "vae_name, or connect a Load VAE node to vae"
-                )
-            codec.check_matches(config, checkpoint)
+        codec = latent_codec(config, checkpoint, dtype, vae, vae_name)
         return (LoadedGenerator(model.to(dtype), dtype, checkpoint, codec),)
 
 

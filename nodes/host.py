@@ -23,6 +23,8 @@ except ImportError:
 
 IN_COMFYUI = folder_paths is not None
 PACK_ROOT = Path(__file__).resolve().parents[1]
+# Longest side of the previews shown on a node while it works (ComfyUI's own default).
+PREVIEW_SIZE = 512
 
 # Model folders under ComfyUI/models/ and the file types each holds.
 MODEL_FOLDERS: dict[str, set[str]] = {
@@ -234,9 +236,17 @@ class Progress:
     def __init__(self, total: int) -> None:
         self.bar = comfy_utils.ProgressBar(total) if IN_COMFYUI else None
 
-    def advance(self, steps: int = 1) -> None:
-        if self.bar is not None:
+    def advance(self, steps: int = 1, preview: torch.Tensor | None = None) -> None:
+        """Move on by ``steps``; ``preview`` (one IMAGE frame ``[H, W, 3]`` in 0..1) is shown on the node."""
+        if self.bar is None:
+            return
+        if preview is None:
             self.bar.update(steps)
+            return
+        from PIL import Image
+
+        pixels = (preview.detach().float().clamp(0, 1) * 255).round().byte().cpu().numpy()
+        self.bar.update_absolute(self.bar.current + steps, None, ("JPEG", Image.fromarray(pixels), PREVIEW_SIZE))
 
 
 def next_free_path(directory: Path, prefix: str, suffix: str) -> Path:

@@ -40,3 +40,22 @@ def read_checkpoint_weights(path: str | Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except Exception as error:
         raise ModelFileError(f"{Path(path).name} could not be read as safetensors: {error}") from error
+
+
+def load_weights_strictly(model: nn.Module, weights: dict[str, torch.Tensor], file_name: str, description: str) -> None:
+    """Load ``weights`` into ``model`` only when every weight is there with the right shape and none is
+    extra; otherwise raise one error that names a few of each problem (as diffusers' loader reports)."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    wrong = [f"'{name}' is {tuple(weights[name].shape)}, the config needs {tuple(expected[name].shape)}"
+             for name in sorted(set(expected) & set(weights)) if weights[name].shape != expected[name].shape]
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)} weights, e.g. {missing[:3]}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} weights the config does not use, e.g. {unexpected[:3]}")
+    problems += wrong[:3]
+    if problems:
+        raise ModelFileError(f"{file_name} does not match its own {description} config: " + "; ".join(problems))
+    model.load_state_dict(weights, strict=True)

@@ -23,6 +23,7 @@ from pipelines.morphable.demo_model import build_demo_face_arrays
 from pipelines.morphable.model import save_face_model_mat
 from scripts.tiny_audio import TINY_AUDIO_MODEL_FILE, write_tiny_audio_models
 from scripts.tiny_clip import TINY_CLIP_DIR, write_tiny_clip
+from scripts.tiny_dubbing import TINY_DUBBING_FILE, write_tiny_dubbing_model
 from scripts.tiny_emo_a2e import TINY_EMO_A2E_FILE, write_tiny_emo_a2e
 from scripts.tiny_generator import (
     TINY_LATENT_GENERATOR_FILE,
@@ -45,6 +46,7 @@ USER_MODEL_FILES = {
     "audio-to-motion model": f"talkingface/{TINY_AUDIO_MODEL_FILE}",
     "Emo-A2E model": f"talkingface/{TINY_EMO_A2E_FILE}",
     "latent-mode generator": f"talkingface/{TINY_LATENT_GENERATOR_FILE}",
+    "dubbing model": f"talkingface/{TINY_DUBBING_FILE}",
     "SD1.5 VAE": f"vae/{TINY_VAE_FILE}",
     "open_clip ViT-B-32": f"clip/{TINY_CLIP_DIR}/open_clip_model.safetensors",
 }
@@ -58,6 +60,7 @@ def write_tiny_models(root: Path) -> list[Path]:
     return [
         face_model, *write_tiny_audio_models(root), *write_tiny_insightface(root), *write_tiny_generator(root),
         *write_tiny_latent_generator(root), *write_tiny_clip(root), *write_tiny_emo_a2e(root),
+        *write_tiny_dubbing_model(root),
     ]
 
 

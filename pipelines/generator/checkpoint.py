@@ -12,6 +12,8 @@ from .tgdm import TGDMDenoiser
 
 FILE_FORMAT = "talkingface.tgdm"
 FILE_VERSION = "1"
+# The dubbing model's tag (generator/dubbing.py), named here so its files get a helpful refusal.
+DUBBING_FORMAT = "talkingface.dubbing"
 
 
 def save_tgdm(model: TGDMDenoiser, path: str | Path, extra_metadata: dict[str, str] | None = None) -> None:
@@ -30,6 +32,11 @@ def load_tgdm(path: str | Path, device: torch.device | str = "cpu") -> TGDMDenoi
     the wrong shape is named in the error."""
     path = Path(path)
     metadata = read_tgdm_metadata(path)
+    if metadata.get("format") == DUBBING_FORMAT:
+        raise ModelFileError(
+            f"{path.name} is a dubbing model (lip-sync for videos), not a TGDM generator: load it with "
+            "Load Dubbing Model and use it in Dub Video"
+        )
     if metadata.get("format") != FILE_FORMAT:
         kind = f"format '{metadata['format']}'" if "format" in metadata else "no 'format' entry in its metadata"
         raise ModelFileError(

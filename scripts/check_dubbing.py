@@ -1,0 +1,138 @@
+"""Learning check of dubbing (paper 2) on synthetic talking clips, end to end on the CPU.
+
+    python -m scripts.check_dubbing --out runs/dubbing_check --threads 1
+
+1. the audio → landmark model, trained on the clips' audio and landmarks (the existing trainer);
+2. stage 1: the dubbing model on ground-truth landmarks for ``--steps`` steps; then two continuations
+   of ``--joint-steps`` each: (a) on ground-truth landmarks (the model used with the frozen landmark
+   model), (b) jointly with a copy of the landmark model through TalkFormer;
+3. held-out evaluation (:mod:`pipelines.training.dubbing_evaluation`): templates saying something
+   else, dubbed with the held-out speech; mouth-region PSNR/SSIM and the pixel lip-sync correlation
+   for every method and for the copies and the no-landmark ablation.
+
+The last line is a JSON object with every figure.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from pipelines.audio.landmark_model import LandmarkModelConfig
+from pipelines.generator.dubbing import DubbingConfig, DubbingDenoiser
+from pipelines.generator.dubbing_sampler import DubbingSettings
+from pipelines.morphable.demo_model import demo_face_model
+from pipelines.training.audio_landmarks import train_landmark_model
+from pipelines.training.audio_synthetic import TalkingClip
+from pipelines.training.dubbing import MOUTH_WEIGHT, dubbing_train_config, synthetic_dubbing_clips, train_dubbing
+from pipelines.training.dubbing_evaluation import evaluate_dubbing
+from pipelines.training.loop import TrainConfig
+
+CHECK_LANDMARK_MODEL = LandmarkModelConfig(reference_sets=4, target_frames=8, width=64, heads=4, layers=2, feedforward=128,
+                                           dropout=0.1, audio_channels=(64, 64), point_channels=16)
+
+
+def check_dubbing_config(size: int) -> DubbingConfig:
+    levels = {32: (1, 2, 2), 64: (1, 2, 2, 2)}[size]
+    return DubbingConfig(image_size=size, base_channels=16, channel_multipliers=levels, attention_resolutions=(16, 8),
+                         attention_head_channels=16, reference_base_channels=16, reference_frames=2, norm_groups=8,
+                         token_width=32, coordinate_frequencies=4)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--clips", type=int, default=24, help="synthetic training clips")
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--held-out", type=int, default=4, help="held-out (target, template) clip pairs")
+    parser.add_argument("--size", type=int, default=64, choices=(32, 64))
+    parser.add_argument("--landmark-steps", type=int, default=600)
+    parser.add_argument("--steps", type=int, default=1200, help="stage 1 steps on ground-truth landmarks")
+    parser.add_argument("--joint-steps", type=int, default=300, help="steps of each continuation")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--sample-steps", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--mouth-weight", type=float, default=MOUTH_WEIGHT)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    timings = {}
+    started = time.time()
+    face = demo_face_model()
+    train = synthetic_dubbing_clips(face, args.clips, args.seconds, args.size, seed=0)
+    validation = synthetic_dubbing_clips(face, 2, args.seconds, args.size, seed=1)
+    held_out = synthetic_dubbing_clips(face, args.held_out, 2.0, args.size, seed=2, with_templates=True)
+    timings["data_s"] = round(time.time() - started, 1)
+
+    def log(line: str) -> None:
+        print(f"[{time.time() - started:7.1f}s] {line}", flush=True)
+
+    started_stage = time.time()
+    talking = [TalkingClip(clip.audio, clip.landmarks, clip.fps) for clip in train]
+    talking_validation = [TalkingClip(clip.audio, clip.landmarks, clip.fps) for clip in validation]
+    landmark_model, landmark_history = train_landmark_model(
+        CHECK_LANDMARK_MODEL, talking, talking_validation,
+        TrainConfig(steps=args.landmark_steps, batch_size=32, warmup_steps=50, validate_every=max(args.landmark_steps // 3, 1),
+                    train_windows=args.landmark_steps * 32, validation_windows=128, portrait_references=0.0),
+        args.out / "landmarks", log)
+    timings["landmark_model_s"] = round(time.time() - started_stage, 1)
+
+    config = check_dubbing_config(args.size)
+    total = args.steps + args.joint_steps
+    settings = dubbing_train_config(steps=total, batch_size=args.batch_size, warmup_steps=100,
+                                    validate_every=max(args.steps // 4, 1), train_windows=total * args.batch_size,
+                                    validation_windows=32)
+    started_stage = time.time()
+    torch.manual_seed(0)
+    stage1, history1 = train_dubbing(DubbingDenoiser(config), train, validation, settings, args.out / "ground_truth",
+                                     mouth_weight=args.mouth_weight, log=log, until_step=args.steps)
+    stage1_weights = copy.deepcopy(stage1.denoiser.state_dict())
+    timings["stage1_s"] = round(time.time() - started_stage, 1)
+    started_stage = time.time()
+    ground_truth, history_gt = train_dubbing(DubbingDenoiser(config), train, validation, settings, args.out / "ground_truth",
+                                             mouth_weight=args.mouth_weight, log=log)
+    timings["continue_ground_truth_s"] = round(time.time() - started_stage, 1)
+    started_stage = time.time()
+    joint_denoiser = DubbingDenoiser(config)
+    joint_denoiser.load_state_dict(stage1_weights)
+    joint_settings = dubbing_train_config(steps=args.joint_steps, batch_size=args.batch_size, learning_rate=1e-4,
+                                          warmup_steps=20, validate_every=max(args.joint_steps // 2, 1),
+                                          train_windows=args.joint_steps * args.batch_size, validation_windows=32)
+    joint, history_joint = train_dubbing(joint_denoiser, train, validation, joint_settings, args.out / "joint",
+                                         landmark_model=copy.deepcopy(landmark_model), mouth_weight=args.mouth_weight, log=log)
+    timings["joint_s"] = round(time.time() - started_stage, 1)
+
+    started_stage = time.time()
+    scores = evaluate_dubbing(
+        held_out,
+        {"model_true_landmarks": (ground_truth.denoiser, None),
+         "model_frozen_landmark_model": (ground_truth.denoiser, landmark_model),
+         "model_joint": (joint.denoiser, joint.landmark_model)},
+        ablation=ground_truth.denoiser, settings=DubbingSettings(steps=args.sample_steps, batch_size=16),
+    )
+    timings["evaluation_s"] = round(time.time() - started_stage, 1)
+    for name, values in scores.items():
+        print(f"{name:30s} {values}")
+    model = scores["model_true_landmarks"]
+    baselines = [scores[name] for name in ("no_landmarks", "copy_template", "copy_reference")]
+    print(json.dumps({
+        "size": args.size, "mouth_weight": args.mouth_weight, "train_clips": args.clips, "held_out_pairs": args.held_out,
+        "landmark_steps": args.landmark_steps, "stage1_steps": args.steps, "continuation_steps": args.joint_steps,
+        "landmark_validation_l1": round(landmark_history[-1][1].model_l1, 4),
+        "landmark_reference_mean_l1": round(landmark_history[-1][1].reference_mean_l1, 4),
+        "validation_diffusion_loss": round(history_gt[-1][1].model_l1, 4),
+        "validation_diffusion_loss_without_landmarks": round(history_gt[-1][1].no_landmarks, 4),
+        "scores": scores,
+        "model_beats_ablation_and_copies": all(
+            model["mouth_psnr"] > b["mouth_psnr"] and model["mouth_ssim"] > b["mouth_ssim"] and model["lip_sync_r"] > b["lip_sync_r"]
+            for b in baselines),
+        "joint_beats_frozen_lip_sync": scores["model_joint"]["lip_sync_r"] > scores["model_frozen_landmark_model"]["lip_sync_r"],
+        **timings,
+    }))
+
+
+if __name__ == "__main__":
+    main()
