@@ -122,7 +122,7 @@ def test_evaluation_compares_with_the_trivial_baselines(views):
     model = pack_import("pipelines.generator.tgdm").TGDMDenoiser(config).eval()
     sampler_settings = pack_import("pipelines.generator.sampler").SamplerSettings(steps=2, batch_size=9, chunk_size=9)
     results = evaluation.evaluate_generator(model, views, sampler_settings, face_model=FACE_MODEL)
-    names = ("tgdm", "render", "source", "warp_relit", "warp_plain")
+    names = ("tgdm", "tgdm_composited", "render", "source", "warp_relit", "warp_plain")
     expected = {f"{metric}_{name}{region}" for metric in ("psnr", "ssim") for name in names for region in ("", "_face")}
     assert set(results) == expected | {f"psnr_{name}_unseen" for name in names}
     assert results["psnr_warp_relit_face"] > results["psnr_source_face"] + 3, "the warp carries the face's texture"

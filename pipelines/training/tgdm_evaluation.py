@@ -12,6 +12,10 @@ from .pair_warp import PairWarper
 from .synthetic_faces import FaceViews
 
 
+# Pixels around the heads (hair past the silhouette) that the composited generator output keeps.
+HEAD_MARGIN = 4
+
+
 def psnr(images: torch.Tensor, references: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Per-image PSNR in dB of ``[B, H, W, C]`` images in 0..1, over the pixels where ``mask [B, H, W]``
     is 1 when given (NaN for an image whose mask is empty)."""
@@ -73,9 +77,10 @@ def evaluate_generator(
     (source, target indices) default to :func:`held_out_pairs`. A latent-mode model needs ``vae``; a
     warp-conditioned model needs ``face_model``.
 
-    Besides the whole crop, PSNR and SSIM are reported on the target's face (``_face``) and PSNR on what
-    the warp cannot know (``_unseen``: face pixels the source did not see, and wall pixels the source's
-    head hid)."""
+    ``tgdm_composited`` is the generator's crop kept around both heads and the source photo elsewhere
+    (the static wall both frames show), as Paste Back uses a crop. Besides the whole crop, PSNR and
+    SSIM are reported on the target's face (``_face``) and PSNR on what the warp cannot know
+    (``_unseen``: face pixels the source did not see, and wall pixels the source's head hid)."""
     sources, targets = held_out_pairs(views) if pairs is None else pairs
     source_photos = views.photos[sources]
     candidates = {"render": views.renders[targets], "source": source_photos}
@@ -97,6 +102,11 @@ def evaluate_generator(
     truth = views.photos[targets]
     target_face = views.surfaces[targets].abs().sum(-1) > 0
     source_face = views.surfaces[sources].abs().sum(-1) > 0
+    # What Paste Back does with a generated crop: the generator's pixels around either head (hair
+    # included), the source photo's where both frames show the same static wall.
+    heads = F.max_pool2d((target_face | source_face).float().unsqueeze(1), 2 * HEAD_MARGIN + 1, 1, HEAD_MARGIN)
+    heads = heads.squeeze(1).unsqueeze(-1)
+    candidates["tgdm_composited"] = candidates["tgdm"] * heads + source_photos * (1 - heads)
     regions = {"": None, "_face": target_face}
     if valid is not None:
         regions["_unseen"] = (target_face & (valid < 0.5)) | (~target_face & source_face)
