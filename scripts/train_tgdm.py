@@ -41,7 +41,7 @@ from pipelines.training.video_shards import VideoFaceShards
 
 DEMO_COMMAND = (
     "python -m scripts.train_tgdm --out runs/tgdm_demo --image-size 64 --base-channels 16 --levels 1,2,2 "
-    "--attention 32,16 --identities 160 --steps 100000 --time-limit 1680 --batch-size 8 --lr 5e-4 "
+    "--attention 32,16 --identities 160 --steps 4838 --batch-size 8 --lr 5e-4 "
     "--ema-decay 0.99 --checkpoint-every 200 --seed 0 --threads 1"
 )
 HELD_OUT_SEED = 10_000  # identities the training never sees
