@@ -116,6 +116,25 @@ def save_png(image: torch.Tensor, path: Path) -> None:
     Image.fromarray((image.numpy() * 255).round().astype(np.uint8)).save(path)
 
 
+def dlib_analyzer_or_skip(detector: str) -> DlibFaceAnalyzer | None:
+    """The dlib analyzer on the installed model files, or None after printing why the run is skipped
+    (the skip line and its JSON) when dlib or its files are missing."""
+    try:
+        import dlib  # noqa: F401
+    except ImportError:
+        print("skipped: dlib is not installed (pip install dlib)")
+        print(json.dumps({"skipped": "dlib is not installed"}))
+        return None
+    found = installed_dlib_files()
+    if SHAPE_PREDICTOR not in found:
+        print("skipped: dlib's model files are not installed (pip install face-recognition-models, or apt install "
+              "libdlib-data, or set TALKINGFACE_DLIB_FILES to a folder of them)")
+        print(json.dumps({"skipped": "dlib model files not installed"}))
+        return None
+    return DlibFaceAnalyzer(DlibModelFiles(found[SHAPE_PREDICTOR], found.get(RECOGNITION_MODEL), found.get(CNN_DETECTOR)),
+                            detector)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--detector", choices=("hog", "cnn"), default="hog")
@@ -124,22 +143,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    try:
-        import dlib  # noqa: F401
-    except ImportError:
-        print("skipped: dlib is not installed (pip install dlib)")
-        print(json.dumps({"skipped": "dlib is not installed"}))
-        return
-    found = installed_dlib_files()
-    if SHAPE_PREDICTOR not in found:
-        print("skipped: dlib's model files are not installed (pip install face-recognition-models, or apt install "
-              "libdlib-data, or set TALKINGFACE_DLIB_FILES to a folder of them)")
-        print(json.dumps({"skipped": "dlib model files not installed"}))
+    analyzer = dlib_analyzer_or_skip(args.detector)
+    if analyzer is None:
         return
     from skimage.data import astronaut
 
-    analyzer = DlibFaceAnalyzer(DlibModelFiles(found[SHAPE_PREDICTOR], found.get(RECOGNITION_MODEL),
-                                               found.get(CNN_DETECTOR)), args.detector)
     model = load_face_model(args.face_model) if args.face_model else demo_face_model()
     photo = torch.from_numpy(astronaut()).float().div(255.0).unsqueeze(0)
     print(f"face model: {model.name} ({model.num_vertices} vertices); detector: dlib {args.detector}; "

@@ -21,9 +21,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bench.real_faces import save_png
+from bench.real_faces import dlib_analyzer_or_skip, save_png
 from pipelines.face.alignment import FIT_CROP_SIZE, face_mask, paste_back
-from pipelines.face.dlib_analysis import RECOGNITION_MODEL, SHAPE_PREDICTOR, DlibFaceAnalyzer, DlibModelFiles
 from pipelines.face.faces import analyze_frames
 from pipelines.face.fit import fit_faces
 from pipelines.morphable.demo_model import demo_face_model
@@ -33,7 +32,6 @@ from pipelines.render.renderer import FaceRenderer
 from pipelines.render.texture_transfer import TextureTransfer
 from pipelines.render.textured_target import render_textured_target
 from pipelines.training.tgdm_evaluation import psnr
-from scripts.dlib_models import installed_dlib_files
 
 DEFAULT_PANEL = Path("out") / "textured_astronaut.png"
 # name → (expression weights by the demo face's semantic names, added head rotation pitch/yaw/roll)
@@ -52,22 +50,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    try:
-        import dlib  # noqa: F401
-    except ImportError:
-        print("skipped: dlib is not installed (pip install dlib)")
-        print(json.dumps({"skipped": "dlib is not installed"}))
-        return
-    found = installed_dlib_files()
-    if SHAPE_PREDICTOR not in found:
-        print("skipped: dlib's model files are not installed (pip install face-recognition-models, or apt install libdlib-data)")
-        print(json.dumps({"skipped": "dlib model files not installed"}))
+    analyzer = dlib_analyzer_or_skip("hog")
+    if analyzer is None:
         return
     from skimage.data import astronaut
 
     model = demo_face_model()
     photo = torch.from_numpy(astronaut()).float().div(255.0).unsqueeze(0)
-    analyzer = DlibFaceAnalyzer(DlibModelFiles(found[SHAPE_PREDICTOR], found.get(RECOGNITION_MODEL), None), "hog")
     faces = analyze_frames(analyzer, photo, missing="error")
     fit = fit_faces(model, faces, appearance=True, gaze=True)
     crop = faces.fit_crops(slice(0, 1))
