@@ -119,12 +119,18 @@ class RenderTexturedTarget(TalkingFaceNode):
                                                         "auto: the photo's own mouth when its lips are apart, else drawn teeth."}),
                 "batch_size": ("INT", {"default": 16, "min": 1, "max": 512,
                                        "tooltip": "Frames warped at once; lower it if a long video runs out of memory."}),
-            }
+            },
+            "optional": {
+                "driving_image": ("IMAGE", {"tooltip": "The driving frames' face crops (Analyze Faces' crops of the driver), one per "
+                                                       "output frame: their own teeth and tongue fill the mouth where the lips part."}),
+                "driving_coefficients": ("TALK_COEFFS", {"tooltip": "Fit 3DMM's coefficients of those driving crops, with driving_image."}),
+            },
         }
 
     def run(
         self, face_model: MorphableModel, source_image: torch.Tensor, source_coefficients: FaceCoefficients,
         coefficients: FaceCoefficients, resolution: int, relight: bool, mouth: str, batch_size: int,
+        driving_image: torch.Tensor | None = None, driving_coefficients: FaceCoefficients | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         if mouth not in self.MOUTHS:
             raise self.fail(f"mouth must be one of {self.MOUTHS}, got '{mouth}'")
@@ -144,7 +150,18 @@ class RenderTexturedTarget(TalkingFaceNode):
             )
         if sources not in (1, frames):
             raise self.fail(f"{sources} source images for {frames} target frames: give one source, or one per frame")
-        for name, coeffs in (("source_coefficients", source_coefficients), ("coefficients", coefficients)):
+        if (driving_image is None) != (driving_coefficients is None):
+            raise self.fail("driving_image and driving_coefficients go together: connect both (the driver's crops and their fit) or neither")
+        checked = [("source_coefficients", source_coefficients), ("coefficients", coefficients)]
+        if driving_image is not None:
+            driving_image = normalize_image_channels(driving_image, "driving_image")[0]
+            if (driving_image.shape[0], driving_coefficients.frames) != (frames, frames) or driving_image.shape[1] != driving_image.shape[2]:
+                raise self.fail(
+                    f"driving_image ({driving_image.shape[0]} crops) and driving_coefficients ({driving_coefficients.frames} rows) "
+                    f"need one square crop and one row per output frame ({frames}): connect the driver's Analyze Faces crops and their fit"
+                )
+            checked.append(("driving_coefficients", driving_coefficients))
+        for name, coeffs in checked:
             if coeffs.dims != face_model.dims:
                 raise self.fail(
                     f"{name} were made for a face model with {coeffs.dims} but {face_model.name} has {face_model.dims}: "
@@ -168,7 +185,9 @@ class RenderTexturedTarget(TalkingFaceNode):
             for chunk in frame_chunks(frames, batch_size):
                 host.throw_if_interrupted()
                 source = shared or transfer.prepare_source(source_coefficients[chunk].to(device), source_image[chunk].to(device))
-                part = render_textured_target(transfer, source, coefficients[chunk].to(device), relight, look)
+                driving = None if driving_image is None else transfer.prepare_source(
+                    driving_coefficients[chunk].to(device), driving_image[chunk].to(device))
+                part = render_textured_target(transfer, source, coefficients[chunk].to(device), relight, look, driving)
                 parts.append(TexturedTarget(*(value.cpu() for value in vars(part).values())))
                 progress.advance(chunk.stop - chunk.start)
         finally:

@@ -210,3 +210,28 @@ def test_auto_mouth_keeps_an_open_mouthed_photos_own_teeth(scene):
     assert torch.equal(run("auto", coeffs[0:1]), run("drawn teeth", coeffs[0:1])), "a closed-mouth photo gets drawn teeth"
     assert torch.equal(run("auto", opened), run("source photo", opened)), "an open-mouthed photo keeps its own"
     assert not torch.equal(run("drawn teeth", opened), run("source photo", opened))
+
+
+def test_driving_frames_lend_their_own_mouth(scene):
+    model, coeffs, _, _, transfer = scene
+    generator = torch.Generator().manual_seed(4)
+    settings = synthetic.SyntheticFaceSettings(image_size=SIZE)
+    person = synthetic.random_identity(model, settings, generator)
+    views = synthetic.random_view_coefficients(model, person.identity, person.texture, 3, settings, generator)
+    views.expression[0] = 0
+    views.expression[1:, model.expression_index("jaw_open")] = torch.tensor([0.9, 1.0])
+    photos, maps = synthetic.photograph(transfer.renderer, views, [person] * 3)
+    node = nodes.NODE_CLASS_MAPPINGS["TalkingFaceRenderTexturedTarget"]()
+    common = dict(face_model=model, source_image=photos[0:1], source_coefficients=views[0:1], coefficients=views[1:],
+                  resolution=SIZE, relight=True, mouth="drawn teeth", batch_size=1)
+    drawn = node.execute(**common)[0]
+    driven = node.execute(**common, driving_image=photos[1:], driving_coefficients=views[1:])[0]
+    _, mouth_alpha = mouth.draw_mouth_interior(maps.landmarks[1:], SIZE)
+    inside = mouth_alpha > 0.5
+    assert inside.sum() > 10
+    truth = photos[1:]
+    assert _error_on(driven, truth, inside.float()) < 0.5 * _error_on(drawn, truth, inside.float())
+    with pytest.raises(base.NodeInputError, match="driving_image and driving_coefficients go together"):
+        node.execute(**common, driving_image=photos[1:])
+    with pytest.raises(base.NodeInputError, match="one square crop and one row per output frame"):
+        node.execute(**common, driving_image=photos[1:2], driving_coefficients=views[1:2])

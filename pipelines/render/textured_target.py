@@ -52,10 +52,12 @@ def fill_from_valid(image: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def render_textured_target(
     transfer: TextureTransfer, source: SourceView, target: FaceCoefficients, relight: bool = True,
-    mouth: MouthLook | None = DRAWN_MOUTH,
+    mouth: MouthLook | None = DRAWN_MOUTH, driving: SourceView | None = None,
 ) -> TexturedTarget:
     """One batch of targets (the source has one frame, or one per target frame). ``mouth=None``
-    keeps what the warp carries into the mouth (for a photo that shows its teeth)."""
+    keeps what the warp carries into the mouth (for a photo that shows its teeth). With ``driving``
+    (the driving frames and their coefficients, one per target frame) the mouth interior is the
+    driving frame's own, warped onto the target's lips, and drawn only where the driver did not show it."""
     renderer = transfer.renderer
     maps, covered, vertices = renderer.render_with_coverage(target)
     normals = maps.normals.view(-1, 3).index_select(0, covered.pixels).T
@@ -63,8 +65,13 @@ def render_textured_target(
     valid = warped.valid.unsqueeze(-1)
     face = warped.image + fill_from_valid(warped.image, warped.valid) * (1 - valid)
     mask = warped.coverage
-    if mouth is not None:
-        colour, alpha = draw_mouth_interior(maps.landmarks, transfer.size, mouth)
+    if mouth is not None or driving is not None:
+        colour, alpha = draw_mouth_interior(maps.landmarks, transfer.size, mouth or DRAWN_MOUTH)
+        if driving is not None:
+            # The driver's lips part as the target's do, so its photo shows the teeth and tongue there.
+            driver = transfer.warp(driving, target, relight, covered, vertices, normals)
+            seen = driver.valid.unsqueeze(-1)
+            colour = driver.image * seen + colour * (1 - seen)
         face = face * (1 - alpha.unsqueeze(-1)) + colour * alpha.unsqueeze(-1)
         mask = torch.maximum(mask, alpha)
     surroundings = source.images.permute(0, 2, 3, 1)
