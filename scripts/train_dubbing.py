@@ -26,8 +26,20 @@ from pipelines.audio.landmark_model import load_landmark_model
 from pipelines.generator.dubbing import DubbingConfig, DubbingDenoiser, load_dubbing
 from pipelines.generator.vae import DiffusersVAECodec, load_vae
 from pipelines.morphable.demo_model import demo_face_model
-from pipelines.training.dubbing import MOUTH_WEIGHT, dubbing_train_config, shard_clips, synthetic_dubbing_clips, train_dubbing
-from pipelines.training.loop import TRAIN_OPTIONS, add_field_options, add_run_options, fields_from_options, last_validation
+from pipelines.training.dubbing import (
+    MOUTH_WEIGHT,
+    dubbing_train_config,
+    shard_clips,
+    synthetic_dubbing_clips,
+    train_dubbing,
+)
+from pipelines.training.loop import (
+    TRAIN_OPTIONS,
+    add_field_options,
+    add_run_options,
+    fields_from_options,
+    last_validation,
+)
 from pipelines.training.video_shards import VideoFaceShards
 
 MODEL_OPTIONS = ("image_size", "base_channels", "channel_multipliers", "attention_resolutions", "attention_head_channels",

@@ -230,7 +230,6 @@ class DubbingDenoiser(nn.Module):
 
     def encode_references(self, references: torch.Tensor, landmarks: torch.Tensor) -> ReferenceFeatures:
         """``references [R, K, c, S, S]`` (denoised space) and their landmarks ``[R, K, P, 2]``."""
-        config = self.config
         if references.ndim != 5:
             raise TalkingFaceError(f"references must be [sets, frames, channels, height, width], got {tuple(references.shape)}")
         sets, count = references.shape[:2]

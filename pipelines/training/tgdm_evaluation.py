@@ -11,7 +11,6 @@ from ..morphable.model import MorphableModel
 from .pair_warp import PairWarper
 from .synthetic_faces import FaceViews
 
-
 # Pixels around the heads (hair past the silhouette) that the composited generator output keeps.
 HEAD_MARGIN = 4
 
