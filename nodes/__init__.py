@@ -11,6 +11,7 @@ from .generator import LoadGenerator, TGDMSampler
 from .morphable import Load3DMM
 from .motion import MOTION_NODES
 from .render import Render3DMMTarget, RenderTexturedTarget
+from .swap import FaceSwap
 
 host.register_model_folders()
 
@@ -27,6 +28,7 @@ NODE_CLASSES = (
     *EMO_A2E_NODES,
     LoadGenerator,
     TGDMSampler,
+    FaceSwap,
 )
 NODE_CLASS_MAPPINGS = {f"TalkingFace{cls.__name__}": cls for cls in NODE_CLASSES}
 NODE_DISPLAY_NAME_MAPPINGS = {f"TalkingFace{cls.__name__}": cls.DISPLAY_NAME for cls in NODE_CLASSES}

@@ -16,7 +16,7 @@ from ..pipelines.face.alignment import (
     warp_images,
 )
 from ..pipelines.face.analysis import FaceAnalyzer
-from ..pipelines.face.faces import MISSING_POLICIES, AnalyzedFaces, analyze_frames
+from ..pipelines.face.faces import MISSING_POLICIES, AnalyzedFaces, analyze_frames, reference_embedding
 from ..pipelines.face.fit import fit_faces
 from ..pipelines.face.regressor import (
     REFINE_GROUPS,
@@ -187,7 +187,8 @@ class AnalyzeFaces(TalkingFaceNode):
                 "selection": (list(ORDERS), {
                     "default": "largest",
                     "tooltip": "Which face when there are several: 'single' fails if there is more than one; "
-                               "otherwise the face_index-th in this order (a video follows that person)."}),
+                               "otherwise the face_index-th in this order (a video follows that person); "
+                               "most_similar: the face most like reference_image's person."}),
                 "face_index": ("INT", {"default": 0, "min": 0, "max": 63, "tooltip": "Position in the selection order, 0 = first."}),
                 "missing_faces": (list(MISSING_POLICIES), {
                     "default": "interpolate",
@@ -202,13 +203,21 @@ class AnalyzeFaces(TalkingFaceNode):
                     "tooltip": "Temporal smoothing of the crop boxes of a video (One-Euro); 0 = none."}),
                 "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 240.0, "step": 0.01,
                                   "tooltip": "Frame rate of the video (for smoothing)."}),
-            }
+            },
+            "optional": {
+                "reference_image": ("IMAGE", {
+                    "tooltip": "For selection most_similar: a photo of the person to follow (e.g. the face to replace in a swap)."}),
+            },
         }
 
     def run(self, analyzer, images: torch.Tensor, selection: str, face_index: int, missing_faces: str,
-            crop_size: int, crop_margin: float, smoothing: float, fps: float):
+            crop_size: int, crop_margin: float, smoothing: float, fps: float,
+            reference_image: torch.Tensor | None = None):
         if not isinstance(analyzer, FaceAnalyzer):
             analyzer = FaceAnalyzer.wrap(analyzer)
+        reference = None
+        if reference_image is not None and selection == "most_similar":
+            reference = reference_embedding(analyzer, reference_image)
         progress = host.Progress(images.shape[0])
 
         def advance(frame: int) -> None:
@@ -216,7 +225,7 @@ class AnalyzeFaces(TalkingFaceNode):
             progress.advance()
 
         faces = analyze_frames(analyzer, images, selection, face_index, missing_faces, int(crop_size),
-                               crop_margin, smoothing, fps, on_frame=advance)
+                               crop_margin, smoothing, fps, on_frame=advance, reference=reference)
         crops = torch.cat([faces.crops(chunk) for chunk in frame_chunks(faces.frames, 64)])
         return faces, crops.clamp(0.0, 1.0)
 

@@ -208,3 +208,32 @@ def test_source_without_a_face_and_mismatched_face_models_are_errors(scene):
     other = coefficients_module.FaceCoefficients.neutral(5, dims)
     with pytest.raises(errors.TalkingFaceError, match="same Load 3DMM model"):
         face_swap.swap_faces(scene["model"], source, scene["target_faces"], other)
+
+
+selection = pack_import("pipelines.face.selection")
+analysis = pack_import("pipelines.face.analysis")
+
+
+def _detected(x: float, embedding) -> object:
+    import numpy as np
+
+    vector = np.asarray(embedding, dtype=np.float32)
+    return analysis.DetectedFace(box=np.array([x, 10.0, x + 40.0, 50.0], dtype=np.float32), score=0.9,
+                                 keypoints=np.zeros((5, 2), np.float32), embedding=vector / np.linalg.norm(vector))
+
+
+def test_most_similar_selection_picks_and_follows_the_reference_person():
+    import numpy as np
+
+    alice, bob = [1.0, 0.1, 0.0], [0.0, 1.0, 0.2]
+    reference = np.asarray(alice, np.float32) / np.linalg.norm(alice)
+    frame = [_detected(0.0, bob), _detected(100.0, alice)]
+    assert selection.select_face(frame, "most_similar", 0, "the image", reference) is frame[1]
+    # The two people swap places between frames: the track stays with the reference person.
+    # The two people swap places between frames, then only the other person is in view: the track
+    # stays with the reference person and leaves that frame empty (a swap passes it through).
+    frames = [frame, [_detected(100.0, bob), _detected(0.0, alice)], [_detected(0.0, alice)], [_detected(0.0, bob)]]
+    track = selection.track_face(frames, "most_similar", 0, reference)
+    assert [None if face is None else float(face.box[0]) for face in track] == [100.0, 0.0, 0.0, None]
+    with pytest.raises(errors.TalkingFaceError, match="reference_image"):
+        selection.select_face(frame, "most_similar", 0, "the image")

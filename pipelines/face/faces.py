@@ -117,6 +117,26 @@ def _stack(track: list[DetectedFace | None], present: np.ndarray, attribute: str
     return _interpolate_missing(values, present)
 
 
+def reference_embedding(analyzer: FaceAnalyzer, images: torch.Tensor) -> np.ndarray:
+    """The unit ArcFace embedding of the person in reference ``images`` (the largest face of each
+    image, averaged), for the ``most_similar`` selection."""
+    images, _ = normalize_image_channels(images)
+    embeddings = []
+    for t in range(images.shape[0]):
+        faces = analyzer.detect(images_to_uint8(images[t]))
+        if not faces:
+            raise TalkingFaceError(f"no face found in reference_image {t}: {NO_FACE_FIXES}")
+        largest = max(faces, key=lambda face: face.area)
+        if largest.embedding is None:
+            raise TalkingFaceError(
+                "the face analyzer gives no identity embedding, so most_similar cannot compare faces: use an "
+                "insightface pack with its recognition model (w600k_r50.onnx in buffalo_l)"
+            )
+        embeddings.append(largest.embedding)
+    mean = np.mean(embeddings, axis=0)
+    return mean / max(float(np.linalg.norm(mean)), 1e-8)
+
+
 def analyze_frames(
     analyzer: FaceAnalyzer,
     images: torch.Tensor,
@@ -128,12 +148,15 @@ def analyze_frames(
     smoothing: float = 0.0,
     fps: float = 25.0,
     on_frame: Callable[[int], None] | None = None,
+    reference: np.ndarray | None = None,
 ) -> AnalyzedFaces:
     """Detect, choose and align one face per frame of an IMAGE batch.
 
     One image: the ``face_index``-th face in ``order``. A video: a track that follows that person.
     Frames without the face are interpolated (with a logged warning listing them) or raise, by
-    ``missing``. ``smoothing`` (0..1) filters the keypoints over time before the crops are fixed."""
+    ``missing``. ``smoothing`` (0..1) filters the keypoints over time before the crops are fixed.
+    ``reference`` is the unit ArcFace embedding the ``most_similar`` order compares with
+    (:func:`reference_embedding`)."""
     if missing not in MISSING_POLICIES:
         raise TalkingFaceError(f"missing_faces must be one of {MISSING_POLICIES}, got '{missing}'")
     if images.ndim not in (3, 4) or images.shape[0] == 0:
@@ -148,11 +171,11 @@ def analyze_frames(
             on_frame(t)
     what = "the image" if frames == 1 else "frame 0"
     if frames == 1:
-        track = [select_face(per_frame[0], order, face_index, what)]
+        track = [select_face(per_frame[0], order, face_index, what, reference)]
     else:
         if not any(per_frame):
             raise TalkingFaceError(f"no face found in any of the {frames} frames of images: {NO_FACE_FIXES}")
-        track = track_face(per_frame, order, face_index)
+        track = track_face(per_frame, order, face_index, reference)
     present = np.array([face is not None for face in track])
     missing_frames = [t for t in range(frames) if not present[t]]
     if missing_frames:
