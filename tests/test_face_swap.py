@@ -237,3 +237,26 @@ def test_most_similar_selection_picks_and_follows_the_reference_person():
     assert [None if face is None else float(face.box[0]) for face in track] == [100.0, 0.0, 0.0, None]
     with pytest.raises(errors.TalkingFaceError, match="reference_image"):
         selection.select_face(frame, "most_similar", 0, "the image")
+
+
+def _node_inputs(scene, **changes):
+    inputs = dict(face_model=scene["model"], source_faces=scene["source_faces"], source_coefficients=scene["sources"],
+                  target_faces=scene["target_faces"], target_coefficients=scene["targets"], resolution=SIZE,
+                  colour_match=0.5, relight=True, mouth="drawn teeth", erode=2, blur=2, sampler="ddim", steps=2,
+                  seed=0, batch_size=4, chunk_size=3)
+    inputs.update(changes)
+    return inputs
+
+
+def test_face_swap_node_swaps_without_weights_and_names_itself_in_errors(scene, caplog):
+    node = load_pack().NODE_CLASS_MAPPINGS["TalkingFaceFaceSwap"]()
+    faces = dataclasses.replace(scene["target_faces"], detected=torch.tensor([True, True, False, True, True]))
+    images, mask = node.execute(**_node_inputs(scene, target_faces=faces))
+    assert images.shape == scene["target_frames"].shape and mask.shape == images.shape[:3]
+    assert torch.equal(images[2], scene["target_frames"][2]) and mask[2].sum() == 0
+    assert "passed through unchanged" in caplog.text
+    dims = coefficients_module.CoefficientDims(identity=10, expression=10, texture=10)
+    with pytest.raises(errors.TalkingFaceError, match="^Face Swap: .*same Load 3DMM model"):
+        node.execute(**_node_inputs(scene, source_coefficients=coefficients_module.FaceCoefficients.neutral(2, dims)))
+    with pytest.raises(errors.TalkingFaceError, match="^Face Swap: 1 source_coefficients rows for 2"):
+        node.execute(**_node_inputs(scene, source_coefficients=scene["sources"][0:1]))
