@@ -14,7 +14,13 @@ import torch.nn.functional as F
 
 from ..face.appearance import estimate_appearance
 from ..generator.face_swap import swap_coefficients
-from ..generator.sampler import GeneratorInputs, SamplerSettings, TGDMSampler, flat_coefficients, generator_rows_to_coefficients
+from ..generator.sampler import (
+    GeneratorInputs,
+    SamplerSettings,
+    TGDMSampler,
+    flat_coefficients,
+    generator_rows_to_coefficients,
+)
 from ..generator.tgdm import TGDMDenoiser
 from ..morphable.model import MorphableModel
 from ..render.camera import PerspectiveCamera
