@@ -24,9 +24,9 @@ from ..morphable.coefficients import FaceCoefficients
 from ..morphable.model import MorphableModel
 from ..render.camera import PerspectiveCamera
 from ..render.mouth import MouthLook
-from ..render.renderer import FaceRenderer
+from ..render.renderer import FaceRenderer, RenderMaps
 from ..render.texture_transfer import TextureTransfer
-from ..render.textured_target import DRAWN_MOUTH, TexturedTarget, render_textured_target
+from ..render.textured_target import DRAWN_MOUTH, TexturedTarget, textured_from_render
 from ..video import frame_chunks
 from .sampler import GeneratorInputs, TGDMSampler, flat_coefficients
 
@@ -171,12 +171,13 @@ def swap_faces(
         rows = torch.arange(chunk.start, chunk.stop)[present[chunk]]
         if rows.numel():
             coeffs = swapped[rows].to(device)
-            textured = render_textured_target(transfer, source_view.take(picks[rows].to(device)), coeffs,
-                                              settings.relight, settings.mouth)
+            maps, covered, vertices = renderer.render_with_coverage(coeffs)
+            textured = textured_from_render(transfer, source_view.take(picks[rows].to(device)), coeffs, maps, covered,
+                                            vertices, settings.relight, settings.mouth)
             if sampler is None:
                 faces = textured.image.cpu()
             else:
-                faces = _generate(sampler, source, source_surfaces, picks[rows], coeffs, textured, renderer, descriptor,
+                faces = _generate(sampler, source, source_surfaces, picks[rows], coeffs, textured, maps, descriptor,
                                   check_interrupted)
             transforms = target_faces.fit_transforms[rows] * (resolution / FIT_CROP_SIZE)
             frame_images = target_faces.images[rows].float()
@@ -213,11 +214,10 @@ def _identity_token(source: SwapSource, sampler: TGDMSampler | None) -> torch.Te
 
 def _generate(
     sampler: TGDMSampler, source: SwapSource, source_surfaces: torch.Tensor, picks: torch.Tensor,
-    coeffs: FaceCoefficients, textured: TexturedTarget, renderer: FaceRenderer, descriptor: torch.Tensor | None,
+    coeffs: FaceCoefficients, textured: TexturedTarget, maps: RenderMaps, descriptor: torch.Tensor | None,
     check_interrupted: Callable[[], None] | None,
 ) -> torch.Tensor:
     config = sampler.model.config
-    maps = renderer.render(coeffs)
     shared = source.photos == 1
     inputs = GeneratorInputs(
         source=source.crops[:1] if shared else source.crops[picks],

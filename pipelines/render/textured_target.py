@@ -10,6 +10,8 @@ import torch
 from ..images import resize_images
 from ..morphable.coefficients import FaceCoefficients
 from .mouth import MouthLook, draw_mouth_interior
+from .rasterizer import CoveredPixels
+from .renderer import RenderMaps
 from .texture_transfer import SourceView, TextureTransfer
 
 DRAWN_MOUTH = MouthLook()
@@ -37,8 +39,16 @@ def render_textured_target(
 ) -> TexturedTarget:
     """One batch of targets (the source has one frame, or one per target frame). ``mouth=None``
     keeps what the warp carries into the mouth (for a photo that shows its teeth)."""
-    renderer = transfer.renderer
-    maps, covered, vertices = renderer.render_with_coverage(target)
+    return textured_from_render(transfer, source, target, *transfer.renderer.render_with_coverage(target), relight, mouth)
+
+
+@torch.no_grad()
+def textured_from_render(
+    transfer: TextureTransfer, source: SourceView, target: FaceCoefficients, maps: RenderMaps, covered: CoveredPixels,
+    vertices: torch.Tensor, relight: bool = True, mouth: MouthLook | None = DRAWN_MOUTH,
+) -> TexturedTarget:
+    """:func:`render_textured_target` on a render of ``target`` already made
+    (``renderer.render_with_coverage``), for callers that need the render's maps too (TGDM's I_3d)."""
     normals = maps.normals.view(-1, 3).index_select(0, covered.pixels).T
     warped = transfer.warp(source, target, relight, covered, vertices, normals)
     valid = warped.valid.unsqueeze(-1)
