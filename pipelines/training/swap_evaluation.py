@@ -25,9 +25,12 @@ from ..generator.tgdm import TGDMDenoiser
 from ..morphable.model import MorphableModel
 from ..render.camera import PerspectiveCamera
 from ..render.renderer import FaceRenderer
+from ..video import frame_chunks
 from .pair_warp import PairWarper
 from .synthetic_faces import FaceViews, photograph
 from .tgdm_evaluation import psnr, ssim
+
+FIT_CHUNK = 8
 
 
 def swap_pairs(views: FaceViews) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,7 +80,11 @@ def evaluate_swap(
     for name, images in candidates.items():
         results[f"psnr_{name}_face"] = round(psnr(images, truth, face).nanmean().item(), 3)
         results[f"ssim_{name}_face"] = round(ssim(images, truth, face).nanmean().item(), 4)
-        fitted = estimate_appearance(face_model, swapped, images, shared_texture=False).texture
+        # Per-frame texture solves hold a K×K system per pixel while accumulating: a few frames at a time.
+        fitted = torch.cat([
+            estimate_appearance(face_model, swapped[chunk], images[chunk], shared_texture=False).texture
+            for chunk in frame_chunks(len(images), FIT_CHUNK)
+        ])
         nearest = torch.cdist(fitted, true_textures).argmin(1)
         results[f"identity_top1_{name}"] = round(float((nearest == source_people).float().mean()), 4)
         results[f"texture_cosine_{name}"] = round(float(F.cosine_similarity(fitted, true_textures[source_people]).mean()), 4)
