@@ -14,6 +14,7 @@ from .morphable import Load3DMM
 from .motion import MOTION_NODES
 from .pose import POSE_NODES
 from .render import Render3DMMTarget, RenderTexturedTarget
+from .swap import FaceSwap
 
 host.register_model_folders()
 face_preview.register_routes()
@@ -34,6 +35,7 @@ NODE_CLASSES = (
     LoadGenerator,
     TGDMSampler,
     *DUBBING_NODES,
+    FaceSwap,
 )
 NODE_CLASS_MAPPINGS = {f"TalkingFace{cls.__name__}": cls for cls in NODE_CLASSES}
 NODE_DISPLAY_NAME_MAPPINGS = {f"TalkingFace{cls.__name__}": cls.DISPLAY_NAME for cls in NODE_CLASSES}

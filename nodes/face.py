@@ -25,7 +25,7 @@ from ..pipelines.face.dlib_analysis import (
     DlibModelFiles,
     import_dlib,
 )
-from ..pipelines.face.faces import AnalyzedFaces, analyze_frames
+from ..pipelines.face.faces import AnalyzedFaces, analyze_frames, reference_embedding
 from ..pipelines.face.fit import fit_faces
 from ..pipelines.face.regressor import (
     REFINE_GROUPS,
@@ -231,14 +231,22 @@ class AnalyzeFaces(AlignedFacesNode):
                 "images": ("IMAGE", {"tooltip": "A portrait or the frames of a video."}),
                 **cls.alignment_inputs(),
             },
-            "optional": cls.video_info_input(),
+            "optional": {
+                **cls.video_info_input(),
+                "reference_image": ("IMAGE", {
+                    "tooltip": "For selection most_similar: a photo of the person to follow (e.g. the face to replace in a swap)."}),
+            },
         }
 
     def run(self, analyzer, images: torch.Tensor, selection: str, face_index: int, missing_faces: str,
-            crop_size: int, crop_margin: float, smoothing: float, fps: float, video_info: dict | None = None):
+            crop_size: int, crop_margin: float, smoothing: float, fps: float, video_info: dict | None = None,
+            reference_image: torch.Tensor | None = None):
         fps = self.video_fps(fps, video_info)
         if not hasattr(analyzer, "detect"):
             analyzer = FaceAnalyzer.wrap(analyzer)
+        reference = None
+        if reference_image is not None and selection == "most_similar":
+            reference = reference_embedding(analyzer, reference_image)
         progress = host.Progress(images.shape[0])
 
         def advance(frame: int) -> None:
@@ -246,7 +254,7 @@ class AnalyzeFaces(AlignedFacesNode):
             progress.advance()
 
         faces = analyze_frames(analyzer, images, selection, face_index, missing_faces, int(crop_size),
-                               crop_margin, smoothing, fps, on_frame=advance)
+                               crop_margin, smoothing, fps, on_frame=advance, reference=reference)
         return self.outputs(faces)
 
 

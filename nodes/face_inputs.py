@@ -29,7 +29,8 @@ class AlignedFacesNode(TalkingFaceNode):
             "selection": (list(ORDERS), {
                 "default": "largest",
                 "tooltip": "Which face when there are several: 'single' fails if there is more than one; "
-                           "otherwise the face_index-th in this order (a video follows that person)."}),
+                           "otherwise the face_index-th in this order (a video follows that person); "
+                           "most_similar: the face most like reference_image's person (Analyze Faces)."}),
             "face_index": ("INT", {"default": 0, "min": 0, "max": 63, "tooltip": "Position in the selection order, 0 = first."}),
             "missing_faces": (list(MISSING_POLICIES), {
                 "default": "interpolate",

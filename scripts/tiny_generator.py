@@ -11,6 +11,7 @@ in the original LDM key layout that SD1.5 VAE files use.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from pipelines.generator.vae import build_autoencoder, ldm_vae_weights, vae_conf
 TINY_GENERATOR_FILE = "tgdm_tiny_32px.safetensors"
 TINY_LATENT_GENERATOR_FILE = "tgdm_latent.safetensors"  # the name the example workflows give the user's trained one
 TINY_VAE_FILE = "vae-ft-mse-840000-ema-pruned.safetensors"  # the SD1.5 VAE users have
+TINY_SWAP_GENERATOR_FILE = "tgdm_swap.safetensors"  # the name the face-swap template gives the user's trained one
+ARCFACE_DIM = 512
 
 
 def tiny_generator_config() -> TGDMConfig:
@@ -32,6 +35,11 @@ def tiny_generator_config() -> TGDMConfig:
         image_size=32, base_channels=8, channel_multipliers=(1, 2), attention_resolutions=(16,),
         attention_head_channels=8, source_base_channels=8, norm_groups=4, surface_frequencies=2,
     )
+
+
+def tiny_swap_generator_config() -> TGDMConfig:
+    """The tiny generator with an ArcFace identity token, as face-swap generators are trained."""
+    return dataclasses.replace(tiny_generator_config(), identity_dim=ARCFACE_DIM)
 
 
 def tiny_latent_generator_config() -> TGDMConfig:
@@ -71,6 +79,14 @@ def write_tiny_generator(models_root: Path) -> list[Path]:
     return [path]
 
 
+def write_tiny_swap_generator(models_root: Path) -> list[Path]:
+    """Save ``models_root/talkingface/tgdm_swap.safetensors``, a stand-in for a trained face-swap generator."""
+    torch.manual_seed(0)
+    path = Path(models_root) / "talkingface" / TINY_SWAP_GENERATOR_FILE
+    save_tgdm(TGDMDenoiser(tiny_swap_generator_config()), path, {"note": "tiny random weights for tests"})
+    return [path]
+
+
 def write_tiny_latent_generator(models_root: Path) -> list[Path]:
     """Save a tiny latent-mode generator into ``models_root/talkingface/`` and the tiny VAE it works
     with into ``models_root/vae/``."""
@@ -86,7 +102,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("directory", type=Path, help="the models/ folder to fill")
     root = parser.parse_args().directory
-    for path in [*write_tiny_generator(root), *write_tiny_latent_generator(root)]:
+    for path in [*write_tiny_generator(root), *write_tiny_swap_generator(root), *write_tiny_latent_generator(root)]:
         print(path)
 
 

@@ -27,9 +27,11 @@ from scripts.tiny_dubbing import TINY_DUBBING_FILE, write_tiny_dubbing_model
 from scripts.tiny_emo_a2e import TINY_EMO_A2E_FILE, write_tiny_emo_a2e
 from scripts.tiny_generator import (
     TINY_LATENT_GENERATOR_FILE,
+    TINY_SWAP_GENERATOR_FILE,
     TINY_VAE_FILE,
     write_tiny_generator,
     write_tiny_latent_generator,
+    write_tiny_swap_generator,
 )
 from scripts.tiny_insightface import PACK_NAME, write_tiny_insightface
 
@@ -47,6 +49,7 @@ USER_MODEL_FILES = {
     "Emo-A2E model": f"talkingface/{TINY_EMO_A2E_FILE}",
     "latent-mode generator": f"talkingface/{TINY_LATENT_GENERATOR_FILE}",
     "dubbing model": f"talkingface/{TINY_DUBBING_FILE}",
+    "face-swap generator": f"talkingface/{TINY_SWAP_GENERATOR_FILE}",
     "SD1.5 VAE": f"vae/{TINY_VAE_FILE}",
     "open_clip ViT-B-32": f"clip/{TINY_CLIP_DIR}/open_clip_model.safetensors",
 }
@@ -59,8 +62,8 @@ def write_tiny_models(root: Path) -> list[Path]:
     save_face_model_mat(build_demo_face_arrays(resolution=TINY_FACE_RESOLUTION), face_model)
     return [
         face_model, *write_tiny_audio_models(root), *write_tiny_insightface(root), *write_tiny_generator(root),
-        *write_tiny_latent_generator(root), *write_tiny_clip(root), *write_tiny_emo_a2e(root),
-        *write_tiny_dubbing_model(root),
+        *write_tiny_swap_generator(root), *write_tiny_latent_generator(root), *write_tiny_clip(root),
+        *write_tiny_emo_a2e(root), *write_tiny_dubbing_model(root),
     ]
 
 

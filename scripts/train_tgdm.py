@@ -15,7 +15,9 @@ Latent mode (512² output on SD1.5 VAE latents; the VAE stays frozen):
 ``--image-size`` is always the size of the images; the denoiser works on image-size/8 latents. The last line printed is a JSON
 object with held-out PSNR/SSIM of the generator and of the baselines (the render I_3d, the unchanged
 source photo, the source warped onto the target geometry, plain and relit), on the whole crop, the
-face, and what the warp cannot see.
+face, and what the warp cannot see. With --identity-token (a face-swap generator) it also holds the swap
+between held-out people (pipelines/training/swap_evaluation.py): face PSNR/SSIM against the source
+person with the target's motion, and identity retrieval, for the swap and its baselines.
 
 The committed demo checkpoint (assets/tgdm_demo_64px.safetensors) was made with DEMO_COMMAND below.
 """
@@ -34,7 +36,8 @@ from pipelines.generator.sampler import SCHEDULERS, SamplerSettings
 from pipelines.generator.vae import DiffusersVAECodec, load_vae
 from pipelines.morphable.demo_model import demo_face_model
 from pipelines.morphable.model import load_face_model
-from pipelines.training.synthetic_faces import SyntheticFaceSettings, render_synthetic_views
+from pipelines.training.swap_evaluation import evaluate_swap
+from pipelines.training.synthetic_faces import DESCRIPTOR_DIM, SyntheticFaceSettings, render_synthetic_views
 from pipelines.training.tgdm import EMA_FILE, TGDMTrainer, TrainingSettings, with_coefficient_statistics
 from pipelines.training.tgdm_evaluation import evaluate_generator, held_out_pairs
 from pipelines.training.video_shards import VideoFaceShards
@@ -69,6 +72,9 @@ def parse_arguments() -> argparse.Namespace:
                             "else epsilon")
     model.add_argument("--no-warp-condition", action="store_true",
                        help="the design before the warped-source condition (texture attention alone), for comparison")
+    model.add_argument("--identity-token", action="store_true",
+                       help="face-swap generator: an ArcFace-wide identity token from the source joins texture attention "
+                            "(trained as same-identity reconstruction; evaluated also as a swap between held-out people)")
     model.add_argument("--face-model", type=Path, default=None,
                        help="the 3DMM the --data shards were fitted with (BFM_model_front.mat); default: the demo face")
     data = parser.add_argument_group("data")
@@ -124,6 +130,7 @@ def main() -> None:
         attention_resolutions=args.attention, source_base_channels=args.base_channels,
         surface_frequencies=args.surface_frequencies, prediction_type=args.prediction or default_prediction(args), space=args.space,
         vae=args.vae_family, warp_condition=not args.no_warp_condition,
+        identity_dim=DESCRIPTOR_DIM if args.identity_token else 0,
         **({} if vae is None else {"latent_channels": vae.latent_channels, "vae_scale_factor": vae.scale_factor,
                                    "vae_scaling_factor": vae.scaling_factor}),
     )
@@ -159,6 +166,8 @@ def main() -> None:
                                    same_noise=False)
         with torch.inference_mode():
             summary.update(evaluate_generator(model, held_out, sampling, vae, pairs, face_model))
+            if args.identity_token and args.data is None:  # the swap truth needs the synthetic people
+                summary.update(evaluate_swap(model, held_out, face_model, sampling))
         summary["held_out_pairs"] = len(pairs[0])
     print(json.dumps(summary))
 

@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import workflow_runner
@@ -186,3 +187,28 @@ def test_a_48khz_stereo_speech_file_comes_out_of_save_video_at_48khz_stereo(run,
     assert abs(decoded.shape[-1] / 48000 - 2.0) < 0.05, "the whole 2 s clip"
     left, right = np.sqrt((decoded ** 2).mean(-1))
     assert 0.4 < right / left < 0.6, "the two channels stay apart"
+
+
+def test_face_swap_video_keeps_the_video_sound_and_replaces_only_the_face(run):
+    from scripts.example_video import FPS, example_frames
+
+    video = run("face_swap_video.json")["SaveVideo"][0]
+    frames = video["images"]
+    targets = torch.from_numpy(np.stack(example_frames())).float() / 255
+    assert frames.shape == targets.shape, "one swapped frame per video frame, at the video's size"
+    assert video["fps"] == FPS
+    assert abs(video["audio"]["waveform"].shape[-1] / video["audio"]["sample_rate"] - frames.shape[0] / FPS) < 0.05
+    for frame, target in zip(frames, targets, strict=True):
+        # The mp4 is lossy: compare with the encoded frames' content, not bit for bit.
+        assert 0.01 < _changed_fraction(frame[None], target[None]) < 0.5, "only the face region is replaced"
+
+
+def test_example_video_is_the_driving_clip_with_the_speech(monkeypatch):
+    from scripts.example_video import FPS, VIDEO_FILE, example_frames
+
+    monkeypatch.setenv("TALKINGFACE_INPUT_DIR", str(ASSETS))
+    (video,) = workflow_runner._load_video(VIDEO_FILE)
+    targets = torch.from_numpy(np.stack(example_frames())).float() / 255
+    assert video["images"].shape == targets.shape and video["fps"] == FPS
+    assert (video["images"] - targets).abs().mean() < 0.02, "tests/assets video is stale: run python -m scripts.example_video"
+    assert video["audio"]["sample_rate"] == 16000

@@ -19,6 +19,7 @@ from test_face_analysis import ensure_tiny_insightface
 shards = pack_import("pipelines.training.video_shards")
 training = pack_import("pipelines.training.tgdm")
 config_module = pack_import("pipelines.generator.config")
+checkpoint = pack_import("pipelines.generator.checkpoint")
 analysis = pack_import("pipelines.face.analysis")
 demo_model = pack_import("pipelines.morphable.demo_model")
 coefficients = pack_import("pipelines.morphable.coefficients")
@@ -230,3 +231,17 @@ def test_command_line_lists_what_it_skipped(videos, tiny_models_dir, tmp_path):
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert (summary["videos"], summary["skipped"], summary["frames"]) == (0, 1, 0)
     assert "broken.mp4: skipped" in done.stdout
+
+
+def test_shards_keep_identity_descriptors_and_train_a_swap_generator(shard_dir, tmp_path):
+    data = shards.VideoFaceShards(shard_dir)
+    assert data.descriptors is not None and data.descriptors.shape == (len(data), 512)
+    assert torch.allclose(data.descriptors.norm(dim=1), torch.ones(len(data)), atol=1e-4)
+    done = subprocess.run(
+        [sys.executable, "-m", "scripts.train_tgdm", "--out", str(tmp_path / "run"), "--data", str(shard_dir),
+         "--held-out-data", str(shard_dir), "--image-size", "32", "--base-channels", "8", "--levels", "1,2",
+         "--attention", "16", "--steps", "2", "--batch-size", "2", "--sample-steps", "2", "--threads", "1",
+         "--identity-token"],
+        cwd=PACK_ROOT, check=True, capture_output=True, text=True)
+    assert json.loads(done.stdout.strip().splitlines()[-1])["step"] == 2
+    assert checkpoint.load_tgdm(tmp_path / "run" / training.EMA_FILE).config.identity_dim == 512

@@ -62,6 +62,28 @@ def _create_video(images, fps, audio=None):
     return ({"images": images, "fps": float(fps), "audio": audio},)
 
 
+def _load_video(file: str) -> tuple[dict]:
+    """Core LoadVideo + GetVideoComponents decode with PyAV: frames 0..1, the sound as [1, C, N] float."""
+    import av
+
+    path = Path(os.environ["TALKINGFACE_INPUT_DIR"]) / file
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate)
+        frames = [torch.from_numpy(frame.to_ndarray(format="rgb24")) / 255.0 for frame in container.decode(video=0)]
+    audio = None
+    with av.open(str(path)) as container:
+        if container.streams.audio:
+            rate = container.streams.audio[0].sample_rate
+            blocks = [frame.to_ndarray() for frame in container.decode(audio=0)]
+            audio = {"waveform": torch.from_numpy(np.concatenate(blocks, axis=1)).unsqueeze(0), "sample_rate": rate}
+    return ({"images": torch.stack(frames).float(), "fps": fps, "audio": audio},)
+
+
+def _video_components(video: dict) -> tuple[torch.Tensor, dict | None, float]:
+    return _check_image(video["images"]), video["audio"], video["fps"]
+
+
 def _save_video(video, filename_prefix, format, codec):
     return {"images": _check_image(video["images"]), "fps": video["fps"], "audio": video["audio"]}
 
@@ -73,6 +95,8 @@ CORE_NODES = {
     "SaveImage": (["filename_prefix"], lambda images, filename_prefix: {"images": _check_image(images)}),
     "PreviewImage": ([], lambda images: {"images": _check_image(images)}),
     "MaskToImage": ([], _mask_to_image),
+    "LoadVideo": (["file", None], _load_video),
+    "GetVideoComponents": ([], _video_components),
     "CreateVideo": (["fps"], _create_video),
     "SaveVideo": (["filename_prefix", "format", "codec"], _save_video),
     "Preview3D": (["model_file"], lambda model_file: {"model_file": model_file}),

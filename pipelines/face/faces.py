@@ -132,6 +132,27 @@ def _stack(track: list[DetectedFace | None], present: np.ndarray, attribute: str
     return _interpolate_missing(values, present)
 
 
+def reference_embedding(analyzer: FaceAnalyzer, images: torch.Tensor) -> np.ndarray:
+    """The unit ArcFace embedding of the person in reference ``images`` (the largest face of each
+    image, averaged), for the ``most_similar`` selection."""
+    images, _ = normalize_image_channels(images)
+    embeddings = []
+    for t in range(images.shape[0]):
+        faces = analyzer.detect(images_to_uint8(images[t]))
+        if not faces:
+            raise TalkingFaceError(f"no face found in reference_image {t}: {NO_FACE_FIXES}")
+        largest = max(faces, key=lambda face: face.area)
+        if largest.embedding is None:
+            raise TalkingFaceError(
+                "the face analyzer gives no identity embedding, so most_similar cannot compare faces: use an "
+                "insightface pack with its recognition model (w600k_r50.onnx in buffalo_l), or dlib with "
+                "dlib_face_recognition_resnet_model_v1.dat in its models folder"
+            )
+        embeddings.append(largest.embedding)
+    mean = np.mean(embeddings, axis=0)
+    return mean / max(float(np.linalg.norm(mean)), 1e-8)
+
+
 def analyze_frames(
     analyzer: FaceAnalyzer,
     images: torch.Tensor,
@@ -143,11 +164,13 @@ def analyze_frames(
     smoothing: float = 0.0,
     fps: float = DEFAULT_FPS,
     on_frame: Callable[[int], None] | None = None,
+    reference: np.ndarray | None = None,
 ) -> AnalyzedFaces:
     """Detect, choose and align one face per frame of an IMAGE batch.
 
     ``analyzer`` is anything with ``detect(uint8 RGB image) -> list[DetectedFace]`` (insightface, dlib).
-    The rest is :func:`faces_from_detections`."""
+    ``reference`` is the unit ArcFace embedding the ``most_similar`` order compares with
+    (:func:`reference_embedding`). The rest is :func:`faces_from_detections`."""
     check_missing_policy(missing)
     if images.ndim not in (3, 4) or images.shape[0] == 0:
         raise TalkingFaceError(f"images must be a non-empty IMAGE batch, got shape {tuple(images.shape)}")
@@ -159,7 +182,8 @@ def analyze_frames(
         if on_frame is not None:
             on_frame(t)
     return faces_from_detections(images, per_frame, order, face_index, missing, crop_size, crop_margin, smoothing,
-                                 fps, notes=[note] if note else [], no_face_hint=getattr(analyzer, "no_face_hint", None))
+                                 fps, notes=[note] if note else [], no_face_hint=getattr(analyzer, "no_face_hint", None),
+                                 reference=reference)
 
 
 def check_missing_policy(missing: str) -> None:
@@ -179,6 +203,7 @@ def faces_from_detections(
     fps: float = DEFAULT_FPS,
     notes: list[str] | None = None,
     no_face_hint: str | None = None,
+    reference: np.ndarray | None = None,
 ) -> AnalyzedFaces:
     """Choose and align one face per frame from the faces found in each frame (``per_frame``).
 
@@ -187,7 +212,8 @@ def faces_from_detections(
     (with a logged warning listing them), ``pass_through`` fills them the same way but marks them for the
     later stages to leave untouched (with no face anywhere, every frame passes through), ``error`` raises
     naming them. ``smoothing`` (0..1) filters the keypoints over time at ``fps`` before the crops are fixed.
-    ``no_face_hint`` (what the detector can find) is added to the error when no frame has a face."""
+    ``no_face_hint`` (what the detector can find) is added to the error when no frame has a face.
+    ``reference`` is the unit ArcFace embedding the ``most_similar`` order compares with."""
     check_missing_policy(missing)
     if fps <= 0:
         raise TalkingFaceError(f"fps must be positive, got {fps}")
@@ -206,9 +232,9 @@ def faces_from_detections(
         logger.warning(message)
         return _faces_passing_through(images, crop_size, crop_margin, fps, notes + [message])
     if frames == 1:
-        track = [select_face(per_frame[0], order, face_index, "the image")]
+        track = [select_face(per_frame[0], order, face_index, "the image", reference)]
     else:
-        track = track_face(per_frame, order, face_index)
+        track = track_face(per_frame, order, face_index, reference)
     present = np.array([face is not None for face in track])
     missing_frames = [t for t in range(frames) if not present[t]]
     if missing_frames:

@@ -52,6 +52,13 @@ class SourceView:
             return self
         return SourceView(*(value[frames] for value in (self.images, self.screen, self.depth_buffer, self.normals, self.lighting)))
 
+    def take(self, rows: torch.Tensor) -> SourceView:
+        """The source frames ``rows`` ``[B]`` (one per target frame, e.g. the source photo nearest each
+        target's pose); a single source stays shared."""
+        if self.frames == 1:
+            return self
+        return SourceView(*(value[rows] for value in (self.images, self.screen, self.depth_buffer, self.normals, self.lighting)))
+
 
 @dataclass
 class WarpedSource:

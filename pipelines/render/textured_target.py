@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from ..images import resize_images
 from ..morphable.coefficients import FaceCoefficients
 from .mouth import MouthLook, draw_mouth_interior
+from .rasterizer import CoveredPixels
+from .renderer import RenderMaps
 from .texture_transfer import SourceView, TextureTransfer
 
 DRAWN_MOUTH = MouthLook()
@@ -58,8 +60,18 @@ def render_textured_target(
     keeps what the warp carries into the mouth (for a photo that shows its teeth). With ``driving``
     (the driving frames and their coefficients, one per target frame) the mouth interior is the
     driving frame's own, warped onto the target's lips, and drawn only where the driver did not show it."""
-    renderer = transfer.renderer
-    maps, covered, vertices = renderer.render_with_coverage(target)
+    return textured_from_render(transfer, source, target, *transfer.renderer.render_with_coverage(target), relight,
+                                mouth, driving)
+
+
+@torch.no_grad()
+def textured_from_render(
+    transfer: TextureTransfer, source: SourceView, target: FaceCoefficients, maps: RenderMaps, covered: CoveredPixels,
+    vertices: torch.Tensor, relight: bool = True, mouth: MouthLook | None = DRAWN_MOUTH,
+    driving: SourceView | None = None,
+) -> TexturedTarget:
+    """:func:`render_textured_target` on a render of ``target`` already made
+    (``renderer.render_with_coverage``), for callers that need the render's maps too (TGDM's I_3d)."""
     normals = maps.normals.view(-1, 3).index_select(0, covered.pixels).T
     warped = transfer.warp(source, target, relight, covered, vertices, normals)
     valid = warped.valid.unsqueeze(-1)

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..generator.sampler import flat_coefficients
-from ..morphable.coefficients import FaceCoefficients
+from ..generator.sampler import flat_coefficients, generator_rows_to_coefficients
+from ..morphable.coefficients import CoefficientDims, FaceCoefficients
 from ..morphable.demo_model import SEMANTIC_EXPRESSIONS
 from ..morphable.model import MorphableModel
 from ..render.camera import PerspectiveCamera
@@ -55,6 +55,10 @@ class FaceViews:
     surfaces: torch.Tensor  # [N, H, W, 3] surface coordinates of the visible point, 0 off the face
     coefficients: torch.Tensor  # [N, 259] flat 257 coefficients + gaze
     identities: torch.Tensor  # [N] identity number of every view
+    # [N, E] unit identity descriptor of every view (the identity token of face-swap generators)
+    descriptors: torch.Tensor | None = None
+    # The people of the synthetic world, by identity number: they photograph any coefficients (swap truths).
+    people: list[SyntheticIdentity] | None = None
 
     def __len__(self) -> int:
         return self.photos.shape[0]
@@ -67,6 +71,23 @@ class FaceViews:
         weights = same.float() + 1e-12 * (~same.any(1, keepdim=True)).float()  # a lone view pairs with itself
         sources = torch.multinomial(weights, 1, generator=generator).squeeze(1)
         return sources, targets
+
+
+# Width of the synthetic identity descriptor: ArcFace's, so a swap generator trained on synthetic faces
+# has the identity token shape that insightface's recognition model gives at inference.
+DESCRIPTOR_DIM = 512
+DESCRIPTOR_SEED = 20_251_204
+
+
+def identity_descriptors(coefficients: torch.Tensor, dims: CoefficientDims, width: int = DESCRIPTOR_DIM) -> torch.Tensor:
+    """The synthetic world's face recogniser: a fixed random projection of each view's identity (shape)
+    and texture (albedo) coefficients, unit length, ``[N, width]``. It plays ArcFace's part for
+    synthetic people: one vector per person whatever the pose, expression or light; people with
+    different shape or skin get different vectors. Rows are the generator's flat coefficients."""
+    rows = generator_rows_to_coefficients(coefficients, dims)
+    person = torch.cat([rows.identity, rows.texture], dim=1)
+    projection = torch.randn(person.shape[1], width, generator=torch.Generator().manual_seed(DESCRIPTOR_SEED))
+    return F.normalize(person @ projection, dim=1)
 
 
 def random_view_coefficients(
@@ -235,7 +256,8 @@ def render_synthetic_views(
         photos.append(photo)
         renders.append(maps.image)
         surfaces.append(maps.surface)
+    flat = flat_coefficients(coeffs)
     return FaceViews(
         photos=torch.cat(photos), renders=torch.cat(renders), surfaces=torch.cat(surfaces),
-        coefficients=flat_coefficients(coeffs), identities=owner,
+        coefficients=flat, identities=owner, descriptors=identity_descriptors(flat, model.dims), people=people,
     )

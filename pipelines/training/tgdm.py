@@ -150,20 +150,25 @@ class SelfReconstruction(nn.Module):
         source = self.denoiser.encode_source(batch["source"], batch["source_surface"])
         return self.denoiser(
             noisy, timesteps, batch["render"], batch["coefficients"], source, batch["target_surface"],
-            None, batch["geometry_keep"], batch["texture_keep"], batch.get("warped_source"),
+            batch.get("identity"), batch["geometry_keep"], batch["texture_keep"], batch.get("warped_source"),
         )
 
 
 def pair_batch(
     views: FaceViews, size: int, generator: torch.Generator, settings: TrainingSettings, device: torch.device,
     latents: Callable[[FaceViews, torch.Tensor], torch.Tensor] | None = None, warper: PairWarper | None = None,
+    identity: bool = False,
 ) -> dict[str, torch.Tensor]:
     """A random batch of (source, target) views of one identity each, in the model's layout and range.
     With ``latents`` (latent mode) the target and source are their VAE latents; renders and surface
-    maps stay pixels. With ``warper`` the batch holds the source warped onto each target's geometry."""
+    maps stay pixels. With ``warper`` the batch holds the source warped onto each target's geometry.
+    With ``identity`` it holds the source view's identity descriptor (same-identity reconstruction:
+    the token names the person the target shows, which is what lets the generator swap)."""
     sources, targets = views.pairs(size, generator)
     dtype = torch.float32
     extra = {}
+    if identity:
+        extra["identity"] = views.descriptors[sources].to(device=device, dtype=dtype)
     if warper is not None:
         warped, valid = warper(views.photos[sources], views.coefficients[sources], views.coefficients[targets])
         extra["warped_source"] = warp_condition(warped, valid, device, dtype)
@@ -230,7 +235,8 @@ class TGDMTrainer:
 
     def training_step(self, views: FaceViews) -> float:
         device = self.accelerator.device
-        batch = pair_batch(views, self.settings.batch_size, self.generator, self.settings, device, self.latents, self.warper)
+        batch = pair_batch(views, self.settings.batch_size, self.generator, self.settings, device, self.latents, self.warper,
+                           identity=bool(self.denoiser.config.identity_dim))
         clean = batch["target"]
         noise = torch.randn(clean.shape, generator=self.generator).to(device)
         timesteps = torch.randint(
@@ -279,6 +285,15 @@ class TGDMTrainer:
 
     def _check_views(self, views: FaceViews) -> None:
         config = self.denoiser.config
+        if config.identity_dim:
+            descriptors = getattr(views, "descriptors", None)
+            if descriptors is None or descriptors.shape[1:] != (config.identity_dim,):
+                found = "none" if descriptors is None else f"{descriptors.shape[1]} values"
+                raise TalkingFaceError(
+                    f"this generator has a {config.identity_dim}-value identity token but the training data's identity "
+                    f"descriptors have {found}: train it on data with descriptors of that width (synthetic faces give "
+                    "ArcFace-wide ones), or without the identity token"
+                )
         for name in ("photos", "renders", "surfaces"):
             shape = tuple(getattr(views, name).shape[1:])
             if shape != (config.pixel_size, config.pixel_size, 3):

@@ -92,8 +92,10 @@ def evaluate_generator(
         candidates["warp_relit"] = relit.image
         candidates["warp_plain"] = warper.textured(source_photos, source_rows, target_rows, relight=False).image
     sampler = TGDMSampler(model, settings, vae)
+    descriptors = getattr(views, "descriptors", None)
     candidates["tgdm"] = sampler.sample(GeneratorInputs(
         source=source_photos, renders=views.renders[targets], coefficients=views.coefficients[targets],
+        identity=descriptors[sources] if model.config.identity_dim and descriptors is not None else None,
         target_surfaces=views.surfaces[targets], source_surface=views.surfaces[sources],
         warped_sources=warped if model.config.warp_condition else None,
         warp_masks=valid if model.config.warp_condition else None,

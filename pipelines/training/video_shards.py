@@ -371,6 +371,9 @@ def preprocess_video(
         "coefficients": flat_coefficients(coeffs.to("cpu")).float(), "landmarks": landmarks.float(),
         "frame": video.numbers[keep].long(),
     }
+    if video.faces.embeddings is not None:
+        # The identity descriptor (ArcFace) of each frame: the identity token of face-swap generators.
+        rows["descriptors"] = video.faces.embeddings[keep].float()
     notes = list(video.notes)
     dropped = int((~keep).sum())
     if dropped:
@@ -492,7 +495,8 @@ class VideoFaceShards:
 
     ``photos``, ``renders`` (0..1) and ``surfaces`` are ``[N, S, S, 3]`` row views read on indexing
     (``image_size`` resizes them); ``coefficients`` ``[N, 259]``, ``landmarks`` ``[N, 68, 2]`` (crop px),
-    ``videos`` (manifest index) and ``frame_numbers`` ``[N]`` are in memory. ``pairs`` draws
+    ``videos`` (manifest index) and ``frame_numbers`` ``[N]`` are in memory, and ``descriptors`` ``[N, E]``
+    (ArcFace, for face-swap training) when every shard has them. ``pairs`` draws
     (source, target) rows of one video at least ``min_frame_gap`` source frames apart (any other frame of
     the video when it has none that far, the frame itself when the video has one frame)."""
 
@@ -528,6 +532,9 @@ class VideoFaceShards:
         self.landmarks = whole("landmarks").float()
         self.videos = whole("video").long()
         self.frame_numbers = whole("frame").long()
+        # Shards from an analyzer without a recognition model (or from before descriptors were kept) have none.
+        has_descriptors = all("descriptors" in files.reader(i).keys() for i in range(len(files.files)))
+        self.descriptors = whole("descriptors").float() if has_descriptors else None
         # Rows are grouped by video in manifest order and sorted by frame inside each video.
         self._keys = self.videos * 2**32 + self.frame_numbers
         if bool((self._keys[1:] < self._keys[:-1]).any()):
