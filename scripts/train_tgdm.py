@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -75,6 +76,9 @@ def parse_arguments() -> argparse.Namespace:
     model.add_argument("--identity-token", action="store_true",
                        help="face-swap generator: an ArcFace-wide identity token from the source joins texture attention "
                             "(trained as same-identity reconstruction; evaluated also as a swap between held-out people)")
+    model.add_argument("--init-from", type=Path, default=None,
+                       help="start a new run from this TGDM checkpoint (its architecture and coefficient statistics; "
+                            "--identity-token may add an identity token to it); the model options are then ignored")
     model.add_argument("--face-model", type=Path, default=None,
                        help="the 3DMM the --data shards were fitted with (BFM_model_front.mat); default: the demo face")
     data = parser.add_argument_group("data")
@@ -147,8 +151,13 @@ def main() -> None:
     else:
         views = render_synthetic_views(face_model, args.identities, faces, seed=args.seed)
         print(f"rendered {len(views)} training views in {time.monotonic() - started:.0f}s", flush=True)
-    config = with_coefficient_statistics(config, views.coefficients)
-    trainer = TGDMTrainer(config, settings, args.out, vae, face_model)
+    base = None
+    if args.init_from is not None:
+        base = load_tgdm(args.init_from)
+        config = replace(base.config, identity_dim=DESCRIPTOR_DIM if args.identity_token else base.config.identity_dim)
+    else:
+        config = with_coefficient_statistics(config, views.coefficients)
+    trainer = TGDMTrainer(config, settings, args.out, vae, face_model, base)
     parameters = sum(p.numel() for p in trainer.denoiser.parameters())
     print(f"{parameters / 1e6:.2f}M parameters, starting at step {trainer.step}", flush=True)
     trainer.train(views, args.time_limit, log=lambda line: print(line, flush=True))

@@ -190,14 +190,43 @@ def pair_batch(
     }
 
 
+def start_from_base(denoiser: TGDMDenoiser, base: TGDMDenoiser) -> None:
+    """Copy ``base``'s weights into ``denoiser``, which may add an identity token the base lacks: that
+    token starts at zero, so training begins from the base generator's behaviour. Anything else that
+    differs is an error naming the differing settings."""
+    ignored = {"identity_dim"}
+    different = sorted(
+        name for name, value in vars(base.config).items() if name not in ignored and getattr(denoiser.config, name) != value
+    )
+    if different:
+        raise TalkingFaceError(
+            f"the base generator differs from the one to train in {', '.join(different)}: train with the base's "
+            "settings (only the identity token may be added)"
+        )
+    if base.config.identity_dim and base.config.identity_dim != denoiser.config.identity_dim:
+        raise TalkingFaceError(
+            f"the base generator's identity token takes {base.config.identity_dim} values, the new one "
+            f"{denoiser.config.identity_dim}: keep the base's identity width"
+        )
+    missing, unexpected = denoiser.load_state_dict(base.state_dict(), strict=False)
+    new = [name for name in missing if ".identity_token." not in name]
+    if new or unexpected:
+        raise TalkingFaceError(f"the base generator's weights do not fit: missing {new[:5]}, unexpected {unexpected[:5]}")
+    with torch.no_grad():
+        for name, parameter in denoiser.named_parameters():
+            if name in missing:
+                parameter.zero_()
+
+
 class TGDMTrainer:
     """Trains a :class:`TGDMDenoiser` from ``config`` (or continues the run saved in ``output_dir``).
     A latent-mode config needs ``vae``, the frozen VAE whose latents it learns to denoise; a config
-    with ``warp_condition`` needs ``face_model``, the 3DMM the data's coefficients belong to."""
+    with ``warp_condition`` needs ``face_model``, the 3DMM the data's coefficients belong to. A new run
+    starts from ``base``'s weights when given (see :func:`start_from_base`)."""
 
     def __init__(
         self, config: TGDMConfig, settings: TrainingSettings, output_dir: str | Path, vae: LatentCodec | None = None,
-        face_model: MorphableModel | None = None,
+        face_model: MorphableModel | None = None, base: TGDMDenoiser | None = None,
     ) -> None:
         from accelerate import Accelerator
         from accelerate.utils import set_seed
@@ -221,6 +250,8 @@ class TGDMTrainer:
         )
         set_seed(settings.seed)
         self.denoiser = TGDMDenoiser(config)
+        if base is not None:
+            start_from_base(self.denoiser, base)
         self.noise_schedule = DDPMScheduler(
             num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
             prediction_type=config.prediction_type,
