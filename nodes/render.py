@@ -7,9 +7,9 @@ import logging
 import torch
 
 from ..pipelines.images import normalize_image_channels
+from ..pipelines.morphable.camera import PerspectiveCamera
 from ..pipelines.morphable.coefficients import FaceCoefficients
 from ..pipelines.morphable.model import MorphableModel
-from ..pipelines.render.camera import PerspectiveCamera
 from ..pipelines.render.mouth import lips_apart
 from ..pipelines.render.renderer import FaceRenderer, normals_to_image
 from ..pipelines.render.texture_transfer import TextureTransfer

@@ -25,14 +25,18 @@ from pipelines.generator.checkpoint import load_tgdm
 from pipelines.generator.face_swap import swap_coefficients
 from pipelines.generator.sampler import SamplerSettings, flat_coefficients, generator_rows_to_coefficients
 from pipelines.generator.tgdm import TGDMDenoiser
+from pipelines.morphable.camera import PerspectiveCamera
 from pipelines.morphable.demo_model import demo_face_model
 from pipelines.morphable.model import MorphableModel
-from pipelines.render.camera import PerspectiveCamera
 from pipelines.render.renderer import FaceRenderer
 from pipelines.training.pair_warp import PairWarper
 from pipelines.training.swap_evaluation import evaluate_swap, sample_views, swap_pairs
 from pipelines.training.synthetic_faces import FaceViews, SyntheticFaceSettings, photograph, render_synthetic_views
-from pipelines.training.synthetic_landmarks import load_landmark_detector, save_landmark_detector, train_landmark_detector
+from pipelines.training.synthetic_landmarks import (
+    load_landmark_detector,
+    save_landmark_detector,
+    train_landmark_detector,
+)
 
 HELD_OUT_SEED = 10_000
 DETECTOR_FILE = "synthetic_landmark_detector.safetensors"

@@ -10,7 +10,7 @@ from scipy.sparse.csgraph import connected_components
 demo = pack_import("pipelines.morphable.demo_model")
 model_module = pack_import("pipelines.morphable.model")
 coefficients = pack_import("pipelines.morphable.coefficients")
-camera_module = pack_import("pipelines.render.camera")
+camera_module = pack_import("pipelines.morphable.camera")
 errors = pack_import("pipelines.errors")
 
 BFM_VERTICES, BFM_TRIANGLES = 35709, 70789

@@ -14,7 +14,7 @@ from packloader import pack_import
 
 fitting = pack_import("pipelines.morphable.fitting")
 demo_model = pack_import("pipelines.morphable.demo_model")
-camera_module = pack_import("pipelines.render.camera")
+camera_module = pack_import("pipelines.morphable.camera")
 model_module = pack_import("pipelines.morphable.model")
 coefficients_module = pack_import("pipelines.morphable.coefficients")
 errors = pack_import("pipelines.errors")

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import TalkingFaceError
+from ..morphable.camera import PerspectiveCamera
 from ..morphable.coefficients import FaceCoefficients
 from ..morphable.model import AMBIENT_LIGHT, MorphableModel
-from ..render.camera import PerspectiveCamera
 from ..render.rasterizer import rasterize_covered
 from ..render.shading import NUM_SH_BANDS, sh_terms
 

@@ -7,10 +7,10 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..errors import TalkingFaceError
+from ..morphable.camera import PerspectiveCamera
 from ..morphable.coefficients import FaceCoefficients
 from ..morphable.fitting import ALL_GROUPS, FitConfig, FitResult, LandmarkFitter
 from ..morphable.model import MorphableModel
-from ..render.camera import PerspectiveCamera
 from ..video import frame_chunks
 from .alignment import FIT_CROP_SIZE, warp_images
 from .appearance import estimate_appearance

@@ -27,9 +27,9 @@ import torch
 from torch import nn
 
 from ..errors import ModelFileError, TalkingFaceError
+from ..morphable.camera import PerspectiveCamera
 from ..morphable.coefficients import BFM_DIMS, FaceCoefficients
 from ..morphable.model import MorphableModel
-from ..render.camera import PerspectiveCamera
 from ..video import frame_chunks
 from .alignment import FIT_CROP_SIZE, invert_transforms, warp_images
 from .faces import AnalyzedFaces

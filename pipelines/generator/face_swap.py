@@ -20,9 +20,9 @@ from ..errors import TalkingFaceError
 from ..face.alignment import FIT_CROP_SIZE, face_mask, match_colours, paste_back, warp_images
 from ..face.faces import AnalyzedFaces
 from ..face.motion import PRESETS, mix_coefficients
+from ..morphable.camera import PerspectiveCamera
 from ..morphable.coefficients import FaceCoefficients
 from ..morphable.model import MorphableModel
-from ..render.camera import PerspectiveCamera
 from ..render.mouth import MouthLook
 from ..render.renderer import FaceRenderer, RenderMaps
 from ..render.texture_transfer import TextureTransfer

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import TalkingFaceError
-from ..render.camera import PerspectiveCamera
+from .camera import PerspectiveCamera
 from .coefficients import FaceCoefficients
 from .model import NUM_LANDMARKS, MorphableModel, rotation_matrices
 

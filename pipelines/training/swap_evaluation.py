@@ -22,9 +22,9 @@ from ..generator.sampler import (
     generator_rows_to_coefficients,
 )
 from ..generator.tgdm import TGDMDenoiser
+from ..morphable.camera import PerspectiveCamera
 from ..morphable.coefficients import FaceCoefficients
 from ..morphable.model import MorphableModel
-from ..render.camera import PerspectiveCamera
 from ..render.renderer import FaceRenderer
 from ..render.textured_target import TexturedTarget
 from ..video import frame_chunks

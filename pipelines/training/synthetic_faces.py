@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from ..generator.sampler import flat_coefficients, generator_rows_to_coefficients
+from ..morphable.camera import PerspectiveCamera
 from ..morphable.coefficients import CoefficientDims, FaceCoefficients
 from ..morphable.demo_model import SEMANTIC_EXPRESSIONS
 from ..morphable.model import MorphableModel
-from ..render.camera import PerspectiveCamera
 from ..render.mouth import MouthLook, draw_mouth_interior
 from ..render.renderer import FaceRenderer, RenderMaps
 from ..video import frame_chunks

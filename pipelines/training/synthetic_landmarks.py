@@ -8,10 +8,8 @@ on (its own seed), so it is an outside judge of the geometry in an image, as a f
 network is of identity."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -20,11 +18,10 @@ from torch import nn
 
 from ..checkpoints import load_weights_strictly, read_checkpoint_metadata, read_checkpoint_weights, save_checkpoint
 from ..errors import ModelFileError
-
+from ..morphable.camera import PerspectiveCamera
 from ..morphable.coefficients import FaceCoefficients
 from ..morphable.fitting import LandmarkFitter
 from ..morphable.model import MorphableModel
-from ..render.camera import PerspectiveCamera
 from ..video import frame_chunks
 from .synthetic_faces import SyntheticFaceSettings, render_synthetic_views
 
