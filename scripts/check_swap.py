@@ -23,7 +23,8 @@ from PIL import Image
 
 from pipelines.generator.checkpoint import load_tgdm
 from pipelines.generator.face_swap import swap_coefficients
-from pipelines.generator.sampler import SamplerSettings, flat_coefficients, generator_rows_to_coefficients
+from pipelines.generator.inputs import flat_coefficients, generator_rows_to_coefficients
+from pipelines.generator.sampler import SamplerSettings
 from pipelines.generator.tgdm import TGDMDenoiser
 from pipelines.morphable.camera import PerspectiveCamera
 from pipelines.morphable.demo_model import demo_face_model

@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from pipelines.generator.checkpoint import load_tgdm
-from pipelines.generator.sampler import SCHEDULERS, GeneratorInputs, SamplerSettings, TGDMSampler, flat_coefficients
+from pipelines.generator.inputs import GeneratorInputs, flat_coefficients
+from pipelines.generator.sampler import SCHEDULERS, SamplerSettings, TGDMSampler
 from pipelines.images import resize_images
 from pipelines.morphable.camera import PerspectiveCamera
 from pipelines.morphable.coefficients import FaceCoefficients

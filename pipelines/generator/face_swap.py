@@ -28,7 +28,8 @@ from ..render.renderer import FaceRenderer, RenderMaps
 from ..render.texture_transfer import TextureTransfer
 from ..render.textured_target import DRAWN_MOUTH, TexturedTarget, textured_from_render
 from ..video import frame_chunks
-from .sampler import GeneratorInputs, TGDMSampler, flat_coefficients
+from .inputs import GeneratorInputs, flat_coefficients
+from .sampler import TGDMSampler
 
 # Paste-back feathering is given in pixels of a 256-px crop and scaled to the working resolution.
 FEATHER_REFERENCE_SIZE = 256

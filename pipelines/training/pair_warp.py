@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ..generator.sampler import generator_rows_to_coefficients
+from ..generator.inputs import generator_rows_to_coefficients
 from ..morphable.camera import PerspectiveCamera
 from ..morphable.coefficients import FaceCoefficients
 from ..morphable.model import MorphableModel

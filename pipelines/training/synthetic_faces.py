@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..generator.sampler import flat_coefficients, generator_rows_to_coefficients
+from ..generator.inputs import flat_coefficients, generator_rows_to_coefficients
 from ..morphable.camera import PerspectiveCamera
 from ..morphable.coefficients import CoefficientDims, FaceCoefficients
 from ..morphable.demo_model import SEMANTIC_EXPRESSIONS

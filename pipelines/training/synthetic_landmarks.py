@@ -98,7 +98,7 @@ def load_landmark_detector(path: str | Path) -> SyntheticLandmarkDetector:
 
 
 def _true_landmarks(face_model: MorphableModel, flat: torch.Tensor, image_size: int) -> torch.Tensor:
-    from ..generator.sampler import generator_rows_to_coefficients
+    from ..generator.inputs import generator_rows_to_coefficients
 
     coefficients = generator_rows_to_coefficients(flat, face_model.dims)
     camera = PerspectiveCamera.deep3d(image_size)

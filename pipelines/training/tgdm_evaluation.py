@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..generator.sampler import GeneratorInputs, SamplerSettings, TGDMSampler
+from ..generator.inputs import GeneratorInputs
+from ..generator.sampler import SamplerSettings, TGDMSampler
 from ..generator.tgdm import TGDMDenoiser
 from ..generator.vae import LatentCodec
 from ..morphable.model import MorphableModel

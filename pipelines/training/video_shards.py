@@ -32,7 +32,7 @@ from ..face.alignment import apply_transforms, invert_transforms
 from ..face.analysis import FaceAnalyzer
 from ..face.faces import AnalyzedFaces, analyze_frames
 from ..face.fit import fit_faces
-from ..generator.sampler import flat_coefficients
+from ..generator.inputs import flat_coefficients
 from ..images import resize_images
 from ..morphable.camera import PerspectiveCamera
 from ..morphable.coefficients import FaceCoefficients
