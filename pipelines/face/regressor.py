@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..checkpoints import WeightMismatch
 from ..errors import ModelFileError, TalkingFaceError
 from ..morphable.camera import PerspectiveCamera
 from ..morphable.coefficients import BFM_DIMS, FaceCoefficients
@@ -182,29 +183,18 @@ def _recognise(keys: set[str]) -> str | None:
 
 def check_state_dict(state: dict[str, torch.Tensor], expected: dict[str, torch.Size], name: str) -> None:
     """Raise one error naming what is missing, unexpected or of the wrong shape (and what the file looks like)."""
-    keys = set(state)
-    missing = sorted(set(expected) - keys)
-    unexpected = sorted(keys - set(expected))
-    wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(expected[k])})"
-             for k in sorted(keys & set(expected)) if state[k].shape != expected[k]]
-    if not (missing or unexpected or wrong):
+    mismatch = WeightMismatch.between(expected, state)
+    if not mismatch:
         return
 
     def listing(items: list[str]) -> str:
         return ", ".join(items[:6]) + (f" … ({len(items)} in all)" if len(items) > 6 else "")
 
-    problems = []
-    if missing:
-        problems.append(f"missing {listing(missing)}")
-    if unexpected:
-        problems.append(f"unexpected {listing(unexpected)}")
-    if wrong:
-        problems.append(f"wrong shape {listing(wrong)}")
-    guess = _recognise(keys)
+    guess = _recognise(set(state))
     looks = f"; this looks like {guess}" if guess else ""
     raise ModelFileError(
         f"{name} is not Deep3DFaceRecon's R-Net (epoch_20.pth, a ResNet-50 with 7 coefficient heads): "
-        + "; ".join(problems) + looks
+        + "; ".join(mismatch.labelled(listing)) + looks
     )
 
 
