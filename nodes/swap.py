@@ -109,7 +109,7 @@ class FaceSwap(TalkingFaceNode):
             part.to(device)
         try:
             result = swap_faces(face_model, source, target_faces, target_coefficients, settings, diffusion,
-                                on_frames=progress.advance, check_interrupted=host.throw_if_interrupted)
+                                on_frames=progress.report, check_interrupted=host.throw_if_interrupted)
         finally:
             for part in movable:
                 part.to(host.offload_device())

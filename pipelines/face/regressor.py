@@ -344,7 +344,8 @@ def regress_coefficients(
     batch_size: int = 16,
     on_chunk: Callable[[int], None] | None = None,
 ) -> FaceCoefficients:
-    """The network's coefficients for every analysed frame, in the pack's fitting crop (``faces.fit_transforms``)."""
+    """The network's coefficients for every analysed frame, in the pack's fitting crop (``faces.fit_transforms``);
+    ``on_chunk(frames_done)`` runs after every batch."""
     if model.dims != BFM_DIMS:
         raise TalkingFaceError(
             f"the face regressor predicts BFM09 coefficients ({BFM_DIMS}) but {model.name} has {model.dims}; "
@@ -360,7 +361,7 @@ def regress_coefficients(
         crops = warp_images(faces.images[chunk].to(device), deep3d[chunk].to(device), FIT_CROP_SIZE)
         parts.append(network(crops.permute(0, 3, 1, 2).clamp(0.0, 1.0)).float())
         if on_chunk is not None:
-            on_chunk(chunk.stop - chunk.start)
+            on_chunk(chunk.stop)
     coeffs = FaceCoefficients.from_flat(torch.cat(parts).to(model.mean_shape.device))
     to_fit_crop = faces.fit_transforms.to(deep3d) @ torch.cat(
         [invert_transforms(deep3d), torch.tensor([0.0, 0.0, 1.0]).expand(faces.frames, 1, 3)], dim=1)

@@ -141,7 +141,7 @@ def swap_faces(
     the source photo warped onto the swapped geometry (no trained weights); with it, TGDM paints it,
     conditioned on that warp, the I_3d render, the coefficients and, when the generator has an
     identity token, the source's descriptor. ``source.crops`` must be at the working resolution (the
-    generator's pixel size, else ``settings.resolution``)."""
+    generator's pixel size, else ``settings.resolution``). ``on_frames(frames_done)`` runs after every chunk."""
     check_same_face_model(face_model, source_coefficients=source.coefficients, target_coefficients=target_coefficients)
     frames = target_faces.frames
     if target_coefficients.frames != frames:
@@ -192,7 +192,7 @@ def swap_faces(
             masks[rows] = mask
             visible[rows] = textured.visible_fraction.cpu().float()
         if on_frames is not None:
-            on_frames(chunk.stop - chunk.start)
+            on_frames(chunk.stop)
     return SwapResult(images, masks, present.clone(), visible)
 
 
