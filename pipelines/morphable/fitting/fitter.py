@@ -69,11 +69,7 @@ class LandmarkFitter:
         ``init``). Optimised groups start from ``init`` when given, the pose otherwise from a
         closed-form estimate.
         """
-        optimize = self._check_groups(optimize, init)
-        landmarks, weights = self._check_landmarks(landmarks, weights)
-        if init is not None:
-            self._check_init(init, landmarks.shape[0])
-            init = init.to(landmarks.device, torch.float32).repeat_to(landmarks.shape[0])
+        landmarks, weights, optimize, init = self._checked(landmarks, weights, optimize, init)
         results = []
         for start in range(0, landmarks.shape[0], self.config.batch_size):
             part = slice(start, start + self.config.batch_size)
@@ -97,17 +93,24 @@ class LandmarkFitter:
         Arguments as in :meth:`fit`. The identity row is the same in every frame of the result;
         a fixed identity is taken per frame from ``init``.
         """
-        optimize = self._check_groups(optimize, init)
-        landmarks, weights = self._check_landmarks(landmarks, weights)
-        frames = landmarks.shape[0]
-        if init is not None:
-            self._check_init(init, frames)
-            init = init.to(landmarks.device, torch.float32).repeat_to(frames)
+        landmarks, weights, optimize, init = self._checked(landmarks, weights, optimize, init)
         params = self._initial_params(landmarks, weights, init)
         params = self.video_solver.solve(params, landmarks, weights, optimize - {"identity"}, "identity" in optimize)
         return self._result(params, landmarks, weights, init, self.projection.select_contour(params))
 
     # input checks ---------------------------------------------------------------------------
+    def _checked(
+        self, landmarks: torch.Tensor, weights: torch.Tensor | None, optimize: Collection[str], init: FaceCoefficients | None
+    ) -> tuple[torch.Tensor, torch.Tensor, frozenset[str], FaceCoefficients | None]:
+        """The arguments of :meth:`fit` and :meth:`fit_video` checked, on the model's device, ``init``
+        one row per face."""
+        optimize = self._check_groups(optimize, init)
+        landmarks, weights = self._check_landmarks(landmarks, weights)
+        if init is not None:
+            self._check_init(init, landmarks.shape[0])
+            init = init.to(landmarks.device, torch.float32).repeat_to(landmarks.shape[0])
+        return landmarks, weights, optimize, init
+
     def _check_groups(self, optimize: Collection[str], init: FaceCoefficients | None) -> frozenset[str]:
         groups = frozenset([optimize] if isinstance(optimize, str) else optimize)
         unknown = groups - ALL_GROUPS
