@@ -20,9 +20,9 @@ from collections.abc import Callable
 
 import torch
 
+from pipelines.morphable.camera import PerspectiveCamera
 from pipelines.morphable.coefficients import BFM_DIMS, FaceCoefficients
 from pipelines.morphable.model import MorphableModel
-from pipelines.render.camera import PerspectiveCamera
 from pipelines.render.rasterizer import rasterize
 from pipelines.render.renderer import FaceRenderer
 from pipelines.render.texture_transfer import TextureTransfer

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..morphable.camera import PerspectiveCamera
 from ..morphable.coefficients import FaceCoefficients
 from ..morphable.model import MorphableModel
-from .camera import PerspectiveCamera
 from .rasterizer import CoveredPixels, rasterize_covered
 from .shading import shade_planar
 
