@@ -278,7 +278,6 @@ def _rasterize_pass(
     device = screen_vertices.device
     # Everything per triangle is a contiguous [frames * F] vector, every gather is 1-D, and masks
     # are float margins (positive = yes) rather than booleans: that is what CPUs do fast.
-    # Compacting the surviving triangles would cost more gathers than it saves.
     planes = screen_vertices.permute(2, 0, 1).reshape(3, -1)
     frame_starts = torch.arange(frames, device=device).unsqueeze(1) * num_vertices
     corner_ids = [(ids.unsqueeze(0) + frame_starts).view(-1) for ids in mesh.corner_ids]
@@ -298,44 +297,32 @@ def _rasterize_pass(
         torch.minimum(facing, torch.minimum(torch.minimum(z0, z1), z2) - DEPTH_EPSILON),
         torch.minimum(box_width, box_height),
     )
-    # Culled triangles may have NaN boxes: make them harmless before integer casts.
-    left = left.clamp_(max=width - 1).nan_to_num_(0.0)
-    top = top.clamp_(max=height - 1).nan_to_num_(0.0)
+    # Fewer than half the triangles survive at render sizes (back faces, boxes without a pixel
+    # centre): everything from here on runs on those only, in ascending order, so a position in
+    # the compact arrays orders like the triangle id and the z-buffer's tie-break stays the same.
+    rows = (keep > 0).nonzero().squeeze(1)
+    x0, y0, x1, y1, x2, y2, z0, z1, z2, area2, left, top, box_width, box_height = (
+        value.index_select(0, rows) for value in (x0, y0, x1, y1, x2, y2, z0, z1, z2, area2, left, top, box_width, box_height)
+    )
     triangles, biases = _coverage_constants(x0, y0, x1, y1, x2, y2, area2, z0, z1, z2)
     zbuffer = torch.full((frames * height * width,), -1, dtype=torch.long, device=device)
 
-    # Most 3DMM triangles at render sizes have one candidate pixel centre: test those in place.
-    largest_side = torch.maximum(box_width, box_height)
-    single = torch.minimum(keep, 1.5 - largest_side)
-    frame_offsets = torch.arange(frames, device=device, dtype=torch.int32).mul_(height * width).unsqueeze(1)
-    first_pixels = (top.int().mul_(width).add_(left.int()).view(frames, -1) + frame_offsets).view(-1).long()
-    global_ids = torch.arange(frames * num_triangles, device=device, dtype=torch.int32)
-    _splat(triangles, biases, left + 0.5, top + 0.5, single, _low_bits(global_ids), first_pixels, zbuffer)
-
-    rows = (torch.minimum(keep, largest_side - 1.5) > 0).nonzero().squeeze(1)
-    box_width, box_height = box_width.index_select(0, rows), box_height.index_select(0, rows)
     size_index = torch.tensor(_SIZE_INDEX, dtype=torch.uint8, device=device)
     group = size_index.index_select(0, box_width.clamp(1, _TILE).long()) * len(_SIZES)
     group += size_index.index_select(0, box_height.clamp(1, _TILE).long())
     group.masked_fill_((box_width > _TILE) | (box_height > _TILE), _LARGE_GROUP)
     # Stable: rows stay ascending within a group, so the gathers below read memory in order.
     order = torch.argsort(group, stable=True)
-    rows = rows.index_select(0, order)
     counts = torch.bincount(group, minlength=_LARGE_GROUP + 1).tolist()
-    boxes = [
-        left.index_select(0, rows).long(),
-        top.index_select(0, rows).long(),
-        box_width.index_select(0, order).long(),
-        box_height.index_select(0, order).long(),
-    ]
+    boxes = [value.index_select(0, order).long() for value in (left, top, box_width, box_height)]
     _splat_groups(
-        triangles.select(rows), biases.select(rows), rows.int(), rows // num_triangles * (height * width),
-        boxes, counts, zbuffer, width, height,
+        triangles.select(order), biases.select(order), order.int(),
+        rows.index_select(0, order) // num_triangles * (height * width), boxes, counts, zbuffer, width, height,
     )  # fmt: skip
 
     pixels = (zbuffer >= 0).nonzero().squeeze(1)
     winners = _LOW_BITS - (zbuffer.index_select(0, pixels) & _LOW_BITS)
-    triangle_ids = winners % num_triangles
+    triangle_ids = rows.index_select(0, winners) % num_triangles
     constants = triangles.select(winners)
     px = (pixels % width).float().add_(0.5)
     py = ((pixels // width) % height).float().add_(0.5)
@@ -353,10 +340,10 @@ def _rasterize_pass(
     return pixels + first_frame * height * width, triangle_ids, barycentrics, inverse_depth.reciprocal_()
 
 
-def _low_bits(global_ids: torch.Tensor) -> torch.Tensor:
+def _low_bits(ranks: torch.Tensor) -> torch.Tensor:
     """The key's low word for int32 ids: ``2**32 - 1 - id`` as a bit pattern, so the larger key
     is the lower id."""
-    return -1 - global_ids
+    return -1 - ranks
 
 
 def _pack_keys(signed_inverse_depth: torch.Tensor, low_bits: torch.Tensor) -> torch.Tensor:
@@ -413,7 +400,7 @@ def _tiles(left: torch.Tensor, top: torch.Tensor, box_width: torch.Tensor, box_h
 def _splat_groups(
     triangles: _Triangles,
     biases: _EdgeBiases,
-    global_ids: torch.Tensor,
+    ranks: torch.Tensor,
     frame_offsets: torch.Tensor,
     boxes: list[torch.Tensor],
     counts: list[int],
@@ -433,12 +420,12 @@ def _splat_groups(
             owner, left, top = _tiles(*(value[members] for value in boxes))
             owner += members.start
             _splat_boxes(
-                triangles.select(owner), biases.select(owner), global_ids.index_select(0, owner),
+                triangles.select(owner), biases.select(owner), ranks.index_select(0, owner),
                 frame_offsets.index_select(0, owner), left, top, _TILE, _TILE, zbuffer, width, height,
             )  # fmt: skip
             continue
         _splat_boxes(
-            triangles.select(members), biases.select(members), global_ids[members], frame_offsets[members],
+            triangles.select(members), biases.select(members), ranks[members], frame_offsets[members],
             boxes[0][members], boxes[1][members], _SIZES[group // len(_SIZES)], _SIZES[group % len(_SIZES)],
             zbuffer, width, height,
         )  # fmt: skip
@@ -447,7 +434,7 @@ def _splat_groups(
 def _splat_boxes(
     triangles: _Triangles,
     biases: _EdgeBiases,
-    global_ids: torch.Tensor,
+    ranks: torch.Tensor,
     frame_offsets: torch.Tensor,
     left: torch.Tensor,
     top: torch.Tensor,
@@ -471,7 +458,7 @@ def _splat_boxes(
     first_pixels = frame_offsets + top * width + left
     corner_x = left.float().add_(0.5)
     corner_y = top.float().add_(0.5)
-    low_bits = _low_bits(global_ids)
+    low_bits = _low_bits(ranks)
     step = max(1, _MAX_CANDIDATES_PER_CHUNK // offset_x.numel())
     for chunk_start in range(0, left.numel(), step):
         chunk = slice(chunk_start, chunk_start + step)
@@ -482,7 +469,6 @@ def _splat_boxes(
             biases.select(chunk),
             corner_x[chunk] + offset_x.unsqueeze(1),
             corner_y[chunk] + offset_y.unsqueeze(1),
-            None,
             low_bits[chunk],
             first_pixels[chunk] + pixel_offsets.unsqueeze(1),
             zbuffer,
@@ -494,18 +480,14 @@ def _splat(
     biases: _EdgeBiases,
     px: torch.Tensor,
     py: torch.Tensor,
-    candidates: torch.Tensor | None,
     low_bits: torch.Tensor,
     pixels: torch.Tensor,
     zbuffer: torch.Tensor,
 ) -> None:
     """Keep, per pixel, the maximum packed (q, -id) of the pixel centres (px, py) that the
-    triangles cover; ``candidates`` is negative for those not to test."""
+    triangles cover."""
     w0, w1, w2 = triangles.edge_functions(px, py)
-    margin = biases.inside_margin(w0, w1, w2)
-    if candidates is not None:
-        margin = torch.minimum(margin, candidates)
-    margin = margin.nan_to_num_(nan=-1.0)  # non-finite vertices cover nothing
+    margin = biases.inside_margin(w0, w1, w2).nan_to_num_(nan=-1.0)  # non-finite vertices cover nothing
     # Float arithmetic instead of booleans: q gets a negative sign unless the centre is inside
     # (a margin of exactly tiny, an owned edge, is inside), and negative keys lose to the
     # background's -1. Positive float32 bits order like the floats, so one int64 max picks the
