@@ -321,6 +321,7 @@ def _rasterize_pass(
     # centre): everything from here on runs on those only, in ascending order, so a position in
     # the compact arrays orders like the triangle id and the z-buffer's tie-break stays the same.
     rows = (keep > 0).nonzero().squeeze(1)
+    row_frames = _frames_of(rows, frames, num_triangles)
     x0, y0, x1, y1, x2, y2, z0, z1, z2, area2, left, top, box_width, box_height = (
         value.index_select(0, rows) for value in (x0, y0, x1, y1, x2, y2, z0, z1, z2, area2, left, top, box_width, box_height)
     )
@@ -337,17 +338,18 @@ def _rasterize_pass(
     boxes = [value.index_select(0, order).long() for value in (left, top, box_width, box_height)]
     _splat_groups(
         triangles.select(order), biases.select(order), order.int(),
-        rows.index_select(0, order) // num_triangles * (height * width), boxes, counts, zbuffer, width, height,
+        row_frames.index_select(0, order) * (height * width), boxes, counts, zbuffer, width, height,
     )  # fmt: skip
 
     pixels = (zbuffer >= 0).nonzero().squeeze(1)
     winners = _LOW_BITS - (zbuffer.index_select(0, pixels) & _LOW_BITS)
-    triangle_ids = rows.index_select(0, winners) % num_triangles
+    pixel_frames = _frames_of(pixels, frames, height * width)
+    triangle_ids = rows.index_select(0, winners) - pixel_frames * num_triangles
     constants = triangles.select(winners)
     # Pixels within a pass fit int32, whose division is much faster than int64's.
-    local = pixels.int()
-    px = (local % width).float().add_(0.5)
-    py = (local.div_(width, rounding_mode="floor") % height).float().add_(0.5)
+    image_rows = pixels.int().div_(width, rounding_mode="floor")
+    px = (pixels - image_rows * width).float().add_(0.5)
+    py = (image_rows - pixel_frames * height).float().add_(0.5)
     weights = constants.edge_functions(px, py)
     inverse_depth = constants.inverse_depth(*weights)
     sorted_barycentrics = torch.stack(
@@ -360,6 +362,15 @@ def _rasterize_pass(
         [flat_sorted.index_select(0, slot.index_select(0, triangle_ids).mul_(count).add_(within)) for slot in mesh.slots]
     )
     return pixels + first_frame * height * width, triangle_ids, barycentrics, inverse_depth.reciprocal_()
+
+
+def _frames_of(indices: torch.Tensor, frames: int, per_frame: int) -> torch.Tensor:
+    """``indices // per_frame`` for ascending ``indices``, from the frame boundaries (int64
+    division is slow on CPUs)."""
+    boundaries = torch.arange(1, frames + 1, device=indices.device) * per_frame
+    ends = torch.searchsorted(indices, boundaries)
+    counts = torch.diff(ends, prepend=ends.new_zeros(1))
+    return torch.repeat_interleave(torch.arange(frames, device=indices.device), counts, output_size=indices.numel())
 
 
 def _low_bits(ranks: torch.Tensor) -> torch.Tensor:
