@@ -27,8 +27,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 from collections.abc import Callable
+from functools import partial
+from pathlib import Path
 
 import torch
 
@@ -153,7 +154,7 @@ def reference_pipelines(revision: str, directory: str) -> object:
     return importlib.import_module("reference_pipelines")
 
 
-def reference_renderer(package_dir: str, model: MorphableModel, size: int) -> tuple[Callable, Callable]:
+def reference_renderer(model: MorphableModel, size: int) -> tuple[Callable, Callable]:
     """The reference revision's (render, rasterize) on the same buffers as ``model``."""
     renderer_module = importlib.import_module("reference_pipelines.render.renderer")
     camera_module = importlib.import_module("reference_pipelines.render.camera")
@@ -189,7 +190,7 @@ def compare_with_reference(model: MorphableModel, revision: str) -> dict[str, ob
     with tempfile.TemporaryDirectory() as directory, torch.inference_mode():
         reference_pipelines(revision, directory)
         for size, frames in ((256, 8), (512, 8)):
-            render_reference, rasterize_reference = reference_renderer(directory, model, size)
+            render_reference, rasterize_reference = reference_renderer(model, size)
             renderer = FaceRenderer(model, PerspectiveCamera.deep3d(size))
             coeffs = random_coefficients(frames, "cpu")
             screen = renderer.camera.to_screen(model.posed_vertices(coeffs))
@@ -199,8 +200,8 @@ def compare_with_reference(model: MorphableModel, revision: str) -> dict[str, ob
                 for name in ("image", "mask", "depth", "normals", "albedo", "surface", "triangle_ids")
             }
             cases = {
-                "full": (lambda: render_reference(coeffs), lambda: renderer.render(coeffs)),
-                "raster": (lambda: rasterize_reference(screen), lambda: rasterize(screen, model.triangles, size, size)),
+                "full": (partial(render_reference, coeffs), partial(renderer.render, coeffs)),
+                "raster": (partial(rasterize_reference, screen), partial(rasterize, screen, model.triangles, size, size)),
             }
             for kind, (reference_run, current_run) in cases.items():
                 best = {"reference": [math.inf, math.inf], "current": [math.inf, math.inf]}
