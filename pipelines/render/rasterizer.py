@@ -256,16 +256,18 @@ class _Triangles:
             return _Triangles(*(value[index] for value in self.__dict__.values()))
         return _Triangles(*(value.index_select(0, index) for value in self.__dict__.values()))
 
-    def edge_functions(
+    def edge_functions_(
         self, px: torch.Tensor, py: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``w0, w1, w2`` at the pixel centres; ``px`` and ``py`` (tensors of their own, the
+        result's size) are overwritten. The documented float32 operations, in place: most of
+        the rasterizer's time is these [candidates × triangles] passes over memory."""
         ux1, uy1 = px - self.p1x, py - self.p1y
-        ux0, uy0 = px - self.p0x, py - self.p0y
-        return (
-            self.d0x * uy1 - self.d0y * ux1,
-            self.d1x * uy0 - self.d1y * ux0,
-            self.d2x * uy0 - self.d2y * ux0,
-        )
+        ux0, uy0 = px.sub_(self.p0x), py.sub_(self.p0y)
+        w0 = uy1.mul_(self.d0x).sub_(ux1.mul_(self.d0y))
+        w1 = (uy0 * self.d1x).sub_(torch.mul(ux0, self.d1y, out=ux1))
+        w2 = uy0.mul_(self.d2x).sub_(ux0.mul_(self.d2y))
+        return w0, w1, w2
 
     def inverse_depth(self, w0: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
         return w0 * self.r0 + w1 * self.r1 + w2 * self.r2
@@ -286,7 +288,9 @@ class _EdgeBiases:
 
     def inside_margin(self, w0: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
         """Positive where the pixel centre is inside."""
-        return torch.minimum(torch.minimum(w0 + self.edge0, w1 + self.edge1), w2 + self.edge2)
+        margin, other = w0 + self.edge0, w1 + self.edge1
+        torch.minimum(margin, other, out=margin)
+        return torch.minimum(margin, torch.add(w2, self.edge2, out=other), out=margin)
 
 
 def _rasterize_pass(
@@ -350,7 +354,7 @@ def _rasterize_pass(
     image_rows = pixels.int().div_(width, rounding_mode="floor")
     px = (pixels - image_rows * width).float().add_(0.5)
     py = (image_rows - pixel_frames * height).float().add_(0.5)
-    weights = constants.edge_functions(px, py)
+    weights = constants.edge_functions_(px, py)
     inverse_depth = constants.inverse_depth(*weights)
     sorted_barycentrics = torch.stack(
         [w * r for w, r in zip(weights, (constants.r0, constants.r1, constants.r2), strict=True)]
@@ -519,12 +523,14 @@ def _splat(
 ) -> None:
     """Keep, per pixel, the maximum packed (q, -id) of the pixel centres (px, py) that the
     triangles cover."""
-    w0, w1, w2 = triangles.edge_functions(px, py)
+    w0, w1, w2 = triangles.edge_functions_(px, py)
     margin = biases.inside_margin(w0, w1, w2).nan_to_num_(nan=-1.0)  # non-finite vertices cover nothing
     # Float arithmetic instead of booleans: q gets a negative sign unless the centre is inside
     # (a margin of exactly tiny, an owned edge, is inside), and negative keys lose to the
     # background's -1. Positive float32 bits order like the floats, so one int64 max picks the
     # nearest surface and, among equal depths, the lowest id.
-    signed_q = triangles.inverse_depth(w0, w1, w2).copysign_(margin.sub_(_TINY))
+    # q = w0 r0 + w1 r1 + w2 r2, summed in that order, in place.
+    signed_q = w0.mul_(triangles.r0).add_(w1.mul_(triangles.r1)).add_(w2.mul_(triangles.r2))
+    signed_q.copysign_(margin.sub_(_TINY))
     keys = _pack_keys(signed_q, low_bits)
     zbuffer.scatter_reduce_(0, pixels.reshape(-1), keys.reshape(-1), reduce="amax")
