@@ -133,7 +133,7 @@ class CoveredPixels:
         num_vertices, channels = vertex_attributes.shape[1:]
         corners = [column.index_select(0, self.triangle_ids) for column in triangles.t().contiguous()]
         if not shared:
-            frame_starts = self.pixels // (self.height * self.width) * num_vertices
+            frame_starts = _frames_of(self.pixels, self.batch, self.height * self.width) * num_vertices
             corners = [corner.add_(frame_starts) for corner in corners]
         # One contiguous plane per channel: 1-D gathers from it stay in cache far better.
         planes = vertex_attributes.permute(2, 0, 1).reshape(channels, -1).contiguous()
@@ -351,7 +351,7 @@ def _rasterize_pass(
     triangle_ids = rows.index_select(0, winners) - pixel_frames * num_triangles
     constants = triangles.select(winners)
     # Pixels within a pass fit int32, whose division is much faster than int64's.
-    image_rows = pixels.int().div_(width, rounding_mode="floor")
+    image_rows = pixels.int().div_(width, rounding_mode="floor").long()
     px = (pixels - image_rows * width).float().add_(0.5)
     py = (image_rows - pixel_frames * height).float().add_(0.5)
     weights = constants.edge_functions_(px, py)
