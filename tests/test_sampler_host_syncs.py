@@ -22,7 +22,7 @@ sampling = pack_import("pipelines.generator.sampler")
 
 SIZE = 16
 STEPS = 3
-PACK_FOLDER = os.sep + "pipelines" + os.sep
+PACK_FOLDER = os.path.dirname(os.path.dirname(os.path.abspath(sampling.__file__))) + os.sep  # the pack's pipelines/
 
 
 class DeviceValueReads(TorchDispatchMode):
