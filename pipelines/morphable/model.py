@@ -128,9 +128,8 @@ class MorphableModel(nn.Module):
         gaze: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Object-space vertices ``[B, N, 3]`` (before pose)."""
-        # Accumulated in place by the matrix multiplies: no [B, 3N] temporaries to add up.
-        flat = torch.addmm(self.mean_shape.view(1, -1), identity, self.identity_basis)
-        vertices = flat.addmm_(expression, self.expression_basis).view(identity.shape[0], self.num_vertices, 3)
+        offsets = identity @ self.identity_basis + expression @ self.expression_basis
+        vertices = self.mean_shape.unsqueeze(0) + offsets.view(offsets.shape[0], self.num_vertices, 3)
         if gaze is not None and self.has_eyeballs:
             vertices = self._apply_gaze(vertices, gaze)
         return vertices
