@@ -326,30 +326,35 @@ def _rasterize_pass(
     # the compact arrays orders like the triangle id and the z-buffer's tie-break stays the same.
     rows = (keep > 0).nonzero().squeeze(1)
     row_frames = _frames_of(rows, frames, num_triangles)
-    x0, y0, x1, y1, x2, y2, z0, z1, z2, area2, left, top, box_width, box_height = (
-        value.index_select(0, rows) for value in (x0, y0, x1, y1, x2, y2, z0, z1, z2, area2, left, top, box_width, box_height)
-    )
-    triangles, biases = _coverage_constants(x0, y0, x1, y1, x2, y2, area2, z0, z1, z2)
-    zbuffer = torch.full((frames * height * width,), -1, dtype=torch.long, device=device)
-
+    # Grouped by padded box size before anything else is gathered, so every per-triangle value
+    # is gathered once, straight into group order. Stable: within a group rows stay ascending
+    # and the gathers read memory in order.
+    box_width, box_height = box_width.index_select(0, rows), box_height.index_select(0, rows)
     size_index = torch.tensor(_SIZE_INDEX, dtype=torch.uint8, device=device)
     group = size_index.index_select(0, box_width.clamp(1, _TILE).long()) * len(_SIZES)
     group += size_index.index_select(0, box_height.clamp(1, _TILE).long())
     group.masked_fill_((box_width > _TILE) | (box_height > _TILE), _LARGE_GROUP)
-    # Stable: rows stay ascending within a group, so the gathers below read memory in order.
     order = torch.argsort(group, stable=True)
     counts = torch.bincount(group, minlength=_LARGE_GROUP + 1).tolist()
-    boxes = [value.index_select(0, order).long() for value in (left, top, box_width, box_height)]
+    grouped_rows = rows.index_select(0, order)
+    x0, y0, x1, y1, x2, y2, z0, z1, z2, area2, left, top = (
+        value.index_select(0, grouped_rows) for value in (x0, y0, x1, y1, x2, y2, z0, z1, z2, area2, left, top)
+    )
+    triangles, biases = _coverage_constants(x0, y0, x1, y1, x2, y2, area2, z0, z1, z2)
+    zbuffer = torch.full((frames * height * width,), -1, dtype=torch.long, device=device)
+    # The z-buffer breaks depth ties by rank, the position in ``rows``, which orders like the id.
+    boxes = [left.long(), top.long(), box_width.index_select(0, order).long(), box_height.index_select(0, order).long()]
     _splat_groups(
-        triangles.select(order), biases.select(order), order.int(),
-        row_frames.index_select(0, order) * (height * width), boxes, counts, zbuffer, width, height,
+        triangles, biases, order.int(), row_frames.index_select(0, order) * (height * width), boxes, counts,
+        zbuffer, width, height,
     )  # fmt: skip
 
     pixels = (zbuffer >= 0).nonzero().squeeze(1)
-    winners = _LOW_BITS - (zbuffer.index_select(0, pixels) & _LOW_BITS)
+    winners = _LOW_BITS - (zbuffer.index_select(0, pixels) & _LOW_BITS)  # ranks
     pixel_frames = _frames_of(pixels, frames, height * width)
     triangle_ids = rows.index_select(0, winners) - pixel_frames * num_triangles
-    constants = triangles.select(winners)
+    grouped_position = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=device))
+    constants = triangles.select(grouped_position.index_select(0, winners))
     # Pixels within a pass fit int32, whose division is much faster than int64's.
     image_rows = pixels.int().div_(width, rounding_mode="floor").long()
     px = (pixels - image_rows * width).float().add_(0.5)
