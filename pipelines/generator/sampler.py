@@ -76,6 +76,21 @@ def frame_noise(seed: int, frames: range, shape: tuple[int, ...], same_noise: bo
     return torch.stack(noises)
 
 
+@dataclass
+class _Conditions:
+    """One denoiser batch's conditions on the device, prepared once per chunk; the keep vectors
+    mark the three guidance variants (full conditions, geometry only, nothing)."""
+
+    render: torch.Tensor
+    coefficients: torch.Tensor
+    source: SourceFeatures
+    surface: torch.Tensor | None
+    identity: torch.Tensor | None
+    warped: torch.Tensor | None
+    geometry_keep: torch.Tensor
+    texture_keep: torch.Tensor
+
+
 class TGDMSampler:
     """Denoises frames with a :class:`TGDMDenoiser`; a latent-mode model needs ``vae`` to encode the
     source and decode each chunk. ``denoiser_calls`` counts the denoiser passes of the last run (for
@@ -140,18 +155,27 @@ class TGDMSampler:
         for chunk_index, chunk in enumerate(frame_chunks(inputs.frames, settings.chunk_size)):
             source = shared_source if shared_source is not None else self._encode_source(inputs, chunk)
             scheduler = make_scheduler(settings.scheduler, config)
-            scheduler.set_timesteps(settings.steps, device=device)
+            # The schedule stays on the CPU: schedulers index and branch on timestep values, which
+            # would wait for the GPU at every step if the values lived there.
+            scheduler.set_timesteps(settings.steps)
+            device_timesteps = scheduler.timesteps.to(device)
             noise = frame_noise(settings.seed, range(chunk.start, chunk.stop), shape, settings.same_noise)
             latents = noise.to(device) * scheduler.init_noise_sigma
             step_generator = torch.Generator(device=device).manual_seed(settings.seed + chunk_index)
+            # The conditions go to the device once per chunk, not at every step (each copy from
+            # the host stalls the GPU).
+            batches = list(frame_chunks(chunk.stop - chunk.start, settings.batch_size))
+            conditions = [
+                self._conditions(inputs, slice(chunk.start + batch.start, chunk.start + batch.stop), source.select(batch))
+                for batch in batches
+            ]
             for step, timestep in enumerate(scheduler.timesteps):
                 prediction = torch.empty_like(latents)
                 model_input = scheduler.scale_model_input(latents, timestep)
-                for batch in frame_chunks(chunk.stop - chunk.start, settings.batch_size):
+                for batch, condition in zip(batches, conditions, strict=True):
                     if check_interrupted is not None:
                         check_interrupted()
-                    frames = slice(chunk.start + batch.start, chunk.start + batch.stop)
-                    prediction[batch] = self._predict(model_input[batch], timestep, inputs, frames, source.select(batch))
+                    prediction[batch] = self._predict(model_input[batch], device_timesteps[step], condition)
                 latents = scheduler.step(prediction, timestep, latents, generator=step_generator).prev_sample
                 if on_step is not None:
                     on_step(step + 1, settings.steps)
@@ -174,11 +198,8 @@ class TGDMSampler:
             source = to_model_images(inputs.source[frames], device, dtype)
         return self.model.encode_source(source, to_channels_first(surface, device, dtype))
 
-    def _predict(
-        self, noisy: torch.Tensor, timestep: torch.Tensor, inputs: GeneratorInputs, frames: slice, source: SourceFeatures
-    ) -> torch.Tensor:
+    def _conditions(self, inputs: GeneratorInputs, frames: slice, source: SourceFeatures) -> _Conditions:
         device, dtype = self.device, self.dtype
-        settings = self.settings
         render = to_model_images(inputs.renders[frames], device, dtype)
         coefficients = inputs.coefficients[frames].to(device=device, dtype=dtype)
         surface = to_channels_first(
@@ -192,9 +213,18 @@ class TGDMSampler:
         if identity is not None:
             identity = identity.expand(render.shape[0], -1) if identity.shape[0] == 1 else identity[frames]
             identity = identity.to(device=device, dtype=dtype)
-        noisy = noisy.to(dtype)
+        batch = render.shape[0]
+        keep = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]], device=device).repeat_interleave(batch, dim=1)
+        return _Conditions(render, coefficients, source, surface, identity, warped, keep[0], keep[1])
+
+    def _predict(self, noisy: torch.Tensor, timestep: torch.Tensor, conditions: _Conditions) -> torch.Tensor:
+        """One guided (or plain) denoiser prediction; ``timestep`` is already on the device."""
+        settings = self.settings
+        render, coefficients, source = conditions.render, conditions.coefficients, conditions.source
+        surface, identity, warped = conditions.surface, conditions.identity, conditions.warped
+        noisy = noisy.to(render.dtype)
         batch = noisy.shape[0]
-        timesteps = timestep.to(device).expand(batch)
+        timesteps = timestep.expand(batch)
         if not settings.guided:
             self.denoiser_calls += 1
             return self.model(noisy, timesteps, render, coefficients, source, surface, identity, warped_source=warped).float()
@@ -204,12 +234,10 @@ class TGDMSampler:
         def three(x: torch.Tensor | None) -> torch.Tensor | None:
             return None if x is None else torch.cat([x, x, x])
 
-        geometry_keep = torch.tensor([1.0, 1.0, 0.0], device=device).repeat_interleave(batch)
-        texture_keep = torch.tensor([1.0, 0.0, 0.0], device=device).repeat_interleave(batch)
         self.denoiser_calls += 1
         full, geometry, unconditional = self.model(
             three(noisy), timesteps.repeat(3), three(render), three(coefficients), source.repeat(3),
-            three(surface), three(identity), geometry_keep, texture_keep, three(warped),
+            three(surface), three(identity), conditions.geometry_keep, conditions.texture_keep, three(warped),
         ).float().chunk(3)
         return (
             unconditional
