@@ -13,6 +13,9 @@ import torch.nn.functional as F
 from ..errors import TalkingFaceError
 from ..images import erode_masks
 
+# kornia 0.8.3 moved it to kornia.geometry; ComfyUI installs may have an older kornia.
+create_meshgrid = getattr(kornia.geometry, "create_meshgrid", None) or kornia.utils.create_meshgrid
+
 FIT_CROP_SIZE = 224
 # Where the neutral, frontal 3DMM at the Deep3DFaceRecon camera (224 px) puts the eye centres, the nose
 # tip and the mouth corners: aligning the five keypoints here frames a face as the fitter's camera sees it.
@@ -61,7 +64,7 @@ def apply_transforms(transforms: torch.Tensor, points: torch.Tensor) -> torch.Te
 def _sampling_grid(transforms: torch.Tensor, out_height: int, out_width: int, in_height: int, in_width: int) -> torch.Tensor:
     """grid_sample coordinates of the source pixels that output pixels come from; ``transforms`` map
     output pixels to source pixels."""
-    centres = kornia.utils.create_meshgrid(out_height, out_width, normalized_coordinates=False,
+    centres = create_meshgrid(out_height, out_width, normalized_coordinates=False,
                                            device=transforms.device, dtype=transforms.dtype) + 0.5
     source = apply_transforms(transforms, centres.reshape(1, -1, 2).expand(transforms.shape[0], -1, -1))
     scale = torch.tensor([2.0 / in_width, 2.0 / in_height], device=transforms.device, dtype=transforms.dtype)
