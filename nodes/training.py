@@ -147,7 +147,6 @@ class TrainGenerator(TalkingFaceNode):
         settings = FinetuneSettings(
             steps=steps, batch_size=batch_size, learning_rate=learning_rate, resolution=resolution, channels=channels,
             time_limit_s=60.0 * time_limit_minutes, preview_every=preview_every, seed=seed)
-        base_model = None if base == FROM_SCRATCH else load_tgdm(host.model_path("talkingface", base, "base generator"))
         progress = host.Progress(steps)
         shown = 0
 
@@ -157,8 +156,11 @@ class TrainGenerator(TalkingFaceNode):
             progress.advance(step - shown, preview)
             shown = step
 
-        result = finetune_generator(
-            footage, output, host.output_directory() / RUNS_FOLDER / stem, settings, base_model, base, on_step=on_step)
+        # ComfyUI runs nodes under inference mode, where nothing can be trained.
+        with torch.inference_mode(False), torch.enable_grad():
+            base_model = None if base == FROM_SCRATCH else load_tgdm(host.model_path("talkingface", base, "base generator"))
+            result = finetune_generator(
+                footage, output, host.output_directory() / RUNS_FOLDER / stem, settings, base_model, base, on_step=on_step)
         model = load_tgdm(result.path, host.offload_device())
         return (LoadedGenerator(model, torch.float32, file_name), file_name)
 
