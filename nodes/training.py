@@ -6,11 +6,14 @@ import re
 import torch
 
 from ..pipelines.generator.checkpoint import load_tgdm
+from ..pipelines.generator.dubbing import load_dubbing
 from ..pipelines.training.finetune import FinetuneSettings, finetune_generator
+from ..pipelines.training.finetune_dubbing import DubbingFinetuneSettings, finetune_dubbing
 from ..pipelines.training.footage import TrainingFootage, footage_in, prepare_footage
 from ..pipelines.training.video_shards import PreprocessSettings, VideoFaceShards
 from . import host
 from .base import ROOT_CATEGORY, TalkingFaceNode
+from .dubbing import LoadedDubbingModel
 from .generator import DEMO_GENERATOR, LoadedGenerator
 
 CATEGORY = f"{ROOT_CATEGORY}/train"
@@ -165,4 +168,84 @@ class TrainGenerator(TalkingFaceNode):
         return (LoadedGenerator(model, torch.float32, file_name), file_name)
 
 
-TRAINING_NODES = (PrepareTrainingFootage, TrainGenerator)
+class TrainDubbingModel(TalkingFaceNode):
+    DISPLAY_NAME = "Train Dubbing Model"
+    CATEGORY = CATEGORY
+    DESCRIPTION = (
+        "Trains a lip-sync dubbing model (paper 2, on the footage's own lip and jaw landmarks) on prepared footage, "
+        "from a base dubbing model or from scratch, and saves it as ComfyUI/models/talkingface/<name>.safetensors "
+        "(never over an existing file) for Load Dubbing Model and Dub Video. The last frames of each clip are held "
+        "out for validation. Cancel keeps the run: queue again with the same name and settings to continue."
+    )
+    RETURN_TYPES = ("TALK_DUBBING_MODEL", "STRING")
+    RETURN_NAMES = ("dubbing_model", "checkpoint")
+    OUTPUT_TOOLTIPS = (
+        "The trained dubbing model, for Dub Video (Load Dubbing Model lists it from now on).",
+        "The saved file's name in ComfyUI/models/talkingface/.",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        defaults = DubbingFinetuneSettings()
+        return {
+            "required": {
+                "footage": ("TALK_FOOTAGE", {"tooltip": "From Prepare Training Footage: frames of the person speaking."}),
+                "name": ("STRING", {
+                    "default": "my_person_dubbing",
+                    "tooltip": "File name in ComfyUI/models/talkingface/ for the trained model; it must not exist yet."}),
+                "base": ([FROM_SCRATCH, *host.list_models("talkingface")], {
+                    "default": FROM_SCRATCH,
+                    "tooltip": "A dubbing model to start from (its architecture and resolution are kept), or none."}),
+                "resolution": ("INT", {
+                    "default": defaults.resolution, "min": 16, "max": 512, "step": 8,
+                    "tooltip": "Side of the face crops in px; a base must have this resolution."}),
+                "steps": ("INT", {
+                    "default": defaults.steps, "min": 1, "max": 1_000_000,
+                    "tooltip": "Training steps in all (a continued run counts the steps it had done)."}),
+                "batch_size": ("INT", {
+                    "default": defaults.batch_size, "min": 1, "max": 256,
+                    "tooltip": "Frames per step; halved automatically when the GPU runs out of memory."}),
+                "learning_rate": ("FLOAT", {
+                    "default": defaults.learning_rate, "min": 1e-6, "max": 1e-2, "step": 1e-5, "round": False,
+                    "tooltip": "AdamW learning rate (warm-up, then cosine decay over the steps)."}),
+                "channels": ("INT", {
+                    "default": defaults.channels, "min": 8, "max": 256, "step": 8,
+                    "tooltip": "From scratch only: the model's base width."}),
+                "time_limit_minutes": ("FLOAT", {
+                    "default": 0.0, "min": 0.0, "max": 10_080.0, "step": 1.0,
+                    "tooltip": "Stop after this long and save what was trained; 0 = no limit."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip": "Seed of the initialisation and the draws."}),
+            },
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, base: str) -> bool | str:
+        if base == FROM_SCRATCH:
+            return True
+        return cls.check_model_file("base", "talkingface", base, f"Pick a dubbing model there, or '{FROM_SCRATCH}'")
+
+    def run(self, footage: TrainingFootage, name: str, base: str, resolution: int, steps: int, batch_size: int,
+            learning_rate: float, channels: int, time_limit_minutes: float, seed: int):
+        stem = _plain_name(self, "name", name, GENERATOR_SUFFIX)
+        file_name = stem + GENERATOR_SUFFIX
+        settings = DubbingFinetuneSettings(
+            steps=steps, batch_size=batch_size, learning_rate=learning_rate, resolution=resolution, channels=channels,
+            time_limit_s=60.0 * time_limit_minutes, seed=seed)
+        progress = host.Progress(steps)
+        shown = 0
+
+        def on_step(step: int, loss: float) -> None:
+            nonlocal shown
+            host.throw_if_interrupted()
+            progress.advance(step - shown)
+            shown = step
+
+        with torch.inference_mode(False), torch.enable_grad():
+            base_model = None if base == FROM_SCRATCH else load_dubbing(host.model_path("talkingface", base, "base dubbing model"))
+            result = finetune_dubbing(footage, host.model_folder_roots("talkingface")[0] / file_name,
+                                      host.output_directory() / RUNS_FOLDER / stem, settings, base_model, base, on_step=on_step)
+        model = load_dubbing(result.path, host.offload_device())
+        return (LoadedDubbingModel(model, torch.float32, file_name), file_name)
+
+
+TRAINING_NODES = (PrepareTrainingFootage, TrainGenerator, TrainDubbingModel)

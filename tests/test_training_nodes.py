@@ -224,3 +224,72 @@ def test_out_of_memory_halves_the_batch_and_names_what_fits(tmp_path, footage, m
         finetune.finetune_generator(footage, tmp_path / "none.safetensors", tmp_path / "run_none", settings,
                                     log=lambda line: None)
     assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+finetune_dubbing = pack_import("pipelines.training.finetune_dubbing")
+dubbing_model = pack_import("pipelines.generator.dubbing")
+TINY_DUBBING = dict(resolution=32, channels=8, learning_rate=1e-3)
+
+
+def train_dubbing(footage, name="person_dubbing", base=training_nodes.FROM_SCRATCH, steps=2, batch_size=2, **changes):
+    inputs = dict(footage=footage, name=name, base=base, steps=steps, batch_size=batch_size, time_limit_minutes=0.0,
+                  seed=0, **{**TINY_DUBBING, **changes})
+    return training_nodes.TrainDubbingModel().execute(**inputs)
+
+
+def test_train_dubbing_model_saves_a_model_dub_video_takes(host_dirs, footage):
+    with torch.inference_mode():
+        loaded, name = train_dubbing(footage)
+    path = host_dirs["models"] / "talkingface" / name
+    assert name == "person_dubbing.safetensors" and path.is_file()
+    model = dubbing_model.load_dubbing(path)
+    assert model.config.pixel_size == 32 and model.config.base_channels == 8 and model.config.fps == 25.0
+    assert loaded.model.config == model.config and loaded.name == name
+    with pytest.raises(base_nodes.NodeInputError, match=r"person_dubbing\.safetensors exists already"):
+        train_dubbing(footage)
+    with pytest.raises(base_nodes.NodeInputError, match="base 'dubbing.safetensors' is a 32 px dubbing model .* set resolution to 32"):
+        train_dubbing(footage, name="other", base="dubbing.safetensors", resolution=64)
+    with pytest.raises(base_nodes.NodeInputError, match="is a TGDM generator checkpoint, not a dubbing model"):
+        train_dubbing(footage, name="other", base=DEMO)
+    with pytest.raises(base_nodes.NodeInputError, match="24 usable frames, fewer than batch_size 64"):
+        train_dubbing(footage, name="other", batch_size=64)
+
+
+def test_a_cancelled_dubbing_run_resumes_exactly(tmp_path, footage):
+    settings = finetune_dubbing.DubbingFinetuneSettings(steps=4, batch_size=2, resolution=32, channels=8,
+                                                        learning_rate=1e-3, validate_every=2)
+    straight = finetune_dubbing.finetune_dubbing(footage, tmp_path / "straight.safetensors", tmp_path / "run1", settings,
+                                                 log=lambda line: None)
+
+    def cancel_at_3(step, loss):
+        if step == 3:
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        finetune_dubbing.finetune_dubbing(footage, tmp_path / "resumed.safetensors", tmp_path / "run2", settings,
+                                          on_step=cancel_at_3, log=lambda line: None)
+    assert not (tmp_path / "resumed.safetensors").exists()
+    steps = []
+    resumed = finetune_dubbing.finetune_dubbing(footage, tmp_path / "resumed.safetensors", tmp_path / "run2", settings,
+                                                on_step=lambda step, loss: steps.append(step), log=lambda line: None)
+    assert steps == [4] and resumed.step == 4 and "from step 3" in resumed.notes[0]
+    first, second = load_file(str(straight.path)), load_file(str(resumed.path))
+    assert all(torch.equal(first[key], second[key]) for key in first), "resuming gives the uninterrupted weights"
+
+
+def test_a_time_limit_saves_what_was_trained(tmp_path, footage):
+    settings = finetune_dubbing.DubbingFinetuneSettings(steps=50, batch_size=2, resolution=32, channels=8,
+                                                        time_limit_s=1e-9)
+    result = finetune_dubbing.finetune_dubbing(footage, tmp_path / "quick.safetensors", tmp_path / "run", settings,
+                                               log=lambda line: None)
+    assert result.step == 1 and result.path.is_file()
+    assert "the time limit stopped the training at step 1 of 50" in result.notes
+
+
+def test_a_generator_time_limit_saves_what_was_trained(tmp_path, footage):
+    settings = finetune.FinetuneSettings(steps=50, batch_size=2, resolution=32, channels=8, preview_every=0,
+                                         time_limit_s=1e-9)
+    result = finetune.finetune_generator(footage, tmp_path / "quick.safetensors", tmp_path / "run", settings,
+                                         log=lambda line: None)
+    assert result.step == 1 and checkpoint.read_tgdm_metadata(result.path)["training_step"] == "1"
+    assert "the time limit stopped the training at step 1 of 50" in result.notes

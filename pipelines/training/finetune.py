@@ -153,11 +153,11 @@ class PreviewSampler:
         return torch.cat([self.truth, sampled[0].cpu()], dim=1)
 
 
-def _out_of_memory(error: BaseException) -> bool:
+def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
 
 
-def _free_memory() -> None:
+def free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -240,10 +240,10 @@ def finetune_generator(
                 trainer.save()
                 log(f"interrupted at step {trainer.step}: the state in {run_folder} resumes it")
                 raise
-            if not _out_of_memory(error):
+            if not is_out_of_memory(error):
                 raise
             batch = trainer.settings.batch_size
-            _free_memory()
+            free_memory()
             if batch == 1:
                 raise TalkingFaceError(
                     f"out of memory even with batch_size 1 at resolution {settings.resolution} "
@@ -259,12 +259,12 @@ def finetune_generator(
         notes.append(f"batch_size {final_batch} fits in memory")
     if trainer.step < settings.steps:
         notes.append(f"the time limit stopped the training at step {trainer.step} of {settings.steps}")
-    _publish(checkpoint, output)
+    publish_checkpoint(checkpoint, output)
     shutil.rmtree(run_folder, ignore_errors=True)
     return FinetuneResult(output, trainer.step, final_batch, last_loss, notes)
 
 
-def _publish(checkpoint: Path, output: Path) -> None:
+def publish_checkpoint(checkpoint: Path, output: Path) -> None:
     """Copy the finished checkpoint to ``output`` without ever replacing a file that appeared meanwhile."""
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(f".{output.name}.partial")
@@ -273,7 +273,7 @@ def _publish(checkpoint: Path, output: Path) -> None:
         os.link(partial, output)  # fails if output exists: no overwrite, even in a race
     except FileExistsError:
         raise TalkingFaceError(
-            f"{output} appeared while training and is never overwritten; the trained generator is kept as "
+            f"{output} appeared while training and is never overwritten; the trained model is kept as "
             f"{checkpoint}: copy it under another name") from None
     except OSError:  # a file system without hard links
         check_new_file(output)
