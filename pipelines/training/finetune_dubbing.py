@@ -20,7 +20,15 @@ import torch
 
 from ..errors import TalkingFaceError
 from ..generator.dubbing import DubbingConfig, DubbingDenoiser
-from .dubbing import STATE_FORMAT, DubbingClip, RowView, TraineeConfig, dubbing_train_config, save_trainee, train_dubbing
+from .dubbing import (
+    STATE_FORMAT,
+    DubbingClip,
+    RowView,
+    TraineeConfig,
+    dubbing_train_config,
+    save_trainee,
+    train_dubbing,
+)
 from .finetune import FinetuneResult, check_new_file, free_memory, is_out_of_memory, publish_checkpoint
 from .footage import TrainingFootage
 from .state import STATE_FOLDER, read_trainer_state
