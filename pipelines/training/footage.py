@@ -19,6 +19,7 @@ import torch
 from ..errors import TalkingFaceError
 from ..face.faces import AnalyzedFaces
 from ..morphable.model import MorphableModel
+from ..video import frame_chunks
 from .video_shards import (
     PreprocessSettings,
     ShardWriter,
@@ -55,11 +56,11 @@ class PreparedClip:
 def clip_name(faces: AnalyzedFaces, model: MorphableModel, settings: PreprocessSettings) -> str:
     """A name that only the same frames, face tracks, crop size and face model give."""
     digest = hashlib.sha256()
-    frames = faces.images.clamp(0, 1).mul(255).round().to(torch.uint8)
-    digest.update(repr((tuple(frames.shape), settings.crop_size, settings.fit_mode, model.name,
+    digest.update(repr((tuple(faces.images.shape), settings.crop_size, settings.fit_mode, model.name,
                         asdict(model.dims))).encode())
-    for frame in frames:
-        digest.update(frame.contiguous().numpy().tobytes())
+    for chunk in frame_chunks(faces.frames, 32):  # never a second copy of the whole video
+        frames = faces.images[chunk].clamp(0, 1).mul(255).round().to(torch.uint8)
+        digest.update(frames.contiguous().numpy().tobytes())
     digest.update(faces.crop_transforms.float().mul(64).round().to(torch.int64).numpy().tobytes())
     digest.update(faces.detected.numpy().tobytes())
     return CLIP_PREFIX + digest.hexdigest()[:16]
