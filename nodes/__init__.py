@@ -14,7 +14,7 @@ from .morphable import Load3DMM
 from .motion import MOTION_NODES
 from .pose import POSE_NODES
 from .render import Render3DMMTarget, RenderTexturedTarget
-from .swap import FaceSwap
+from .swap import FaceSwap, FaceSwapEveryFace
 from .training import TRAINING_NODES
 
 host.register_model_folders()
@@ -37,6 +37,7 @@ NODE_CLASSES = (
     TGDMSampler,
     *DUBBING_NODES,
     FaceSwap,
+    FaceSwapEveryFace,
     *TRAINING_NODES,
 )
 NODE_CLASS_MAPPINGS = {f"TalkingFace{cls.__name__}": cls for cls in NODE_CLASSES}

@@ -18,7 +18,9 @@ import torch.nn.functional as F
 
 from ..errors import TalkingFaceError
 from ..face.alignment import FIT_CROP_SIZE, face_mask, match_colours, paste_back, warp_images
-from ..face.faces import AnalyzedFaces
+from ..face.analysis import DetectedFace
+from ..face.faces import DEFAULT_FPS, AnalyzedFaces, faces_from_track
+from ..face.fit import fit_faces
 from ..face.motion import PRESETS, mix_coefficients
 from ..morphable.coefficients import FaceCoefficients
 from ..morphable.model import MorphableModel
@@ -193,6 +195,40 @@ def swap_faces(
         if on_frames is not None:
             on_frames(chunk.stop - chunk.start)
     return SwapResult(images, masks, present.clone(), visible)
+
+
+def swap_every_face(
+    face_model: MorphableModel,
+    source: SwapSource,
+    images: torch.Tensor,
+    tracks: list[list[DetectedFace | None]],
+    settings: SwapSettings = SwapSettings(),
+    sampler: TGDMSampler | None = None,
+    fps: float = DEFAULT_FPS,
+    temporal_smoothing: float = 0.5,
+    on_frames: Callable[[int], None] | None = None,
+    check_interrupted: Callable[[], None] | None = None,
+) -> SwapResult:
+    """Swap the source's face onto every person of ``images``: each track (from
+    :func:`~..face.selection.every_track`, one person each) is aligned, fitted (fast video mode,
+    ``temporal_smoothing`` at ``fps``) and swapped in turn on the frames the previous people's swaps made;
+    a person's frames without them pass through. ``on_frames`` counts frames of every track."""
+    frames = images.shape[0]
+    result = SwapResult(images, images.new_zeros(images.shape[:3]), torch.zeros(frames, dtype=torch.bool),
+                        torch.zeros(frames))
+    resolution = sampler.model.config.pixel_size if sampler is not None else settings.resolution
+    for track in tracks:
+        faces = faces_from_track(result.images, track, "pass_through", resolution, fps=fps)
+        fit = fit_faces(face_model, faces, video_mode="fast", smoothing=temporal_smoothing, fps=fps,
+                        batch_size=settings.chunk_size)
+        person = swap_faces(face_model, source, faces, fit.coefficients, settings, sampler, on_frames, check_interrupted)
+        result = SwapResult(
+            person.images, torch.maximum(result.masks, person.masks), result.swapped | person.swapped,
+            # A frame's figure is its least-seen person's: the warning it feeds is about the worst face.
+            torch.where(person.swapped & result.swapped, torch.minimum(person.visible_fraction, result.visible_fraction),
+                        torch.where(person.swapped, person.visible_fraction, result.visible_fraction)),
+        )
+    return result
 
 
 def _identity_token(source: SwapSource, sampler: TGDMSampler | None) -> torch.Tensor | None:

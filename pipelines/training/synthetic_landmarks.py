@@ -8,10 +8,8 @@ on (its own seed), so it is an outside judge of the geometry in an image, as a f
 network is of identity."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -20,7 +18,7 @@ from torch import nn
 
 from ..checkpoints import load_weights_strictly, read_checkpoint_metadata, read_checkpoint_weights, save_checkpoint
 from ..errors import ModelFileError
-
+from ..generator.sampler import generator_rows_to_coefficients
 from ..morphable.coefficients import FaceCoefficients
 from ..morphable.fitting import LandmarkFitter
 from ..morphable.model import MorphableModel
@@ -101,8 +99,6 @@ def load_landmark_detector(path: str | Path) -> SyntheticLandmarkDetector:
 
 
 def _true_landmarks(face_model: MorphableModel, flat: torch.Tensor, image_size: int) -> torch.Tensor:
-    from ..generator.sampler import generator_rows_to_coefficients
-
     coefficients = generator_rows_to_coefficients(flat, face_model.dims)
     camera = PerspectiveCamera.deep3d(image_size)
     vertices = face_model.posed_vertices(coefficients)

@@ -192,7 +192,7 @@ def pair_batch(
 
 def start_from_base(denoiser: TGDMDenoiser, base: TGDMDenoiser) -> None:
     """Copy ``base``'s weights into ``denoiser``, which may add an identity token the base lacks: that
-    token starts at zero, so training begins from the base generator's behaviour. Anything else that
+    token starts at zero (it carries no identity yet), so training begins close to the base generator. Anything else that
     differs is an error naming the differing settings."""
     ignored = {"identity_dim"}
     different = sorted(
