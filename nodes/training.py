@@ -1,6 +1,7 @@
 """Training nodes: one person's footage into training shards, and a generator trained on them."""
 from __future__ import annotations
 
+import logging
 import re
 
 import torch
@@ -16,6 +17,7 @@ from .base import ROOT_CATEGORY, TalkingFaceNode
 from .dubbing import LoadedDubbingModel
 from .generator import DEMO_GENERATOR, LoadedGenerator
 
+logger = logging.getLogger(__name__)
 CATEGORY = f"{ROOT_CATEGORY}/train"
 FOOTAGE_FOLDER = "talkingface_footage"  # under ComfyUI/output/
 RUNS_FOLDER = "talkingface_training"  # interrupted runs, under ComfyUI/output/
@@ -23,6 +25,13 @@ FROM_SCRATCH = "none (train from scratch)"
 GENERATOR_SUFFIX = ".safetensors"
 PREVIEW_FRAMES = 8
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]*$")
+
+
+def _report(node: type[TalkingFaceNode], result) -> None:
+    """The run's outcome in the console: steps, and what changed on the way (smaller batch, time limit, resume)."""
+    logger.info("%s: saved %s after %d steps (batch_size %d)", node.DISPLAY_NAME, result.path, result.step, result.batch_size)
+    for note in result.notes:
+        logger.warning("%s: %s", node.DISPLAY_NAME, note)
 
 
 def _plain_name(node: type[TalkingFaceNode], input_name: str, value: str, suffix: str = "") -> str:
@@ -164,6 +173,7 @@ class TrainGenerator(TalkingFaceNode):
             base_model = None if base == FROM_SCRATCH else load_tgdm(host.model_path("talkingface", base, "base generator"))
             result = finetune_generator(
                 footage, output, host.output_directory() / RUNS_FOLDER / stem, settings, base_model, base, on_step=on_step)
+        _report(self, result)
         model = load_tgdm(result.path, host.offload_device())
         return (LoadedGenerator(model, torch.float32, file_name), file_name)
 
@@ -244,6 +254,7 @@ class TrainDubbingModel(TalkingFaceNode):
             base_model = None if base == FROM_SCRATCH else load_dubbing(host.model_path("talkingface", base, "base dubbing model"))
             result = finetune_dubbing(footage, host.model_folder_roots("talkingface")[0] / file_name,
                                       host.output_directory() / RUNS_FOLDER / stem, settings, base_model, base, on_step=on_step)
+        _report(self, result)
         model = load_dubbing(result.path, host.offload_device())
         return (LoadedDubbingModel(model, torch.float32, file_name), file_name)
 

@@ -119,9 +119,10 @@ def test_prepare_refuses_frames_of_another_size_in_one_folder(host_dirs, analyze
         node.execute(faces=faces, face_model=face_model, folder="../up")
 
 
-def test_train_from_a_base_saves_a_new_generator_the_sampler_takes(host_dirs, footage):
-    with torch.inference_mode():  # as ComfyUI runs every node
+def test_train_from_a_base_saves_a_new_generator_the_sampler_takes(host_dirs, footage, caplog):
+    with torch.inference_mode(), caplog.at_level("INFO"):  # as ComfyUI runs every node
         generator, name = train(footage, base=DEMO, resolution=64, steps=2, batch_size=2, preview_every=1)
+    assert "Train Generator: saved " in caplog.text and "after 2 steps (batch_size 2)" in caplog.text
     path = host_dirs["models"] / "talkingface" / "person_tgdm.safetensors"
     assert name == "person_tgdm.safetensors" and path.is_file()
     base = checkpoint.load_tgdm(PACK_ROOT / "assets" / DEMO)
