@@ -164,7 +164,7 @@ class FaceSwap(SwapNode):
 
         def run(source: SwapSource, settings: SwapSettings, diffusion: sampling.TGDMSampler | None) -> SwapResult:
             return swap_faces(face_model, source, target_faces, target_coefficients, settings, diffusion,
-                              on_frames=progress.advance, check_interrupted=host.throw_if_interrupted)
+                              on_frames=progress.report, check_interrupted=host.throw_if_interrupted)
 
         return self.swap(face_model, source_faces, source_coefficients, generator=generator, run=run, **swap_inputs)
 
@@ -204,12 +204,7 @@ class FaceSwapEveryFace(VideoRateInput, SwapNode):
             analyzer = FaceAnalyzer.wrap(analyzer)
         frames = images.shape[0]
         detection = host.Progress(frames)
-
-        def detected(frame: int) -> None:
-            host.throw_if_interrupted()
-            detection.advance()
-
-        images, per_frame, _ = detect_frames(analyzer, images, on_frame=detected)
+        images, per_frame, _ = detect_frames(analyzer, images, on_frame=lambda frame: detection.report(frame + 1))
         tracks = every_track(per_frame)
         if not tracks:
             logger.warning("%s: no face in any of the %d target frames; they pass through unchanged", self.DISPLAY_NAME,
@@ -219,7 +214,7 @@ class FaceSwapEveryFace(VideoRateInput, SwapNode):
 
         def run(source: SwapSource, settings: SwapSettings, diffusion: sampling.TGDMSampler | None) -> SwapResult:
             return swap_every_face(face_model, source, images, tracks, settings, diffusion, fps, temporal_smoothing,
-                                   on_frames=progress.advance, check_interrupted=host.throw_if_interrupted)
+                                   on_frames=progress.report, check_interrupted=host.throw_if_interrupted)
 
         return self.swap(face_model, source_faces, source_coefficients, generator=generator, run=run, **swap_inputs)
 

@@ -22,7 +22,8 @@ import torch
 from PIL import Image
 
 from pipelines.generator.checkpoint import load_tgdm
-from pipelines.generator.sampler import SamplerSettings, flat_coefficients
+from pipelines.generator.inputs import flat_coefficients
+from pipelines.generator.sampler import SamplerSettings
 from pipelines.generator.tgdm import TGDMDenoiser
 from pipelines.morphable.demo_model import demo_face_model
 from pipelines.morphable.model import MorphableModel

@@ -10,7 +10,7 @@ from packloader import load_pack, pack_import
 synthetic = pack_import("pipelines.training.synthetic_faces")
 demo_model = pack_import("pipelines.morphable.demo_model")
 renderer_module = pack_import("pipelines.render.renderer")
-camera_module = pack_import("pipelines.render.camera")
+camera_module = pack_import("pipelines.morphable.camera")
 coefficients_module = pack_import("pipelines.morphable.coefficients")
 faces_module = pack_import("pipelines.face.faces")
 face_swap = pack_import("pipelines.generator.face_swap")

@@ -108,7 +108,7 @@ class TrueLandmarks(torch.nn.Module):
 
     def __init__(self, coefficients, size):
         super().__init__()
-        camera = pack_import("pipelines.render.camera").PerspectiveCamera.deep3d(size)
+        camera = pack_import("pipelines.morphable.camera").PerspectiveCamera.deep3d(size)
         self.points = camera.project(FACE_MODEL.posed_vertices(coefficients)[:, FACE_MODEL.landmark_ids])
 
     def forward(self, images):
@@ -116,7 +116,7 @@ class TrueLandmarks(torch.nn.Module):
 
 
 def test_motion_error_is_near_zero_for_the_truth_and_grows_for_other_motion(views):
-    rows = sampling.generator_rows_to_coefficients(views.coefficients, FACE_MODEL.dims)
+    rows = pack_import("pipelines.generator.inputs").generator_rows_to_coefficients(views.coefficients, FACE_MODEL.dims)
     exact = landmarks.motion_error(TrueLandmarks(rows, 32), FACE_MODEL, views.photos, rows)
     assert float(exact.landmark_nme.max()) < 1e-4
     assert float(exact.rotation_degrees.mean()) < 1.5, "the fit's own floor (expression priors trade against pose)"

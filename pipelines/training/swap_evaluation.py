@@ -16,17 +16,12 @@ import torch.nn.functional as F
 
 from ..face.appearance import estimate_appearance
 from ..generator.face_swap import swap_coefficients
-from ..generator.sampler import (
-    GeneratorInputs,
-    SamplerSettings,
-    TGDMSampler,
-    flat_coefficients,
-    generator_rows_to_coefficients,
-)
+from ..generator.inputs import GeneratorInputs, flat_coefficients, generator_rows_to_coefficients
+from ..generator.sampler import SamplerSettings, TGDMSampler
 from ..generator.tgdm import TGDMDenoiser
+from ..morphable.camera import PerspectiveCamera
 from ..morphable.coefficients import FaceCoefficients
 from ..morphable.model import MorphableModel
-from ..render.camera import PerspectiveCamera
 from ..render.renderer import FaceRenderer, RenderMaps
 from ..render.textured_target import TexturedTarget
 from ..video import frame_chunks

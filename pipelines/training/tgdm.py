@@ -28,7 +28,7 @@ from torch import nn
 from ..errors import TalkingFaceError
 from ..generator.checkpoint import save_tgdm
 from ..generator.config import TGDMConfig
-from ..generator.sampler import missing_vae_error, to_channels_first, to_model_images, warp_condition
+from ..generator.inputs import missing_vae_error, to_channels_first, to_model_images, warp_condition
 from ..generator.tgdm import TGDMDenoiser
 from ..generator.vae import LatentCodec
 from ..morphable.model import MorphableModel
