@@ -22,7 +22,8 @@ import torch
 
 from ..errors import TalkingFaceError
 from ..generator.config import TGDMConfig
-from ..generator.sampler import GeneratorInputs, SamplerSettings, TGDMSampler
+from ..generator.inputs import GeneratorInputs
+from ..generator.sampler import SamplerSettings, TGDMSampler
 from ..generator.tgdm import TGDMDenoiser
 from ..morphable.model import MorphableModel
 from .footage import TrainingFootage
