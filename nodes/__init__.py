@@ -15,6 +15,7 @@ from .motion import MOTION_NODES
 from .pose import POSE_NODES
 from .render import Render3DMMTarget, RenderTexturedTarget
 from .swap import FaceSwap, FaceSwapEveryFace
+from .training import TRAINING_NODES
 
 host.register_model_folders()
 face_preview.register_routes()
@@ -37,6 +38,7 @@ NODE_CLASSES = (
     *DUBBING_NODES,
     FaceSwap,
     FaceSwapEveryFace,
+    *TRAINING_NODES,
 )
 NODE_CLASS_MAPPINGS = {f"TalkingFace{cls.__name__}": cls for cls in NODE_CLASSES}
 NODE_DISPLAY_NAME_MAPPINGS = {f"TalkingFace{cls.__name__}": cls.DISPLAY_NAME for cls in NODE_CLASSES}

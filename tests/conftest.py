@@ -1,3 +1,5 @@
+import os
+import shutil
 import subprocess
 import sys
 
@@ -16,8 +18,12 @@ def tiny_models_dir(tmp_path_factory):
 
 @pytest.fixture
 def host_dirs(tmp_path, monkeypatch, tiny_models_dir):
-    """Point the node layer's model, input and output folders at temporary ones (no ComfyUI here)."""
-    dirs = {"models": tiny_models_dir, "input": tmp_path / "input", "output": tmp_path / "output"}
+    """Point the node layer's model, input and output folders at temporary ones (no ComfyUI here). The
+    models/ folder is this test's own (hard links to the session's tiny models), so a node that writes
+    a model there (Train Generator) leaves the other tests' folder as it was."""
+    models = tmp_path / "host_models"  # tests make a "models" folder of their own beside it
+    shutil.copytree(tiny_models_dir, models, copy_function=os.link)
+    dirs = {"models": models, "input": tmp_path / "input", "output": tmp_path / "output"}
     dirs["input"].mkdir()
     dirs["output"].mkdir()
     monkeypatch.setenv("TALKINGFACE_MODELS_DIR", str(dirs["models"]))

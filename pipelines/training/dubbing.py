@@ -119,11 +119,11 @@ def synthetic_dubbing_clips(
 def shard_clips(shards: VideoFaceShards, fps: float = 25.0) -> list[DubbingClip]:
     """Each preprocessed video as a clip (frames read from the shards when drawn; no audio)."""
     scale = shards.image_size / shards.crop_size
-    return [DubbingClip(_RowView(shards.photos, rows), shards.landmarks[rows.start:rows.stop] * scale, fps)
+    return [DubbingClip(RowView(shards.photos, rows), shards.landmarks[rows.start:rows.stop] * scale, fps)
             for rows in map(shards.video_rows, range(shards.video_count)) if len(rows) > 1]
 
 
-class _RowView:
+class RowView:
     """Rows ``start..stop`` of a row store, indexed from 0."""
 
     def __init__(self, store, rows: range) -> None:
@@ -363,9 +363,11 @@ def train_dubbing(
     mouth_weight: float = MOUTH_WEIGHT,
     log: Callable[[str], None] = print,
     until_step: int | None = None,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> tuple[DubbingTrainee, list[tuple[int, DubbingLosses]]]:
     """Stage 1 (``landmark_model`` None): the denoiser on ground-truth landmarks. Stage 2: jointly with
-    ``landmark_model`` (usually starting from a stage-1 denoiser and a trained landmark model)."""
+    ``landmark_model`` (usually starting from a stage-1 denoiser and a trained landmark model).
+    ``on_step`` is :func:`.loop.train_windows`' (progress; an exception it raises leaves a resumable state)."""
     config = denoiser.config
     landmark_config = None if landmark_model is None else landmark_model.config
     objective = DubbingObjective(config, vae, landmark_drop, landmark_weight, train_config.velocity_weight, mouth_weight)
@@ -383,7 +385,7 @@ def train_dubbing(
     )
     torch.manual_seed(train_config.seed)
     return train_windows(DubbingTrainee(denoiser, landmark_model), train_set, validation_set, train_config, task,
-                         checkpoint_dir, log, until_step)
+                         checkpoint_dir, log, until_step, on_step)
 
 
 def dubbing_train_config(**changes) -> TrainConfig:

@@ -143,12 +143,14 @@ def train_windows(
     checkpoint_dir: str | Path | None = None,
     log: Callable[[str], None] = print,
     until_step: int | None = None,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> tuple[nn.Module, list[tuple[int, Any]]]:
     """Train ``model`` (which has a ``config`` with ``to_json()``) up to ``train_config.steps``, or
     stop after ``until_step`` with its state saved (to split a run over several jobs; the schedule
     still spans ``steps``). Returns the unwrapped model in eval mode and ``(step, evaluation)`` of
     each validation of this call. A state in ``checkpoint_dir`` is continued; one of a different
-    model config is refused."""
+    model config is refused. ``on_step(step, loss)`` runs after every step; an exception it raises
+    (an interrupt) saves the state first, so the run continues exactly from that step."""
     from accelerate import Accelerator
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
@@ -198,12 +200,16 @@ def train_windows(
             task.save_model(unwrapped, checkpoint_dir / "last.safetensors", metadata)
             if result.model_l1 < best:
                 task.save_model(unwrapped, checkpoint_dir / "best.safetensors", metadata)
+        save_state(min(best, result.model_l1))
+
+    def save_state(best_so_far: float) -> None:
+        unwrapped = accelerator.unwrap_model(model)
 
         def write_main(folder: Path) -> None:
             save_model_weights(unwrapped, folder)
             save_optimizer(optimizer, folder)
             write_trainer_state(folder, task.state_format, {
-                "step": step, "best_validation_l1": min(best, result.model_l1),
+                "step": step, "best_validation_l1": best_so_far,
                 "model_config": json.loads(unwrapped.config.to_json()),
                 "train_config": dataclasses.asdict(train_config), "scheduler": scheduler.state_dict(),
                 "processes": accelerator.num_processes, "loss_scaler": scaler_state(accelerator),
@@ -231,6 +237,13 @@ def train_windows(
                 if checkpoint_dir is not None:
                     save(result)
                 best = min(best, result.model_l1)
+            if on_step is not None:
+                try:
+                    on_step(step, loss.item())
+                except BaseException:
+                    if checkpoint_dir is not None:
+                        save_state(best)
+                    raise
             if step >= last_step:
                 break
     return accelerator.unwrap_model(model).eval(), history

@@ -293,11 +293,14 @@ class TGDMTrainer:
         return loss.item()
 
     def train(
-        self, views: FaceViews, time_limit_s: float | None = None, log: Callable[[str], None] = print
+        self, views: FaceViews, time_limit_s: float | None = None, log: Callable[[str], None] = print,
+        on_step: Callable[[int, float], None] | None = None,
     ) -> Path:
         """Train up to ``settings.steps`` (or until ``time_limit_s``); returns the EMA checkpoint's path.
         ``views`` is any dataset with :class:`FaceViews`' interface (photos, renders, surfaces,
-        coefficients and ``pairs()``), channel-last images at the generator's pixel size."""
+        coefficients and ``pairs()``), channel-last images at the generator's pixel size.
+        ``on_step(step, loss)`` runs after every step (progress, previews; an exception it raises
+        stops the training between two steps, so :meth:`save` then writes a state that resumes exactly)."""
         self._check_views(views)
         started = time.monotonic()
         running = None
@@ -305,6 +308,8 @@ class TGDMTrainer:
         while self.step < self.settings.steps:
             loss = self.training_step(views)
             running = loss if running is None else 0.95 * running + 0.05 * loss
+            if on_step is not None:
+                on_step(self.step, loss)
             if self.step % 50 == 0 or self.step == 1:
                 log(f"step {self.step}  loss {running:.4f}  {time.monotonic() - started:.0f}s")
             if self.step % self.settings.checkpoint_every == 0:

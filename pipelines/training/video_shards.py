@@ -219,6 +219,14 @@ def _join(parts: list[AnalyzedFaces]) -> AnalyzedFaces:
     )
 
 
+def crops_for_fit(faces: AnalyzedFaces) -> tuple[torch.Tensor, AnalyzedFaces]:
+    """The aligned generator crops of analysed frames as ``uint8`` ``[T, S, S, 3]``, and the analysis
+    re-expressed over them at FIT_CANVAS px (what the fit reads), so the full frames can be let go."""
+    crops = torch.cat([faces.crops(chunk) for chunk in frame_chunks(faces.frames, 32)])
+    crops = crops.clamp(0, 1).mul(255).round().to(torch.uint8)
+    return crops, _on_canvas(faces, crops, FIT_CANVAS)
+
+
 def analyze_video(analyzer: FaceAnalyzer, source: VideoSource, fps: float, settings: PreprocessSettings) -> VideoFaces:
     """Detect, track and crop the main face segment by segment. A segment without the face is left out
     (noted); a video without any raises :class:`TalkingFaceError` with the reason."""
@@ -232,11 +240,10 @@ def analyze_video(analyzer: FaceAnalyzer, source: VideoSource, fps: float, setti
         except TalkingFaceError as error:
             notes.append(f"frames {segment_numbers[0]}–{segment_numbers[-1]} left out: {error}")
             continue
-        segment_crops = torch.cat([faces.crops(chunk) for chunk in frame_chunks(faces.frames, 32)])
-        segment_crops = segment_crops.clamp(0, 1).mul(255).round().to(torch.uint8)
+        segment_crops, canvas_faces = crops_for_fit(faces)
         numbers.append(torch.from_numpy(segment_numbers))
         crops.append(segment_crops)
-        parts.append(_on_canvas(faces, segment_crops, FIT_CANVAS))
+        parts.append(canvas_faces)
     if decoded == 0:
         raise TalkingFaceError("no frames could be decoded")
     if not parts:
@@ -359,6 +366,14 @@ def preprocess_video(
     """One video to shard rows: ``(fps, rows, notes, decoded frames)``; raises TalkingFaceError when unusable."""
     fps = video_fps(source, settings) / settings.frame_step
     video = analyze_video(analyzer, source, fps, settings)
+    rows, notes = shard_rows(model, video, settings, fps)
+    return fps, rows, notes, int(video.faces.frames)
+
+
+def shard_rows(
+    model: MorphableModel, video: VideoFaces, settings: PreprocessSettings, fps: float
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The shard rows of one analysed video (3DMM fit, renders, surface maps) and its notes."""
     fit = fit_faces(model, video.faces, video_mode=settings.fit_mode, smoothing=settings.fit_smoothing, fps=fps,
                     appearance_resolution=FIT_CANVAS)
     # Interpolated frames helped the fit's continuity; their crops are guesses, so training never sees them.
@@ -378,7 +393,7 @@ def preprocess_video(
     dropped = int((~keep).sum())
     if dropped:
         notes.append(f"{dropped} interpolated frame(s) left out")
-    return fps, rows, notes, int(video.faces.frames)
+    return rows, notes
 
 
 def preprocess_videos(
