@@ -8,6 +8,7 @@ import torch
 from ..checkpoints import read_checkpoint_metadata, read_checkpoint_weights, save_checkpoint
 from ..errors import ModelFileError, TalkingFaceError
 from .config import TGDMConfig
+from .distilled import Distillation
 from .tgdm import TGDMDenoiser
 
 FILE_FORMAT = "talkingface.tgdm"
@@ -17,8 +18,11 @@ DUBBING_FORMAT = "talkingface.dubbing"
 
 
 def save_tgdm(model: TGDMDenoiser, path: str | Path, extra_metadata: dict[str, str] | None = None) -> None:
-    """Write the weights (float32 unless already half) and the config into one file."""
+    """Write the weights (float32 unless already half) and the config into one file; a few-step
+    student's file also records its :class:`Distillation`."""
     metadata = {"format": FILE_FORMAT, "version": FILE_VERSION, "config": model.config.to_json()}
+    if model.distillation is not None:
+        metadata.update(model.distillation.to_metadata())
     metadata.update(extra_metadata or {})
     save_checkpoint(model, path, metadata)
 
@@ -54,6 +58,7 @@ def load_tgdm(path: str | Path, device: torch.device | str = "cpu") -> TGDMDenoi
     except TalkingFaceError as error:
         raise ModelFileError(f"{path.name}: {error}") from error
     model = TGDMDenoiser(config)
+    model.distillation = Distillation.from_metadata(metadata, path.name)
     expected = model.state_dict()
     weights = read_checkpoint_weights(path)
     stored = set(weights)
