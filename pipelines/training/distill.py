@@ -134,22 +134,10 @@ class DistillationTrainer(TGDMTrainer):
 
     def training_step(self, views: FaceViews) -> float:
         device = self.accelerator.device
-        config: TGDMConfig = self.denoiser.config
         batch = pair_batch(views, self.settings.batch_size, self.generator, self.settings, device, self.latents, self.warper,
-                           identity=bool(config.identity_dim))
-        clean = batch["target"]
-        noise = torch.randn(clean.shape, generator=self.generator).to(device)
-        points, end = self.paths(batch, noise)
-        steps = len(self.paths.timesteps)
-        timesteps = torch.tensor(self.paths.timesteps, device=device).repeat_interleave(clean.shape[0])
-        # Every student timestep of every path in one pass: the batch repeated once per timestep.
-        repeated = {name: value.repeat(steps, *[1] * (value.ndim - 1)) for name, value in batch.items()}
-        noisy = points.flatten(0, 1)
-        alpha_bar = self.noise_schedule.alphas_cumprod.to(device)[timesteps]
-        with self.accelerator.autocast():
-            output = self.module(repeated, noisy, timesteps)
-        predicted = to_clean(output.float(), noisy, alpha_bar, config.prediction_type)
-        loss = F.mse_loss(predicted, end.repeat(steps, 1, 1, 1))
+                           identity=bool(self.denoiser.config.identity_dim))
+        noise = torch.randn(batch["target"].shape, generator=self.generator).to(device)
+        loss = self.loss(batch, noise)
         self.optimizer.zero_grad(set_to_none=True)
         self.accelerator.backward(loss)
         self.accelerator.clip_grad_norm_(self.module.parameters(), 1.0)
@@ -158,10 +146,28 @@ class DistillationTrainer(TGDMTrainer):
         self.step += 1
         return loss.item()
 
+    def loss(self, batch: dict[str, torch.Tensor], noise: torch.Tensor) -> torch.Tensor:
+        """The student's mean squared distance, on the clean image, to the ends of the teacher's paths
+        that start at ``noise``, from the paths' points at every student timestep."""
+        device = noise.device
+        config: TGDMConfig = self.denoiser.config
+        points, end = self.paths(batch, noise)
+        steps = len(self.paths.timesteps)
+        timesteps = torch.tensor(self.paths.timesteps, device=device).repeat_interleave(noise.shape[0])
+        # Every student timestep of every path in one pass: the batch repeated once per timestep.
+        repeated = {name: value.repeat(steps, *[1] * (value.ndim - 1)) for name, value in batch.items()}
+        noisy = points.flatten(0, 1)
+        alpha_bar = self.noise_schedule.alphas_cumprod.to(device)[timesteps]
+        with self.accelerator.autocast():
+            output = self.module(repeated, noisy, timesteps)
+        predicted = to_clean(output.float(), noisy, alpha_bar, config.prediction_type)
+        return F.mse_loss(predicted, end.repeat(steps, 1, 1, 1))
+
     def checkpoint_model(self) -> tuple[TGDMDenoiser, Path, dict[str, str]]:
         model, path, metadata = super().checkpoint_model()
         model.distillation = self.record
-        return model, path, {**metadata, "distillation_step": metadata.pop("training_step")}
+        metadata["distillation_step"] = metadata.pop("training_step")
+        return model, path, metadata
 
     def state_info(self) -> dict:
         return {**super().state_info(), "distillation": dataclasses.asdict(self.distillation)}
