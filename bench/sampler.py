@@ -239,8 +239,7 @@ def main() -> None:
         memory_child(args.memory_child, args.size, steps, str(device), args.latent)
         return
 
-    results: dict[str, object] = {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{torch.get_num_threads()}",
-                                  "size": args.size, "steps": steps}
+    results: dict[str, object] = {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{torch.get_num_threads()}"}
     demo = load_tgdm(DEMO_GENERATOR, device)
     results.update({f"student_demo64_b{args.student_batch}_{name}": value
                     for name, value in student_case(demo, args.student_batch, GPU_STEPS).items()})
@@ -248,6 +247,7 @@ def main() -> None:
     if args.only_student:
         print(json.dumps(results))
         return
+    results.update({"size": args.size, "steps": steps})
     if not args.only_latent:
         pixel_cases(args, device, steps, results)
     results.update(gpu_cases(device))
