@@ -9,7 +9,9 @@ Sampler's `distilled` sampler, 1 to --student-steps steps, guidance 1) and OUT/t
 (safetensors and JSON; run the same command again to resume). The last line printed is a JSON
 object with held-out PSNR/SSIM of the student at every step count from 1 to --student-steps and of
 the guided teacher at --teacher-eval-steps (the learning check: the 4-step student within 1 dB of
-the 25-step teacher, and above the teacher sampled in as few steps).
+the 25-step teacher, and above the teacher sampled in as few steps), and the PSNR of the student's
+one-pass jumps against the ends of the guided teacher's paths on held-out pairs, by timestep, beside
+the same for the teacher's own weights (what the distillation learnt).
 """
 from __future__ import annotations
 
@@ -26,9 +28,9 @@ from pipelines.generator.sampler import SamplerSettings
 from pipelines.generator.vae import DiffusersVAECodec, load_vae
 from pipelines.morphable.demo_model import demo_face_model
 from pipelines.morphable.model import load_face_model
-from pipelines.training.distill import STUDENT_FILE, DistillationSettings, DistillationTrainer
+from pipelines.training.distill import STUDENT_FILE, DistillationSettings, DistillationTrainer, jump_psnr
 from pipelines.training.synthetic_faces import SyntheticFaceSettings, render_synthetic_views
-from pipelines.training.tgdm import TrainingSettings
+from pipelines.training.tgdm import TrainingSettings, pair_batch
 from pipelines.training.tgdm_evaluation import evaluate_generator, held_out_pairs
 from scripts.train_tgdm import HELD_OUT_SEED
 
@@ -110,6 +112,18 @@ def main() -> None:
         student = load_tgdm(args.out / STUDENT_FILE)
         for steps in range(1, args.student_steps + 1):
             scores(student, f"student_{steps}step", SamplerSettings(scheduler=DISTILLED_SCHEDULER, steps=steps, **common))
+        # How close the student's jumps come to the guided teacher's path ends on held-out pairs, and
+        # how close the teacher's own weights (unguided, one pass) come: what distillation learnt.
+        draws = torch.Generator().manual_seed(HELD_OUT_SEED)
+        device = trainer.accelerator.device
+        batch = pair_batch(held_out, 32, draws, trainer.settings, device, trainer.latents, trainer.warper,
+                           identity=bool(config.identity_dim))
+        noise = torch.randn(batch["target"].shape, generator=draws).to(device)
+        summary["jump_psnr_vs_teacher_path_student"] = jump_psnr(student.to(device), trainer.paths, batch, noise)
+        summary["jump_psnr_vs_teacher_path_teacher_weights"] = jump_psnr(teacher.to(device), trainer.paths, batch, noise)
+        print(f"jump PSNR against the guided teacher's path ends, by timestep: student "
+              f"{summary['jump_psnr_vs_teacher_path_student']}, teacher weights {summary['jump_psnr_vs_teacher_path_teacher_weights']}",
+              flush=True)
         for steps in args.teacher_eval_steps:
             scores(teacher, f"teacher_{steps}step_guided", SamplerSettings(
                 scheduler="ddim", steps=steps, texture_guidance=args.texture_guidance,

@@ -125,11 +125,16 @@ def test_distillation_brings_the_student_to_the_teacher_paths(views, teacher, tm
     noise = torch.randn(fixed["target"].shape, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         before = trainer.loss(fixed, noise).item()
+    jumps_before = distill.jump_psnr(teacher, trainer.paths, fixed, noise)
     for _ in range(40):
         trainer.training_step(views)
     with torch.no_grad():
         after = trainer.loss(fixed, noise).item()
     assert after < 0.8 * before, (before, after)
+    student = trainer.ema.copy_to(tgdm.TGDMDenoiser(teacher.config)).eval()
+    jumps_after = distill.jump_psnr(student, trainer.paths, fixed, noise)
+    assert list(jumps_after) == [999, 499], "the timesteps of 1- and 2-step runs"
+    assert sum(jumps_after.values()) > sum(jumps_before.values()) + 1.0, (jumps_before, jumps_after)
 
 
 def test_schedulers_and_checkpoints_that_do_not_fit_are_refused(views, teacher, tmp_path):

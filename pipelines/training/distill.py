@@ -108,6 +108,27 @@ class TeacherPaths:
         return torch.stack([points[t] for t in self.timesteps]), latents
 
 
+@torch.no_grad()
+def jump_psnr(student: TGDMDenoiser, paths: TeacherPaths, batch: dict[str, torch.Tensor], noise: torch.Tensor) -> dict[int, float]:
+    """How well ``student`` has learnt the guided teacher: PSNR in dB (images in -1..1) of its one-pass
+    jump from each student timestep's path point against the end of the teacher's path, by timestep,
+    for the paths starting at ``noise`` (the teacher's weights themselves score what guidance and
+    the remaining steps change)."""
+    points, end = paths(batch, noise)
+    source = student.encode_source(batch["source"], batch["source_surface"])
+    alphas = make_scheduler("ddim", student.config).alphas_cumprod.to(noise.device)
+    scores = {}
+    for timestep, noisy in zip(paths.timesteps, points, strict=True):
+        timesteps = torch.full((noise.shape[0],), timestep, device=noise.device)
+        output = student(noisy, timesteps, batch["render"], batch["coefficients"], source, batch["target_surface"],
+                         batch.get("identity"), warped_source=batch.get("warped_source"))
+        clean = to_clean(output.float(), noisy, alphas[timesteps], student.config.prediction_type)
+        if not student.config.latent:
+            clean = clean.clamp(-1, 1)  # as the sampler clips it
+        scores[timestep] = round(10 * torch.log10(4 / F.mse_loss(clean, end).clamp_min(1e-10)).item(), 3)
+    return scores
+
+
 class DistillationTrainer(TGDMTrainer):
     """Trains a few-step student of ``teacher`` (see the module's docstring) into ``output_dir``,
     continuing the run saved there. ``settings`` are the usual training settings (batch size,
