@@ -28,10 +28,10 @@ import torch
 from pipelines.face.faces import faces_from_landmarks
 from pipelines.face.fit import fit_faces
 from pipelines.face.motion import smooth_coefficients
+from pipelines.morphable.camera import PerspectiveCamera
 from pipelines.morphable.coefficients import FaceCoefficients
 from pipelines.morphable.demo_model import BFM_SIZE_RESOLUTION, demo_face_model
 from pipelines.morphable.model import MorphableModel
-from pipelines.render.camera import PerspectiveCamera
 
 FRAME_SIZE = 512
 FPS = 25.0

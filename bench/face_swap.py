@@ -29,10 +29,11 @@ from bench.sampler import _status_kb, inputs_for
 from pipelines.face.faces import faces_from_landmarks
 from pipelines.generator.config import TGDMConfig
 from pipelines.generator.face_swap import SwapSettings, swap_faces, swap_source
-from pipelines.generator.sampler import SamplerSettings, TGDMSampler, generator_rows_to_coefficients
+from pipelines.generator.inputs import generator_rows_to_coefficients
+from pipelines.generator.sampler import SamplerSettings, TGDMSampler
 from pipelines.generator.tgdm import TGDMDenoiser
+from pipelines.morphable.camera import PerspectiveCamera
 from pipelines.morphable.demo_model import demo_face_model
-from pipelines.render.camera import PerspectiveCamera
 from pipelines.render.renderer import FaceRenderer
 from pipelines.training.synthetic_faces import DESCRIPTOR_DIM, SyntheticFaceSettings, render_synthetic_views
 

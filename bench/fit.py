@@ -43,10 +43,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipelines.morphable.camera import REFERENCE_DISTANCE, REFERENCE_FOCAL, PerspectiveCamera
 from pipelines.morphable.demo_model import BFM_SIZE_RESOLUTION, demo_face_model
 from pipelines.morphable.fitting import FitConfig, LandmarkFitter
 from pipelines.morphable.model import MorphableModel
-from pipelines.render.camera import REFERENCE_DISTANCE, REFERENCE_FOCAL, PerspectiveCamera
 
 IMAGE_SIZE = 224
 FAR_FACTOR = 100.0

@@ -34,9 +34,9 @@ from pipelines.face.dlib_analysis import (
 )
 from pipelines.face.faces import AnalyzedFaces, analyze_frames
 from pipelines.face.fit import fit_faces
+from pipelines.morphable.camera import PerspectiveCamera
 from pipelines.morphable.demo_model import demo_face_model
 from pipelines.morphable.model import MorphableModel, load_face_model
-from pipelines.render.camera import PerspectiveCamera
 from pipelines.render.renderer import FaceRenderer
 from scripts.dlib_models import installed_dlib_files
 

@@ -7,22 +7,36 @@ warm-up, at torch's default thread count. The reference in the same run is the u
 warp (one source onto 8 targets) against the full render pass at 256². CPU figures are only meaningful on
 an otherwise idle machine (torch's worker threads stall when the cores are shared), so the run
 records the load average next to them.
+
+``--reference REV`` (default :data:`REFERENCE_REVISION`, the renderer before issue 14's speed work;
+``none`` skips it) also times the full pass and the rasterizer of that git revision on the same
+mesh and coefficients: its ``pipelines/`` is exported from git into a temporary package. The two
+alternate, repeat after repeat, and each keeps its fastest run, so load from other jobs hits both
+alike; ``speedup_*`` is reference ÷ current (wall clock), ``cpu_ms_*`` the process CPU time per
+frame (all threads), which load inflates less than the wall clock.
 """
 from __future__ import annotations
 
+import argparse
 import importlib
+import importlib.util
 import json
 import math
 import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
+from pathlib import Path
 
 import torch
 
+from pipelines.morphable.camera import PerspectiveCamera
 from pipelines.morphable.coefficients import BFM_DIMS, FaceCoefficients
 from pipelines.morphable.model import MorphableModel
-from pipelines.render.camera import PerspectiveCamera
 from pipelines.render.rasterizer import rasterize
 from pipelines.render.renderer import FaceRenderer
 from pipelines.render.texture_transfer import TextureTransfer
@@ -32,6 +46,9 @@ from pipelines.render.textured_target import render_textured_target
 # (35,709 and 70,789), as an open front-facing surface like BFM's face mask.
 GRID_SIDE = 189
 SEED = 0
+# The last commit before issue 14's renderer speed work.
+REFERENCE_REVISION = "b7d5362"
+REFERENCE_REPEATS = 7
 
 
 def synthetic_face_model() -> MorphableModel:
@@ -128,7 +145,90 @@ def measure(model: MorphableModel, device: torch.device, repeats: int) -> dict[s
     return results
 
 
+def reference_pipelines(revision: str, directory: str) -> object:
+    """``pipelines/`` of a git revision, importable as the package ``reference_pipelines``."""
+    root = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(["git", "-C", str(root), "archive", revision, "pipelines"], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", directory], input=archive.stdout, check=True)
+    (Path(directory) / "pipelines").rename(Path(directory) / "reference_pipelines")
+    sys.path.insert(0, directory)
+    return importlib.import_module("reference_pipelines")
+
+
+def reference_renderer(model: MorphableModel, size: int) -> tuple[Callable, Callable]:
+    """The reference revision's (render, rasterize) on the same buffers as ``model``."""
+    renderer_module = importlib.import_module("reference_pipelines.render.renderer")
+    # The camera moved from render/ to morphable/ after b7d5362; either revision can be the reference.
+    camera_path = next(name for name in ("reference_pipelines.morphable.camera", "reference_pipelines.render.camera")
+                       if importlib.util.find_spec(name) is not None)
+    camera_module = importlib.import_module(camera_path)
+    model_module = importlib.import_module("reference_pipelines.morphable.model")
+    coefficients_module = importlib.import_module("reference_pipelines.morphable.coefficients")
+    rasterizer_module = importlib.import_module("reference_pipelines.render.rasterizer")
+
+    def basis(flat: torch.Tensor) -> torch.Tensor:
+        return flat.view(flat.shape[0], -1, 3)
+
+    reference_model = model_module.MorphableModel(
+        mean_shape=model.mean_shape, identity_basis=basis(model.identity_basis),
+        expression_basis=basis(model.expression_basis), mean_albedo=model.mean_albedo,
+        albedo_basis=basis(model.albedo_basis), triangles=model.triangles, landmark_ids=model.landmark_ids,
+        surface_coords=model.surface_coords, expression_names=model.expression_names,
+        eyeball_ids=(model.eyeball_left, model.eyeball_right), name=model.name,
+    )  # fmt: skip
+    renderer = renderer_module.FaceRenderer(reference_model, camera_module.PerspectiveCamera.deep3d(size))
+
+    def render(coeffs: FaceCoefficients) -> object:
+        flat = coefficients_module.FaceCoefficients.from_flat(coeffs.to_flat(), coeffs.gaze, coefficients_module.BFM_DIMS)
+        return renderer.render(flat)
+
+    def rasterize_reference(screen: torch.Tensor) -> object:
+        return rasterizer_module.rasterize(screen, reference_model.triangles, size, size)
+
+    return render, rasterize_reference
+
+
+def compare_with_reference(model: MorphableModel, revision: str) -> dict[str, object]:
+    """Reference and current full pass and rasterizer, alternating, fastest of each; the maps compared."""
+    results: dict[str, object] = {"reference_revision": revision}
+    with tempfile.TemporaryDirectory() as directory, torch.inference_mode():
+        reference_pipelines(revision, directory)
+        for size, frames in ((256, 8), (512, 8)):
+            render_reference, rasterize_reference = reference_renderer(model, size)
+            renderer = FaceRenderer(model, PerspectiveCamera.deep3d(size))
+            coeffs = random_coefficients(frames, "cpu")
+            screen = renderer.camera.to_screen(model.posed_vertices(coeffs))
+            ours, theirs = renderer.render(coeffs), render_reference(coeffs)
+            results[f"max_difference_{size}"] = {
+                name: (getattr(ours, name).float() - getattr(theirs, name).float()).abs().max().item()
+                for name in ("image", "mask", "depth", "normals", "albedo", "surface", "triangle_ids")
+            }
+            cases = {
+                "full": (partial(render_reference, coeffs), partial(renderer.render, coeffs)),
+                "raster": (partial(rasterize_reference, screen), partial(rasterize, screen, model.triangles, size, size)),
+            }
+            for kind, (reference_run, current_run) in cases.items():
+                best = {"reference": [math.inf, math.inf], "current": [math.inf, math.inf]}
+                for _ in range(REFERENCE_REPEATS):
+                    for name, run in (("reference", reference_run), ("current", current_run)):
+                        wall, cpu = time.perf_counter(), time.process_time()
+                        run()
+                        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+                        best[name] = [min(best[name][0], wall), min(best[name][1], cpu)]
+                key = f"{kind}_{size}_b{frames}"
+                for name in best:
+                    results[f"{name}_ms_{key}"] = round(best[name][0] * 1000 / frames, 3)
+                    results[f"{name}_cpu_ms_{key}"] = round(best[name][1] * 1000 / frames, 3)
+                results[f"speedup_{key}"] = round(best["reference"][0] / best["current"][0], 3)
+                results[f"cpu_speedup_{key}"] = round(best["reference"][1] / best["current"][1], 3)
+        sys.path.remove(directory)
+    return results
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reference", default=REFERENCE_REVISION, help="git revision to compare with, or 'none'")
+    args = parser.parse_args()
     model, source = benchmark_model()
     print(f"mesh: {source}, {model.num_vertices} vertices, {model.num_triangles} triangles")
     threads = torch.get_num_threads()
@@ -161,6 +261,15 @@ def main() -> None:
         batching_speedup_256=round(speedup, 3),
         warp_to_render_256=round(warp_ratio, 3),
     )
+    if args.reference != "none":
+        reference = compare_with_reference(model, args.reference)
+        print(f"against {args.reference} (fastest of {REFERENCE_REPEATS} alternating runs, ms per frame):")
+        for key, value in reference.items():
+            if key.startswith(("speedup", "reference_ms", "ms_")) or key.startswith("current_ms"):
+                print(f"  {key:>28}: {value}")
+        summary.update(reference)
+        summary["nproc"] = os.cpu_count()
+        summary["load_average_after"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     if cuda:
         name = torch.cuda.get_device_name()
         print(f"cuda, {name} (ms per frame):")

@@ -41,14 +41,8 @@ import torch
 from pipelines.generator.checkpoint import load_tgdm
 from pipelines.generator.config import DEFAULT_COEFFICIENT_DIM, TGDMConfig
 from pipelines.generator.distilled import DISTILLED_SCHEDULER, Distillation
-from pipelines.generator.sampler import (
-    GeneratorInputs,
-    SamplerSettings,
-    TGDMSampler,
-    to_channels_first,
-    to_model_images,
-    warp_condition,
-)
+from pipelines.generator.inputs import GeneratorInputs, to_channels_first, to_model_images, warp_condition
+from pipelines.generator.sampler import SamplerSettings, TGDMSampler
 from pipelines.generator.tgdm import TGDMDenoiser
 from pipelines.generator.vae import DiffusersVAECodec, build_autoencoder, vae_config
 

@@ -25,8 +25,8 @@ from bench.real_faces import dlib_analyzer_or_skip, save_png
 from pipelines.face.alignment import FIT_CROP_SIZE, face_mask, paste_back
 from pipelines.face.faces import analyze_frames
 from pipelines.face.fit import fit_faces
+from pipelines.morphable.camera import PerspectiveCamera
 from pipelines.morphable.demo_model import demo_face_model
-from pipelines.render.camera import PerspectiveCamera
 from pipelines.render.mouth import lips_apart
 from pipelines.render.renderer import FaceRenderer
 from pipelines.render.texture_transfer import TextureTransfer

@@ -14,7 +14,7 @@ from .morphable import Load3DMM
 from .motion import MOTION_NODES
 from .pose import POSE_NODES
 from .render import Render3DMMTarget, RenderTexturedTarget
-from .swap import FaceSwap
+from .swap import FaceSwap, FaceSwapEveryFace
 
 host.register_model_folders()
 face_preview.register_routes()
@@ -36,6 +36,7 @@ NODE_CLASSES = (
     TGDMSampler,
     *DUBBING_NODES,
     FaceSwap,
+    FaceSwapEveryFace,
 )
 NODE_CLASS_MAPPINGS = {f"TalkingFace{cls.__name__}": cls for cls in NODE_CLASSES}
 NODE_DISPLAY_NAME_MAPPINGS = {f"TalkingFace{cls.__name__}": cls.DISPLAY_NAME for cls in NODE_CLASSES}

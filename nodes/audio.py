@@ -29,26 +29,11 @@ from ..pipelines.morphable.coefficients import FaceCoefficients
 from ..pipelines.morphable.model import MorphableModel
 from . import host
 from .base import InputFileNode, TalkingFaceNode
-from .render import Render3DMMTarget
+from .render import render_coefficients
 
 CATEGORY = "TalkingFace/audio"
 MODEL_FOLDER = "talkingface"
 logger = logging.getLogger(__name__)
-
-
-def frame_progress(total: int):
-    """A callback taking the number of frames done so far: advances the progress bar and stops
-    between batches when the user cancels."""
-    progress = host.Progress(total)
-    done = 0
-
-    def advance(frames_done: int) -> None:
-        nonlocal done
-        host.throw_if_interrupted()
-        progress.advance(frames_done - done)
-        done = frames_done
-
-    return advance
 
 
 def speech_and_sound(node: TalkingFaceNode, audio: dict, frames: int, fps: float, length_policy: str) -> tuple[Audio, dict, int, bool]:
@@ -252,7 +237,7 @@ class AudioToLandmarks(TalkingFaceNode):
         if silent:
             return (resting_landmarks(face_model, fps, base), sound, frames, float(fps))
         device = host.torch_device()
-        on_batch = frame_progress(frames)
+        on_batch = host.Progress(frames).report
         try:
             motion_model.to(device)
             landmarks = audio_to_landmarks(
@@ -293,7 +278,7 @@ class LandmarksToExpression(TalkingFaceNode):
         try:
             face_model.to(host.torch_device())
             coefficients, error = landmarks_to_expression(
-                face_model, landmarks, smoothing, on_chunk=frame_progress(landmarks.frames)
+                face_model, landmarks, smoothing, on_chunk=host.Progress(landmarks.frames).report
             )
         finally:
             face_model.to(host.offload_device())
@@ -324,10 +309,7 @@ class RenderTalkingPreview(TalkingFaceNode):
 
     def run(self, face_model: MorphableModel, coefficients: FaceCoefficients, audio: dict, resolution: int,
             batch_size: int) -> tuple[torch.Tensor, dict]:
-        images = Render3DMMTarget().run(
-            face_model=face_model, coefficients=coefficients, resolution=resolution, batch_size=batch_size
-        )[0]
-        return (images, audio)
+        return (render_coefficients(self, face_model, coefficients, resolution, batch_size).image, audio)
 
 
 NODE_CLASSES = (LoadAudio, LoadAudioToMotionModel, AudioToLandmarks, LandmarksToExpression, RenderTalkingPreview)

@@ -148,14 +148,6 @@ class DubVideo(TalkingFaceNode):
                                  chunk_size=chunk_size)
         model = dubbing_model.model
         progress = host.Progress(1000)
-        done = 0
-
-        def on_step(step: int, total: int) -> None:
-            nonlocal done
-            position = step * 1000 // total
-            progress.advance(position - done)
-            done = position
-
         device = host.torch_device()
         # A VAE the pack loaded moves with the model; ComfyUI's own VAE object manages its device.
         movable = [model, motion_model, *([dubbing_model.vae] if isinstance(dubbing_model.vae, DiffusersVAECodec) else [])]
@@ -163,7 +155,7 @@ class DubVideo(TalkingFaceNode):
             part.to(device)
         try:
             result = dub_video(DubbingSampler(model, settings, dubbing_model.vae), motion_model, faces, audio, fps,
-                               options, on_step, host.throw_if_interrupted,
+                               options, lambda step, total: progress.report(step * 1000 // total), host.throw_if_interrupted,
                                on_chunk=lambda frame: progress.advance(0, preview=frame))
         finally:
             for part in movable:

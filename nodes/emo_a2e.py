@@ -24,7 +24,6 @@ from .audio import (
     MOTION_REFERENCE_INPUT,
     WINDOWS_PER_BATCH_INPUT,
     AudioModelLoader,
-    frame_progress,
     portrait_row,
     speech_and_sound,
     timing_and_motion_inputs,
@@ -144,7 +143,7 @@ class AudioToExpression(TalkingFaceNode):
                 expression = emotion_only_expression(emo_model, frames, fps, emotion, neutral, no_audio_motion, seed)
             else:
                 expression = predict_expression(emo_model, speech, fps, frames, emotion, neutral,
-                                                windows_per_batch=windows_per_batch, on_batch=frame_progress(frames))
+                                                windows_per_batch=windows_per_batch, on_batch=host.Progress(frames).report)
         finally:
             emo_model.to(host.offload_device())
         return (with_expression(face_model, base, expression.cpu()), sound, frames, float(fps))

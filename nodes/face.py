@@ -4,17 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ..pipelines.errors import ModelFileError, TalkingFaceError
-from ..pipelines.face.alignment import (
-    apply_transforms,
-    face_mask,
-    lower_face_mask,
-    match_colours,
-    paste_back,
-    warp_images,
-)
 from ..pipelines.face.analysis import FaceAnalyzer
 from ..pipelines.face.dlib_analysis import (
     CNN_DETECTOR,
@@ -27,6 +18,7 @@ from ..pipelines.face.dlib_analysis import (
 )
 from ..pipelines.face.faces import AnalyzedFaces, analyze_frames, reference_embedding
 from ..pipelines.face.fit import fit_faces
+from ..pipelines.face.paste import PASTE_REGIONS, paste_faces
 from ..pipelines.face.regressor import (
     REFINE_GROUPS,
     TEMPLATE_FILE,
@@ -37,7 +29,6 @@ from ..pipelines.face.regressor import (
 from ..pipelines.images import normalize_image_channels
 from ..pipelines.morphable.fitting import ALL_GROUPS, FitConfig
 from ..pipelines.morphable.model import MorphableModel
-from ..pipelines.video import frame_chunks
 from . import host
 from .base import TalkingFaceNode
 from .face_inputs import FACE_CATEGORY, AlignedFacesNode
@@ -248,13 +239,9 @@ class AnalyzeFaces(AlignedFacesNode):
         if reference_image is not None and selection == "most_similar":
             reference = reference_embedding(analyzer, reference_image)
         progress = host.Progress(images.shape[0])
-
-        def advance(frame: int) -> None:
-            host.throw_if_interrupted()
-            progress.advance()
-
         faces = analyze_frames(analyzer, images, selection, face_index, missing_faces, int(crop_size),
-                               crop_margin, smoothing, fps, on_frame=advance, reference=reference)
+                               crop_margin, smoothing, fps, on_frame=lambda frame: progress.report(frame + 1),
+                               reference=reference)
         return self.outputs(faces)
 
 
@@ -304,21 +291,18 @@ class Fit3DMM(TalkingFaceNode):
             temporal_smoothing: float, expression_prior: float, batch_size: int, regressor: FaceRegressor | None = None):
         config = FitConfig(expression_prior=expression_prior)
         progress = host.Progress(faces.frames * (2 if regressor is not None else 1))
-
-        def advance(frames: int) -> None:
-            host.throw_if_interrupted()
-            progress.advance(frames)
-
+        regressed = faces.frames if regressor is not None else 0
         device = host.torch_device()
         init, refine = None, ALL_GROUPS
         try:
             model = face_model.to(device)
             if regressor is not None:
                 regressor.network.to(device)
-                init = regress_coefficients(regressor, faces, model, batch_size=batch_size, on_chunk=advance)
+                init = regress_coefficients(regressor, faces, model, batch_size=batch_size, on_chunk=progress.report)
                 refine = regressor.refine_groups
             fit = fit_faces(model, faces, config, appearance=estimate_appearance, video_mode=video_mode,
-                            smoothing=temporal_smoothing, batch_size=batch_size, on_chunk=advance, init=init,
+                            smoothing=temporal_smoothing, batch_size=batch_size,
+                            on_chunk=lambda done: progress.report(regressed + done), init=init,
                             refine=refine)
         finally:
             face_model.to(host.offload_device())
@@ -345,7 +329,7 @@ class PasteBack(TalkingFaceNode):
                 "faces": ("TALK_FACES", {"tooltip": "From Analyze Faces (the frames to paste into)."}),
                 "generated": ("IMAGE", {"tooltip": "Generated crops, one per frame (or per output frame over a still portrait)."}),
                 "face_mask": ("MASK", {"tooltip": "The render mask at crop size (Render 3DMM Target's mask)."}),
-                "region": (["full_face", "lower_face"], {
+                "region": (list(PASTE_REGIONS), {
                     "default": "full_face", "tooltip": "Replace the whole face, or only below the nose (mouth and jaw, for dubbing)."}),
                 "erode": ("INT", {"default": 4, "min": 0, "max": 64, "tooltip": "Shrink the mask by this many px of the analysed crop so seams fall inside the face."}),
                 "blur": ("INT", {"default": 8, "min": 0, "max": 64, "tooltip": "Feather radius in px of the analysed crop (scaled with the generated crops' size)."}),
@@ -364,46 +348,10 @@ class PasteBack(TalkingFaceNode):
             face_mask = face_mask.unsqueeze(0)
         if face_mask.shape[0] not in (1, frames):
             raise self.fail(f"{face_mask.shape[0]} masks for {frames} generated crops; give one mask or one per crop")
-        size = generated.shape[1]
-        if generated.shape[2] != size:
-            raise self.fail(f"generated crops must be square, got {generated.shape[2]}×{size}")
-        if face_mask.shape[1:] != generated.shape[1:3]:
-            face_mask = F.interpolate(face_mask.unsqueeze(1).float(), size=(size, size), mode="bilinear",
-                                      align_corners=False).squeeze(1)
-        # Crops of another size than analysed (e.g. 512 from a 256 analysis) share the framing: scale the transforms.
-        scale = size / faces.crop_size
-        # erode and blur are pixels of the analysed crop, so a 64-px generator is feathered like a 256-px one
-        erode, blur = round(erode * scale), round(blur * scale)
-        outputs, masks = [], []
-        progress = host.Progress(frames)
-        for chunk in frame_chunks(frames, 16):
-            host.throw_if_interrupted()
-            index = torch.arange(chunk.start, chunk.stop) if faces.frames > 1 else torch.zeros(
-                chunk.stop - chunk.start, dtype=torch.long)
-            transforms = faces.crop_transforms[index] * scale
-            masks_chunk = face_mask[chunk] if face_mask.shape[0] > 1 else face_mask.expand(chunk.stop - chunk.start, -1, -1)
-            # Frames without a face under the 'pass_through' policy keep their original pixels exactly.
-            untouched = faces.untouched[index]
-            feathered = _feathered_mask(faces, index, transforms, masks_chunk, region, erode, blur, untouched)
-            crops = generated[chunk].float()
-            if colour_match:
-                originals = warp_images(faces.images[index], transforms, size)
-                crops = match_colours(crops, originals, feathered)
-            pasted, mask = paste_back(faces.images[index], crops, transforms, feathered)
-            pasted[untouched] = faces.images[index][untouched].to(pasted.dtype)
-            outputs.append(pasted)
-            masks.append(mask)
-            progress.advance(chunk.stop - chunk.start)
-        return torch.cat(outputs), torch.cat(masks)
-
-
-def _feathered_mask(faces: AnalyzedFaces, index: torch.Tensor, transforms: torch.Tensor, render_mask: torch.Tensor,
-                    region: str, erode: int, blur: int, untouched: torch.Tensor) -> torch.Tensor:
-    mask = render_mask.float() * (~untouched).float().view(-1, 1, 1)
-    if region == "lower_face" and not untouched.all():
-        landmarks = apply_transforms(transforms, faces.require_landmarks68()[index])
-        mask = lower_face_mask(mask, landmarks, feather=max(blur, 1))
-    return face_mask(mask, erode, blur)
+        if generated.shape[2] != generated.shape[1]:
+            raise self.fail(f"generated crops must be square, got {generated.shape[2]}×{generated.shape[1]}")
+        return paste_faces(faces, generated, face_mask, region, erode, blur, colour_match,
+                           on_frames=host.Progress(frames).report)
 
 
 class DrawFaceLandmarks(TalkingFaceNode):

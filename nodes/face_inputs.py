@@ -11,7 +11,29 @@ from .base import ROOT_CATEGORY, TalkingFaceNode
 FACE_CATEGORY = f"{ROOT_CATEGORY}/face"
 
 
-class AlignedFacesNode(TalkingFaceNode):
+class VideoRateInput:
+    """The frame-rate inputs of a node that reads a video: an fps widget and VideoHelperSuite's
+    optional video_info, whose loaded fps wins (mixed into a TalkingFaceNode)."""
+
+    @staticmethod
+    def video_info_input() -> dict:
+        return {"video_info": ("VHS_VIDEOINFO", {
+            "tooltip": "Optional: VideoHelperSuite's video_info from Load Video; its loaded fps replaces the fps widget."})}
+
+    @classmethod
+    def video_fps(cls, fps: float, video_info: dict | None) -> float:
+        """VideoHelperSuite's ``loaded_fps`` when its video_info is connected, else the widget."""
+        if video_info is None:
+            return float(fps)
+        value = video_info.get("loaded_fps", video_info.get("source_fps")) if isinstance(video_info, dict) else None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise cls.fail(
+                f"video_info has no usable frame rate (loaded_fps = {value!r}); connect VideoHelperSuite's video_info "
+                "output from Load Video, or disconnect it and set fps")
+        return float(value)
+
+
+class AlignedFacesNode(VideoRateInput, TalkingFaceNode):
     """Base of the nodes that choose one face per frame and align it (Analyze Faces, Faces from Pose
     Keypoints): same selection, no-face policy, crop and frame-rate inputs, same two outputs."""
 
@@ -50,23 +72,6 @@ class AlignedFacesNode(TalkingFaceNode):
                 "tooltip": "Frame rate of the video; carried with the faces, so Fit 3DMM smooths at the same rate. "
                            "A connected video_info overrides it."}),
         }
-
-    @staticmethod
-    def video_info_input() -> dict:
-        return {"video_info": ("VHS_VIDEOINFO", {
-            "tooltip": "Optional: VideoHelperSuite's video_info from Load Video; its loaded fps replaces the fps widget."})}
-
-    @classmethod
-    def video_fps(cls, fps: float, video_info: dict | None) -> float:
-        """VideoHelperSuite's ``loaded_fps`` when its video_info is connected, else the widget."""
-        if video_info is None:
-            return float(fps)
-        value = video_info.get("loaded_fps", video_info.get("source_fps")) if isinstance(video_info, dict) else None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise cls.fail(
-                f"video_info has no usable frame rate (loaded_fps = {value!r}); connect VideoHelperSuite's video_info "
-                "output from Load Video, or disconnect it and set fps")
-        return float(value)
 
     @staticmethod
     def outputs(faces: AnalyzedFaces) -> tuple[AnalyzedFaces, torch.Tensor]:

@@ -25,7 +25,7 @@ from ..pipelines.emotion.directions import emotion_vertex_offsets
 from ..pipelines.emotion.emotion import MEAD_EMOTIONS
 from ..pipelines.errors import TalkingFaceError
 from ..pipelines.face.motion import SLIDERS, slider_offsets
-from ..pipelines.render.camera import REFERENCE_DISTANCE, REFERENCE_FOCAL, REFERENCE_SIZE
+from ..pipelines.morphable.camera import REFERENCE_DISTANCE, REFERENCE_FOCAL, REFERENCE_SIZE
 from . import host
 from .emotion import DIRECTION_TABLE_FOLDER, FACE_MODEL_DIRECTIONS, directions_for_choice
 from .morphable import DEMO_MODEL_CHOICE, face_model_for_choice

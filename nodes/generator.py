@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from ..pipelines.errors import TalkingFaceError
+from ..pipelines.generator import inputs as generator_inputs
 from ..pipelines.generator import sampler as sampling
 from ..pipelines.generator.checkpoint import load_tgdm
 from ..pipelines.generator.tgdm import TGDMDenoiser
@@ -233,7 +234,7 @@ class TGDMSampler(TalkingFaceNode):
         frames = render.shape[0] if render.ndim == 4 else 0
         if coefficients.frames not in (1, frames):
             raise self.fail(f"{coefficients.frames} coefficient rows for {frames} renders: give one row per render")
-        flat = sampling.flat_coefficients(coefficients.repeat_to(frames))
+        flat = generator_inputs.flat_coefficients(coefficients.repeat_to(frames))
         if flat.shape[1] != config.coefficient_dim:
             raise self.fail(
                 f"the coefficients have {flat.shape[1]} values per frame but {generator.name} was trained on "
@@ -256,7 +257,7 @@ class TGDMSampler(TalkingFaceNode):
                     "warp the same target coefficients the renders were made from"
                 )
             warps = _warp_inputs(warped_source, warp_mask, size)
-        inputs = sampling.GeneratorInputs(
+        inputs = generator_inputs.GeneratorInputs(
             source=_resized(normalize_image_channels(source_image, "source_image")[0], size),
             renders=_resized(normalize_image_channels(render, "render")[0], size),
             coefficients=flat,

@@ -235,9 +235,11 @@ class Progress:
 
     def __init__(self, total: int) -> None:
         self.bar = comfy_utils.ProgressBar(total) if IN_COMFYUI else None
+        self.done = 0
 
     def advance(self, steps: int = 1, preview: torch.Tensor | None = None) -> None:
         """Move on by ``steps``; ``preview`` (one IMAGE frame ``[H, W, 3]`` in 0..1) is shown on the node."""
+        self.done += steps
         if self.bar is None:
             return
         if preview is None:
@@ -247,6 +249,12 @@ class Progress:
 
         pixels = (preview.detach().float().clamp(0, 1) * 255).round().byte().cpu().numpy()
         self.bar.update_absolute(self.bar.current + steps, None, ("JPEG", Image.fromarray(pixels), PREVIEW_SIZE))
+
+    def report(self, done: int, preview: torch.Tensor | None = None) -> None:
+        """The callback pipelines take (``on_frames``, ``on_chunk``, ``on_batch``): they say how much is
+        done so far; this stops there when the user pressed Cancel, else moves the bar to ``done``."""
+        throw_if_interrupted()
+        self.advance(done - self.done, preview)
 
 
 def next_free_path(directory: Path, prefix: str, suffix: str) -> Path:

@@ -7,14 +7,14 @@ import logging
 import torch
 
 from ..pipelines.images import normalize_image_channels
+from ..pipelines.morphable.camera import PerspectiveCamera
 from ..pipelines.morphable.coefficients import FaceCoefficients
 from ..pipelines.morphable.model import MorphableModel
-from ..pipelines.render.camera import PerspectiveCamera
+from ..pipelines.render.frames import RenderedFrames, render_frames
 from ..pipelines.render.mouth import lips_apart
-from ..pipelines.render.renderer import FaceRenderer, normals_to_image
+from ..pipelines.render.renderer import FaceRenderer
 from ..pipelines.render.texture_transfer import TextureTransfer
-from ..pipelines.render.textured_target import DRAWN_MOUTH, TexturedTarget, render_textured_target
-from ..pipelines.video import frame_chunks
+from ..pipelines.render.textured_target import DRAWN_MOUTH, render_textured_frames
 from . import host
 from .base import TalkingFaceNode
 
@@ -60,26 +60,23 @@ class Render3DMMTarget(TalkingFaceNode):
     def run(
         self, face_model: MorphableModel, coefficients: FaceCoefficients, resolution: int, batch_size: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        if coefficients.frames == 0:
-            raise self.fail("the coefficient sequence has no frames")
-        face_model.check_coefficients(coefficients)
-        device = host.torch_device()
-        renderer = FaceRenderer(face_model.to(device), PerspectiveCamera.deep3d(resolution))
-        progress = host.Progress(coefficients.frames)
-        outputs: dict[str, list[torch.Tensor]] = {"image": [], "mask": [], "normals": [], "surface": []}
-        try:
-            for chunk in frame_chunks(coefficients.frames, batch_size):
-                host.throw_if_interrupted()
-                with torch.inference_mode():
-                    maps = renderer.render(coefficients[chunk].to(device))
-                outputs["image"].append(maps.image.cpu())
-                outputs["mask"].append(maps.mask.cpu())
-                outputs["normals"].append(normals_to_image(maps.normals, maps.mask).cpu())
-                outputs["surface"].append(maps.surface.cpu())
-                progress.advance(chunk.stop - chunk.start)
-        finally:
-            face_model.to(host.offload_device())
-        return tuple(torch.cat(outputs[key]).float() for key in ("image", "mask", "normals", "surface"))
+        frames = render_coefficients(self, face_model, coefficients, resolution, batch_size)
+        return frames.image, frames.mask, frames.normals, frames.surface
+
+
+def render_coefficients(
+    node: TalkingFaceNode, face_model: MorphableModel, coefficients: FaceCoefficients, resolution: int, batch_size: int
+) -> RenderedFrames:
+    """What Render 3DMM Target and Render Talking Preview share: checks that fail in ``node``'s name,
+    then :func:`render_frames` on the host's device with progress and Cancel."""
+    if coefficients.frames == 0:
+        raise node.fail("the coefficient sequence has no frames")
+    face_model.check_coefficients(coefficients)
+    renderer = FaceRenderer(face_model.to(host.torch_device()), PerspectiveCamera.deep3d(resolution))
+    try:
+        return render_frames(renderer, coefficients, batch_size, on_frames=host.Progress(coefficients.frames).report)
+    finally:
+        face_model.to(host.offload_device())
 
 
 class RenderTexturedTarget(TalkingFaceNode):
@@ -178,21 +175,12 @@ class RenderTexturedTarget(TalkingFaceNode):
                 photo_mouth_open = bool(lips_apart(transfer.renderer.render(source_coefficients.to(device)).landmarks).any())
             mouth = "source photo" if photo_mouth_open else "drawn teeth"
         look = DRAWN_MOUTH if mouth == "drawn teeth" else None
-        progress = host.Progress(frames)
-        parts = []
         try:
-            shared = transfer.prepare_source(source_coefficients.to(device), source_image.to(device)) if sources == 1 else None
-            for chunk in frame_chunks(frames, batch_size):
-                host.throw_if_interrupted()
-                source = shared or transfer.prepare_source(source_coefficients[chunk].to(device), source_image[chunk].to(device))
-                driving = None if driving_image is None else transfer.prepare_source(
-                    driving_coefficients[chunk].to(device), driving_image[chunk].to(device))
-                part = render_textured_target(transfer, source, coefficients[chunk].to(device), relight, look, driving)
-                parts.append(TexturedTarget(*(value.cpu() for value in vars(part).values())))
-                progress.advance(chunk.stop - chunk.start)
+            result = render_textured_frames(transfer, source_coefficients, source_image, coefficients, relight, look,
+                                            batch_size, driving_image, driving_coefficients,
+                                            on_frames=host.Progress(frames).report)
         finally:
             face_model.to(host.offload_device())
-        result = TexturedTarget.concat(parts)
         unseen = (result.visible_fraction < MIN_VISIBLE_FRACTION).nonzero().flatten().tolist()
         if unseen:
             logger.warning(

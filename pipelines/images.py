@@ -1,6 +1,7 @@
 """Helpers for ComfyUI IMAGE batches shared by every stage."""
 from __future__ import annotations
 
+import kornia
 import torch
 import torch.nn.functional as F
 
@@ -44,3 +45,15 @@ def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
     moved = images.permute(0, 3, 1, 2).float()
     resized = F.interpolate(moved, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return resized.clamp(0, 1).permute(0, 2, 3, 1)
+
+
+def erode_masks(masks: torch.Tensor, radius: int) -> torch.Tensor:
+    """Channel-first masks ``[B, C, H, W]`` shrunk by ``radius`` px (a square window); the image's
+    border is not an edge (nothing erodes in from outside the image)."""
+    return kornia.morphology.erosion(masks, masks.new_ones(2 * radius + 1, 2 * radius + 1))
+
+
+def dilate_masks(masks: torch.Tensor, radius: int) -> torch.Tensor:
+    """Channel-first maps ``[B, C, H, W]`` grown by ``radius`` px: each pixel the largest value within
+    a square window (outside the image counts for nothing)."""
+    return kornia.morphology.dilation(masks, masks.new_ones(2 * radius + 1, 2 * radius + 1))

@@ -22,17 +22,18 @@ import torch
 from PIL import Image
 
 from pipelines.generator.checkpoint import load_tgdm
-from pipelines.generator.face_swap import swap_coefficients
-from pipelines.generator.sampler import SamplerSettings, flat_coefficients, generator_rows_to_coefficients
+from pipelines.generator.inputs import flat_coefficients
+from pipelines.generator.sampler import SamplerSettings
 from pipelines.generator.tgdm import TGDMDenoiser
 from pipelines.morphable.demo_model import demo_face_model
 from pipelines.morphable.model import MorphableModel
-from pipelines.render.camera import PerspectiveCamera
-from pipelines.render.renderer import FaceRenderer
-from pipelines.training.pair_warp import PairWarper
-from pipelines.training.swap_evaluation import evaluate_swap, sample_views, swap_pairs
-from pipelines.training.synthetic_faces import FaceViews, SyntheticFaceSettings, photograph, render_synthetic_views
-from pipelines.training.synthetic_landmarks import load_landmark_detector, save_landmark_detector, train_landmark_detector
+from pipelines.training.swap_evaluation import evaluate_swap, sample_views, swap_case, swap_pairs
+from pipelines.training.synthetic_faces import FaceViews, SyntheticFaceSettings, render_synthetic_views
+from pipelines.training.synthetic_landmarks import (
+    load_landmark_detector,
+    save_landmark_detector,
+    train_landmark_detector,
+)
 
 HELD_OUT_SEED = 10_000
 DETECTOR_FILE = "synthetic_landmark_detector.safetensors"
@@ -83,15 +84,10 @@ def write_panel(
     per_person = len(views) // (int(views.identities.max()) + 1)
     picked = torch.arange(0, len(views), per_person)[:rows]
     sources, targets = sources[picked], targets[picked]
-    size = views.photos.shape[1]
-    all_rows = generator_rows_to_coefficients(views.coefficients, face_model.dims)
-    swapped = swap_coefficients(all_rows[sources], all_rows[targets])
-    people = [views.people[int(i)] for i in views.identities[sources]]
-    truth, maps = photograph(FaceRenderer(face_model, PerspectiveCamera.deep3d(size)), swapped, people)
-    textured = PairWarper(face_model, size).textured(views.photos[sources], views.coefficients[sources],
-                                                     flat_coefficients(swapped))
-    swap = sample_views(model, settings, views, sources, flat_coefficients(swapped), maps.image, maps.surface, textured)
-    columns = [views.photos[sources], views.photos[targets], textured.image, swap, truth]
+    case = swap_case(views, face_model, sources, targets)
+    swap = sample_views(model, settings, views, sources, flat_coefficients(case.coefficients), case.maps.image,
+                        case.maps.surface, case.textured)
+    columns = [views.photos[sources], views.photos[targets], case.textured.image, swap, case.truth]
     grid = torch.cat([torch.cat(list(column), dim=0) for column in columns], dim=1)
     Image.fromarray((grid.clamp(0, 1) * 255).round().byte().numpy().astype(np.uint8)).resize(
         (grid.shape[1] * 3, grid.shape[0] * 3), Image.NEAREST).save(path)

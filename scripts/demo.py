@@ -22,12 +22,13 @@ from pathlib import Path
 import torch
 
 from pipelines.generator.checkpoint import load_tgdm
-from pipelines.generator.sampler import SCHEDULERS, GeneratorInputs, SamplerSettings, TGDMSampler, flat_coefficients
+from pipelines.generator.inputs import GeneratorInputs, flat_coefficients
+from pipelines.generator.sampler import SCHEDULERS, SamplerSettings, TGDMSampler
 from pipelines.images import resize_images
+from pipelines.morphable.camera import PerspectiveCamera
 from pipelines.morphable.coefficients import FaceCoefficients
 from pipelines.morphable.demo_model import demo_face_model
 from pipelines.morphable.model import MorphableModel
-from pipelines.render.camera import PerspectiveCamera
 from pipelines.render.renderer import FaceRenderer
 from pipelines.render.texture_transfer import TextureTransfer
 from pipelines.render.textured_target import render_textured_target

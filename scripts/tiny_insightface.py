@@ -34,9 +34,9 @@ from PIL import Image
 
 from pipelines.face.alignment import similarity_transforms, warp_images
 from pipelines.face.faces import FIVE_POINT_GROUPS, keypoints_from_landmarks68
+from pipelines.morphable.camera import PerspectiveCamera
 from pipelines.morphable.coefficients import FaceCoefficients
 from pipelines.morphable.demo_model import demo_face_model
-from pipelines.render.camera import PerspectiveCamera
 from pipelines.render.renderer import FaceRenderer
 
 PACK_NAME = "buffalo_l"

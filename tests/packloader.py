@@ -32,7 +32,7 @@ def load_pack() -> ModuleType:
 
 
 def pack_import(relative_name: str) -> ModuleType:
-    """A submodule of the pack, e.g. ``pack_import("pipelines.render.camera")``; pipeline modules
+    """A submodule of the pack, e.g. ``pack_import("pipelines.morphable.camera")``; pipeline modules
     import without the node layer, as they must."""
     _package()
     return importlib.import_module(f"{PACK_MODULE_NAME}.{relative_name}")

@@ -8,7 +8,7 @@ expression = pack_import("pipelines.audio.expression")
 landmarks = pack_import("pipelines.audio.landmarks")
 coefficients = pack_import("pipelines.morphable.coefficients")
 errors = pack_import("pipelines.errors")
-camera_module = pack_import("pipelines.render.camera")
+camera_module = pack_import("pipelines.morphable.camera")
 
 
 @pytest.fixture(scope="module")

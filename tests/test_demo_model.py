@@ -8,9 +8,12 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 demo = pack_import("pipelines.morphable.demo_model")
+demo_geometry = pack_import("pipelines.morphable.demo_model.geometry")
+demo_identity = pack_import("pipelines.morphable.demo_model.identity")
+demo_mesh = pack_import("pipelines.morphable.demo_model.mesh")
 model_module = pack_import("pipelines.morphable.model")
 coefficients = pack_import("pipelines.morphable.coefficients")
-camera_module = pack_import("pipelines.render.camera")
+camera_module = pack_import("pipelines.morphable.camera")
 errors = pack_import("pipelines.errors")
 
 BFM_VERTICES, BFM_TRIANGLES = 35709, 70789
@@ -113,7 +116,7 @@ def test_builds_are_deterministic_fresh_and_cached(arrays, model):
     other = demo.demo_face_model()
     assert other is not model and torch.equal(other.mean_shape, model.mean_shape)
     reseeded = demo.build_demo_face_arrays(seed=1)
-    named = len(demo.IDENTITY_SHAPES)
+    named = len(demo_identity.IDENTITY_SHAPES)
     assert np.array_equal(reseeded["idBase"][:, :named], arrays["idBase"][:, :named])
     assert not np.array_equal(reseeded["idBase"][:, named:], arrays["idBase"][:, named:])
     assert np.array_equal(reseeded["meanshape"], arrays["meanshape"]) and np.array_equal(reseeded["tri"], arrays["tri"])
@@ -126,7 +129,7 @@ def test_bad_resolutions_are_refused(resolution):
 
 
 # ---- mesh ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("resolution", [demo.MIN_RESOLUTION, 12, demo.DEFAULT_RESOLUTION])
+@pytest.mark.parametrize("resolution", [demo_mesh.MIN_RESOLUTION, 12, demo.DEFAULT_RESOLUTION])
 def test_head_and_eyeballs_are_closed_and_face_outwards(resolution):
     arrays = demo.build_demo_face_arrays(resolution=resolution)
     vertices, tri = arrays["meanshape"].reshape(-1, 3).astype(np.float64), arrays["tri"] - 1
@@ -137,7 +140,7 @@ def test_head_and_eyeballs_are_closed_and_face_outwards(resolution):
     assert len(eyes) == 2 and np.isin(labels[arrays["eyeballLeft"] - 1], list(eyes)).all()
     volumes = signed_volumes(vertices, tri, labels)
     assert (volumes > 0).all(), "counter-clockwise seen from outside"
-    eyeball_volume = 4.0 / 3.0 * np.pi * demo.EYEBALL_RADIUS**3
+    eyeball_volume = 4.0 / 3.0 * np.pi * demo_geometry.EYEBALL_RADIUS**3
     assert volumes[list(eyes)] == pytest.approx(eyeball_volume, rel=0.25), "a polygon sphere, coarse at low resolution"
     assert 2.0 < volumes.max() < 5.0, "a head-sized volume in cubic decimetres"
 

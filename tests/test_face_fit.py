@@ -6,7 +6,7 @@ from packloader import pack_import
 coefficients = pack_import("pipelines.morphable.coefficients")
 demo = pack_import("pipelines.morphable.demo_model")
 renderer_module = pack_import("pipelines.render.renderer")
-camera_module = pack_import("pipelines.render.camera")
+camera_module = pack_import("pipelines.morphable.camera")
 faces_module = pack_import("pipelines.face.faces")
 fit_module = pack_import("pipelines.face.fit")
 appearance = pack_import("pipelines.face.appearance")

@@ -16,7 +16,7 @@ alignment = pack_import("pipelines.face.alignment")
 coefficients = pack_import("pipelines.morphable.coefficients")
 demo = pack_import("pipelines.morphable.demo_model")
 renderer_module = pack_import("pipelines.render.renderer")
-camera_module = pack_import("pipelines.render.camera")
+camera_module = pack_import("pipelines.morphable.camera")
 errors = pack_import("pipelines.errors")
 
 

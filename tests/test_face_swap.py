@@ -10,7 +10,7 @@ from packloader import load_pack, pack_import
 synthetic = pack_import("pipelines.training.synthetic_faces")
 demo_model = pack_import("pipelines.morphable.demo_model")
 renderer_module = pack_import("pipelines.render.renderer")
-camera_module = pack_import("pipelines.render.camera")
+camera_module = pack_import("pipelines.morphable.camera")
 coefficients_module = pack_import("pipelines.morphable.coefficients")
 faces_module = pack_import("pipelines.face.faces")
 face_swap = pack_import("pipelines.generator.face_swap")
@@ -260,3 +260,99 @@ def test_face_swap_node_swaps_without_weights_and_names_itself_in_errors(scene, 
         node.execute(**_node_inputs(scene, source_coefficients=coefficients_module.FaceCoefficients.neutral(2, dims)))
     with pytest.raises(errors.TalkingFaceError, match="^Face Swap: 1 source_coefficients rows for 2"):
         node.execute(**_node_inputs(scene, source_coefficients=scene["sources"][0:1]))
+
+
+def test_every_track_puts_each_face_in_exactly_one_track():
+    a, b, c = [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]
+    frames = [[_detected(0.0, a), _detected(100.0, b)], [_detected(102.0, b), _detected(2.0, a)], [_detected(4.0, a)],
+              [_detected(200.0, c), _detected(6.0, a)]]
+    tracks = selection.every_track(frames)
+    where = [[None if face is None else float(face.box[0]) for face in track] for track in tracks]
+    assert where == [[0.0, 2.0, 4.0, 6.0], [100.0, 102.0, None, None], [None, None, None, 200.0]]
+    assert selection.every_track([[], []]) == []
+
+
+class ToldFaces:
+    """An analyzer for the tests: in each successive frame it finds the faces whose 68 landmarks it was given."""
+
+    def __init__(self, per_frame_landmarks: list[list[torch.Tensor]]):
+        self.per_frame = per_frame_landmarks
+        self.calls = 0
+
+    def detect(self, image):
+        landmarks = self.per_frame[self.calls]
+        self.calls += 1
+        faces = []
+        for points in landmarks:
+            keypoints = faces_module.keypoints_from_landmarks68(points[None])[0]
+            box = torch.cat([points.amin(0), points.amax(0)])
+            faces.append(analysis.DetectedFace(box=box.numpy(), score=0.9, keypoints=keypoints.numpy(),
+                                               landmarks68=points.numpy()))
+        return faces
+
+
+GROUP_WIDTH = 176
+PLACES = (8, 100)  # x of each person's 64-px photo in the group frame
+
+
+@pytest.fixture(scope="module")
+def group(scene):
+    """The target person twice side by side in five frames, the right one absent from frame 2, and the truth."""
+    renderer = renderer_module.FaceRenderer(scene["model"], camera_module.PerspectiveCamera.deep3d(SIZE))
+    landmarks = renderer.render(scene["targets"]).landmarks
+    photos = scene["target_frames"][:, OFFSET[1]: OFFSET[1] + SIZE, OFFSET[0]: OFFSET[0] + SIZE]
+    truth = scene["truth"][:, OFFSET[1]: OFFSET[1] + SIZE, OFFSET[0]: OFFSET[0] + SIZE]
+    frames = torch.full((5, FRAME[0], GROUP_WIDTH, 3), 0.3)
+    truths = frames.clone()
+    told = []
+    y = OFFSET[1]
+    for t in range(5):
+        people = []
+        for k, x in enumerate(PLACES):
+            if k == 1 and t == 2:
+                continue
+            frames[t, y: y + SIZE, x: x + SIZE] = photos[t]
+            truths[t, y: y + SIZE, x: x + SIZE] = truth[t]
+            people.append(landmarks[t] + torch.tensor([x, y], dtype=torch.float32))
+        told.append(people)
+    return frames, truths, told
+
+
+def _place_error(images, truth, x, t=slice(None)):
+    y = OFFSET[1]
+    return float((images[t, y: y + SIZE, x: x + SIZE] - truth[t, y: y + SIZE, x: x + SIZE]).abs().mean())
+
+
+def test_every_face_is_swapped_and_an_absent_person_leaves_their_place_alone(scene, group):
+    frames, truths, told = group
+    detector = ToldFaces(told)
+    tracks = selection.every_track([detector.detect(None) for _ in range(5)])
+    assert [[face is not None for face in track] for track in tracks] == [[True] * 5, [True, True, False, True, True]]
+    source = face_swap.swap_source(scene["source_faces"], scene["sources"], SIZE)
+    settings = face_swap.SwapSettings(resolution=SIZE, erode=2, blur=2, chunk_size=3)
+    result = face_swap.swap_every_face(scene["model"], source, frames, tracks, settings, fps=25.0)
+    assert result.swapped.all() and result.images.shape == frames.shape
+    for x in PLACES:
+        assert _place_error(result.images, truths, x) < 0.75 * _place_error(frames, truths, x), x
+        assert result.masks[:, OFFSET[1]: OFFSET[1] + SIZE, x: x + SIZE].sum() > 0
+    right = slice(PLACES[1], PLACES[1] + SIZE)
+    assert torch.equal(result.images[2, :, right], frames[2, :, right]), "the absent person's place is untouched"
+    assert result.masks[2, :, right].sum() == 0
+
+
+def test_face_swap_every_face_node_finds_everyone_and_passes_faceless_frames(scene, group, caplog):
+    frames, truths, told = group
+    node = load_pack().NODE_CLASS_MAPPINGS["TalkingFaceFaceSwapEveryFace"]()
+    inputs = _node_inputs(scene)
+    for name in ("target_faces", "target_coefficients"):
+        del inputs[name]
+    images, mask = node.execute(**inputs, analyzer=ToldFaces(told), images=frames, fps=25.0, temporal_smoothing=0.5)
+    for x in PLACES:
+        assert _place_error(images, truths, x) < 0.75 * _place_error(frames, truths, x)
+    empty = torch.full((2, FRAME[0], GROUP_WIDTH, 3), 0.3)
+    images, mask = node.execute(**inputs, analyzer=ToldFaces([[], []]), images=empty, fps=25.0, temporal_smoothing=0.5)
+    assert torch.equal(images, empty) and mask.sum() == 0
+    assert "no face in any of the 2 target frames" in caplog.text
+    with pytest.raises(errors.TalkingFaceError, match="^Face Swap \\(Every Face\\): video_info has no usable frame rate"):
+        node.execute(**inputs, analyzer=ToldFaces(told), images=frames, fps=25.0, temporal_smoothing=0.5,
+                     video_info={"loaded_fps": 0})

@@ -10,7 +10,7 @@ load_pack()
 face_nodes = pack_import("nodes.face")
 coefficients = pack_import("pipelines.morphable.coefficients")
 demo = pack_import("pipelines.morphable.demo_model")
-camera_module = pack_import("pipelines.render.camera")
+camera_module = pack_import("pipelines.morphable.camera")
 faces_module = pack_import("pipelines.face.faces")
 smoothing = pack_import("pipelines.face.smoothing")
 MOTION_HZ = 1.5

@@ -13,8 +13,9 @@ import torch
 from packloader import pack_import
 
 fitting = pack_import("pipelines.morphable.fitting")
+banded_solve = pack_import("pipelines.morphable.fitting.banded_solve")
 demo_model = pack_import("pipelines.morphable.demo_model")
-camera_module = pack_import("pipelines.render.camera")
+camera_module = pack_import("pipelines.morphable.camera")
 model_module = pack_import("pipelines.morphable.model")
 coefficients_module = pack_import("pipelines.morphable.coefficients")
 errors = pack_import("pipelines.errors")
@@ -105,19 +106,19 @@ def test_jacobian_matches_autograd(model):
     fitter = fixed_vertex_fitter(model)
     faces = random_faces(model, 2, seed=1)
     params = torch.cat([faces["rotation"], faces["translation"], faces["identity"], faces["expression"]], 1)
-    rows = fitter._landmark_rows()
+    rows = fitter.projection.landmark_rows()
     weights = torch.rand(2, 68).sqrt()
     observed = faces["landmarks"] + 3.0
     everything = torch.arange(fitter.num_params)
-    _, jacobian = fitter._residuals(params, rows, observed, weights, everything)
+    _, jacobian = fitter.projection.residuals(params, rows, observed, weights, everything)
     for face in range(2):
         def residual(p, face=face):
-            return fitter._residuals(p[None], rows, observed[face : face + 1], weights[face : face + 1], None)[0][0]
+            return fitter.projection.residuals(p[None], rows, observed[face : face + 1], weights[face : face + 1], None)[0][0]
 
         expected = torch.autograd.functional.jacobian(residual, params[face])
         torch.testing.assert_close(jacobian[face], expected, atol=2e-3, rtol=1e-4)
-    subset = fitter._columns(["expression", "rotation"])
-    _, partial = fitter._residuals(params, rows, observed, weights, subset)
+    subset = fitter.layout.columns(["expression", "rotation"])
+    _, partial = fitter.projection.residuals(params, rows, observed, weights, subset)
     torch.testing.assert_close(partial, jacobian[..., subset])
 
 
@@ -139,7 +140,7 @@ def test_video_normal_equations_are_solved_exactly(frames, skip):
     def block(row, column):
         return matrix[row * n : (row + 1) * n, column * n : (column + 1) * n]
 
-    frame_step, identity_step = fitting._bordered_banded_solve(
+    frame_step, identity_step = banded_solve.bordered_banded_solve(
         torch.stack([block(t, t) for t in range(frames)]),
         torch.stack([block(t, t + 1) for t in range(frames - 1)]),
         torch.stack([block(t, t + 2) for t in range(frames - 2)]),

@@ -6,6 +6,7 @@ from packloader import pack_import
 config_module = pack_import("pipelines.generator.config")
 tgdm = pack_import("pipelines.generator.tgdm")
 sampling = pack_import("pipelines.generator.sampler")
+generator_inputs = pack_import("pipelines.generator.inputs")
 errors = pack_import("pipelines.errors")
 
 SIZE = 16
@@ -25,7 +26,7 @@ def model():
 def video(frames=5, seed=0, dim=None):
     generator = torch.Generator().manual_seed(seed)
     dim = dim or config_module.DEFAULT_COEFFICIENT_DIM
-    return sampling.GeneratorInputs(
+    return generator_inputs.GeneratorInputs(
         source=torch.rand(1, SIZE, SIZE, 3, generator=generator),
         renders=torch.rand(frames, SIZE, SIZE, 3, generator=generator),
         coefficients=torch.randn(frames, dim, generator=generator),

@@ -14,7 +14,7 @@ morphable_nodes = pack_import("nodes.morphable")
 coefficients = pack_import("pipelines.morphable.coefficients")
 demo = pack_import("pipelines.morphable.demo_model")
 renderer_module = pack_import("pipelines.render.renderer")
-camera_module = pack_import("pipelines.render.camera")
+camera_module = pack_import("pipelines.morphable.camera")
 SIZE = 256
 
 

@@ -7,7 +7,7 @@ import torch
 from packloader import pack_import
 
 rasterizer = pack_import("pipelines.render.rasterizer")
-camera_module = pack_import("pipelines.render.camera")
+camera_module = pack_import("pipelines.morphable.camera")
 rasterize = rasterizer.rasterize
 
 

@@ -9,7 +9,7 @@ from packloader import pack_import
 renderer_module = pack_import("pipelines.render.renderer")
 shading = pack_import("pipelines.render.shading")
 rasterizer = pack_import("pipelines.render.rasterizer")
-camera_module = pack_import("pipelines.render.camera")
+camera_module = pack_import("pipelines.morphable.camera")
 model_module = pack_import("pipelines.morphable.model")
 coefficients = pack_import("pipelines.morphable.coefficients")
 errors = pack_import("pipelines.errors")

@@ -11,6 +11,8 @@ config_module = pack_import("pipelines.generator.config")
 checkpoint = pack_import("pipelines.generator.checkpoint")
 sampling = pack_import("pipelines.generator.sampler")
 demo_model = pack_import("pipelines.morphable.demo_model")
+landmarks = pack_import("pipelines.training.synthetic_landmarks")
+tgdm = pack_import("pipelines.generator.tgdm")
 errors = pack_import("pipelines.errors")
 
 SETTINGS = synthetic.SyntheticFaceSettings(image_size=32, views_per_identity=3)
@@ -64,16 +66,80 @@ def test_swap_pairs_take_the_source_from_another_person(views):
     assert sorted(targets.tolist()) == list(range(len(views)))
 
 
+def test_a_swap_generator_starts_from_a_reenactment_base_with_a_silent_token():
+    torch.manual_seed(0)
+    base = tgdm.TGDMDenoiser(config_module.TGDMConfig(**TINY))
+    swap = tgdm.TGDMDenoiser(config_module.TGDMConfig(**TINY, identity_dim=synthetic.DESCRIPTOR_DIM))
+    training.start_from_base(swap, base)
+    swap_weights = swap.state_dict()
+    for name, value in base.state_dict().items():
+        assert torch.equal(swap_weights[name], value), name
+    tokens = [name for name in swap_weights if ".identity_token." in name]
+    assert tokens and all(not swap_weights[name].any() for name in tokens)
+
+    wider = tgdm.TGDMDenoiser(config_module.TGDMConfig(**{**TINY, "base_channels": 16}))
+    with pytest.raises(errors.TalkingFaceError, match="base_channels"):
+        training.start_from_base(wider, base)
+    narrow_base = tgdm.TGDMDenoiser(config_module.TGDMConfig(**TINY, identity_dim=16))
+    with pytest.raises(errors.TalkingFaceError, match="16 values"):
+        training.start_from_base(swap, narrow_base)
+
+
+def test_the_synthetic_landmark_detector_trains_saves_and_loads(tmp_path):
+    detector = landmarks.train_landmark_detector(FACE_MODEL, identities=2, steps=3, batch_size=4, image_size=32)
+    path = tmp_path / "detector.safetensors"
+    landmarks.save_landmark_detector(detector, path)
+    loaded = landmarks.load_landmark_detector(path)
+    images = torch.rand(2, 32, 32, 3)
+    assert loaded(images).shape == (2, 68, 2)
+    assert torch.equal(loaded(images), detector(images))
+    with pytest.raises(errors.ModelFileError, match="not a synthetic landmark detector"):
+        landmarks.load_landmark_detector(_tiny_tgdm_file(tmp_path))
+
+
+def _tiny_tgdm_file(folder):
+    path = folder / "tgdm.safetensors"
+    checkpoint.save_tgdm(tgdm.TGDMDenoiser(config_module.TGDMConfig(**TINY)), path)
+    return path
+
+
+class TrueLandmarks(torch.nn.Module):
+    """A perfect detector for the test: returns the landmarks of the given coefficients."""
+
+    def __init__(self, coefficients, size):
+        super().__init__()
+        camera = pack_import("pipelines.morphable.camera").PerspectiveCamera.deep3d(size)
+        self.points = camera.project(FACE_MODEL.posed_vertices(coefficients)[:, FACE_MODEL.landmark_ids])
+
+    def forward(self, images):
+        return self.points[: len(images)]
+
+
+def test_motion_error_is_near_zero_for_the_truth_and_grows_for_other_motion(views):
+    rows = pack_import("pipelines.generator.inputs").generator_rows_to_coefficients(views.coefficients, FACE_MODEL.dims)
+    exact = landmarks.motion_error(TrueLandmarks(rows, 32), FACE_MODEL, views.photos, rows)
+    assert float(exact.landmark_nme.max()) < 1e-4
+    assert float(exact.rotation_degrees.mean()) < 1.5, "the fit's own floor (expression priors trade against pose)"
+    other = rows[torch.roll(torch.arange(len(views)), 1)]
+    wrong = landmarks.motion_error(TrueLandmarks(other, 32), FACE_MODEL, views.photos, rows)
+    assert float(wrong.landmark_nme.mean()) > 0.05
+    assert float(wrong.rotation_degrees.mean()) > 3 * float(exact.rotation_degrees.mean())
+    assert float(wrong.expression.mean()) > float(exact.expression.mean())
+
+
 def test_swap_evaluation_scores_the_swap_and_the_baselines(views):
     torch.manual_seed(0)
-    model = pack_import("pipelines.generator.tgdm").TGDMDenoiser(
-        config_module.TGDMConfig(**TINY, identity_dim=synthetic.DESCRIPTOR_DIM)).eval()
-    results = swap_evaluation.evaluate_swap(model, views, FACE_MODEL, sampling.SamplerSettings(steps=2, batch_size=12, chunk_size=12))
+    model = tgdm.TGDMDenoiser(config_module.TGDMConfig(**TINY, identity_dim=synthetic.DESCRIPTOR_DIM)).eval()
+    detector = landmarks.train_landmark_detector(FACE_MODEL, identities=2, steps=2, batch_size=4, image_size=32)
+    results = swap_evaluation.evaluate_swap(
+        model, views, FACE_MODEL, sampling.SamplerSettings(steps=2, batch_size=12, chunk_size=12), detector=detector)
     names = ("swap", "target", "warped_source", "render")
-    assert set(results) == {f"{metric}_{name}" for metric in ("identity_top1", "texture_cosine") for name in names} | {
-        f"{metric}_{name}_face" for metric in ("psnr", "ssim") for name in names}
+    motion = ("landmark_nme", "rotation_error_deg", "expression_error")
+    assert set(results) == {f"{metric}_{name}" for metric in ("identity_top1", "albedo_top1", "texture_cosine")
+                            for name in names} | {f"{metric}_{name}_face" for metric in ("psnr", "ssim") for name in names} | {
+        f"{metric}_{name}" for metric in motion for name in (*names, "truth", "reenact")}
     # The warp carries the source person's skin: closer to the truth and retrieved as the source person.
     assert results["psnr_warped_source_face"] > results["psnr_target_face"] + 2
     assert results["identity_top1_warped_source"] > results["identity_top1_target"]
-    assert results["identity_top1_render"] == 1.0, "the render's albedo is the source person's texture"
+    assert results["albedo_top1_render"] == 1.0, "the render's albedo is the source person's texture"
     assert results["identity_top1_target"] < 0.5, "the unchanged target shows another person"

@@ -12,6 +12,7 @@ vae_module = pack_import("pipelines.generator.vae")
 config_module = pack_import("pipelines.generator.config")
 tgdm = pack_import("pipelines.generator.tgdm")
 sampling = pack_import("pipelines.generator.sampler")
+generator_inputs = pack_import("pipelines.generator.inputs")
 checkpoint = pack_import("pipelines.generator.checkpoint")
 training = pack_import("pipelines.training.tgdm")
 evaluation = pack_import("pipelines.training.tgdm_evaluation")
@@ -58,7 +59,7 @@ def latent_model(**changes):
 
 def video(frames=5, seed=0):
     generator = torch.Generator().manual_seed(seed)
-    return sampling.GeneratorInputs(
+    return generator_inputs.GeneratorInputs(
         source=torch.rand(1, PIXELS, PIXELS, 3, generator=generator),
         renders=torch.rand(frames, PIXELS, PIXELS, 3, generator=generator),
         coefficients=torch.randn(frames, config_module.DEFAULT_COEFFICIENT_DIM, generator=generator),

@@ -24,7 +24,7 @@ analysis = pack_import("pipelines.face.analysis")
 demo_model = pack_import("pipelines.morphable.demo_model")
 coefficients = pack_import("pipelines.morphable.coefficients")
 renderer_module = pack_import("pipelines.render.renderer")
-camera_module = pack_import("pipelines.render.camera")
+camera_module = pack_import("pipelines.morphable.camera")
 errors = pack_import("pipelines.errors")
 
 CROP = 64

@@ -24,9 +24,9 @@ from collections.abc import Callable
 import torch
 
 from ..errors import TalkingFaceError
+from ..morphable.camera import PerspectiveCamera
 from ..morphable.coefficients import FaceCoefficients
 from ..morphable.model import MorphableModel, rotation_matrices
-from ..render.camera import PerspectiveCamera
 from ..video import frame_chunks
 from .landmark_model import MOUTH_POINTS, NUM_POINTS
 from .landmarks import TalkingLandmarks

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import TalkingFaceError
+from ..morphable.camera import PerspectiveCamera
 from ..morphable.coefficients import FaceCoefficients
 from ..morphable.model import MorphableModel
-from ..render.camera import PerspectiveCamera
 from ..video import frame_chunks
 from .features import LogMel, mel_range_for_frames, mel_windows
 from .io import Audio, check_speech

@@ -5,8 +5,6 @@ transformer encoder), and the one-file checkpoint with its strict loader.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,12 +12,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoints import read_checkpoint_metadata, read_checkpoint_weights, save_checkpoint
+from ..checkpoints import (
+    CheckpointConfig,
+    WeightMismatch,
+    read_checkpoint_metadata,
+    read_checkpoint_weights,
+    save_checkpoint,
+)
 from ..errors import ModelFileError, TalkingFaceError
 
 
 @dataclass(frozen=True)
-class WindowTransformerConfig:
+class WindowTransformerConfig(CheckpointConfig):
     """The settings both models have, and the checks of a config: each of ``POSITIVE_FIELDS`` at
     least 1, ``width`` divisible by ``heads``, ``dropout`` in [0, 1), at least one stage of
     ``audio_channels``, plus a config's own :meth:`own_problems`; ``DESCRIPTION`` names the model
@@ -53,19 +57,6 @@ class WindowTransformerConfig:
             problems.append("audio_channels must name at least one stage")
         if problems:
             raise TalkingFaceError(f"invalid {self.DESCRIPTION} config (checkpoint or training options): " + "; ".join(problems))
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> Any:
-        values = json.loads(text)
-        unknown = set(values) - {field.name for field in dataclasses.fields(cls)}
-        if unknown:
-            raise ModelFileError(f"the checkpoint's {cls.DESCRIPTION} config has unknown settings {sorted(unknown)}: it was written by another version; train or convert it with this one")
-        if "audio_channels" in values:
-            values["audio_channels"] = tuple(values["audio_channels"])
-        return cls(**values)
 
 
 class MelWindowEncoder(nn.Module):
@@ -154,27 +145,14 @@ def load_window_transformer(
             f"{path.name} is not an {description} checkpoint (its metadata says '{found}', expected '{file_format}'); "
             f"pick a checkpoint written by {written_by}"
         )
-    if "config" not in metadata:
-        raise ModelFileError(f"{path.name} is not an {description} checkpoint: it has no config in its metadata")
-    try:
-        config = config_class.from_json(metadata["config"])
-    except (ValueError, TypeError) as error:
-        raise ModelFileError(f"{path.name} has an invalid {description} config: {error}") from error
-    model = model_class(config)
+    model = model_class(config_class.from_metadata(metadata, path.name))
     expected = model.state_dict()
     tensors = read_checkpoint_weights(path)
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    wrong = sorted(
-        f"{key} {tuple(tensors[key].shape)} (expected {tuple(expected[key].shape)})"
-        for key in set(expected) & set(tensors) if tensors[key].shape != expected[key].shape
-    )
-    if missing or unexpected or wrong:
-        parts = [f"{label} {_listed(keys)}" for label, keys in
-                 (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
+    mismatch = WeightMismatch.between(expected, tensors)
+    if mismatch:
         raise ModelFileError(
             f"{path.name} is not an {description} checkpoint matching its config: expected keys "
-            f"{_listed(sorted(expected))}; " + "; ".join(parts)
+            f"{_listed(sorted(expected))}; " + "; ".join(mismatch.labelled(_listed))
         )
     model.load_state_dict(tensors, strict=True)
     return model.eval()

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checkpoints import WeightMismatch
 from ..errors import ModelFileError, TalkingFaceError
 
 AUTO_MODEL_NAME = "auto"
@@ -229,22 +230,16 @@ def matching_model_names(tower_state: dict[str, torch.Tensor]) -> list[str]:
 
 
 def _check_shapes(tower_state: dict[str, torch.Tensor], model_cfg: dict[str, Any], model_name: str, file_name: str) -> None:
-    expected = _expected_shapes(model_cfg)
-    missing = sorted(set(expected) - set(tower_state))
-    unexpected = sorted(set(tower_state) - set(expected))
-    wrong = [
-        f"{key} {tuple(tower_state[key].shape)} (expected {shape})"
-        for key, shape in expected.items() if key in tower_state and tuple(tower_state[key].shape) != shape
-    ]
-    if not (missing or unexpected or wrong):
+    mismatch = WeightMismatch.between(_expected_shapes(model_cfg), tower_state)
+    if not mismatch:
         return
-    problems = []
-    if wrong:
-        problems.append("shape mismatch: " + ", ".join(wrong[:3]) + (" …" if len(wrong) > 3 else ""))
-    if missing:
-        problems.append(f"missing {missing[:3]}{' …' if len(missing) > 3 else ''}")
-    if unexpected:
-        problems.append(f"unexpected {unexpected[:3]}{' …' if len(unexpected) > 3 else ''}")
+
+    def listing(keys: list[str]) -> str:
+        return f"{keys[:3]}{' …' if len(keys) > 3 else ''}"
+
+    wrong = mismatch.shape_notes()
+    problems = ["shape mismatch: " + ", ".join(wrong[:3]) + (" …" if len(wrong) > 3 else "")] if wrong else []
+    problems += [f"{label} {listing(keys)}" for label, keys in (("missing", mismatch.missing), ("unexpected", mismatch.unexpected)) if keys]
     candidates = matching_model_names(tower_state)
     advice = f" Try model_name {', '.join(candidates[:6])}." if candidates else (
         f" No built-in open_clip model matches; put the model's open_clip config next to the weights as "

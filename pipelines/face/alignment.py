@@ -6,10 +6,15 @@ image at the inverse transform with ``grid_sample``, batched over frames.
 """
 from __future__ import annotations
 
+import kornia
 import torch
 import torch.nn.functional as F
 
 from ..errors import TalkingFaceError
+from ..images import erode_masks
+
+# kornia 0.8.3 moved it to kornia.geometry; ComfyUI installs may have an older kornia.
+create_meshgrid = getattr(kornia.geometry, "create_meshgrid", None) or kornia.utils.create_meshgrid
 
 FIT_CROP_SIZE = 224
 # Where the neutral, frontal 3DMM at the Deep3DFaceRecon camera (224 px) puts the eye centres, the nose
@@ -59,18 +64,18 @@ def apply_transforms(transforms: torch.Tensor, points: torch.Tensor) -> torch.Te
 def _sampling_grid(transforms: torch.Tensor, out_height: int, out_width: int, in_height: int, in_width: int) -> torch.Tensor:
     """grid_sample coordinates of the source pixels that output pixels come from; ``transforms`` map
     output pixels to source pixels."""
-    device, dtype = transforms.device, transforms.dtype
-    ys = torch.arange(out_height, device=device, dtype=dtype) + 0.5
-    xs = torch.arange(out_width, device=device, dtype=dtype) + 0.5
-    points = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).view(1, -1, 2)
-    source = apply_transforms(transforms, points.expand(transforms.shape[0], -1, -1))
-    scale = torch.tensor([2.0 / in_width, 2.0 / in_height], device=device, dtype=dtype)
+    centres = create_meshgrid(out_height, out_width, normalized_coordinates=False,
+                                           device=transforms.device, dtype=transforms.dtype) + 0.5
+    source = apply_transforms(transforms, centres.reshape(1, -1, 2).expand(transforms.shape[0], -1, -1))
+    scale = torch.tensor([2.0 / in_width, 2.0 / in_height], device=transforms.device, dtype=transforms.dtype)
     return (source * scale - 1.0).view(-1, out_height, out_width, 2)
 
 
 def warp_images(images: torch.Tensor, transforms: torch.Tensor, height: int, width: int | None = None) -> torch.Tensor:
     """Channel-last images ``[B, H, W, C]`` warped by frame→output ``transforms`` ``[B, 2, 3]`` into
-    ``[B, height, width, C]`` (bilinear, zero outside)."""
+    ``[B, height, width, C]`` (bilinear, zero outside). Not kornia's ``warp_affine``: it normalises the
+    matrix and inverts it in float32, which moves sampling points by ~1e-5 px, enough to leak a
+    trace of the pasted face into pixels that must stay exactly as they were."""
     width = width or height
     grid = _sampling_grid(invert_transforms(transforms.float()), height, width, images.shape[1], images.shape[2])
     warped = F.grid_sample(images.permute(0, 3, 1, 2).float(), grid.to(images.device), mode="bilinear",
@@ -83,14 +88,10 @@ def face_mask(render_mask: torch.Tensor, erode: int, blur: int) -> torch.Tensor:
     Gaussian of about ``blur`` px radius, so seams fall inside the face and fade out."""
     mask = render_mask.float().unsqueeze(1)
     if erode > 0:
-        mask = -F.max_pool2d(-mask, 2 * erode + 1, stride=1, padding=erode)
+        mask = erode_masks(mask, erode)
     if blur > 0:
-        sigma = blur / 2.0
-        taps = torch.arange(-blur, blur + 1, device=mask.device, dtype=mask.dtype)
-        kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
-        kernel = kernel / kernel.sum()
-        mask = F.conv2d(F.pad(mask, (blur, blur, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
-        mask = F.conv2d(F.pad(mask, (0, 0, blur, blur), mode="replicate"), kernel.view(1, 1, -1, 1))
+        mask = kornia.filters.gaussian_blur2d(mask, (2 * blur + 1, 2 * blur + 1), (blur / 2.0, blur / 2.0),
+                                              border_type="replicate")
     return mask.squeeze(1).clamp(0.0, 1.0)
 
 
@@ -103,7 +104,10 @@ def lower_face_mask(mask: torch.Tensor, landmarks: torch.Tensor, feather: int) -
 
 
 def match_colours(crops: torch.Tensor, references: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Shift and scale each channel of ``crops`` so its masked mean and spread match ``references``."""
+    """Shift and scale each channel of ``crops`` so its masked mean and spread match ``references``.
+    In RGB rather than Lab: on the astronaut photo pasted onto itself under four colour shifts, Lab
+    statistics (kornia.color.rgb_to_lab) recovered the face no better (in-face PSNR 29.5/31.0/26.1/27.7 dB
+    against 42.0/30.8/27.4/26.9) and looked paler, with darkened hair at the mask's edge."""
     weight = mask.unsqueeze(-1).clamp_min(0)
     total = weight.sum((1, 2), keepdim=True).clamp_min(1e-6)
 

@@ -9,12 +9,12 @@ normal equations): lighting per frame (9 × 9 per channel), texture for all fram
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import TalkingFaceError
+from ..images import erode_masks
+from ..morphable.camera import PerspectiveCamera
 from ..morphable.coefficients import FaceCoefficients
 from ..morphable.model import AMBIENT_LIGHT, MorphableModel
-from ..render.camera import PerspectiveCamera
 from ..render.rasterizer import rasterize_covered
 from ..render.shading import NUM_SH_BANDS, sh_terms
 
@@ -44,7 +44,7 @@ class _Pixels:
         # Pixels at the silhouette mix face and background; drop a rim of ``erode`` px.
         mask = covered.scatter(torch.ones_like(covered.depth)).unsqueeze(1)
         if erode > 0:
-            mask = -F.max_pool2d(-mask, 2 * erode + 1, stride=1, padding=erode)
+            mask = erode_masks(mask, erode)
         observed = crops.reshape(-1, 3).index_select(0, covered.pixels).T.to(normals)  # [3, P]
         # Crops reaching outside the frame are black there: those pixels say nothing about the face.
         keep = (mask.view(-1).index_select(0, covered.pixels) > 0.5) & (observed.sum(0) > 1e-4)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -172,6 +172,17 @@ def analyze_frames(
     ``reference`` is the unit ArcFace embedding the ``most_similar`` order compares with
     (:func:`reference_embedding`). The rest is :func:`faces_from_detections`."""
     check_missing_policy(missing)
+    images, per_frame, notes = detect_frames(analyzer, images, on_frame)
+    return faces_from_detections(images, per_frame, order, face_index, missing, crop_size, crop_margin, smoothing,
+                                 fps, notes=notes, no_face_hint=getattr(analyzer, "no_face_hint", None),
+                                 reference=reference)
+
+
+def detect_frames(
+    analyzer: FaceAnalyzer, images: torch.Tensor, on_frame: Callable[[int], None] | None = None,
+) -> tuple[torch.Tensor, list[list[DetectedFace]], list[str]]:
+    """Every face of every frame: the frames as RGB in 0..1 (gray and RGBA converted), the faces found
+    in each, and a note when the frames were converted."""
     if images.ndim not in (3, 4) or images.shape[0] == 0:
         raise TalkingFaceError(f"images must be a non-empty IMAGE batch, got shape {tuple(images.shape)}")
     images, note = normalize_image_channels(images)
@@ -181,9 +192,7 @@ def analyze_frames(
         per_frame.append(analyzer.detect(images_to_uint8(images[t])))
         if on_frame is not None:
             on_frame(t)
-    return faces_from_detections(images, per_frame, order, face_index, missing, crop_size, crop_margin, smoothing,
-                                 fps, notes=[note] if note else [], no_face_hint=getattr(analyzer, "no_face_hint", None),
-                                 reference=reference)
+    return images, per_frame, [note] if note else []
 
 
 def check_missing_policy(missing: str) -> None:
@@ -235,6 +244,28 @@ def faces_from_detections(
         track = [select_face(per_frame[0], order, face_index, "the image", reference)]
     else:
         track = track_face(per_frame, order, face_index, reference)
+    return faces_from_track(images, track, missing, crop_size, crop_margin, smoothing, fps, notes)
+
+
+def faces_from_track(
+    images: torch.Tensor,
+    track: Sequence[DetectedFace | None],
+    missing: str = "interpolate",
+    crop_size: int = 256,
+    crop_margin: float = 0.0,
+    smoothing: float = 0.0,
+    fps: float = DEFAULT_FPS,
+    notes: list[str] | None = None,
+) -> AnalyzedFaces:
+    """Align one chosen face per frame (``track``, None where that face is absent) as
+    :func:`faces_from_detections` describes."""
+    check_missing_policy(missing)
+    if fps <= 0:
+        raise TalkingFaceError(f"fps must be positive, got {fps}")
+    if all(face is None for face in track):
+        raise ValueError("the track holds no face")
+    notes = list(notes or [])
+    frames = images.shape[0]
     present = np.array([face is not None for face in track])
     missing_frames = [t for t in range(frames) if not present[t]]
     if missing_frames:

@@ -7,10 +7,10 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..errors import TalkingFaceError
+from ..morphable.camera import PerspectiveCamera
 from ..morphable.coefficients import FaceCoefficients
 from ..morphable.fitting import ALL_GROUPS, FitConfig, FitResult, LandmarkFitter
 from ..morphable.model import MorphableModel
-from ..render.camera import PerspectiveCamera
 from ..video import frame_chunks
 from .alignment import FIT_CROP_SIZE, warp_images
 from .appearance import estimate_appearance
@@ -66,7 +66,8 @@ def fit_faces(
     frames: one person, one shape.
 
     ``fps`` defaults to the frame rate the faces carry. Frames with no face anywhere (every frame passing
-    through) get the neutral face, or ``init``, unfitted: nothing downstream will show them."""
+    through) get the neutral face, or ``init``, unfitted: nothing downstream will show them.
+    ``on_chunk(frames_done)`` runs after every appearance batch."""
     if video_mode not in VIDEO_MODES:
         raise TalkingFaceError(f"video_mode must be one of {VIDEO_MODES}, got '{video_mode}'")
     fps = faces.fps if fps is None else fps
@@ -180,7 +181,7 @@ def _from_crops(
         if gaze:
             gazes.append(estimate_gaze(chunk_crops, landmarks[chunk]))
         if on_chunk is not None:
-            on_chunk(chunk.stop - chunk.start)
+            on_chunk(chunk.stop)
     updates = {}
     if appearance:
         updates["texture"] = texture.view(1, -1).expand(faces.frames, -1).contiguous()

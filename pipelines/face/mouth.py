@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import TalkingFaceError
+from ..images import dilate_masks
 from .alignment import face_mask
 
 NOSE_TIP = 30
@@ -67,5 +68,5 @@ def mouth_paste_mask(
     region = region.to(template_landmarks.dtype)
     if feather > 0:
         grow = max(feather // 2, 1)
-        region = torch.nn.functional.max_pool2d(region.unsqueeze(1), 2 * grow + 1, stride=1, padding=grow).squeeze(1)
+        region = dilate_masks(region.unsqueeze(1), grow).squeeze(1)
     return face_mask(region, erode=0, blur=feather)

@@ -26,10 +26,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..checkpoints import WeightMismatch
 from ..errors import ModelFileError, TalkingFaceError
+from ..morphable.camera import PerspectiveCamera
 from ..morphable.coefficients import BFM_DIMS, FaceCoefficients
 from ..morphable.model import MorphableModel
-from ..render.camera import PerspectiveCamera
 from ..video import frame_chunks
 from .alignment import FIT_CROP_SIZE, invert_transforms, warp_images
 from .faces import AnalyzedFaces
@@ -182,29 +183,18 @@ def _recognise(keys: set[str]) -> str | None:
 
 def check_state_dict(state: dict[str, torch.Tensor], expected: dict[str, torch.Size], name: str) -> None:
     """Raise one error naming what is missing, unexpected or of the wrong shape (and what the file looks like)."""
-    keys = set(state)
-    missing = sorted(set(expected) - keys)
-    unexpected = sorted(keys - set(expected))
-    wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(expected[k])})"
-             for k in sorted(keys & set(expected)) if state[k].shape != expected[k]]
-    if not (missing or unexpected or wrong):
+    mismatch = WeightMismatch.between(expected, state)
+    if not mismatch:
         return
 
     def listing(items: list[str]) -> str:
         return ", ".join(items[:6]) + (f" … ({len(items)} in all)" if len(items) > 6 else "")
 
-    problems = []
-    if missing:
-        problems.append(f"missing {listing(missing)}")
-    if unexpected:
-        problems.append(f"unexpected {listing(unexpected)}")
-    if wrong:
-        problems.append(f"wrong shape {listing(wrong)}")
-    guess = _recognise(keys)
+    guess = _recognise(set(state))
     looks = f"; this looks like {guess}" if guess else ""
     raise ModelFileError(
         f"{name} is not Deep3DFaceRecon's R-Net (epoch_20.pth, a ResNet-50 with 7 coefficient heads): "
-        + "; ".join(problems) + looks
+        + "; ".join(mismatch.labelled(listing)) + looks
     )
 
 
@@ -354,7 +344,8 @@ def regress_coefficients(
     batch_size: int = 16,
     on_chunk: Callable[[int], None] | None = None,
 ) -> FaceCoefficients:
-    """The network's coefficients for every analysed frame, in the pack's fitting crop (``faces.fit_transforms``)."""
+    """The network's coefficients for every analysed frame, in the pack's fitting crop (``faces.fit_transforms``);
+    ``on_chunk(frames_done)`` runs after every batch."""
     if model.dims != BFM_DIMS:
         raise TalkingFaceError(
             f"the face regressor predicts BFM09 coefficients ({BFM_DIMS}) but {model.name} has {model.dims}; "
@@ -370,7 +361,7 @@ def regress_coefficients(
         crops = warp_images(faces.images[chunk].to(device), deep3d[chunk].to(device), FIT_CROP_SIZE)
         parts.append(network(crops.permute(0, 3, 1, 2).clamp(0.0, 1.0)).float())
         if on_chunk is not None:
-            on_chunk(chunk.stop - chunk.start)
+            on_chunk(chunk.stop)
     coeffs = FaceCoefficients.from_flat(torch.cat(parts).to(model.mean_shape.device))
     to_fit_crop = faces.fit_transforms.to(deep3d) @ torch.cat(
         [invert_transforms(deep3d), torch.tensor([0.0, 0.0, 1.0]).expand(faces.frames, 1, 3)], dim=1)

@@ -129,3 +129,39 @@ def track_face(
             if best.embedding is not None and len(embeddings) < 32:
                 embeddings.append(best.embedding)
     return track
+
+
+def every_track(per_frame: Sequence[Sequence[DetectedFace]]) -> list[list[DetectedFace | None]]:
+    """Every person of a video as a track, each face of each frame in exactly one track: a face joins
+    the track it best continues (box overlap with the track's last face and ArcFace similarity to the
+    track's person, at least ``TRACK_MIN_MATCH``), and starts a new track when it continues none."""
+    tracks: list[list[DetectedFace | None]] = []
+    last: list[DetectedFace] = []
+    identities: list[list[np.ndarray]] = []
+    for t, faces in enumerate(per_frame):
+        scored = []
+        for k, previous in enumerate(last):
+            person = np.mean(identities[k], axis=0) if identities[k] else None
+            if person is not None:
+                person = person / max(np.linalg.norm(person), 1e-8)
+            scored += [(match_score(previous, face, person), k, i) for i, face in enumerate(faces)]
+        taken_tracks: set[int] = set()
+        placed: set[int] = set()
+        for score, k, i in sorted(scored, key=lambda entry: -entry[0]):
+            if score < TRACK_MIN_MATCH or k in taken_tracks or i in placed:
+                continue
+            taken_tracks.add(k)
+            placed.add(i)
+            tracks[k][t] = last[k] = faces[i]
+        for i, face in enumerate(faces):
+            if i in placed:
+                continue
+            tracks.append([None] * len(per_frame))
+            tracks[-1][t] = face
+            last.append(face)
+            identities.append([])
+        for k in range(len(tracks)):
+            face = tracks[k][t]
+            if face is not None and face.embedding is not None and len(identities[k]) < 32:
+                identities[k].append(face.embedding)
+    return tracks

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints import read_checkpoint_metadata, read_checkpoint_weights, save_checkpoint
-from ..errors import ModelFileError, TalkingFaceError
+from ..checkpoints import load_weights_strictly, read_checkpoint_metadata, read_checkpoint_weights, save_checkpoint
+from ..errors import ModelFileError
 from .config import TGDMConfig
 from .distilled import Distillation
 from .tgdm import TGDMDenoiser
@@ -49,30 +49,7 @@ def load_tgdm(path: str | Path, device: torch.device | str = "cpu") -> TGDMDenoi
         )
     if metadata.get("version") != FILE_VERSION:
         raise ModelFileError(f"{path.name} is TGDM checkpoint version {metadata.get('version')!r}; this pack reads {FILE_VERSION!r}")
-    if "config" not in metadata:
-        raise ModelFileError(f"{path.name} has no 'config' in its metadata; re-save it with save_tgdm")
-    try:
-        config = TGDMConfig.from_json(metadata["config"])
-    except TypeError as error:
-        raise ModelFileError(f"{path.name} has an unusable TGDM config: {error}") from error
-    except TalkingFaceError as error:
-        raise ModelFileError(f"{path.name}: {error}") from error
-    model = TGDMDenoiser(config)
+    model = TGDMDenoiser(TGDMConfig.from_metadata(metadata, path.name))
     model.distillation = Distillation.from_metadata(metadata, path.name)
-    expected = model.state_dict()
-    weights = read_checkpoint_weights(path)
-    stored = set(weights)
-    missing = sorted(set(expected) - stored)
-    unexpected = sorted(stored - set(expected))
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)} weights, e.g. {missing[:3]}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} weights the config does not use, e.g. {unexpected[:3]}")
-    for name in sorted(stored & set(expected)):
-        if weights[name].shape != expected[name].shape:
-            problems.append(f"'{name}' is {tuple(weights[name].shape)}, the config needs {tuple(expected[name].shape)}")
-    if problems:
-        raise ModelFileError(f"{path.name} does not match its own TGDM config: " + "; ".join(problems[:4]))
-    model.load_state_dict(weights, strict=True)
+    load_weights_strictly(model, read_checkpoint_weights(path), path.name, "TGDM")
     return model.to(device).eval()

@@ -1,10 +1,9 @@
 """The configuration of a TGDM denoiser; it travels as JSON in the checkpoint's metadata."""
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass
 
+from ..checkpoints import CheckpointConfig
 from ..errors import ModelFileError
 from ..morphable.coefficients import BFM_DIMS, FIXED_DIMS
 
@@ -12,13 +11,10 @@ from ..morphable.coefficients import BFM_DIMS, FIXED_DIMS
 DEFAULT_COEFFICIENT_DIM = BFM_DIMS.flat_size + FIXED_DIMS["gaze"]
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 SPACES = ("pixel", "latent")
-# Switches added after checkpoints were first written, with the value that older checkpoints (whose
-# config lacks the field) were trained with.
-LEGACY_DEFAULTS = {"warp_condition": False}
 
 
 @dataclass(frozen=True)
-class TGDMConfig:
+class TGDMConfig(CheckpointConfig):
     """Sizes and switches of :class:`~.tgdm.TGDMDenoiser`.
 
     The U-Net has one level per entry of ``channel_multipliers``; level ``i`` works at
@@ -31,6 +27,11 @@ class TGDMConfig:
     the images the user sees (source, I_3d, surface maps, output) are ``pixel_size`` =
     ``image_size · vae_scale_factor`` pixels wide, e.g. 64 → 512 for the SD1.5 VAE.
     """
+
+    DESCRIPTION = "TGDM"
+    # Switches added after checkpoints were first written, with the value that older checkpoints (whose
+    # config lacks the field) were trained with.
+    LEGACY_DEFAULTS = {"warp_condition": False}
 
     image_size: int = 256
     image_channels: int = 3
@@ -135,25 +136,3 @@ class TGDMConfig:
 
     def attends_at(self, level: int) -> bool:
         return self.level_resolutions[level] in self.attention_resolutions
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> TGDMConfig:
-        try:
-            values = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ModelFileError(f"the TGDM config in the checkpoint is not valid JSON: {error}") from error
-        if not isinstance(values, dict):
-            raise ModelFileError("the TGDM config in the checkpoint is not a JSON object")
-        known = {field.name: field for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise ModelFileError(
-                f"the TGDM config has fields this version does not know: {unknown}; update the pack or re-export the checkpoint"
-            )
-        for name, value in values.items():
-            if isinstance(value, list):
-                values[name] = tuple(value)
-        return cls(**{**LEGACY_DEFAULTS, **values})

@@ -13,8 +13,6 @@ One ``.safetensors`` file holds the weights with the config as JSON in its metad
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +21,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..audio.landmark_model import MOUTH_POINTS
-from ..checkpoints import load_weights_strictly, read_checkpoint_metadata, read_checkpoint_weights, save_checkpoint
+from ..checkpoints import (
+    CheckpointConfig,
+    load_weights_strictly,
+    read_checkpoint_metadata,
+    read_checkpoint_weights,
+    save_checkpoint,
+)
 from ..errors import ModelFileError, TalkingFaceError
 from .blocks import Downsample, ResBlock, Upsample, timestep_features
 from .config import PREDICTION_TYPES, SPACES
@@ -38,7 +42,7 @@ DUBBING_PREDICTION_TYPES = (*PREDICTION_TYPES, "sample")
 
 
 @dataclass(frozen=True)
-class DubbingConfig:
+class DubbingConfig(CheckpointConfig):
     """Sizes and switches of :class:`DubbingDenoiser`; the U-Net layout and latent-mode fields mean
     what they mean in :class:`~.config.TGDMConfig` (so the same schedulers and VAE checks apply).
 
@@ -49,6 +53,8 @@ class DubbingConfig:
     ``landmark_points`` lip and jaw points (iBUG-68 jaw 0–16 and lips 48–67) condition the model;
     ``reference_frames`` is how many references the sampler and trainer give it (attention takes any
     number); ``fps`` is the frame rate of the footage it was trained on."""
+
+    DESCRIPTION = "dubbing"
 
     image_size: int = 256
     image_channels: int = 3
@@ -123,22 +129,6 @@ class DubbingConfig:
 
     def attends_at(self, level: int) -> bool:
         return self.level_resolutions[level] in self.attention_resolutions
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> DubbingConfig:
-        try:
-            values = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ModelFileError(f"the dubbing config in the checkpoint is not valid JSON: {error}") from error
-        if not isinstance(values, dict):
-            raise ModelFileError("the dubbing config in the checkpoint is not a JSON object")
-        unknown = sorted(set(values) - {field.name for field in dataclasses.fields(cls)})
-        if unknown:
-            raise ModelFileError(f"the dubbing config has fields this version does not know: {unknown}; update the pack")
-        return cls(**{name: tuple(value) if isinstance(value, list) else value for name, value in values.items()})
 
 
 @dataclass
@@ -343,14 +333,6 @@ def load_dubbing(path: str | Path, device: torch.device | str = "cpu") -> Dubbin
         )
     if metadata.get("version") != FILE_VERSION:
         raise ModelFileError(f"{path.name} is dubbing checkpoint version {metadata.get('version')!r}; this pack reads {FILE_VERSION!r}")
-    if "config" not in metadata:
-        raise ModelFileError(f"{path.name} has no 'config' in its metadata; re-save it with save_dubbing")
-    try:
-        config = DubbingConfig.from_json(metadata["config"])
-    except TypeError as error:
-        raise ModelFileError(f"{path.name} has an unusable dubbing config: {error}") from error
-    except TalkingFaceError as error:
-        raise ModelFileError(f"{path.name}: {error}") from error
-    model = DubbingDenoiser(config)
+    model = DubbingDenoiser(DubbingConfig.from_metadata(metadata, path.name))
     load_weights_strictly(model, read_checkpoint_weights(path), path.name, "dubbing")
     return model.to(device).eval()

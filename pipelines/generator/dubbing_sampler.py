@@ -11,7 +11,8 @@ import torch
 from ..errors import TalkingFaceError
 from ..video import frame_chunks
 from .dubbing import DubbingDenoiser, ReferenceFeatures
-from .sampler import SCHEDULERS, frame_noise, make_scheduler, missing_vae_error, to_model_images
+from .inputs import missing_vae_error, to_model_images
+from .sampler import SCHEDULERS, frame_noise, make_scheduler
 from .vae import LatentCodec
 
 

@@ -18,17 +18,20 @@ import torch.nn.functional as F
 
 from ..errors import TalkingFaceError
 from ..face.alignment import FIT_CROP_SIZE, face_mask, match_colours, paste_back, warp_images
-from ..face.faces import AnalyzedFaces
+from ..face.analysis import DetectedFace
+from ..face.faces import DEFAULT_FPS, AnalyzedFaces, faces_from_track
+from ..face.fit import fit_faces
 from ..face.motion import PRESETS, mix_coefficients
+from ..morphable.camera import PerspectiveCamera
 from ..morphable.coefficients import FaceCoefficients
 from ..morphable.model import MorphableModel
-from ..render.camera import PerspectiveCamera
 from ..render.mouth import MouthLook
 from ..render.renderer import FaceRenderer, RenderMaps
 from ..render.texture_transfer import TextureTransfer
 from ..render.textured_target import DRAWN_MOUTH, TexturedTarget, textured_from_render
 from ..video import frame_chunks
-from .sampler import GeneratorInputs, TGDMSampler, flat_coefficients
+from .inputs import GeneratorInputs, flat_coefficients
+from .sampler import TGDMSampler
 
 # Paste-back feathering is given in pixels of a 256-px crop and scaled to the working resolution.
 FEATHER_REFERENCE_SIZE = 256
@@ -140,7 +143,7 @@ def swap_faces(
     the source photo warped onto the swapped geometry (no trained weights); with it, TGDM paints it,
     conditioned on that warp, the I_3d render, the coefficients and, when the generator has an
     identity token, the source's descriptor. ``source.crops`` must be at the working resolution (the
-    generator's pixel size, else ``settings.resolution``)."""
+    generator's pixel size, else ``settings.resolution``). ``on_frames(frames_done)`` runs after every chunk."""
     check_same_face_model(face_model, source_coefficients=source.coefficients, target_coefficients=target_coefficients)
     frames = target_faces.frames
     if target_coefficients.frames != frames:
@@ -191,8 +194,48 @@ def swap_faces(
             masks[rows] = mask
             visible[rows] = textured.visible_fraction.cpu().float()
         if on_frames is not None:
-            on_frames(chunk.stop - chunk.start)
+            on_frames(chunk.stop)
     return SwapResult(images, masks, present.clone(), visible)
+
+
+def swap_every_face(
+    face_model: MorphableModel,
+    source: SwapSource,
+    images: torch.Tensor,
+    tracks: list[list[DetectedFace | None]],
+    settings: SwapSettings = SwapSettings(),
+    sampler: TGDMSampler | None = None,
+    fps: float = DEFAULT_FPS,
+    temporal_smoothing: float = 0.5,
+    on_frames: Callable[[int], None] | None = None,
+    check_interrupted: Callable[[], None] | None = None,
+) -> SwapResult:
+    """Swap the source's face onto every person of ``images``: each track (from
+    :func:`~..face.selection.every_track`, one person each) is aligned, fitted (fast video mode,
+    ``temporal_smoothing`` at ``fps``) and swapped in turn on the frames the previous people's swaps made;
+    a person's frames without them pass through. ``on_frames(frames_done)`` counts the frames of every
+    track so far (``len(tracks) × frames`` in all)."""
+    frames = images.shape[0]
+    result = SwapResult(images, images.new_zeros(images.shape[:3]), torch.zeros(frames, dtype=torch.bool),
+                        torch.zeros(frames))
+    resolution = sampler.model.config.pixel_size if sampler is not None else settings.resolution
+    for done_tracks, track in enumerate(tracks):
+        def on_track_frames(done: int, before: int = done_tracks * frames) -> None:
+            if on_frames is not None:
+                on_frames(before + done)
+
+        faces = faces_from_track(result.images, track, "pass_through", resolution, fps=fps)
+        fit = fit_faces(face_model, faces, video_mode="fast", smoothing=temporal_smoothing, fps=fps,
+                        batch_size=settings.chunk_size)
+        person = swap_faces(face_model, source, faces, fit.coefficients, settings, sampler, on_track_frames,
+                            check_interrupted)
+        result = SwapResult(
+            person.images, torch.maximum(result.masks, person.masks), result.swapped | person.swapped,
+            # A frame's figure is its least-seen person's: the warning it feeds is about the worst face.
+            torch.where(person.swapped & result.swapped, torch.minimum(person.visible_fraction, result.visible_fraction),
+                        torch.where(person.swapped, person.visible_fraction, result.visible_fraction)),
+        )
+    return result
 
 
 def _identity_token(source: SwapSource, sampler: TGDMSampler | None) -> torch.Tensor | None:

@@ -8,12 +8,12 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import TalkingFaceError
-from ..morphable.coefficients import CoefficientDims, FaceCoefficients
 from ..video import frame_chunks
 from .config import TGDMConfig
 from .distilled import DISTILLED_SCHEDULER
+from .inputs import GeneratorInputs, missing_vae_error, to_channels_first, to_model_images, warp_condition
 from .tgdm import SourceFeatures, TGDMDenoiser
-from .vae import VAE_FOLDER_HINT, LatentCodec
+from .vae import LatentCodec
 
 SCHEDULERS = ("ddim", "dpmpp_2m", "euler", "lcm")
 # TGDM also runs few-step students (generator/distilled.py); other diffusion models have none.
@@ -68,92 +68,6 @@ class SamplerSettings:
         return self.texture_guidance != 1.0 or self.geometry_guidance != 1.0
 
 
-@dataclass
-class GeneratorInputs:
-    """Everything the generator is conditioned on, ComfyUI-style channel-last images in 0..1.
-
-    ``source`` is one image or one per frame; ``renders`` (I_3d) and ``coefficients`` (ρ̂, flat 257 +
-    gaze) have one row per output frame. Surface maps are the renderer's surface coordinates of the
-    target renders and of a render of the source's own coefficients. All images are at the
-    generator's ``pixel_size`` (its latent size × the VAE's factor in latent mode)."""
-
-    source: torch.Tensor  # [1 or T, H, W, C]
-    renders: torch.Tensor  # [T, H, W, C]
-    coefficients: torch.Tensor  # [T, D]
-    target_surfaces: torch.Tensor | None = None  # [T, H, W, 3]
-    source_surface: torch.Tensor | None = None  # [1 or T, H, W, 3]
-    identity: torch.Tensor | None = None  # [1 or T, identity_dim]
-    warped_sources: torch.Tensor | None = None  # [T, H, W, C] the source on each target's geometry, 0 where not valid
-    warp_masks: torch.Tensor | None = None  # [T, H, W] 1 where the source saw the target's surface
-
-    @property
-    def frames(self) -> int:
-        return self.renders.shape[0]
-
-    def check(self, config: TGDMConfig) -> None:
-        frames, size = self.frames, config.pixel_size
-        expected = (size, size, config.image_channels)
-
-        def need(name: str, value: torch.Tensor | None, shape: tuple[int, ...], per_frame_or_one: bool) -> None:
-            if value is None:
-                return
-            rows_ok = value.shape[0] in ((1, frames) if per_frame_or_one else (frames,))
-            if value.ndim != len(shape) + 1 or tuple(value.shape[1:]) != shape or not rows_ok:
-                rows = "1 or " if per_frame_or_one else ""
-                raise TalkingFaceError(
-                    f"{name} must be [{rows}{frames}, {', '.join(map(str, shape))}] for this generator, got {tuple(value.shape)}"
-                )
-
-        if frames == 0:
-            raise TalkingFaceError("there are no frames to generate (the render batch is empty)")
-        need("the I_3d render", self.renders, expected, False)
-        need("the source image", self.source, expected, True)
-        need("the coefficients", self.coefficients, (config.coefficient_dim,), False)
-        need("the target surface map", self.target_surfaces, (size, size, 3), False)
-        need("the source surface map", self.source_surface, (size, size, 3), True)
-        if config.identity_dim:
-            need("the identity embedding", self.identity, (config.identity_dim,), True)
-        if config.warp_condition:
-            if self.warped_sources is None or self.warp_masks is None:
-                raise TalkingFaceError(
-                    "this generator is conditioned on the source warped onto each target: give the warped sources "
-                    "and their masks (Render Textured Target's warped_source and warp_mask)"
-                )
-            need("the warped source", self.warped_sources, expected, False)
-            need("the warp mask", self.warp_masks, (size, size), False)
-
-
-def flat_coefficients(coeffs: FaceCoefficients) -> torch.Tensor:
-    """ρ̂ as the generator reads it: the 257-d Deep3DFaceRecon vector and gaze, ``[T, 259]``."""
-    return torch.cat([coeffs.to_flat(), coeffs.gaze], dim=1)
-
-
-def generator_rows_to_coefficients(rows: torch.Tensor, dims: CoefficientDims) -> FaceCoefficients:
-    """The inverse of :func:`flat_coefficients`."""
-    return FaceCoefficients.from_flat(rows[:, : dims.flat_size], rows[:, dims.flat_size :], dims)
-
-
-def to_model_images(images: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """ComfyUI IMAGE ``[B, H, W, C]`` 0..1 → model range ``[B, C, H, W]`` -1..1."""
-    return (images.to(device=device, dtype=torch.float32).permute(0, 3, 1, 2) * 2 - 1).to(dtype)
-
-
-def to_channels_first(maps: torch.Tensor | None, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
-    return None if maps is None else maps.to(device=device, dtype=dtype).permute(0, 3, 1, 2)
-
-
-def warp_condition(
-    warped: torch.Tensor | None, valid: torch.Tensor | None, device: torch.device, dtype: torch.dtype
-) -> torch.Tensor | None:
-    """The denoiser's ``warped_source`` input from channel-last warped images (0..1) and masks
-    ``[B, H, W]``: ``[B, C + 1, H, W]``, the colours in the model range and 0 wherever not valid."""
-    if warped is None or valid is None:
-        return None
-    mask = valid.to(device=device, dtype=torch.float32).unsqueeze(1)
-    colours = to_model_images(warped, device, torch.float32) * mask
-    return torch.cat([colours, mask], dim=1).to(dtype)
-
-
 def frame_noise(seed: int, frames: range, shape: tuple[int, ...], same_noise: bool) -> torch.Tensor:
     """Initial noise on the CPU (identical on every device), a function of (seed, frame) only, so the
     frames do not depend on how the video is cut into chunks."""
@@ -165,12 +79,19 @@ def frame_noise(seed: int, frames: range, shape: tuple[int, ...], same_noise: bo
     return torch.stack(noises)
 
 
-def missing_vae_error(config: TGDMConfig, generator_name: str = "this generator") -> TalkingFaceError:
-    return TalkingFaceError(
-        f"{generator_name} works on latents of the {config.vae} VAE and needs it to encode the source and decode "
-        f"the frames: put the VAE file (for SD1.5 e.g. vae-ft-mse-840000-ema-pruned.safetensors) into "
-        f"{VAE_FOLDER_HINT} and pick it in Load Generator, or connect a Load VAE node"
-    )
+@dataclass
+class _Conditions:
+    """One denoiser batch's conditions on the device, prepared once per chunk; the keep vectors
+    mark the three guidance variants (full conditions, geometry only, nothing)."""
+
+    render: torch.Tensor
+    coefficients: torch.Tensor
+    source: SourceFeatures
+    surface: torch.Tensor | None
+    identity: torch.Tensor | None
+    warped: torch.Tensor | None
+    geometry_keep: torch.Tensor
+    texture_keep: torch.Tensor
 
 
 def check_scheduler_fits(model: TGDMDenoiser, settings: SamplerSettings) -> None:
@@ -266,18 +187,27 @@ class TGDMSampler:
         for chunk_index, chunk in enumerate(frame_chunks(inputs.frames, settings.chunk_size)):
             source = shared_source if shared_source is not None else self._encode_source(inputs, chunk)
             scheduler = make_scheduler(settings.scheduler, config)
-            scheduler.set_timesteps(settings.steps, device=device)
+            # The schedule stays on the CPU: schedulers index and branch on timestep values, which
+            # would wait for the GPU at every step if the values lived there.
+            scheduler.set_timesteps(settings.steps)
+            device_timesteps = scheduler.timesteps.to(device)
             noise = frame_noise(settings.seed, range(chunk.start, chunk.stop), shape, settings.same_noise)
             latents = noise.to(device) * scheduler.init_noise_sigma
             step_generator = torch.Generator(device=device).manual_seed(settings.seed + chunk_index)
+            # The conditions go to the device once per chunk, not at every step (each copy from
+            # the host stalls the GPU).
+            batches = list(frame_chunks(chunk.stop - chunk.start, settings.batch_size))
+            conditions = [
+                self._conditions(inputs, slice(chunk.start + batch.start, chunk.start + batch.stop), source.select(batch))
+                for batch in batches
+            ]
             for step, timestep in enumerate(scheduler.timesteps):
                 prediction = torch.empty_like(latents)
                 model_input = scheduler.scale_model_input(latents, timestep)
-                for batch in frame_chunks(chunk.stop - chunk.start, settings.batch_size):
+                for batch, condition in zip(batches, conditions, strict=True):
                     if check_interrupted is not None:
                         check_interrupted()
-                    frames = slice(chunk.start + batch.start, chunk.start + batch.stop)
-                    prediction[batch] = self._predict(model_input[batch], timestep, inputs, frames, source.select(batch))
+                    prediction[batch] = self._predict(model_input[batch], device_timesteps[step], condition)
                 latents = scheduler.step(prediction, timestep, latents, generator=step_generator).prev_sample
                 if on_step is not None:
                     on_step(step + 1, settings.steps)
@@ -300,11 +230,8 @@ class TGDMSampler:
             source = to_model_images(inputs.source[frames], device, dtype)
         return self.model.encode_source(source, to_channels_first(surface, device, dtype))
 
-    def _predict(
-        self, noisy: torch.Tensor, timestep: torch.Tensor, inputs: GeneratorInputs, frames: slice, source: SourceFeatures
-    ) -> torch.Tensor:
+    def _conditions(self, inputs: GeneratorInputs, frames: slice, source: SourceFeatures) -> _Conditions:
         device, dtype = self.device, self.dtype
-        settings = self.settings
         render = to_model_images(inputs.renders[frames], device, dtype)
         coefficients = inputs.coefficients[frames].to(device=device, dtype=dtype)
         surface = to_channels_first(
@@ -318,15 +245,24 @@ class TGDMSampler:
         if identity is not None:
             identity = identity.expand(render.shape[0], -1) if identity.shape[0] == 1 else identity[frames]
             identity = identity.to(device=device, dtype=dtype)
-        noisy = noisy.to(dtype)
+        batch = render.shape[0]
+        keep = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]], device=device).repeat_interleave(batch, dim=1)
+        return _Conditions(render, coefficients, source, surface, identity, warped, keep[0], keep[1])
+
+    def _predict(self, noisy: torch.Tensor, timestep: torch.Tensor, conditions: _Conditions) -> torch.Tensor:
+        """One guided (or plain) denoiser prediction; ``timestep`` is already on the device."""
+        settings = self.settings
+        render, coefficients, source = conditions.render, conditions.coefficients, conditions.source
+        surface, identity, warped = conditions.surface, conditions.identity, conditions.warped
+        noisy = noisy.to(render.dtype)
         batch = noisy.shape[0]
-        timesteps = timestep.to(device).expand(batch)
+        timesteps = timestep.expand(batch)
         self.denoiser_calls += 1
         if not settings.guided:
             return self.model(noisy, timesteps, render, coefficients, source, surface, identity, warped_source=warped).float()
         return guided_prediction(
             self.model, noisy, timesteps, render, coefficients, source, surface, identity, warped,
-            settings.texture_guidance, settings.geometry_guidance,
+            settings.texture_guidance, settings.geometry_guidance, conditions.geometry_keep, conditions.texture_keep,
         )
 
 
@@ -334,18 +270,21 @@ def guided_prediction(
     model: TGDMDenoiser, noisy: torch.Tensor, timesteps: torch.Tensor, render: torch.Tensor, coefficients: torch.Tensor,
     source: SourceFeatures, surface: torch.Tensor | None, identity: torch.Tensor | None, warped: torch.Tensor | None,
     texture_guidance: float, geometry_guidance: float,
+    geometry_keep: torch.Tensor | None = None, texture_keep: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The denoiser's prediction under two-condition classifier-free guidance, in float32: three
     variants in one pass (full conditions, geometry only, nothing), weighed InstructPix2Pix-style so
-    geometry and texture are guided separately. Model-layout inputs, one row per sample."""
+    geometry and texture are guided separately. Model-layout inputs, one row per sample. The keep
+    vectors ``[3B]`` that mark the variants are made here unless given (the sampler's step loop
+    makes them once per chunk, so that it copies nothing to the device)."""
     batch = noisy.shape[0]
-    device = noisy.device
 
     def three(x: torch.Tensor | None) -> torch.Tensor | None:
         return None if x is None else torch.cat([x, x, x])
 
-    geometry_keep = torch.tensor([1.0, 1.0, 0.0], device=device).repeat_interleave(batch)
-    texture_keep = torch.tensor([1.0, 0.0, 0.0], device=device).repeat_interleave(batch)
+    if geometry_keep is None or texture_keep is None:
+        keep = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]], device=noisy.device).repeat_interleave(batch, dim=1)
+        geometry_keep, texture_keep = keep[0], keep[1]
     full, geometry, unconditional = model(
         three(noisy), timesteps.repeat(3), three(render), three(coefficients), source.repeat(3),
         three(surface), three(identity), geometry_keep, texture_keep, three(warped),

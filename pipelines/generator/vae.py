@@ -10,13 +10,14 @@ the pre-0.14 attention names ``query``/``key``/``value``/``proj_attn``) load as 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 
-from ..checkpoints import read_checkpoint_metadata, read_checkpoint_weights
+from ..checkpoints import WeightMismatch, read_checkpoint_metadata, read_checkpoint_weights
 from ..errors import ModelFileError, TalkingFaceError
 from ..video import frame_chunks
 from .config import TGDMConfig
@@ -113,18 +114,14 @@ def load_vae(path: str | Path, name: str = "sd15", device: torch.device | str = 
     weights = diffusers_vae_weights(read_checkpoint_weights(path), config)
     model = build_autoencoder(config, "meta")
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(weights))
-    if len(missing) == len(expected):
+    mismatch = WeightMismatch.between(expected, weights)
+    if len(mismatch.missing) == len(expected):
         raise ModelFileError(
             f"{path.name} is not a Stable Diffusion VAE (none of its tensors is an encoder/decoder weight); "
             f"pick the VAE file from {VAE_FOLDER_HINT}"
         )
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)} weights, e.g. {missing[:3]}")
-    for key in sorted(set(expected) & set(weights)):
-        if weights[key].shape != expected[key].shape:
-            problems.append(f"'{key}' is {tuple(weights[key].shape)}, the {name} VAE needs {tuple(expected[key].shape)}")
+    # Tensors beyond the VAE's (a whole SD checkpoint's UNet, say) are ignored: only the VAE is read.
+    problems = dataclasses.replace(mismatch, unexpected=[]).problems(needs=f"the {name} VAE")
     if problems:
         raise ModelFileError(f"{path.name} is not a {name} VAE: " + "; ".join(problems[:4]))
     # Cast before assigning (files are often fp16); diffusers warns about casting a built model.

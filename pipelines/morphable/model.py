@@ -161,7 +161,10 @@ class MorphableModel(nn.Module):
         for axis, component in enumerate(face_normal):
             for ids in corners:
                 normals[axis].index_add_(0, ids, component)
-        return nn.functional.normalize(normals.view(3, frames, count).permute(1, 2, 0), dim=-1, eps=1e-12)
+        # Normalised on the planes: a norm over the last axis of the [B, N, 3] view is strided and
+        # costs more than everything above. A planar view is returned; interpolation reads planes.
+        normals.mul_((normals * normals).sum(0).clamp_min_(1e-24).rsqrt_())
+        return normals.view(3, frames, count).permute(1, 2, 0)
 
     def pose(self, vertices: torch.Tensor, rotation: torch.Tensor, translation: torch.Tensor) -> torch.Tensor:
         """Object space to world space: R·v + t."""

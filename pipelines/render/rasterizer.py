@@ -35,6 +35,7 @@ its corners ordered by vertex id (lowest first), with coordinates (x_k, y_k, z_k
 from __future__ import annotations
 
 import sys
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -101,8 +102,9 @@ class CoveredPixels:
 
     def frame_sizes(self) -> list[int]:
         """Covered pixels per frame; each frame's are consecutive."""
-        frames = self.pixels // (self.height * self.width)
-        return torch.bincount(frames, minlength=self.batch).tolist()
+        frame_ends = torch.arange(1, self.batch + 1, device=self.pixels.device) * (self.height * self.width)
+        ends = torch.searchsorted(self.pixels, frame_ends).tolist()
+        return [end - start for start, end in zip([0, *ends][:-1], ends, strict=True)]
 
     def scatter(self, values: torch.Tensor, background: float = 0.0) -> torch.Tensor:
         """Per-pixel ``values``, ``[P]`` or planar ``[C, P]``, to a ``[B, H, W]`` or channel-last
@@ -129,9 +131,9 @@ class CoveredPixels:
                 f"vertex_attributes must be [{self.batch} or 1, N, C], got {tuple(vertex_attributes.shape)}"
             )
         num_vertices, channels = vertex_attributes.shape[1:]
-        corners = [triangles[:, k].index_select(0, self.triangle_ids) for k in range(3)]
+        corners = [column.index_select(0, self.triangle_ids) for column in triangles.t().contiguous()]
         if not shared:
-            frame_starts = self.pixels // (self.height * self.width) * num_vertices
+            frame_starts = _frames_of(self.pixels, self.batch, self.height * self.width) * num_vertices
             corners = [corner.add_(frame_starts) for corner in corners]
         # One contiguous plane per channel: 1-D gathers from it stay in cache far better.
         planes = vertex_attributes.permute(2, 0, 1).reshape(channels, -1).contiguous()
@@ -180,7 +182,7 @@ def rasterize_covered(
     screen_vertices = screen_vertices.detach().float()
     passes = []
     if batch and triangles.shape[0] and height and width:
-        mesh = _SortedMesh.of(triangles.detach().to(device=device, dtype=torch.long))
+        mesh = _sorted_mesh(triangles, device)
         frames_per_pass = max(
             1, min(_MAX_TRIANGLES_PER_PASS // triangles.shape[0], _MAX_PIXELS_PER_PASS // (height * width))
         )
@@ -213,6 +215,24 @@ class _SortedMesh:
         return cls(tuple(sorted_ids.t().contiguous()), parity, tuple(order.argsort(dim=1).t().contiguous()))
 
 
+# The last mesh sorted, as (weak reference to its triangles, version, device, sorted mesh): a
+# renderer rasterizes the same triangles batch after batch, and sorting them costs a millisecond
+# per frame at batch 8.
+_last_sorted_mesh: tuple[weakref.ref, int | None, torch.device, _SortedMesh] | None = None
+
+
+def _sorted_mesh(triangles: torch.Tensor, device: torch.device) -> _SortedMesh:
+    global _last_sorted_mesh
+    # Inference tensors keep no version counter; a mesh's triangles are not edited in place.
+    version = None if triangles.is_inference() else triangles._version
+    cached = _last_sorted_mesh
+    if cached is not None and cached[0]() is triangles and cached[1] == version and cached[2] == device:
+        return cached[3]
+    mesh = _SortedMesh.of(triangles.detach().to(device=device, dtype=torch.long))
+    _last_sorted_mesh = (weakref.ref(triangles), version, device, mesh)
+    return mesh
+
+
 @dataclass
 class _Triangles:
     """Coverage constants, one contiguous vector per quantity (the layout CPUs compute on fastest)."""
@@ -236,16 +256,18 @@ class _Triangles:
             return _Triangles(*(value[index] for value in self.__dict__.values()))
         return _Triangles(*(value.index_select(0, index) for value in self.__dict__.values()))
 
-    def edge_functions(
+    def edge_functions_(
         self, px: torch.Tensor, py: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``w0, w1, w2`` at the pixel centres; ``px`` and ``py`` (tensors of their own, the
+        result's size) are overwritten. The documented float32 operations, in place: most of
+        the rasterizer's time is these [candidates × triangles] passes over memory."""
         ux1, uy1 = px - self.p1x, py - self.p1y
-        ux0, uy0 = px - self.p0x, py - self.p0y
-        return (
-            self.d0x * uy1 - self.d0y * ux1,
-            self.d1x * uy0 - self.d1y * ux0,
-            self.d2x * uy0 - self.d2y * ux0,
-        )
+        ux0, uy0 = px.sub_(self.p0x), py.sub_(self.p0y)
+        w0 = uy1.mul_(self.d0x).sub_(ux1.mul_(self.d0y))
+        w1 = (uy0 * self.d1x).sub_(torch.mul(ux0, self.d1y, out=ux1))
+        w2 = uy0.mul_(self.d2x).sub_(ux0.mul_(self.d2y))
+        return w0, w1, w2
 
     def inverse_depth(self, w0: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
         return w0 * self.r0 + w1 * self.r1 + w2 * self.r2
@@ -266,7 +288,9 @@ class _EdgeBiases:
 
     def inside_margin(self, w0: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
         """Positive where the pixel centre is inside."""
-        return torch.minimum(torch.minimum(w0 + self.edge0, w1 + self.edge1), w2 + self.edge2)
+        margin, other = w0 + self.edge0, w1 + self.edge1
+        torch.minimum(margin, other, out=margin)
+        return torch.minimum(margin, torch.add(w2, self.edge2, out=other), out=margin)
 
 
 def _rasterize_pass(
@@ -278,7 +302,6 @@ def _rasterize_pass(
     device = screen_vertices.device
     # Everything per triangle is a contiguous [frames * F] vector, every gather is 1-D, and masks
     # are float margins (positive = yes) rather than booleans: that is what CPUs do fast.
-    # Compacting the surviving triangles would cost more gathers than it saves.
     planes = screen_vertices.permute(2, 0, 1).reshape(3, -1)
     frame_starts = torch.arange(frames, device=device).unsqueeze(1) * num_vertices
     corner_ids = [(ids.unsqueeze(0) + frame_starts).view(-1) for ids in mesh.corner_ids]
@@ -298,48 +321,45 @@ def _rasterize_pass(
         torch.minimum(facing, torch.minimum(torch.minimum(z0, z1), z2) - DEPTH_EPSILON),
         torch.minimum(box_width, box_height),
     )
-    # Culled triangles may have NaN boxes: make them harmless before integer casts.
-    left = left.clamp_(max=width - 1).nan_to_num_(0.0)
-    top = top.clamp_(max=height - 1).nan_to_num_(0.0)
-    triangles, biases = _coverage_constants(x0, y0, x1, y1, x2, y2, area2, z0, z1, z2)
-    zbuffer = torch.full((frames * height * width,), -1, dtype=torch.long, device=device)
-
-    # Most 3DMM triangles at render sizes have one candidate pixel centre: test those in place.
-    largest_side = torch.maximum(box_width, box_height)
-    single = torch.minimum(keep, 1.5 - largest_side)
-    frame_offsets = torch.arange(frames, device=device, dtype=torch.int32).mul_(height * width).unsqueeze(1)
-    first_pixels = (top.int().mul_(width).add_(left.int()).view(frames, -1) + frame_offsets).view(-1).long()
-    global_ids = torch.arange(frames * num_triangles, device=device, dtype=torch.int32)
-    _splat(triangles, biases, left + 0.5, top + 0.5, single, _low_bits(global_ids), first_pixels, zbuffer)
-
-    rows = (torch.minimum(keep, largest_side - 1.5) > 0).nonzero().squeeze(1)
+    # Fewer than half the triangles survive at render sizes (back faces, boxes without a pixel
+    # centre): everything from here on runs on those only, in ascending order, so a position in
+    # the compact arrays orders like the triangle id and the z-buffer's tie-break stays the same.
+    rows = (keep > 0).nonzero().squeeze(1)
+    row_frames = _frames_of(rows, frames, num_triangles)
+    # Grouped by padded box size before anything else is gathered, so every per-triangle value
+    # is gathered once, straight into group order. Stable: within a group rows stay ascending
+    # and the gathers read memory in order.
     box_width, box_height = box_width.index_select(0, rows), box_height.index_select(0, rows)
     size_index = torch.tensor(_SIZE_INDEX, dtype=torch.uint8, device=device)
     group = size_index.index_select(0, box_width.clamp(1, _TILE).long()) * len(_SIZES)
     group += size_index.index_select(0, box_height.clamp(1, _TILE).long())
     group.masked_fill_((box_width > _TILE) | (box_height > _TILE), _LARGE_GROUP)
-    # Stable: rows stay ascending within a group, so the gathers below read memory in order.
     order = torch.argsort(group, stable=True)
-    rows = rows.index_select(0, order)
     counts = torch.bincount(group, minlength=_LARGE_GROUP + 1).tolist()
-    boxes = [
-        left.index_select(0, rows).long(),
-        top.index_select(0, rows).long(),
-        box_width.index_select(0, order).long(),
-        box_height.index_select(0, order).long(),
-    ]
+    grouped_rows = rows.index_select(0, order)
+    x0, y0, x1, y1, x2, y2, z0, z1, z2, area2, left, top = (
+        value.index_select(0, grouped_rows) for value in (x0, y0, x1, y1, x2, y2, z0, z1, z2, area2, left, top)
+    )
+    triangles, biases = _coverage_constants(x0, y0, x1, y1, x2, y2, area2, z0, z1, z2)
+    zbuffer = torch.full((frames * height * width,), -1, dtype=torch.long, device=device)
+    # The z-buffer breaks depth ties by rank, the position in ``rows``, which orders like the id.
+    boxes = [left.long(), top.long(), box_width.index_select(0, order).long(), box_height.index_select(0, order).long()]
     _splat_groups(
-        triangles.select(rows), biases.select(rows), rows.int(), rows // num_triangles * (height * width),
-        boxes, counts, zbuffer, width, height,
+        triangles, biases, order.int(), row_frames.index_select(0, order) * (height * width), boxes, counts,
+        zbuffer, width, height,
     )  # fmt: skip
 
     pixels = (zbuffer >= 0).nonzero().squeeze(1)
-    winners = _LOW_BITS - (zbuffer.index_select(0, pixels) & _LOW_BITS)
-    triangle_ids = winners % num_triangles
-    constants = triangles.select(winners)
-    px = (pixels % width).float().add_(0.5)
-    py = ((pixels // width) % height).float().add_(0.5)
-    weights = constants.edge_functions(px, py)
+    winners = _LOW_BITS - (zbuffer.index_select(0, pixels) & _LOW_BITS)  # ranks
+    pixel_frames = _frames_of(pixels, frames, height * width)
+    triangle_ids = rows.index_select(0, winners) - pixel_frames * num_triangles
+    grouped_position = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=device))
+    constants = triangles.select(grouped_position.index_select(0, winners))
+    # Pixels within a pass fit int32, whose division is much faster than int64's.
+    image_rows = pixels.int().div_(width, rounding_mode="floor").long()
+    px = (pixels - image_rows * width).float().add_(0.5)
+    py = (image_rows - pixel_frames * height).float().add_(0.5)
+    weights = constants.edge_functions_(px, py)
     inverse_depth = constants.inverse_depth(*weights)
     sorted_barycentrics = torch.stack(
         [w * r for w, r in zip(weights, (constants.r0, constants.r1, constants.r2), strict=True)]
@@ -353,10 +373,19 @@ def _rasterize_pass(
     return pixels + first_frame * height * width, triangle_ids, barycentrics, inverse_depth.reciprocal_()
 
 
-def _low_bits(global_ids: torch.Tensor) -> torch.Tensor:
+def _frames_of(indices: torch.Tensor, frames: int, per_frame: int) -> torch.Tensor:
+    """``indices // per_frame`` for ascending ``indices``, from the frame boundaries (int64
+    division is slow on CPUs)."""
+    boundaries = torch.arange(1, frames + 1, device=indices.device) * per_frame
+    ends = torch.searchsorted(indices, boundaries)
+    counts = torch.diff(ends, prepend=ends.new_zeros(1))
+    return torch.repeat_interleave(torch.arange(frames, device=indices.device), counts, output_size=indices.numel())
+
+
+def _low_bits(ranks: torch.Tensor) -> torch.Tensor:
     """The key's low word for int32 ids: ``2**32 - 1 - id`` as a bit pattern, so the larger key
     is the lower id."""
-    return -1 - global_ids
+    return -1 - ranks
 
 
 def _pack_keys(signed_inverse_depth: torch.Tensor, low_bits: torch.Tensor) -> torch.Tensor:
@@ -413,7 +442,7 @@ def _tiles(left: torch.Tensor, top: torch.Tensor, box_width: torch.Tensor, box_h
 def _splat_groups(
     triangles: _Triangles,
     biases: _EdgeBiases,
-    global_ids: torch.Tensor,
+    ranks: torch.Tensor,
     frame_offsets: torch.Tensor,
     boxes: list[torch.Tensor],
     counts: list[int],
@@ -433,12 +462,12 @@ def _splat_groups(
             owner, left, top = _tiles(*(value[members] for value in boxes))
             owner += members.start
             _splat_boxes(
-                triangles.select(owner), biases.select(owner), global_ids.index_select(0, owner),
+                triangles.select(owner), biases.select(owner), ranks.index_select(0, owner),
                 frame_offsets.index_select(0, owner), left, top, _TILE, _TILE, zbuffer, width, height,
             )  # fmt: skip
             continue
         _splat_boxes(
-            triangles.select(members), biases.select(members), global_ids[members], frame_offsets[members],
+            triangles.select(members), biases.select(members), ranks[members], frame_offsets[members],
             boxes[0][members], boxes[1][members], _SIZES[group // len(_SIZES)], _SIZES[group % len(_SIZES)],
             zbuffer, width, height,
         )  # fmt: skip
@@ -447,7 +476,7 @@ def _splat_groups(
 def _splat_boxes(
     triangles: _Triangles,
     biases: _EdgeBiases,
-    global_ids: torch.Tensor,
+    ranks: torch.Tensor,
     frame_offsets: torch.Tensor,
     left: torch.Tensor,
     top: torch.Tensor,
@@ -471,7 +500,7 @@ def _splat_boxes(
     first_pixels = frame_offsets + top * width + left
     corner_x = left.float().add_(0.5)
     corner_y = top.float().add_(0.5)
-    low_bits = _low_bits(global_ids)
+    low_bits = _low_bits(ranks)
     step = max(1, _MAX_CANDIDATES_PER_CHUNK // offset_x.numel())
     for chunk_start in range(0, left.numel(), step):
         chunk = slice(chunk_start, chunk_start + step)
@@ -482,7 +511,6 @@ def _splat_boxes(
             biases.select(chunk),
             corner_x[chunk] + offset_x.unsqueeze(1),
             corner_y[chunk] + offset_y.unsqueeze(1),
-            None,
             low_bits[chunk],
             first_pixels[chunk] + pixel_offsets.unsqueeze(1),
             zbuffer,
@@ -494,22 +522,20 @@ def _splat(
     biases: _EdgeBiases,
     px: torch.Tensor,
     py: torch.Tensor,
-    candidates: torch.Tensor | None,
     low_bits: torch.Tensor,
     pixels: torch.Tensor,
     zbuffer: torch.Tensor,
 ) -> None:
     """Keep, per pixel, the maximum packed (q, -id) of the pixel centres (px, py) that the
-    triangles cover; ``candidates`` is negative for those not to test."""
-    w0, w1, w2 = triangles.edge_functions(px, py)
-    margin = biases.inside_margin(w0, w1, w2)
-    if candidates is not None:
-        margin = torch.minimum(margin, candidates)
-    margin = margin.nan_to_num_(nan=-1.0)  # non-finite vertices cover nothing
+    triangles cover."""
+    w0, w1, w2 = triangles.edge_functions_(px, py)
+    margin = biases.inside_margin(w0, w1, w2).nan_to_num_(nan=-1.0)  # non-finite vertices cover nothing
     # Float arithmetic instead of booleans: q gets a negative sign unless the centre is inside
     # (a margin of exactly tiny, an owned edge, is inside), and negative keys lose to the
     # background's -1. Positive float32 bits order like the floats, so one int64 max picks the
     # nearest surface and, among equal depths, the lowest id.
-    signed_q = triangles.inverse_depth(w0, w1, w2).copysign_(margin.sub_(_TINY))
+    # q = w0 r0 + w1 r1 + w2 r2, summed in that order, in place.
+    signed_q = w0.mul_(triangles.r0).add_(w1.mul_(triangles.r1)).add_(w2.mul_(triangles.r2))
+    signed_q.copysign_(margin.sub_(_TINY))
     keys = _pack_keys(signed_q, low_bits)
     zbuffer.scatter_reduce_(0, pixels.reshape(-1), keys.reshape(-1), reduce="amax")

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..morphable.camera import PerspectiveCamera
 from ..morphable.coefficients import FaceCoefficients
 from ..morphable.model import MorphableModel
-from .camera import PerspectiveCamera
 from .rasterizer import CoveredPixels, rasterize_covered
 from .shading import shade_planar
 
@@ -55,20 +55,25 @@ class FaceRenderer(nn.Module):
         with torch.no_grad():
             vertices = self.model.posed_vertices(coeffs)
             covered = rasterize_covered(self.camera.to_screen(vertices), triangles, size, size)
-            per_frame = torch.cat([self.model.vertex_normals(vertices), self.model.albedo(coeffs.texture)], dim=-1)
-            normals, albedo = covered.interpolate(per_frame, triangles).split(3)
+            # Stacked as planes [6, B, N] and passed as a [B, N, 6] view, which interpolation reads
+            # without a copy (the vertex normals already are planar).
+            planes = torch.cat([
+                self.model.vertex_normals(vertices).permute(2, 0, 1), self.model.albedo(coeffs.texture).permute(2, 0, 1)
+            ])  # fmt: skip
+            normals, albedo = covered.interpolate(planes.permute(1, 2, 0), triangles).split(3)
             surface = covered.interpolate(self.model.surface_coords.unsqueeze(0), triangles)
             # Interpolated unit normals are shorter than 1 inside a triangle.
             normals = normals * (normals * normals).sum(0).clamp_min_(1e-24).rsqrt_()
             image = shade_planar(albedo, normals, coeffs.lighting, covered.frame_sizes())
+            triangle_ids = covered.scatter(covered.triangle_ids, -1)
             maps = RenderMaps(
                 image=covered.scatter(image.clamp_(0.0, 1.0)),
-                mask=covered.scatter(torch.ones_like(covered.depth, dtype=albedo.dtype)),
+                mask=triangle_ids.ge(0).to(albedo.dtype),
                 depth=covered.scatter(covered.depth.to(albedo.dtype)),
                 normals=covered.scatter(normals),
                 albedo=covered.scatter(albedo.clamp(0.0, 1.0)),
                 surface=covered.scatter(surface),
-                triangle_ids=covered.scatter(covered.triangle_ids, -1),
+                triangle_ids=triangle_ids,
                 landmarks=self.camera.project(vertices[:, self.model.landmark_ids]),
             )
             return maps, covered, vertices

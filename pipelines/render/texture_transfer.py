@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import TalkingFaceError
+from ..images import dilate_masks, erode_masks
 from ..morphable.coefficients import FaceCoefficients
 from .rasterizer import CoveredPixels, rasterize_covered
 from .renderer import FaceRenderer
@@ -100,11 +101,11 @@ class TextureTransfer:
         covered = rasterize_covered(screen, model.triangles, self.size, self.size)
         depth = covered.scatter(covered.depth).unsqueeze(1)
         # Within a pixel of the silhouette bilinear sampling would blend in the background: not valid.
-        interior = -F.max_pool2d(-(depth > 0).to(depth.dtype), 3, stride=1, padding=1)
+        interior = erode_masks((depth > 0).to(depth.dtype), 1)
         return SourceView(
             images=images.to(device=reference.device, dtype=reference.dtype).permute(0, 3, 1, 2).contiguous(),
             screen=screen,
-            depth_buffer=F.max_pool2d(depth, 3, stride=1, padding=1) * interior,
+            depth_buffer=dilate_masks(depth, 1) * interior,
             normals=model.vertex_normals(vertices),
             lighting=coeffs.lighting,
         )

@@ -3,6 +3,7 @@ onto each target frame's geometry, the parts of the face the photo did not show 
 nearest parts it did, a drawn mouth interior where the lips part, and the source crop around the face."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 
 from ..images import resize_images
 from ..morphable.coefficients import FaceCoefficients
+from ..video import frame_chunks
 from .mouth import MouthLook, draw_mouth_interior
 from .rasterizer import CoveredPixels
 from .renderer import RenderMaps
@@ -92,3 +94,29 @@ def textured_from_render(
     image = face * mask.unsqueeze(-1) + surroundings * (1 - mask.unsqueeze(-1))
     visible = warped.valid.sum(dim=(1, 2)) / warped.coverage.sum(dim=(1, 2)).clamp_min(1.0)
     return TexturedTarget(image.clamp(0, 1), mask, warped.image, warped.valid, visible)
+
+
+def render_textured_frames(
+    transfer: TextureTransfer, source_coefficients: FaceCoefficients, source_images: torch.Tensor,
+    coefficients: FaceCoefficients, relight: bool, mouth: MouthLook | None, batch_size: int,
+    driving_images: torch.Tensor | None = None, driving_coefficients: FaceCoefficients | None = None,
+    on_frames: Callable[[int], None] | None = None,
+) -> TexturedTarget:
+    """:func:`render_textured_target` over a video, ``batch_size`` frames at a time on the renderer's
+    device, the results on the CPU. One source image serves every frame, else one per frame; the
+    optional driving crops (one per frame) lend their mouth. ``on_frames(done)`` runs after every batch."""
+    device = transfer.renderer.model.mean_shape.device
+
+    def view(coeffs: FaceCoefficients, images: torch.Tensor):
+        return transfer.prepare_source(coeffs.to(device), images.to(device))
+
+    shared = view(source_coefficients, source_images) if source_images.shape[0] == 1 else None
+    parts = []
+    for chunk in frame_chunks(coefficients.frames, batch_size):
+        source = shared if shared is not None else view(source_coefficients[chunk], source_images[chunk])
+        driving = None if driving_images is None else view(driving_coefficients[chunk], driving_images[chunk])
+        part = render_textured_target(transfer, source, coefficients[chunk].to(device), relight, mouth, driving)
+        parts.append(TexturedTarget(*(value.cpu() for value in vars(part).values())))
+        if on_frames is not None:
+            on_frames(chunk.stop)
+    return TexturedTarget.concat(parts)

@@ -21,9 +21,9 @@ import torch
 from ..audio.io import SAMPLE_RATE
 from ..audio.landmarks import project_landmarks
 from ..audio.motion import head_motion
+from ..morphable.camera import PerspectiveCamera
 from ..morphable.coefficients import FaceCoefficients
 from ..morphable.model import MorphableModel
-from ..render.camera import PerspectiveCamera
 
 MOUTH_DIRECTIONS = ("jaw_open", "lip_pucker", "smile")
 

@@ -42,8 +42,8 @@ from ..errors import TalkingFaceError
 from ..face.mouth import lower_face_input_mask, mouth_paste_mask
 from ..generator.dubbing import DubbingConfig, DubbingDenoiser, ReferenceFeatures, crop_coordinates, save_dubbing
 from ..generator.vae import LatentCodec
+from ..morphable.camera import PerspectiveCamera
 from ..morphable.model import MorphableModel
-from ..render.camera import PerspectiveCamera
 from ..render.renderer import FaceRenderer
 from ..video import frame_chunks
 from .audio_synthetic import MOUTH_DIRECTIONS, TalkingClip, synthetic_clip

@@ -115,11 +115,12 @@ def evaluate_dubbing(
     pairs: list[tuple[DubbingClip, DubbingClip]],
     models: dict[str, tuple[DubbingDenoiser, LandmarkCompletionTransformer | None]],
     ablation: DubbingDenoiser,
-    settings: DubbingSettings = DubbingSettings(steps=10),
+    settings: DubbingSettings | None = None,
 ) -> dict[str, dict[str, float]]:
     """Scores of every method over every frame of the held-out ``pairs``. ``models`` maps a name to a
     denoiser and the landmark model that drives it (None: the true landmarks); ``ablation`` is scored
     with its landmark tokens dropped (true landmarks given, unused)."""
+    settings = settings or DubbingSettings(steps=10)
     outputs: dict[str, list[torch.Tensor]] = {name: [] for name in
                                                [*models, "no_landmarks", "copy_template", "copy_reference", "truth"]}
     truths, templates, boxes, openings = [], [], [], []

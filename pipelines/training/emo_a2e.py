@@ -46,9 +46,9 @@ from ..audio.landmark_model import MOUTH_POINTS
 from ..audio.landmarks import project_landmarks
 from ..emotion.emotion import MEAD_EMOTIONS, EmotionTextEncoder, TextEmotion, emotion_encoder_id
 from ..errors import ModelFileError, TalkingFaceError
+from ..morphable.camera import PerspectiveCamera
 from ..morphable.coefficients import FaceCoefficients
 from ..morphable.model import MorphableModel
-from ..render.camera import PerspectiveCamera
 from .clip_files import read_clip_file, write_clip_file
 from .emo_synthetic import LEVEL_INTENSITY, EmotionClip
 from .loop import TrainConfig, WindowTask, train_windows, validation_l1, velocity_l1

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import torch
 
-from ..generator.sampler import generator_rows_to_coefficients
+from ..generator.inputs import generator_rows_to_coefficients
+from ..morphable.camera import PerspectiveCamera
 from ..morphable.coefficients import FaceCoefficients
 from ..morphable.model import MorphableModel
-from ..render.camera import PerspectiveCamera
 from ..render.renderer import FaceRenderer
 from ..render.texture_transfer import SourceView, TextureTransfer
 from ..render.textured_target import TexturedTarget, render_textured_target

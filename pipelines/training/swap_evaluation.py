@@ -9,23 +9,20 @@ Baselines: the target unchanged, the source photo warped onto the swapped geomet
 swap), and the Replace Coefficients render I_3d."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from ..face.appearance import estimate_appearance
 from ..generator.face_swap import swap_coefficients
-from ..generator.sampler import (
-    GeneratorInputs,
-    SamplerSettings,
-    TGDMSampler,
-    flat_coefficients,
-    generator_rows_to_coefficients,
-)
+from ..generator.inputs import GeneratorInputs, flat_coefficients, generator_rows_to_coefficients
+from ..generator.sampler import SamplerSettings, TGDMSampler
 from ..generator.tgdm import TGDMDenoiser
+from ..morphable.camera import PerspectiveCamera
 from ..morphable.coefficients import FaceCoefficients
 from ..morphable.model import MorphableModel
-from ..render.camera import PerspectiveCamera
-from ..render.renderer import FaceRenderer
+from ..render.renderer import FaceRenderer, RenderMaps
 from ..render.textured_target import TexturedTarget
 from ..video import frame_chunks
 from .pair_warp import PairWarper
@@ -63,15 +60,9 @@ def evaluate_swap(
     if views.people is None:
         raise ValueError("the swap evaluation needs synthetic views that carry their people")
     sources, targets = swap_pairs(views) if pairs is None else pairs
-    dims = face_model.dims
-    size = views.photos.shape[1]
-    all_rows = generator_rows_to_coefficients(views.coefficients, dims)
-    swapped = swap_coefficients(all_rows[sources], all_rows[targets])
-    renderer = FaceRenderer(face_model, PerspectiveCamera.deep3d(size))
-    people = [views.people[int(i)] for i in views.identities[sources]]
-    truth, maps = photograph(renderer, swapped, people)
-    warper = PairWarper(face_model, size)
-    textured = warper.textured(views.photos[sources], views.coefficients[sources], flat_coefficients(swapped))
+    case = swap_case(views, face_model, sources, targets)
+    swapped, truth, maps, textured = case.coefficients, case.truth, case.maps, case.textured
+    all_rows = generator_rows_to_coefficients(views.coefficients, face_model.dims)
     candidates = {"target": views.photos[targets], "warped_source": textured.image, "render": maps.image}
     if model is not None:
         candidates["swap"] = sample_views(model, settings, views, sources, flat_coefficients(swapped), maps.image,
@@ -94,12 +85,34 @@ def evaluate_swap(
         results.update(motion_error(detector, face_model, truth, swapped).summary("truth"))
         if model is not None:
             same_sources, same_targets = held_out_pairs(views)
-            relit = warper.textured(views.photos[same_sources], views.coefficients[same_sources],
+            relit = PairWarper(face_model, views.photos.shape[1]).textured(views.photos[same_sources], views.coefficients[same_sources],
                                     views.coefficients[same_targets])
             reenacted = sample_views(model, settings, views, same_sources, views.coefficients[same_targets],
                                   views.renders[same_targets], views.surfaces[same_targets], relit)
             results.update(motion_error(detector, face_model, reenacted, all_rows[same_targets]).summary("reenact"))
     return results
+
+
+@dataclass
+class SwapCase:
+    """Swapped pairs of views: the swapped coefficients, the exact truth photographed with the source
+    people's skin, its render maps (image = the Replace Coefficients render) and the warped source."""
+
+    coefficients: FaceCoefficients
+    truth: torch.Tensor
+    maps: RenderMaps
+    textured: TexturedTarget
+
+
+def swap_case(views: FaceViews, face_model: MorphableModel, sources: torch.Tensor, targets: torch.Tensor) -> SwapCase:
+    size = views.photos.shape[1]
+    rows = generator_rows_to_coefficients(views.coefficients, face_model.dims)
+    swapped = swap_coefficients(rows[sources], rows[targets])
+    people = [views.people[int(i)] for i in views.identities[sources]]
+    truth, maps = photograph(FaceRenderer(face_model, PerspectiveCamera.deep3d(size)), swapped, people)
+    textured = PairWarper(face_model, size).textured(views.photos[sources], views.coefficients[sources],
+                                                     flat_coefficients(swapped))
+    return SwapCase(swapped, truth, maps, textured)
 
 
 def sample_views(

@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..generator.sampler import flat_coefficients, generator_rows_to_coefficients
+from ..generator.inputs import flat_coefficients, generator_rows_to_coefficients
+from ..images import dilate_masks
+from ..morphable.camera import PerspectiveCamera
 from ..morphable.coefficients import CoefficientDims, FaceCoefficients
 from ..morphable.demo_model import SEMANTIC_EXPRESSIONS
 from ..morphable.model import MorphableModel
-from ..render.camera import PerspectiveCamera
 from ..render.mouth import MouthLook, draw_mouth_interior
 from ..render.renderer import FaceRenderer, RenderMaps
 from ..video import frame_chunks
@@ -204,7 +205,7 @@ def _hair_outside(maps: RenderMaps, volume_px: torch.Tensor) -> torch.Tensor:
     hair = torch.zeros_like(maps.mask)
     for index, radius in enumerate(volume_px.round().long().tolist()):
         if radius > 0:
-            grown = F.max_pool2d(crown[index : index + 1, None], 2 * radius + 1, stride=1, padding=radius)[0, 0]
+            grown = dilate_masks(crown[index : index + 1, None], radius)[0, 0]
             hair[index] = grown * (1 - maps.mask[index])
     return hair
 

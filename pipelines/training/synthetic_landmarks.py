@@ -9,22 +9,25 @@ network is of identity."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import json
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoints import load_weights_strictly, read_checkpoint_metadata, read_checkpoint_weights, save_checkpoint
+from ..checkpoints import (
+    CheckpointConfig,
+    load_weights_strictly,
+    read_checkpoint_metadata,
+    read_checkpoint_weights,
+    save_checkpoint,
+)
 from ..errors import ModelFileError
-
+from ..generator.inputs import generator_rows_to_coefficients
+from ..morphable.camera import PerspectiveCamera
 from ..morphable.coefficients import FaceCoefficients
 from ..morphable.fitting import LandmarkFitter
 from ..morphable.model import MorphableModel
-from ..render.camera import PerspectiveCamera
 from ..video import frame_chunks
 from .synthetic_faces import SyntheticFaceSettings, render_synthetic_views
 
@@ -34,7 +37,9 @@ DETECTOR_FORMAT = "talkingface.synthetic_landmark_detector"
 
 
 @dataclass(frozen=True)
-class LandmarkDetectorConfig:
+class LandmarkDetectorConfig(CheckpointConfig):
+    DESCRIPTION = "synthetic landmark detector"
+
     image_size: int = 64
     channels: tuple[int, ...] = (32, 64, 96, 128)
     hidden: int = 256
@@ -87,22 +92,19 @@ def train_landmark_detector(
 
 
 def save_landmark_detector(detector: SyntheticLandmarkDetector, path: str | Path) -> None:
-    save_checkpoint(detector, path, {"format": DETECTOR_FORMAT, "config": json.dumps(asdict(detector.config))})
+    save_checkpoint(detector, path, {"format": DETECTOR_FORMAT, "config": detector.config.to_json()})
 
 
 def load_landmark_detector(path: str | Path) -> SyntheticLandmarkDetector:
     metadata = read_checkpoint_metadata(path, "landmark detector")
     if metadata.get("format") != DETECTOR_FORMAT:
         raise ModelFileError(f"{Path(path).name} is not a synthetic landmark detector (format '{metadata.get('format')}')")
-    config = json.loads(metadata["config"])
-    detector = SyntheticLandmarkDetector(LandmarkDetectorConfig(**{**config, "channels": tuple(config["channels"])}))
+    detector = SyntheticLandmarkDetector(LandmarkDetectorConfig.from_metadata(metadata, Path(path).name))
     load_weights_strictly(detector, read_checkpoint_weights(path), Path(path).name, "landmark detector")
     return detector.eval()
 
 
 def _true_landmarks(face_model: MorphableModel, flat: torch.Tensor, image_size: int) -> torch.Tensor:
-    from ..generator.sampler import generator_rows_to_coefficients
-
     coefficients = generator_rows_to_coefficients(flat, face_model.dims)
     camera = PerspectiveCamera.deep3d(image_size)
     vertices = face_model.posed_vertices(coefficients)

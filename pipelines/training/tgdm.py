@@ -28,7 +28,7 @@ from torch import nn
 from ..errors import TalkingFaceError
 from ..generator.checkpoint import save_tgdm
 from ..generator.config import TGDMConfig
-from ..generator.sampler import missing_vae_error, to_channels_first, to_model_images, warp_condition
+from ..generator.inputs import missing_vae_error, to_channels_first, to_model_images, warp_condition
 from ..generator.tgdm import TGDMDenoiser
 from ..generator.vae import LatentCodec
 from ..morphable.model import MorphableModel
@@ -192,7 +192,7 @@ def pair_batch(
 
 def start_from_base(denoiser: TGDMDenoiser, base: TGDMDenoiser) -> None:
     """Copy ``base``'s weights into ``denoiser``, which may add an identity token the base lacks: that
-    token starts at zero, so training begins from the base generator's behaviour. Anything else that
+    token starts at zero (it carries no identity yet), so training begins close to the base generator. Anything else that
     differs is an error naming the differing settings."""
     ignored = {"identity_dim"}
     different = sorted(

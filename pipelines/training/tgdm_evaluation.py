@@ -1,12 +1,14 @@
 """Held-out evaluation of a TGDM generator against trivial baselines, in PSNR and SSIM."""
 from __future__ import annotations
 
+import kornia
 import torch
-import torch.nn.functional as F
 
-from ..generator.sampler import GeneratorInputs, SamplerSettings, TGDMSampler
+from ..generator.inputs import GeneratorInputs
+from ..generator.sampler import SamplerSettings, TGDMSampler
 from ..generator.tgdm import TGDMDenoiser
 from ..generator.vae import LatentCodec
+from ..images import dilate_masks
 from ..morphable.model import MorphableModel
 from .pair_warp import PairWarper
 from .synthetic_faces import FaceViews
@@ -17,7 +19,8 @@ HEAD_MARGIN = 4
 
 def psnr(images: torch.Tensor, references: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Per-image PSNR in dB of ``[B, H, W, C]`` images in 0..1, over the pixels where ``mask [B, H, W]``
-    is 1 when given (NaN for an image whose mask is empty)."""
+    is 1 when given (NaN for an image whose mask is empty). Not kornia's ``metrics.psnr``: that one
+    pools the whole batch into one number and takes no mask."""
     error = (images - references).pow(2).mean(-1)
     if mask is None:
         mse = error.flatten(1).mean(1)
@@ -27,28 +30,12 @@ def psnr(images: torch.Tensor, references: torch.Tensor, mask: torch.Tensor | No
     return -10 * torch.log10(mse.clamp_min(1e-10))
 
 
-def ssim(
-    images: torch.Tensor, references: torch.Tensor, mask: torch.Tensor | None = None, window: int = 11, sigma: float = 1.5
-) -> torch.Tensor:
-    """Per-image SSIM (Wang et al. 2004, Gaussian window, averaged over channels) of ``[B, H, W, C]`` in
-    0..1, averaged over the windows that fit inside the image, or over those centred where ``mask`` is 1."""
+def ssim(images: torch.Tensor, references: torch.Tensor, mask: torch.Tensor | None = None, window: int = 11) -> torch.Tensor:
+    """Per-image SSIM (Wang et al. 2004, Gaussian window of σ 1.5, averaged over channels) of
+    ``[B, H, W, C]`` in 0..1, averaged over the windows that fit inside the image, or over those
+    centred where ``mask`` is 1."""
     x, y = images.permute(0, 3, 1, 2).double(), references.permute(0, 3, 1, 2).double()
-    channels = x.shape[1]
-    offsets = torch.arange(window, dtype=torch.float64) - window // 2
-    kernel_1d = torch.exp(-(offsets**2) / (2 * sigma**2))
-    kernel_1d = kernel_1d / kernel_1d.sum()
-    kernel = (kernel_1d[:, None] * kernel_1d[None, :]).expand(channels, 1, window, window)
-
-    def blur(z: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(z, kernel, groups=channels)
-
-    mean_x, mean_y = blur(x), blur(y)
-    var_x = blur(x * x) - mean_x**2
-    var_y = blur(y * y) - mean_y**2
-    cov = blur(x * y) - mean_x * mean_y
-    c1, c2 = 0.01**2, 0.03**2
-    index = ((2 * mean_x * mean_y + c1) * (2 * cov + c2)) / ((mean_x**2 + mean_y**2 + c1) * (var_x + var_y + c2))
-    index = index.mean(1)
+    index = kornia.metrics.ssim(x, y, window, max_val=1.0, padding="valid").mean(1)
     if mask is None:
         return index.flatten(1).mean(1).float()
     margin = window // 2
@@ -105,7 +92,7 @@ def evaluate_generator(
     source_face = views.surfaces[sources].abs().sum(-1) > 0
     # What Paste Back does with a generated crop: the generator's pixels around either head (hair
     # included), the source photo's where both frames show the same static wall.
-    heads = F.max_pool2d((target_face | source_face).float().unsqueeze(1), 2 * HEAD_MARGIN + 1, 1, HEAD_MARGIN)
+    heads = dilate_masks((target_face | source_face).float().unsqueeze(1), HEAD_MARGIN)
     heads = heads.squeeze(1).unsqueeze(-1)
     candidates["tgdm_composited"] = candidates["tgdm"] * heads + source_photos * (1 - heads)
     regions = {"": None, "_face": target_face}

@@ -32,11 +32,11 @@ from ..face.alignment import apply_transforms, invert_transforms
 from ..face.analysis import FaceAnalyzer
 from ..face.faces import AnalyzedFaces, analyze_frames
 from ..face.fit import fit_faces
-from ..generator.sampler import flat_coefficients
+from ..generator.inputs import flat_coefficients
 from ..images import resize_images
+from ..morphable.camera import PerspectiveCamera
 from ..morphable.coefficients import FaceCoefficients
 from ..morphable.model import MorphableModel
-from ..render.camera import PerspectiveCamera
 from ..render.renderer import FaceRenderer
 from ..video import frame_chunks
 

@@ -84,7 +84,7 @@ export function vertexNormals(vertices, triangles, out = new Float32Array(vertic
 }
 
 // Pixel positions [[u, v], ...] of the given vertex ids through the Deep3DFaceRecon camera at `size` px
-// (pipelines/render/camera.PerspectiveCamera.deep3d(size).project).
+// (pipelines/morphable/camera.PerspectiveCamera.deep3d(size).project).
 export function projectPoints(vertices, ids, camera, size) {
   const focal = (camera.focal * size) / camera.image_size;
   const center = size / 2;
