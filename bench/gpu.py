@@ -10,6 +10,9 @@
     the ~100M-parameter 256² pixel config (:func:`paper_sized_config`) and the 512² latent config
     (64² latents, SD1.5 VAE architecture built from its shipped config with random weights: speed
     does not depend on the weights); target ≥ 10.
+(e) ``fps_pixel256_100m_b32_student4``: the same paper-sized model run as a 4-step distilled student
+    (one plain pass per step; speed does not depend on what the weights learnt) against its 25 guided
+    steps in the same case (``student_speedup_100m``), bf16, batch 32.
 (d) training steps/s at 256², bf16, batch 32, default config, random views, the source warped onto
     each target by the face model (the data pipeline): once with the warp on the CPU (as
     ``scripts/train_tgdm.py`` runs it), once with the face model on the GPU.
@@ -35,7 +38,7 @@ from functools import partial
 import torch
 
 from bench.render import benchmark_model, random_coefficients
-from bench.sampler import bare_forward_seconds, inputs_for, latent_case, sampler_seconds
+from bench.sampler import bare_forward_seconds, inputs_for, latent_case, sampler_seconds, student_case
 from pipelines.generator.config import TGDMConfig
 from pipelines.generator.inputs import flat_coefficients
 from pipelines.generator.sampler import SamplerSettings
@@ -65,6 +68,7 @@ KEYS = (
     "sampler_overhead_b1", "render_full_ms_512_b8", "render_full_ms_256_b8", "render_raster_ms_512_b8",
     "fps_pixel256_100m_b32", "parameters_m_pixel256_100m", "fps_latent512_b32", "latent512_vae_decode_share",
     "train_steps_per_s_256_b32_cpu_warp", "train_steps_per_s_256_b32_gpu_warp", "parameters_m_train",
+    "fps_pixel256_100m_b32_student4", "student_speedup_100m",
 )  # fmt: skip
 
 
@@ -135,6 +139,15 @@ def guided_fps(device: torch.device, scale: Scale) -> dict[str, float]:
     }
 
 
+def student_fps(device: torch.device, scale: Scale) -> dict[str, float]:
+    torch.manual_seed(0)
+    model = TGDMDenoiser(paper_sized_config(scale.pixel_size)).to(device, torch.bfloat16).eval()
+    figures = student_case(model, scale.batch, scale.steps)
+    del model
+    empty_cache()
+    return {"fps_pixel256_100m_b32_student4": figures["student_fps"], "student_speedup_100m": figures["student_speedup"]}
+
+
 def random_views(count: int, size: int, identities: int) -> FaceViews:
     """Random images and small random coefficients: the trainer's cost does not depend on content."""
     generator = torch.Generator().manual_seed(0)
@@ -196,7 +209,8 @@ def main() -> None:
     results.update(torch=torch.__version__, cpu_count=os.cpu_count())
     started = time.perf_counter()
     for name, case in (("sampler overhead", sampler_overhead), ("renderer", renderer_speed),
-                       ("guided bf16 fps", guided_fps), ("training", training_speed)):  # fmt: skip
+                       ("guided bf16 fps", guided_fps), ("few-step student", student_fps),
+                       ("training", training_speed)):  # fmt: skip
         case_start = time.perf_counter()
         try:
             figures = case(device, scale)

@@ -15,6 +15,11 @@
     JSON says so in ``gpu_cases``.
 (f) ``warp_condition_cost``: one denoiser pass with the warped-source input ÷ one without it, same
     widths (the old design); target ≤ 1.1.
+(g) ``student_*``: a few-step student (``distilled`` scheduler, 4 steps, one pass each) against its
+    teacher (DDIM, 25 steps, two-condition guidance: three variants per pass), same model widths,
+    same batch (``--student-batch``), same run: on the CPU the bundled 64² demo generator; on a GPU
+    also the 256² default config in bf16 at batch 32 (``gpu_fps_pixel256_b32_student4``). ``--only-student``
+    runs (g) alone.
 (e) latent mode on the CPU at a small size (``--latent-size``, default 128² = 16² latents, the SD1.5
     VAE architecture): frames/s at batch 2, the share of the time spent decoding with the VAE, and
     peak memory streaming 16 vs 64 frames (VAE decode per chunk included).
@@ -24,6 +29,7 @@ Uses CUDA (fp32 there too, for comparability) for (a)-(c) when available. ``--on
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import subprocess
 import sys
@@ -32,7 +38,9 @@ from pathlib import Path
 
 import torch
 
+from pipelines.generator.checkpoint import load_tgdm
 from pipelines.generator.config import DEFAULT_COEFFICIENT_DIM, TGDMConfig
+from pipelines.generator.distilled import DISTILLED_SCHEDULER, Distillation
 from pipelines.generator.inputs import GeneratorInputs, to_channels_first, to_model_images, warp_condition
 from pipelines.generator.sampler import SamplerSettings, TGDMSampler
 from pipelines.generator.tgdm import TGDMDenoiser
@@ -40,6 +48,8 @@ from pipelines.generator.vae import DiffusersVAECodec, build_autoencoder, vae_co
 
 GPU_BATCH = 32
 GPU_STEPS = 25
+STUDENT_STEPS = 4
+DEMO_GENERATOR = Path(__file__).resolve().parents[1] / "assets" / "tgdm_demo_64px.safetensors"
 
 
 def inputs_for(frames: int, size: int) -> GeneratorInputs:
@@ -102,11 +112,29 @@ def gpu_cases(device: torch.device) -> dict[str, object]:
                                geometry_guidance=1.5)
     with torch.inference_mode():
         seconds, _ = sampler_seconds(pixel, inputs_for(GPU_BATCH, 256), settings)
+    student = student_case(pixel, GPU_BATCH, GPU_STEPS)
     del pixel
     latent = latent_case(512, GPU_BATCH, GPU_STEPS, device, torch.bfloat16, guided=True)
     return {"gpu_cases": f"{GPU_STEPS} steps, guided, bf16, batch {GPU_BATCH}",
             "gpu_fps_pixel256_b32": round(GPU_BATCH / seconds, 3),
+            "gpu_fps_pixel256_b32_student4": student["student_fps"], "gpu_student_speedup": student["student_speedup"],
             "gpu_fps_latent512_b32": latent["fps"], "gpu_latent512_vae_decode_share": latent["vae_decode_share"]}
+
+
+@torch.inference_mode()
+def student_case(teacher: TGDMDenoiser, batch: int, teacher_steps: int) -> dict[str, float]:
+    """(g): frames/s of the teacher at ``teacher_steps`` guided DDIM steps and of a student of it (the
+    same weights marked as a 4-step student: speed does not depend on what the weights learnt) in 4
+    distilled steps, on the same inputs."""
+    student = copy.deepcopy(teacher)
+    student.distillation = Distillation(STUDENT_STEPS, 1.5, 1.5, 12)
+    inputs = inputs_for(batch, teacher.config.pixel_size)
+    guided = SamplerSettings(steps=teacher_steps, batch_size=batch, chunk_size=batch, texture_guidance=1.5, geometry_guidance=1.5)
+    few = SamplerSettings(scheduler=DISTILLED_SCHEDULER, steps=STUDENT_STEPS, batch_size=batch, chunk_size=batch)
+    teacher_seconds, _ = sampler_seconds(teacher, inputs, guided)
+    student_seconds, _ = sampler_seconds(student, inputs, few)
+    return {"teacher_fps": round(batch / teacher_seconds, 3), "student_fps": round(batch / student_seconds, 3),
+            "student_speedup": round(teacher_seconds / student_seconds, 2)}
 
 
 def synchronize(device: torch.device) -> None:
@@ -192,6 +220,8 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--latent-size", type=int, default=128, help="output size of the CPU latent-mode case (e)")
     parser.add_argument("--only-latent", action="store_true", help="run only the latent and GPU cases (d), (e)")
+    parser.add_argument("--only-student", action="store_true", help="run only the student case (g)")
+    parser.add_argument("--student-batch", type=int, default=8, help="frames per batch of the student case (g)")
     parser.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--latent", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -203,8 +233,15 @@ def main() -> None:
         memory_child(args.memory_child, args.size, steps, str(device), args.latent)
         return
 
-    results: dict[str, object] = {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{torch.get_num_threads()}",
-                                  "size": args.size, "steps": steps}
+    results: dict[str, object] = {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{torch.get_num_threads()}"}
+    demo = load_tgdm(DEMO_GENERATOR, device)
+    results.update({f"student_demo64_b{args.student_batch}_{name}": value
+                    for name, value in student_case(demo, args.student_batch, GPU_STEPS).items()})
+    print(f"student (4 distilled steps) vs teacher (25 guided steps): {results}", flush=True)
+    if args.only_student:
+        print(json.dumps(results))
+        return
+    results.update({"size": args.size, "steps": steps})
     if not args.only_latent:
         pixel_cases(args, device, steps, results)
     results.update(gpu_cases(device))

@@ -197,8 +197,12 @@ class TGDMSampler(TalkingFaceNode):
                 "source_image": ("IMAGE", {"tooltip": "The face whose texture is copied: one image, or one per frame."}),
                 "render": ("IMAGE", {"tooltip": "I_3d renders from Render 3DMM Target, one per output frame."}),
                 "coefficients": ("TALK_COEFFS", {"tooltip": "The coefficients the renders were made from (one row per frame, or one row for all)."}),
-                "sampler": (list(sampling.SCHEDULERS), {"default": "ddim", "tooltip": "ddim and dpmpp_2m are deterministic; lcm is for distilled checkpoints."}),
-                "steps": ("INT", {"default": 25, "min": 1, "max": 1000, "tooltip": "Denoising steps per frame."}),
+                "sampler": (list(sampling.TGDM_SCHEDULERS), {"default": "ddim", "tooltip": (
+                    "ddim and dpmpp_2m are deterministic. distilled: only for a few-step student made by "
+                    "`python -m scripts.distill_tgdm` (and only it runs one), 1 to 4 steps with one pass each, its "
+                    "teacher's guidance built in (leave both guidance inputs at 1).")}),
+                "steps": ("INT", {"default": 25, "min": 1, "max": 1000,
+                                  "tooltip": "Denoising steps per frame (a distilled student: 1 to the steps it was distilled for)."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
                                  "tooltip": "Seed of the initial noise."}),
                 "texture_guidance": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 20.0, "step": 0.1,

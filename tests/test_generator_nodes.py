@@ -106,6 +106,26 @@ def test_interruption_reaches_the_sampler(models, monkeypatch):
         sample(load())
 
 
+def test_sampler_node_runs_a_distilled_student_only_with_the_distilled_sampler(models):
+    checkpoint = pack_import("pipelines.generator.checkpoint")
+    distilled = pack_import("pipelines.generator.distilled")
+    student = checkpoint.load_tgdm(models / "talkingface" / TINY_FILE)
+    student.distillation = distilled.Distillation(4, 1.5, 1.5, 12, TINY_FILE)
+    checkpoint.save_tgdm(student, models / "talkingface" / "tgdm_tiny_student.safetensors")
+    assert "distilled" in generator_nodes.TGDMSampler.INPUT_TYPES()["required"]["sampler"][0]
+    loaded = load("tgdm_tiny_student.safetensors")
+    assert loaded.model.distillation == student.distillation
+    for steps in (1, 4):
+        images = sample(loaded, sampler="distilled", steps=steps, texture_guidance=1.0)
+        assert images.shape == (3, 32, 32, 3) and 0 <= images.min() and images.max() <= 1
+    with pytest.raises(nodes_base.NodeInputError, match=r"^TGDM Sampler: this generator is a 1-4 step student .*pick the 'distilled' sampler"):
+        sample(loaded, texture_guidance=1.0)
+    with pytest.raises(nodes_base.NodeInputError, match=r"^TGDM Sampler: .*set texture_guidance and geometry_guidance to 1"):
+        sample(loaded, sampler="distilled")
+    with pytest.raises(nodes_base.NodeInputError, match=r"^TGDM Sampler: the 'distilled' sampler runs few-step students"):
+        sample(load(), sampler="distilled", texture_guidance=1.0)
+
+
 def test_load_generator_errors_name_the_file_and_folder(models):
     with pytest.raises(nodes_base.NodeInputError, match=r"^Load Generator: .*'absent.safetensors' not found.*ComfyUI/models/talkingface/"):
         load("absent.safetensors")

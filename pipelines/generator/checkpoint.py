@@ -8,6 +8,7 @@ import torch
 from ..checkpoints import load_weights_strictly, read_checkpoint_metadata, read_checkpoint_weights, save_checkpoint
 from ..errors import ModelFileError
 from .config import TGDMConfig
+from .distilled import Distillation
 from .tgdm import TGDMDenoiser
 
 FILE_FORMAT = "talkingface.tgdm"
@@ -17,8 +18,11 @@ DUBBING_FORMAT = "talkingface.dubbing"
 
 
 def save_tgdm(model: TGDMDenoiser, path: str | Path, extra_metadata: dict[str, str] | None = None) -> None:
-    """Write the weights (float32 unless already half) and the config into one file."""
+    """Write the weights (float32 unless already half) and the config into one file; a few-step
+    student's file also records its :class:`Distillation`."""
     metadata = {"format": FILE_FORMAT, "version": FILE_VERSION, "config": model.config.to_json()}
+    if model.distillation is not None:
+        metadata.update(model.distillation.to_metadata())
     metadata.update(extra_metadata or {})
     save_checkpoint(model, path, metadata)
 
@@ -46,5 +50,6 @@ def load_tgdm(path: str | Path, device: torch.device | str = "cpu") -> TGDMDenoi
     if metadata.get("version") != FILE_VERSION:
         raise ModelFileError(f"{path.name} is TGDM checkpoint version {metadata.get('version')!r}; this pack reads {FILE_VERSION!r}")
     model = TGDMDenoiser(TGDMConfig.from_metadata(metadata, path.name))
+    model.distillation = Distillation.from_metadata(metadata, path.name)
     load_weights_strictly(model, read_checkpoint_weights(path), path.name, "TGDM")
     return model.to(device).eval()

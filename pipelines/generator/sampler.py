@@ -10,11 +10,14 @@ import torch
 from ..errors import TalkingFaceError
 from ..video import frame_chunks
 from .config import TGDMConfig
+from .distilled import DISTILLED_SCHEDULER
 from .inputs import GeneratorInputs, missing_vae_error, to_channels_first, to_model_images, warp_condition
 from .tgdm import SourceFeatures, TGDMDenoiser
 from .vae import LatentCodec
 
 SCHEDULERS = ("ddim", "dpmpp_2m", "euler", "lcm")
+# TGDM also runs few-step students (generator/distilled.py); other diffusion models have none.
+TGDM_SCHEDULERS = (*SCHEDULERS, DISTILLED_SCHEDULER)
 
 
 def make_scheduler(name: str, config: TGDMConfig):
@@ -28,7 +31,7 @@ def make_scheduler(name: str, config: TGDMConfig):
         "prediction_type": config.prediction_type,
     }
     clip = not config.latent
-    if name == "ddim":
+    if name in ("ddim", DISTILLED_SCHEDULER):  # a student jumps between the timesteps DDIM visits
         return DDIMScheduler(**common, clip_sample=clip, set_alpha_to_one=True, timestep_spacing="trailing")
     if name == "dpmpp_2m":
         return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2, timestep_spacing="trailing")
@@ -36,7 +39,7 @@ def make_scheduler(name: str, config: TGDMConfig):
         return EulerDiscreteScheduler(**common, timestep_spacing="trailing")
     if name == "lcm":
         return LCMScheduler(**common, clip_sample=clip, timestep_spacing="trailing")
-    raise TalkingFaceError(f"unknown sampler '{name}': choose one of {SCHEDULERS}")
+    raise TalkingFaceError(f"unknown sampler '{name}': choose one of {TGDM_SCHEDULERS}")
 
 
 @dataclass(frozen=True)
@@ -55,8 +58,8 @@ class SamplerSettings:
     same_noise: bool = True
 
     def __post_init__(self) -> None:
-        if self.scheduler not in SCHEDULERS:
-            raise TalkingFaceError(f"unknown sampler '{self.scheduler}': choose one of {SCHEDULERS}")
+        if self.scheduler not in TGDM_SCHEDULERS:
+            raise TalkingFaceError(f"unknown sampler '{self.scheduler}': choose one of {TGDM_SCHEDULERS}")
         if self.steps < 1 or self.batch_size < 1 or self.chunk_size < 1:
             raise TalkingFaceError("steps, batch size and chunk size must each be at least 1")
 
@@ -91,6 +94,34 @@ class _Conditions:
     texture_keep: torch.Tensor
 
 
+def check_scheduler_fits(model: TGDMDenoiser, settings: SamplerSettings) -> None:
+    """A few-step student runs only with the ``distilled`` scheduler, within its step count and without
+    guidance of its own (it has its teacher's built in); that scheduler runs only students."""
+    student = model.distillation
+    if student is None:
+        if settings.scheduler == DISTILLED_SCHEDULER:
+            raise TalkingFaceError(
+                f"the '{DISTILLED_SCHEDULER}' sampler runs few-step students made with `python -m scripts.distill_tgdm`, "
+                "and this generator is not one: pick ddim (or dpmpp_2m, euler, lcm), or load its distilled student"
+            )
+        return
+    if settings.scheduler != DISTILLED_SCHEDULER:
+        raise TalkingFaceError(
+            f"this generator is {student.describe()}: pick the '{DISTILLED_SCHEDULER}' sampler with 1 to "
+            f"{student.student_steps} steps (the '{settings.scheduler}' sampler needs the teacher it was distilled from)"
+        )
+    if settings.steps > student.student_steps:
+        raise TalkingFaceError(
+            f"this generator is {student.describe()}: set steps to at most {student.student_steps}, or distil a "
+            f"student for more steps (scripts.distill_tgdm --student-steps)"
+        )
+    if settings.guided:
+        raise TalkingFaceError(
+            f"this generator is {student.describe()}: set texture_guidance and geometry_guidance to 1 (for other "
+            "guidance, distil a student with it)"
+        )
+
+
 class TGDMSampler:
     """Denoises frames with a :class:`TGDMDenoiser`; a latent-mode model needs ``vae`` to encode the
     source and decode each chunk. ``denoiser_calls`` counts the denoiser passes of the last run (for
@@ -101,6 +132,7 @@ class TGDMSampler:
         self.settings = settings
         self.vae = vae
         self.denoiser_calls = 0
+        check_scheduler_fits(model, settings)
         if model.config.latent:
             if vae is None:
                 raise missing_vae_error(model.config)
@@ -225,22 +257,36 @@ class TGDMSampler:
         noisy = noisy.to(render.dtype)
         batch = noisy.shape[0]
         timesteps = timestep.expand(batch)
-        if not settings.guided:
-            self.denoiser_calls += 1
-            return self.model(noisy, timesteps, render, coefficients, source, surface, identity, warped_source=warped).float()
-
-        # Three variants in one pass: full conditions, geometry only, nothing; InstructPix2Pix-style
-        # guidance then weighs geometry and texture separately.
-        def three(x: torch.Tensor | None) -> torch.Tensor | None:
-            return None if x is None else torch.cat([x, x, x])
-
         self.denoiser_calls += 1
-        full, geometry, unconditional = self.model(
-            three(noisy), timesteps.repeat(3), three(render), three(coefficients), source.repeat(3),
-            three(surface), three(identity), conditions.geometry_keep, conditions.texture_keep, three(warped),
-        ).float().chunk(3)
-        return (
-            unconditional
-            + settings.geometry_guidance * (geometry - unconditional)
-            + settings.texture_guidance * (full - geometry)
+        if not settings.guided:
+            return self.model(noisy, timesteps, render, coefficients, source, surface, identity, warped_source=warped).float()
+        return guided_prediction(
+            self.model, noisy, timesteps, render, coefficients, source, surface, identity, warped,
+            settings.texture_guidance, settings.geometry_guidance, conditions.geometry_keep, conditions.texture_keep,
         )
+
+
+def guided_prediction(
+    model: TGDMDenoiser, noisy: torch.Tensor, timesteps: torch.Tensor, render: torch.Tensor, coefficients: torch.Tensor,
+    source: SourceFeatures, surface: torch.Tensor | None, identity: torch.Tensor | None, warped: torch.Tensor | None,
+    texture_guidance: float, geometry_guidance: float,
+    geometry_keep: torch.Tensor | None = None, texture_keep: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The denoiser's prediction under two-condition classifier-free guidance, in float32: three
+    variants in one pass (full conditions, geometry only, nothing), weighed InstructPix2Pix-style so
+    geometry and texture are guided separately. Model-layout inputs, one row per sample. The keep
+    vectors ``[3B]`` that mark the variants are made here unless given (the sampler's step loop
+    makes them once per chunk, so that it copies nothing to the device)."""
+    batch = noisy.shape[0]
+
+    def three(x: torch.Tensor | None) -> torch.Tensor | None:
+        return None if x is None else torch.cat([x, x, x])
+
+    if geometry_keep is None or texture_keep is None:
+        keep = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]], device=noisy.device).repeat_interleave(batch, dim=1)
+        geometry_keep, texture_keep = keep[0], keep[1]
+    full, geometry, unconditional = model(
+        three(noisy), timesteps.repeat(3), three(render), three(coefficients), source.repeat(3),
+        three(surface), three(identity), geometry_keep, texture_keep, three(warped),
+    ).float().chunk(3)
+    return unconditional + geometry_guidance * (geometry - unconditional) + texture_guidance * (full - geometry)

@@ -12,6 +12,7 @@ from ..errors import TalkingFaceError
 from .attention import TextureAttention
 from .blocks import Downsample, ResBlock, Upsample, surface_channels, surface_encoding, timestep_features
 from .config import TGDMConfig
+from .distilled import Distillation
 
 
 @dataclass
@@ -108,6 +109,8 @@ class TGDMDenoiser(nn.Module):
     def __init__(self, config: TGDMConfig) -> None:
         super().__init__()
         self.config = config
+        # Set for a few-step student (its checkpoint's record): the sampler runs it differently.
+        self.distillation: Distillation | None = None
         embedding = config.embedding_dim
         groups = config.norm_groups
         channels = config.level_channels

@@ -224,6 +224,10 @@ class TGDMTrainer:
     with ``warp_condition`` needs ``face_model``, the 3DMM the data's coefficients belong to. A new run
     starts from ``base``'s weights when given (see :func:`start_from_base`)."""
 
+    # What the run writes: the shipped checkpoint's file name and the state folder's format tag.
+    checkpoint_file = EMA_FILE
+    state_format = STATE_FORMAT
+
     def __init__(
         self, config: TGDMConfig, settings: TrainingSettings, output_dir: str | Path, vae: LatentCodec | None = None,
         face_model: MorphableModel | None = None, base: TGDMDenoiser | None = None,
@@ -341,32 +345,41 @@ class TGDMTrainer:
     def save(self) -> Path:
         """Write the resumable state and the EMA weights as a loadable TGDM checkpoint."""
         accelerator = self.accelerator
-        path = self.output_dir / EMA_FILE
+        path = self.output_dir / self.checkpoint_file
         write_state_folder(accelerator, self.output_dir / STATE_FOLDER, {"pairs": self.generator.get_state()},
                            self._write_state)
         if accelerator.is_main_process:
-            model = self.ema.copy_to(TGDMDenoiser(self.denoiser.config))
-            metadata = {"training_step": str(self.step)}
-            if self.vae is not None and getattr(self.vae, "name", ""):
-                metadata["trained_with_vae"] = self.vae.name
-            save_tgdm(model, path, metadata)
+            save_tgdm(*self.checkpoint_model())
         accelerator.wait_for_everyone()
         return path
+
+    def checkpoint_model(self) -> tuple[TGDMDenoiser, Path, dict[str, str]]:
+        """The EMA model to ship, its path and its extra metadata."""
+        model = self.ema.copy_to(TGDMDenoiser(self.denoiser.config))
+        metadata = {"training_step": str(self.step)}
+        if self.vae is not None and getattr(self.vae, "name", ""):
+            metadata["trained_with_vae"] = self.vae.name
+        return model, self.output_dir / self.checkpoint_file, metadata
+
+    def state_info(self) -> dict:
+        """Small values of the run for ``trainer_state.json``."""
+        raw = self.accelerator.unwrap_model(self.module).denoiser
+        return {
+            "step": self.step, "ema_updates": self.ema.updates,
+            "config": json.loads(raw.config.to_json()), "settings": dataclasses.asdict(self.settings),
+            "processes": self.accelerator.num_processes, "loss_scaler": scaler_state(self.accelerator),
+        }
 
     def _write_state(self, folder: Path) -> None:
         raw = self.accelerator.unwrap_model(self.module).denoiser
         save_model_weights(raw, folder)
         save_weights(self.ema.shadow, folder / EMA_STATE_FILE)
         save_optimizer(self.optimizer, folder)
-        write_trainer_state(folder, STATE_FORMAT, {
-            "step": self.step, "ema_updates": self.ema.updates,
-            "config": json.loads(raw.config.to_json()), "settings": dataclasses.asdict(self.settings),
-            "processes": self.accelerator.num_processes, "loss_scaler": scaler_state(self.accelerator),
-        })
+        write_trainer_state(folder, self.state_format, self.state_info())
 
     def load_state(self, folder: Path) -> None:
         """Continue from a state written by :meth:`save`; a different model config is refused."""
-        info = read_trainer_state(folder, STATE_FORMAT, "TGDM")
+        info = read_trainer_state(folder, self.state_format, "TGDM")
         config = self.denoiser.config
         if TGDMConfig.from_json(json.dumps(info["config"])) != config:
             raise TalkingFaceError(
