@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -90,9 +92,73 @@ class PrepareTrainingFootage(TalkingFaceNode):
         return (footage, preview)
 
 
-class TrainGenerator(TalkingFaceNode):
-    DISPLAY_NAME = "Train Generator"
+class TrainingNode(TalkingFaceNode):
+    """What Train Generator and Train Dubbing Model share: the footage, a new file name, a base or
+    scratch, the training numbers, and a run that reports progress and never overwrites."""
+
     CATEGORY = CATEGORY
+    MODEL_WORDS = "model"  # how the tooltips name what is trained
+    BASE_HINT = f"'{FROM_SCRATCH}'"  # what VALIDATE_INPUTS suggests when the base is missing
+
+    @classmethod
+    def training_inputs(cls, defaults, default_name: str, default_base: str, base_tooltip: str, tooltips: dict,
+                        extra: dict | None = None) -> dict:
+        words = cls.MODEL_WORDS
+        return {
+            "required": {
+                "footage": ("TALK_FOOTAGE", {"tooltip": tooltips["footage"]}),
+                "name": ("STRING", {
+                    "default": default_name,
+                    "tooltip": f"File name in ComfyUI/models/talkingface/ for the trained {words}; it must not exist yet."}),
+                "base": ([FROM_SCRATCH, *host.list_models("talkingface")], {"default": default_base, "tooltip": base_tooltip}),
+                "resolution": ("INT", {
+                    "default": defaults.resolution, "min": 16, "max": 512, "step": 8, "tooltip": tooltips["resolution"]}),
+                "steps": ("INT", {
+                    "default": defaults.steps, "min": 1, "max": 1_000_000,
+                    "tooltip": "Training steps in all (a continued run counts the steps it had done)."}),
+                "batch_size": ("INT", {
+                    "default": defaults.batch_size, "min": 1, "max": 256, "tooltip": tooltips["batch_size"]}),
+                "learning_rate": ("FLOAT", {
+                    "default": defaults.learning_rate, "min": 1e-6, "max": 1e-2, "step": 1e-5, "round": False,
+                    "tooltip": tooltips["learning_rate"]}),
+                "channels": ("INT", {
+                    "default": defaults.channels, "min": 8, "max": 256, "step": 8,
+                    "tooltip": f"From scratch only: the {words}'s base width (larger learns more, slower)."}),
+                "time_limit_minutes": ("FLOAT", {
+                    "default": 0.0, "min": 0.0, "max": 10_080.0, "step": 1.0,
+                    "tooltip": "Stop after this long and save what was trained; 0 = no limit."}),
+                **(extra or {}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip": tooltips["seed"]}),
+            },
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, base: str) -> bool | str:
+        if base == FROM_SCRATCH:
+            return True
+        return cls.check_model_file("base", "talkingface", base, f"Pick {cls.BASE_HINT}")
+
+    def train(self, name: str, steps: int, fit: Callable[[Path, Path, Callable], object]) -> tuple[Path, str]:
+        """Run ``fit(output file, run folder, on_step)`` with progress and Cancel; the saved file and its name."""
+        stem = _plain_name(self, "name", name, GENERATOR_SUFFIX)
+        file_name = stem + GENERATOR_SUFFIX
+        progress = host.Progress(steps)
+
+        def on_step(step: int, loss: float, preview: torch.Tensor | None = None) -> None:
+            progress.report(step, preview)
+
+        # ComfyUI runs nodes under inference mode, where nothing can be trained.
+        with torch.inference_mode(False), torch.enable_grad():
+            result = fit(host.model_folder_roots("talkingface")[0] / file_name,
+                         host.output_directory() / RUNS_FOLDER / stem, on_step)
+        _report(self, result)
+        return result.path, file_name
+
+
+class TrainGenerator(TrainingNode):
+    DISPLAY_NAME = "Train Generator"
+    MODEL_WORDS = "generator"
+    BASE_HINT = f"{DEMO_GENERATOR}, which ships with the pack, or '{FROM_SCRATCH}'"
     DESCRIPTION = (
         "Trains a TGDM generator on prepared footage, starting from a base generator (fine-tuning, the usual way) "
         "or from scratch, and saves it as ComfyUI/models/talkingface/<name>.safetensors (never over an existing "
@@ -109,78 +175,37 @@ class TrainGenerator(TalkingFaceNode):
     @classmethod
     def INPUT_TYPES(cls) -> dict:
         defaults = FinetuneSettings()
-        return {
-            "required": {
-                "footage": ("TALK_FOOTAGE", {"tooltip": "From Prepare Training Footage."}),
-                "name": ("STRING", {
-                    "default": "my_person_tgdm",
-                    "tooltip": "File name in ComfyUI/models/talkingface/ for the trained generator; it must not exist yet."}),
-                "base": ([FROM_SCRATCH, *host.list_models("talkingface")], {
-                    "default": DEMO_GENERATOR,
-                    "tooltip": "A generator to start from (its architecture and resolution are kept), or none to train "
-                               f"a new one. {DEMO_GENERATOR} ships with the pack (64 px)."}),
-                "resolution": ("INT", {
-                    "default": defaults.resolution, "min": 16, "max": 512, "step": 8,
-                    "tooltip": "Side of the generated face crops in px; a base must have this resolution."}),
-                "steps": ("INT", {
-                    "default": defaults.steps, "min": 1, "max": 1_000_000,
-                    "tooltip": "Training steps in all (a continued run counts the steps it had done)."}),
-                "batch_size": ("INT", {
-                    "default": defaults.batch_size, "min": 1, "max": 256,
-                    "tooltip": "Frame pairs per step; halved automatically when the GPU runs out of memory."}),
-                "learning_rate": ("FLOAT", {
-                    "default": defaults.learning_rate, "min": 1e-6, "max": 1e-2, "step": 1e-5, "round": False,
-                    "tooltip": "AdamW learning rate; 1e-4 suits fine-tuning, 4e-4 training from scratch."}),
-                "channels": ("INT", {
-                    "default": defaults.channels, "min": 8, "max": 256, "step": 8,
-                    "tooltip": "From scratch only: the generator's base width (larger learns more, slower)."}),
-                "time_limit_minutes": ("FLOAT", {
-                    "default": 0.0, "min": 0.0, "max": 10_080.0, "step": 1.0,
-                    "tooltip": "Stop after this long and save what was trained; 0 = no limit."}),
-                "preview_every": ("INT", {
-                    "default": defaults.preview_every, "min": 0, "max": 100_000,
-                    "tooltip": "Show a sampled frame (truth | generated) on the node every this many steps; 0 = never."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip": "Seed of the pairs and noise drawn."}),
-            },
-        }
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, base: str) -> bool | str:
-        if base == FROM_SCRATCH:
-            return True
-        return cls.check_model_file("base", "talkingface", base,
-                                    f"Pick {DEMO_GENERATOR}, which ships with the pack, or '{FROM_SCRATCH}'")
+        return cls.training_inputs(
+            defaults, "my_person_tgdm", DEMO_GENERATOR,
+            "A generator to start from (its architecture and resolution are kept), or none to train "
+            f"a new one. {DEMO_GENERATOR} ships with the pack (64 px).",
+            {"footage": "From Prepare Training Footage.",
+             "resolution": "Side of the generated face crops in px; a base must have this resolution.",
+             "batch_size": "Frame pairs per step; halved automatically when the GPU runs out of memory.",
+             "learning_rate": "AdamW learning rate; 1e-4 suits fine-tuning, 4e-4 training from scratch.",
+             "seed": "Seed of the pairs and noise drawn."},
+            extra={"preview_every": ("INT", {
+                "default": defaults.preview_every, "min": 0, "max": 100_000,
+                "tooltip": "Show a sampled frame (truth | generated) on the node every this many steps; 0 = never."})},
+        )
 
     def run(self, footage: TrainingFootage, name: str, base: str, resolution: int, steps: int, batch_size: int,
             learning_rate: float, channels: int, time_limit_minutes: float, preview_every: int, seed: int):
-        stem = _plain_name(self, "name", name, GENERATOR_SUFFIX)
-        file_name = stem + GENERATOR_SUFFIX
-        output = host.model_folder_roots("talkingface")[0] / file_name
         settings = FinetuneSettings(
             steps=steps, batch_size=batch_size, learning_rate=learning_rate, resolution=resolution, channels=channels,
             time_limit_s=60.0 * time_limit_minutes, preview_every=preview_every, seed=seed)
-        progress = host.Progress(steps)
-        shown = 0
 
-        def on_step(step: int, loss: float, preview: torch.Tensor | None) -> None:
-            nonlocal shown
-            host.throw_if_interrupted()
-            progress.advance(step - shown, preview)
-            shown = step
-
-        # ComfyUI runs nodes under inference mode, where nothing can be trained.
-        with torch.inference_mode(False), torch.enable_grad():
+        def fit(output: Path, run_folder: Path, on_step: Callable):
             base_model = None if base == FROM_SCRATCH else load_tgdm(host.model_path("talkingface", base, "base generator"))
-            result = finetune_generator(
-                footage, output, host.output_directory() / RUNS_FOLDER / stem, settings, base_model, base, on_step=on_step)
-        _report(self, result)
-        model = load_tgdm(result.path, host.offload_device())
-        return (LoadedGenerator(model, torch.float32, file_name), file_name)
+            return finetune_generator(footage, output, run_folder, settings, base_model, base, on_step=on_step)
+
+        path, file_name = self.train(name, steps, fit)
+        return (LoadedGenerator(load_tgdm(path, host.offload_device()), torch.float32, file_name), file_name)
 
 
-class TrainDubbingModel(TalkingFaceNode):
+class TrainDubbingModel(TrainingNode):
     DISPLAY_NAME = "Train Dubbing Model"
-    CATEGORY = CATEGORY
+    BASE_HINT = f"a dubbing model there, or '{FROM_SCRATCH}'"
     DESCRIPTION = (
         "Trains a lip-sync dubbing model (paper 2, on the footage's own lip and jaw landmarks) on prepared footage, "
         "from a base dubbing model or from scratch, and saves it as ComfyUI/models/talkingface/<name>.safetensors "
@@ -196,67 +221,28 @@ class TrainDubbingModel(TalkingFaceNode):
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
-        defaults = DubbingFinetuneSettings()
-        return {
-            "required": {
-                "footage": ("TALK_FOOTAGE", {"tooltip": "From Prepare Training Footage: frames of the person speaking."}),
-                "name": ("STRING", {
-                    "default": "my_person_dubbing",
-                    "tooltip": "File name in ComfyUI/models/talkingface/ for the trained model; it must not exist yet."}),
-                "base": ([FROM_SCRATCH, *host.list_models("talkingface")], {
-                    "default": FROM_SCRATCH,
-                    "tooltip": "A dubbing model to start from (its architecture and resolution are kept), or none."}),
-                "resolution": ("INT", {
-                    "default": defaults.resolution, "min": 16, "max": 512, "step": 8,
-                    "tooltip": "Side of the face crops in px; a base must have this resolution."}),
-                "steps": ("INT", {
-                    "default": defaults.steps, "min": 1, "max": 1_000_000,
-                    "tooltip": "Training steps in all (a continued run counts the steps it had done)."}),
-                "batch_size": ("INT", {
-                    "default": defaults.batch_size, "min": 1, "max": 256,
-                    "tooltip": "Frames per step; halved automatically when the GPU runs out of memory."}),
-                "learning_rate": ("FLOAT", {
-                    "default": defaults.learning_rate, "min": 1e-6, "max": 1e-2, "step": 1e-5, "round": False,
-                    "tooltip": "AdamW learning rate (warm-up, then cosine decay over the steps)."}),
-                "channels": ("INT", {
-                    "default": defaults.channels, "min": 8, "max": 256, "step": 8,
-                    "tooltip": "From scratch only: the model's base width."}),
-                "time_limit_minutes": ("FLOAT", {
-                    "default": 0.0, "min": 0.0, "max": 10_080.0, "step": 1.0,
-                    "tooltip": "Stop after this long and save what was trained; 0 = no limit."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip": "Seed of the initialisation and the draws."}),
-            },
-        }
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, base: str) -> bool | str:
-        if base == FROM_SCRATCH:
-            return True
-        return cls.check_model_file("base", "talkingface", base, f"Pick a dubbing model there, or '{FROM_SCRATCH}'")
+        return cls.training_inputs(
+            DubbingFinetuneSettings(), "my_person_dubbing", FROM_SCRATCH,
+            "A dubbing model to start from (its architecture and resolution are kept), or none.",
+            {"footage": "From Prepare Training Footage: frames of the person speaking.",
+             "resolution": "Side of the face crops in px; a base must have this resolution.",
+             "batch_size": "Frames per step; halved automatically when the GPU runs out of memory.",
+             "learning_rate": "AdamW learning rate (warm-up, then cosine decay over the steps).",
+             "seed": "Seed of the initialisation and the draws."},
+        )
 
     def run(self, footage: TrainingFootage, name: str, base: str, resolution: int, steps: int, batch_size: int,
             learning_rate: float, channels: int, time_limit_minutes: float, seed: int):
-        stem = _plain_name(self, "name", name, GENERATOR_SUFFIX)
-        file_name = stem + GENERATOR_SUFFIX
         settings = DubbingFinetuneSettings(
             steps=steps, batch_size=batch_size, learning_rate=learning_rate, resolution=resolution, channels=channels,
             time_limit_s=60.0 * time_limit_minutes, seed=seed)
-        progress = host.Progress(steps)
-        shown = 0
 
-        def on_step(step: int, loss: float) -> None:
-            nonlocal shown
-            host.throw_if_interrupted()
-            progress.advance(step - shown)
-            shown = step
-
-        with torch.inference_mode(False), torch.enable_grad():
+        def fit(output: Path, run_folder: Path, on_step: Callable):
             base_model = None if base == FROM_SCRATCH else load_dubbing(host.model_path("talkingface", base, "base dubbing model"))
-            result = finetune_dubbing(footage, host.model_folder_roots("talkingface")[0] / file_name,
-                                      host.output_directory() / RUNS_FOLDER / stem, settings, base_model, base, on_step=on_step)
-        _report(self, result)
-        model = load_dubbing(result.path, host.offload_device())
-        return (LoadedDubbingModel(model, torch.float32, file_name), file_name)
+            return finetune_dubbing(footage, output, run_folder, settings, base_model, base, on_step=on_step)
+
+        path, file_name = self.train(name, steps, fit)
+        return (LoadedDubbingModel(load_dubbing(path, host.offload_device()), torch.float32, file_name), file_name)
 
 
 TRAINING_NODES = (PrepareTrainingFootage, TrainGenerator, TrainDubbingModel)

@@ -50,13 +50,19 @@ class FinetuneSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "channels", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise TalkingFaceError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.learning_rate <= 0:
-            raise TalkingFaceError(f"learning_rate must be positive, got {self.learning_rate}")
-        if self.resolution < 16 or self.resolution % 8:
-            raise TalkingFaceError(f"resolution must be a multiple of 8 of at least 16 px, got {self.resolution}")
+        check_training_numbers(self, ("steps", "batch_size", "channels", "checkpoint_every"))
+
+
+def check_training_numbers(settings, counts: tuple[str, ...]) -> None:
+    """The settings every fine-tuning shares: ``counts`` at least 1, a positive learning rate, and a
+    resolution the generators' down-sampling takes."""
+    for name in counts:
+        if getattr(settings, name) < 1:
+            raise TalkingFaceError(f"{name} must be at least 1, got {getattr(settings, name)}")
+    if settings.learning_rate <= 0:
+        raise TalkingFaceError(f"learning_rate must be positive, got {settings.learning_rate}")
+    if settings.resolution < 16 or settings.resolution % 8:
+        raise TalkingFaceError(f"resolution must be a multiple of 8 of at least 16 px, got {settings.resolution}")
 
 
 @dataclass(frozen=True)
@@ -92,14 +98,18 @@ def describe_config(config: TGDMConfig) -> str:
 
 def check_base(base: TGDMDenoiser, name: str, resolution: int) -> None:
     """A base must be a pixel-space generator of the resolution asked for; the error names its settings."""
-    config = base.config
+    check_pixel_base(base.config, name, resolution, "generator", describe_config(base.config))
+
+
+def check_pixel_base(config, name: str, resolution: int, kind: str, described: str) -> None:
+    """A base ``config`` (of a ``kind`` of model, ``described``) must be pixel-space at ``resolution``."""
     if config.latent:
         raise TalkingFaceError(
-            f"base '{name}' is a latent-mode generator ({describe_config(config)}); training here makes pixel-space "
-            "generators: pick a pixel-space base, or train from scratch")
+            f"base '{name}' is a latent-mode {kind} ({described}); training here makes pixel-space "
+            f"{kind}s: pick a pixel-space base, or train from scratch")
     if config.pixel_size != resolution:
         raise TalkingFaceError(
-            f"base '{name}' is a {config.pixel_size} px generator ({describe_config(config)}) but resolution is "
+            f"base '{name}' is a {config.pixel_size} px {kind} ({described}) but resolution is "
             f"{resolution}: set resolution to {config.pixel_size}, or train from scratch")
 
 

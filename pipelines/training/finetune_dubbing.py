@@ -29,7 +29,15 @@ from .dubbing import (
     save_trainee,
     train_dubbing,
 )
-from .finetune import FinetuneResult, check_new_file, free_memory, is_out_of_memory, publish_checkpoint
+from .finetune import (
+    FinetuneResult,
+    check_new_file,
+    check_pixel_base,
+    check_training_numbers,
+    free_memory,
+    is_out_of_memory,
+    publish_checkpoint,
+)
 from .footage import TrainingFootage
 from .state import STATE_FOLDER, read_trainer_state
 from .video_shards import VideoFaceShards
@@ -50,13 +58,7 @@ class DubbingFinetuneSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "channels", "validate_every"):
-            if getattr(self, name) < 1:
-                raise TalkingFaceError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.learning_rate <= 0:
-            raise TalkingFaceError(f"learning_rate must be positive, got {self.learning_rate}")
-        if self.resolution < 16 or self.resolution % 8:
-            raise TalkingFaceError(f"resolution must be a multiple of 8 of at least 16 px, got {self.resolution}")
+        check_training_numbers(self, ("steps", "batch_size", "channels", "validate_every"))
 
 
 class _TimeUp(Exception):
@@ -81,15 +83,7 @@ def describe_dubbing(config: DubbingConfig) -> str:
 
 
 def check_dubbing_base(base: DubbingDenoiser, name: str, resolution: int) -> None:
-    config = base.config
-    if config.latent:
-        raise TalkingFaceError(
-            f"base '{name}' is a latent-mode dubbing model ({describe_dubbing(config)}); training here makes "
-            "pixel-space models: pick a pixel-space base, or train from scratch")
-    if config.pixel_size != resolution:
-        raise TalkingFaceError(
-            f"base '{name}' is a {config.pixel_size} px dubbing model ({describe_dubbing(config)}) but resolution is "
-            f"{resolution}: set resolution to {config.pixel_size}, or train from scratch")
+    check_pixel_base(base.config, name, resolution, "dubbing model", describe_dubbing(base.config))
 
 
 def footage_clips(shards: VideoFaceShards, fps: float) -> tuple[list[DubbingClip], list[DubbingClip]]:
