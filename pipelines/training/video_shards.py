@@ -5,12 +5,14 @@ main face is detected and tracked, cut out as an aligned generator crop, fitted 
 identity for the whole video, texture and lighting from the crops, gaze from the eyes) and rendered
 as I_3d with its surface coordinates in the same framing. The frames are written as safetensors
 shards (uint8 crops and renders, float16 surface maps, float32 coefficients, landmarks, the video
-and frame number of every row) next to a JSON manifest, which makes a run resumable: videos already
-listed are skipped, and a video without a usable face is listed as skipped with the reason.
+and frame number of every row, and the speech of a video file with a sound track, see
+:class:`FrameAudio`) next to a JSON manifest, which makes a run resumable: videos already listed are
+skipped, and a video without a usable face is listed as skipped with the reason.
 
 :class:`VideoFaceShards` reads the shards through safetensors' memory map and offers what
 :class:`~.synthetic_faces.FaceViews` offers the trainer: ``photos``, ``renders``, ``surfaces`` and
-``coefficients`` indexed by frame rows, and ``pairs`` of two frames of one video.
+``coefficients`` indexed by frame rows, and ``pairs`` of two frames of one video; ``clip_audio`` gives
+the speech under a run of rows (shards written before audio was kept have none, and still load).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..audio.io import SAMPLE_RATE
 from ..errors import TalkingFaceError
 from ..face.alignment import apply_transforms, invert_transforms
 from ..face.analysis import FaceAnalyzer
@@ -54,6 +57,11 @@ FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 FIT_CANVAS = 112
 # Rows kept per frame: the arrays every shard holds, and how they are stored.
 SHARD_ARRAYS = ("photos", "renders", "surfaces", "coefficients", "landmarks", "video", "frame")
+AUDIO_KEY = "audio"  # the optional speech of a shard's rows, see FrameAudio
+# Speech is kept as 16-bit PCM: what most sources hold anyway, exact steps of 1/32768 over the whole
+# -1..1 range (float16 would spend its bits on tiny values and round loud ones to ~1/2048), and the
+# same two bytes a sample.
+PCM_SCALE = 32767.0
 
 
 @dataclass(frozen=True)
@@ -118,6 +126,86 @@ def video_fps(source: VideoSource, settings: PreprocessSettings) -> float:
         stream = container.streams.video[0]
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         return float(rate) if rate else settings.frames_fps
+
+
+@dataclass
+class FrameAudio:
+    """A clip's speech, mono 16 kHz (:data:`~..audio.io.SAMPLE_RATE`) ``int16`` PCM, and how its frames map onto it.
+
+    Frames are numbered as in the source (0 is the video's first frame, before ``frame_step``) and
+    frame ``n`` starts ``n / frame_rate`` seconds into the video: it covers samples
+    ``round(n · 16000 / frame_rate)`` up to (without) the start of frame ``n + 1``, counted from the
+    start of frame 0, so ``samples[0]`` is the first sample of frame ``first_frame``. A kept frame
+    stands for the ``frame_step`` source frames from it, so the rows of frames ``a..b`` (kept) carry
+    the samples from the start of ``a`` to the start of ``b + frame_step``."""
+
+    samples: torch.Tensor  # [N] int16
+    frame_rate: float  # source frames per second (the manifest's fps times frame_step)
+    frame_step: int = 1
+    first_frame: int = 0
+
+    def sample_of(self, frame_number: int) -> int:
+        """The index in ``samples`` where frame ``frame_number`` starts."""
+        return round(frame_number * SAMPLE_RATE / self.frame_rate) - round(self.first_frame * SAMPLE_RATE / self.frame_rate)
+
+    def span(self, first_frame: int, end_frame: int) -> torch.Tensor:
+        """The samples of frames ``first_frame`` up to (without) ``end_frame``; silence past the track's end."""
+        start, stop = self.sample_of(first_frame), self.sample_of(end_frame)
+        part = self.samples[max(start, 0):max(stop, 0)]
+        return torch.nn.functional.pad(part, (max(-start, 0), stop - start - part.shape[0] - max(-start, 0)))
+
+
+def pcm16(samples: torch.Tensor) -> torch.Tensor:
+    """Float samples in -1..1 as ``int16`` PCM (louder ones clipped)."""
+    return samples.float().clamp(-1, 1).mul(PCM_SCALE).round().to(torch.int16)
+
+
+def decode_audio(source: VideoSource, frame_rate: float, end_frame: int,
+                 frame_step: int = 1) -> tuple[FrameAudio | None, list[str]]:
+    """The sound track of a video file from the start of frame 0 to the start of ``end_frame``, mono
+    16 kHz, and notes. None for a frame folder, a file without an audio stream, or one whose audio
+    cannot be decoded (noted: the frames are still usable for training without sound).
+
+    The track is placed by its start time against the video stream's, so an audio stream that starts
+    late is preceded by silence and one that starts early is cut; a track that ends early is padded
+    with silence (noted when by more than one frame)."""
+    if source.is_frame_folder:
+        return None, []
+    import av
+
+    wanted = round(end_frame * SAMPLE_RATE / frame_rate)
+    parts, offset = [], None
+    try:
+        with av.open(str(source.path)) as container:
+            if not container.streams.audio:
+                return None, []
+            video = container.streams.video[0]
+            video_start = float(video.start_time * video.time_base) if video.start_time is not None else 0.0
+            resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+            have = 0
+            for frame in container.decode(container.streams.audio[0]):
+                if offset is None:
+                    offset = round(((frame.time or 0.0) - video_start) * SAMPLE_RATE)
+                for block in resampler.resample(frame):
+                    parts.append(torch.from_numpy(block.to_ndarray().reshape(-1).copy()))
+                    have += parts[-1].shape[0]
+                if offset + have >= wanted:
+                    break
+            else:
+                parts += [torch.from_numpy(block.to_ndarray().reshape(-1).copy()) for block in resampler.resample(None)]
+    except av.error.FFmpegError as error:
+        return None, [f"the sound track could not be decoded ({error}): kept without audio"]
+    if offset is None:
+        return None, ["the audio stream holds no samples: kept without audio"]
+    samples = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int16)
+    # Silence before a late track, and a track that starts before the first frame cut to it.
+    samples = torch.cat([torch.zeros(max(offset, 0), dtype=torch.int16), samples[max(-offset, 0):]])[:wanted]
+    notes = []
+    missing = wanted - samples.shape[0]
+    if missing > SAMPLE_RATE / frame_rate:
+        notes.append(f"the sound track ends {missing / SAMPLE_RATE:.2f} s before the last frame: padded with silence")
+    samples = torch.nn.functional.pad(samples, (0, missing))
+    return FrameAudio(samples, frame_rate, frame_step), notes
 
 
 def _natural_key(path: Path) -> list:
@@ -336,22 +424,32 @@ class ShardWriter:
                       "status": "skipped", "reason": reason})
 
     def add(self, source: VideoSource, fps: float, rows: dict[str, torch.Tensor], notes: list[str],
-            shard_frames: int, decoded_frames: int) -> dict:
+            shard_frames: int, decoded_frames: int, audio: FrameAudio | None = None) -> dict:
+        """Write one video's rows; with ``audio`` (frames numbered like ``rows["frame"]``) each shard
+        also holds the speech from its first row's frame to the next shard's first (the last shard's
+        ends with its last frame), so a video's shards put together carry its speech without gaps."""
         index = self._next_index()
         stem = f"{index:06d}_{_shard_stem(source.name)}"
         count = rows["photos"].shape[0]
+        numbers = rows["frame"].tolist()
         files = []
         for part, chunk in enumerate(frame_chunks(count, shard_frames)):
             name = f"{SHARD_FOLDER}/{stem}_{part:03d}.safetensors"
             tensors = {key: value[chunk].contiguous() for key, value in rows.items()}
             tensors["video"] = torch.full((chunk.stop - chunk.start,), index, dtype=torch.int64)
-            save_file(tensors, str(self.folder / name), metadata={
-                "format": SHARD_FORMAT, "version": str(FORMAT_VERSION), "video": source.name,
-                "crop_size": str(self.manifest["crop_size"]),
-            })
+            metadata = {"format": SHARD_FORMAT, "version": str(FORMAT_VERSION), "video": source.name,
+                        "crop_size": str(self.manifest["crop_size"])}
+            if audio is not None:
+                end = numbers[chunk.stop] if chunk.stop < count else numbers[-1] + audio.frame_step
+                tensors[AUDIO_KEY] = audio.span(numbers[chunk.start], end).contiguous()
+                metadata["audio"] = f"int16 mono {SAMPLE_RATE} Hz from frame {numbers[chunk.start]} to {end}"
+            save_file(tensors, str(self.folder / name), metadata=metadata)
             files.append({"file": name, "frames": chunk.stop - chunk.start})
         entry = {"index": index, "name": source.name, "source": str(source.path), "status": "done", "frames": count,
                  "decoded_frames": decoded_frames, "fps": fps, "shards": files, "notes": notes}
+        if audio is not None:
+            entry["audio"] = {"sample_rate": SAMPLE_RATE, "encoding": "int16", "frame_rate": audio.frame_rate,
+                              "frame_step": audio.frame_step}
         self._append(entry)
         return entry
 
@@ -362,12 +460,16 @@ class ShardWriter:
 
 def preprocess_video(
     analyzer: FaceAnalyzer, model: MorphableModel, source: VideoSource, settings: PreprocessSettings
-) -> tuple[float, dict[str, torch.Tensor], list[str], int]:
-    """One video to shard rows: ``(fps, rows, notes, decoded frames)``; raises TalkingFaceError when unusable."""
-    fps = video_fps(source, settings) / settings.frame_step
+) -> tuple[float, dict[str, torch.Tensor], list[str], int, FrameAudio | None]:
+    """One video to shard rows and its speech: ``(fps, rows, notes, decoded frames, audio)``; raises
+    TalkingFaceError when unusable."""
+    source_fps = video_fps(source, settings)
+    fps = source_fps / settings.frame_step
     video = analyze_video(analyzer, source, fps, settings)
+    audio, audio_notes = decode_audio(source, source_fps, int(video.numbers[-1]) + settings.frame_step,
+                                      settings.frame_step)
     rows, notes = shard_rows(model, video, settings, fps)
-    return fps, rows, notes, int(video.faces.frames)
+    return fps, rows, notes + audio_notes, int(video.faces.frames), audio
 
 
 def shard_rows(
@@ -417,7 +519,7 @@ def preprocess_videos(
         if source.name in done:
             continue
         try:
-            fps, rows, notes, decoded = preprocess_video(analyzer, model, source, settings)
+            fps, rows, notes, decoded, audio = preprocess_video(analyzer, model, source, settings)
         except TalkingFaceError as error:
             writer.skip(source, str(error))
             log(f"[{number}/{len(sources)}] {source.name}: skipped: {error}")
@@ -428,8 +530,9 @@ def preprocess_videos(
             writer.skip(source, f"could not be decoded: {error}")
             log(f"[{number}/{len(sources)}] {source.name}: skipped: could not be decoded: {error}")
             continue
-        entry = writer.add(source, fps, rows, notes, settings.shard_frames, decoded)
-        log(f"[{number}/{len(sources)}] {source.name}: {entry['frames']} frames in {len(entry['shards'])} shard(s)")
+        entry = writer.add(source, fps, rows, notes, settings.shard_frames, decoded, audio)
+        sound = "with sound" if audio is not None else "no sound"
+        log(f"[{number}/{len(sources)}] {source.name}: {entry['frames']} frames in {len(entry['shards'])} shard(s), {sound}")
     return writer.manifest
 
 
@@ -513,7 +616,9 @@ class VideoFaceShards:
     ``videos`` (manifest index) and ``frame_numbers`` ``[N]`` are in memory, and ``descriptors`` ``[N, E]``
     (ArcFace, for face-swap training) when every shard has them. ``pairs`` draws
     (source, target) rows of one video at least ``min_frame_gap`` source frames apart (any other frame of
-    the video when it has none that far, the frame itself when the video has one frame)."""
+    the video when it has none that far, the frame itself when the video has one frame). Videos are
+    named by their manifest index (``video_indices``); ``clip_audio`` reads the speech under a run of
+    rows of a video that has some (``frame_runs`` splits a video where frames were left out)."""
 
     def __init__(self, folder: str | Path, image_size: int | None = None, min_frame_gap: int = 1,
                  in_memory: bool = False) -> None:
@@ -535,6 +640,15 @@ class VideoFaceShards:
         if not shards:
             raise TalkingFaceError(f"{self.folder} holds no preprocessed frames (every video was skipped or none was given)")
         files = ShardFiles([path for path, _ in shards], [count for _, count in shards])
+        self._files = files
+        self._fps = {int(entry["index"]): float(entry["fps"]) for entry in entries}
+        # Videos with speech: their audio entry and their shard files (shards written before audio was kept have none).
+        self._audio: dict[int, tuple[dict, list[int]]] = {}
+        first_file = 0
+        for entry in entries:
+            if entry.get("audio"):
+                self._audio[int(entry["index"])] = (entry["audio"], list(range(first_file, first_file + len(entry["shards"]))))
+            first_file += len(entry["shards"])
         resize = None if self.image_size == self.crop_size else self.image_size
         self.photos = ShardRows(files, "photos", in_memory, resize)
         self.renders = ShardRows(files, "renders", in_memory, resize)
@@ -566,8 +680,46 @@ class VideoFaceShards:
     def video_count(self) -> int:
         return len(self._video_start)
 
+    @property
+    def video_indices(self) -> list[int]:
+        """The manifest index of every video with rows, in row order."""
+        return list(self._video_start)
+
     def video_rows(self, video: int) -> range:
         return range(self._video_start[video], self._video_end[video])
+
+    def video_fps(self, video: int) -> float:
+        """The frame rate of the video's rows (after ``frame_step``)."""
+        return self._fps[video]
+
+    def has_audio(self, video: int) -> bool:
+        return video in self._audio
+
+    def frame_runs(self, video: int) -> list[range]:
+        """The video's rows split where frames are missing (left out without a face, or interpolated), so
+        each run's rows follow each other in time and line up with its audio."""
+        rows = self.video_rows(video)
+        step = int(self._audio[video][0]["frame_step"]) if video in self._audio else 1
+        numbers = self.frame_numbers[rows.start:rows.stop]
+        gaps = torch.nonzero(numbers[1:] - numbers[:-1] != step).flatten()
+        ends = [rows.start + 1 + int(gap) for gap in gaps] + [rows.stop]
+        return [range(start, end) for start, end in zip([rows.start, *ends[:-1]], ends, strict=True)]
+
+    def clip_audio(self, rows: range) -> torch.Tensor | None:
+        """The 16 kHz speech ``[N]`` float32 in -1..1 under ``rows`` of one video, from the start of the
+        first row's frame to the end of the last's (for a run of ``frame_runs``, row ``i`` of the run
+        starts at sample ``round(i · 16000 / fps)``), or None when the video has none."""
+        video = int(self.videos[rows.start])
+        if video not in self._audio:
+            return None
+        if int(self.videos[rows.stop - 1]) != video:
+            raise TalkingFaceError(f"rows {rows.start}..{rows.stop - 1} span more than one video")
+        info, files = self._audio[video]
+        samples = torch.cat([self._files.reader(file).get_tensor(AUDIO_KEY) for file in files])
+        step = int(info["frame_step"])
+        audio = FrameAudio(samples, float(info["frame_rate"]), step, int(self.frame_numbers[self.video_rows(video).start]))
+        span = audio.span(int(self.frame_numbers[rows.start]), int(self.frame_numbers[rows.stop - 1]) + step)
+        return span.float() / PCM_SCALE
 
     def evaluation_pairs(self, per_video: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
         """Fixed (source, target) rows for held-out evaluation: each video's first frame is the source of
