@@ -3,9 +3,12 @@
     # stage 1, on ground-truth landmarks: synthetic talking clips, or preprocessed real videos
     python -m scripts.train_dubbing --synthetic 200 --out runs/dub
     python -m scripts.train_dubbing --shards data/shards --held-out-shards data/held_out --out runs/dub
-    # stage 2, jointly with the audio → landmark model (clips with audio: synthetic ones)
+    # stage 2, jointly with the audio → landmark model (clips with audio: synthetic ones, or shards of
+    # video files with a sound track; silent videos in the shards are left out of this stage)
     python -m scripts.train_dubbing --synthetic 200 --init runs/dub/best.safetensors \\
         --landmark-model runs/audio/best.safetensors --out runs/dub_joint
+    python -m scripts.train_dubbing --shards data/shards --held-out-shards data/held_out \\
+        --init runs/dub/best.safetensors --landmark-model runs/audio/best.safetensors --out runs/dub_joint
     # several GPUs / mixed precision: accelerate launch -m scripts.train_dubbing ...
 
 Writes ``best.safetensors`` and ``last.safetensors`` (for Load Dubbing Model: copy one into
@@ -53,7 +56,8 @@ def main() -> None:
     data.add_argument("--synthetic", type=int, default=0, help="train on this many synthetic talking clips")
     data.add_argument("--synthetic-validation", type=int, default=4)
     data.add_argument("--clip-seconds", type=float, default=6.0, help="length of each synthetic clip")
-    data.add_argument("--shards", type=Path, help="preprocess_videos output folder (stage 1 only: no audio)")
+    data.add_argument("--shards", type=Path,
+                      help="preprocess_videos output folder (joint training reads the videos with a sound track)")
     data.add_argument("--held-out-shards", type=Path, help="preprocess_videos folder of validation videos")
     model_group = parser.add_argument_group("model")
     add_field_options(model_group, DubbingConfig(), MODEL_OPTIONS)
@@ -83,6 +87,7 @@ def main() -> None:
         if args.vae is None:
             parser.error("a latent-mode model needs --vae (the SD1.5 VAE file it works on)")
         vae = DiffusersVAECodec(load_vae(args.vae, config.vae), name=args.vae.name)
+    landmark_model = load_landmark_model(args.landmark_model).train() if args.landmark_model else None
     started = time.time()
     if args.synthetic:
         face = demo_face_model()
@@ -90,12 +95,23 @@ def main() -> None:
         validation = synthetic_dubbing_clips(face, args.synthetic_validation, args.clip_seconds, config.pixel_size, seed=1,
                                              fps=config.fps)
     elif args.shards and args.held_out_shards:
-        train = shard_clips(VideoFaceShards(args.shards, config.pixel_size), config.fps)
-        validation = shard_clips(VideoFaceShards(args.held_out_shards, config.pixel_size), config.fps)
+        # A joint window needs target_frames + 1 consecutive frames with their speech.
+        min_frames = 2 if landmark_model is None else landmark_model.config.target_frames + 1
+        train = shard_clips(VideoFaceShards(args.shards, config.pixel_size), min_frames)
+        validation = shard_clips(VideoFaceShards(args.held_out_shards, config.pixel_size), min_frames)
+        for folder, clips in ((args.shards, train), (args.held_out_shards, validation)):
+            if not clips:
+                parser.error(f"no video in {folder} has {min_frames} consecutive frames with a face (what a training "
+                             "window needs): preprocess longer videos")
+        if landmark_model is not None:
+            # Silent clips cannot train jointly; a split with no sound at all stays whole so the trainer says why.
+            before = len(train) + len(validation)
+            train, validation = ([clip for clip in clips if clip.audio is not None] or clips for clips in (train, validation))
+            if len(train) + len(validation) < before:
+                print(f"{before - len(train) - len(validation)} clip(s) without sound left out of joint training", flush=True)
     else:
         parser.error("give --synthetic N, or --shards and --held-out-shards")
     data_seconds = time.time() - started
-    landmark_model = load_landmark_model(args.landmark_model).train() if args.landmark_model else None
     train_config = dubbing_train_config(**fields_from_options(args, TRAIN_OPTIONS))
     started = time.time()
     model, history = train_dubbing(denoiser, train, validation, train_config, args.out, landmark_model, vae,

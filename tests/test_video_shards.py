@@ -14,10 +14,13 @@ import torch
 from packloader import PACK_ROOT, pack_import
 from PIL import Image
 from safetensors import safe_open
+from safetensors.torch import save_file
 from test_face_analysis import ensure_tiny_insightface
 
 shards = pack_import("pipelines.training.video_shards")
 training = pack_import("pipelines.training.tgdm")
+dubbing_training = pack_import("pipelines.training.dubbing")
+landmark_model = pack_import("pipelines.audio.landmark_model")
 config_module = pack_import("pipelines.generator.config")
 checkpoint = pack_import("pipelines.generator.checkpoint")
 analysis = pack_import("pipelines.face.analysis")
@@ -48,16 +51,48 @@ def talking_frames(seed: int, frames: int, size: int = 160) -> np.ndarray:
     return (images.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
 
 
-def write_mp4(path, frames: np.ndarray, fps: int = 25) -> None:
-    with av.open(str(path), "w") as container:
+def write_mp4(path, frames: np.ndarray, fps: int = 25, sound: np.ndarray | None = None, sound_rate: int = 44100) -> None:
+    """An H.264 mp4 of ``frames``; with ``sound`` (float32 ``[channels, samples]``), an AAC track too."""
+    with av.open(str(path), "w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
         stream.options = {"crf": "10"}
+        if sound is not None:
+            layout = "stereo" if sound.shape[0] == 2 else "mono"
+            track = container.add_stream("aac", rate=sound_rate)
+            track.layout = layout
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+        if sound is None:
+            return
+        for start in range(0, sound.shape[1], 1024):
+            block = av.AudioFrame.from_ndarray(np.ascontiguousarray(sound[:, start:start + 1024].T).reshape(1, -1),
+                                               format="flt", layout=layout)
+            block.sample_rate, block.pts = sound_rate, start
+            for packet in track.encode(block):
+                container.mux(packet)
+        for packet in track.encode():
+            container.mux(packet)
+
+
+def frame_beeps(frames: int, fps: int, loud: list[int], rate: int = 44100, channels: int = 2) -> np.ndarray:
+    """A 440 Hz tone during the ``loud`` frames and silence in the others: float32 ``[channels, samples]``."""
+    time = np.arange(round(frames / fps * rate)) / rate
+    on = np.isin(np.floor(time * fps).astype(int), loud)
+    tone = (0.5 * on * np.sin(2 * np.pi * 440 * time)).astype(np.float32)
+    return np.repeat(tone[None], channels, axis=0)
+
+
+def frame_loudness(samples: torch.Tensor, frames: int) -> torch.Tensor:
+    """Mean absolute sample of each of ``frames`` equal parts of a track."""
+    return samples.float().abs().reshape(frames, -1).mean(1)
+
+
+# The frames of speaker_a/clip.mp4 during which its sound track beeps.
+LOUD_FRAMES = [1, 2, 5]
 
 
 @pytest.fixture(scope="module")
@@ -73,10 +108,11 @@ def face_model():
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
-    """speaker_a/clip.mp4 (8 frames, 25 fps), speaker_b/frames/ (6 PNGs), an mp4 without a face, a broken file."""
+    """speaker_a/clip.mp4 (8 frames, 25 fps, a stereo 44.1 kHz sound track beeping in LOUD_FRAMES),
+    speaker_b/frames/ (6 PNGs), an mp4 without a face, a broken file."""
     root = tmp_path_factory.mktemp("videos")
     (root / "speaker_a").mkdir()
-    write_mp4(root / "speaker_a" / "clip.mp4", talking_frames(1, 8))
+    write_mp4(root / "speaker_a" / "clip.mp4", talking_frames(1, 8), sound=frame_beeps(8, 25, LOUD_FRAMES))
     folder = root / "speaker_b" / "frames"
     folder.mkdir(parents=True)
     for number, frame in enumerate(talking_frames(2, 6)):
@@ -245,3 +281,97 @@ def test_shards_keep_identity_descriptors_and_train_a_swap_generator(shard_dir, 
         cwd=PACK_ROOT, check=True, capture_output=True, text=True)
     assert json.loads(done.stdout.strip().splitlines()[-1])["step"] == 2
     assert checkpoint.load_tgdm(tmp_path / "run" / training.EMA_FILE).config.identity_dim == 512
+
+
+def test_frame_audio_maps_source_frames_to_samples():
+    # 30 fps source, every 2nd frame kept, samples starting at frame 4: frame n starts at n·16000/30.
+    audio = shards.FrameAudio(torch.arange(4000, dtype=torch.int16), 30.0, frame_step=2, first_frame=4)
+    assert audio.sample_of(4) == 0 and audio.sample_of(7) == 1600
+    assert torch.equal(audio.span(6, 8), torch.arange(1067, 2134, dtype=torch.int16))
+    tail = audio.span(6, 12)  # past the track's end: silence
+    assert tail.shape == (3200,) and torch.equal(tail[:2933], torch.arange(1067, 4000, dtype=torch.int16))
+    assert tail[2933:].abs().sum() == 0
+    assert torch.equal(audio.span(2, 4), torch.zeros(1066, dtype=torch.int16)), "before the track: silence"
+
+
+def test_shards_keep_the_speech_of_video_files_aligned_with_the_frames(shard_dir):
+    listed = entries(shard_dir)
+    clip = listed["speaker_a/clip.mp4"]
+    assert clip["audio"] == {"sample_rate": 16000, "encoding": "int16", "frame_rate": 25.0, "frame_step": 1}
+    assert "audio" not in listed["speaker_b/frames"], "a folder of frames has no sound"
+    for shard in clip["shards"]:  # each shard carries the speech of its own four frames
+        with safe_open(str(shard_dir / shard["file"]), framework="pt") as handle:
+            speech = handle.get_tensor(shards.AUDIO_KEY)
+        assert speech.dtype == torch.int16 and speech.shape == (4 * 640,)
+    data = shards.VideoFaceShards(shard_dir)
+    video = clip["index"]
+    rows = data.video_rows(video)
+    assert data.has_audio(video) and data.frame_runs(video) == [rows] and data.video_fps(video) == 25.0
+    speech = data.clip_audio(rows)
+    assert speech.dtype == torch.float32 and speech.shape == (8 * 640,) and speech.abs().max() <= 1
+    # The beeps of the mp4 (stereo, 44.1 kHz, AAC) land in the frames they were made for.
+    loudness = frame_loudness(speech, 8)
+    loud = torch.zeros(8, dtype=torch.bool)
+    loud[LOUD_FRAMES] = True
+    assert loudness[loud].min() > 0.15 and loudness[loud].min() > 2 * loudness[~loud].max(), loudness
+    part = range(rows.start + 2, rows.start + 5)
+    assert torch.equal(data.clip_audio(part), speech[2 * 640:5 * 640])
+    assert data.clip_audio(data.video_rows(listed["speaker_b/frames"]["index"])) is None
+
+
+def without_audio(shard_dir, folder):
+    """A copy of ``shard_dir`` as written before speech was kept: no audio in the shards or the manifest."""
+    shutil.copytree(shard_dir, folder)
+    manifest = json.loads((folder / shards.MANIFEST_FILE).read_text())
+    for entry in manifest["videos"]:
+        entry.pop("audio", None)
+        for shard in entry.get("shards", []):
+            path = str(folder / shard["file"])
+            with safe_open(path, framework="pt") as handle:
+                tensors = {key: handle.get_tensor(key) for key in handle.keys() if key != shards.AUDIO_KEY}
+                metadata = {key: value for key, value in handle.metadata().items() if key != "audio"}
+            save_file(tensors, path, metadata=metadata)
+    (folder / shards.MANIFEST_FILE).write_text(json.dumps(manifest))
+    return folder
+
+
+def test_shards_written_before_speech_was_kept_still_load(shard_dir, tmp_path):
+    old = shards.VideoFaceShards(without_audio(shard_dir, tmp_path / "old"))
+    new = shards.VideoFaceShards(shard_dir)
+    rows = torch.arange(len(new))
+    assert torch.equal(old.photos[rows], new.photos[rows]) and torch.equal(old.coefficients, new.coefficients)
+    assert not any(old.has_audio(video) for video in old.video_indices)
+    assert all(old.clip_audio(old.video_rows(video)) is None for video in old.video_indices)
+    sources, targets = old.pairs(64, torch.Generator().manual_seed(0))
+    assert torch.equal(old.videos[sources], old.videos[targets])
+    clips = dubbing_training.shard_clips(old)
+    assert [clip.count for clip in clips] == [8, 6] and all(clip.audio is None for clip in clips)
+
+
+def train_dubbing_command(shard_dir, out, *extra):
+    from test_dubbing_training import CONFIG, LANDMARKS
+
+    landmarks = out.parent / "landmarks.safetensors"
+    landmark_model.save_landmark_model(landmark_model.LandmarkCompletionTransformer(LANDMARKS), landmarks)
+    options = []
+    for key, value in CONFIG.items():
+        options.append("--" + key.replace("_", "-"))
+        options += [str(v) for v in value] if isinstance(value, tuple) else [str(value)]
+    return subprocess.run(
+        [sys.executable, "-m", "scripts.train_dubbing", "--shards", str(shard_dir), "--held-out-shards", str(shard_dir),
+         "--landmark-model", str(landmarks), "--out", str(out), *options, "--steps", "2", "--batch-size", "2",
+         "--validate-every", "2", "--validation-windows", "2", "--warmup-steps", "1", "--threads", "1", *extra],
+        cwd=PACK_ROOT, capture_output=True, text=True)
+
+
+def test_dubbing_trains_jointly_on_shards_of_videos_with_sound(shard_dir, tmp_path):
+    done = train_dubbing_command(shard_dir, tmp_path / "joint")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 clip(s) without sound left out of joint training" in done.stdout, "the frame folder, in both splits"
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["joint"] and summary["train_clips"] == 1 and summary["landmark_l1"] is not None
+    assert (tmp_path / "joint" / "last_landmarks.safetensors").is_file()
+    # Shards without sound name the fix.
+    silent = train_dubbing_command(without_audio(shard_dir, tmp_path / "old"), tmp_path / "silent")
+    assert silent.returncode != 0 and "joint training needs clips with audio" in silent.stderr
+    assert "preprocess video files with their sound track again" in silent.stderr

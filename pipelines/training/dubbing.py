@@ -13,8 +13,9 @@ points, and K reference crops of the same clip with their points. Both stages ru
 
 Clips: synthetic talking faces (the synthetic audio's mouth motion on rendered demo-face identities
 with their skin pattern and background, :func:`synthetic_dubbing_clips`), or preprocessed real videos
-(:func:`shard_clips`: frames and landmarks of ``preprocess_videos`` shards; those carry no audio, so
-they train the first stage).
+(:func:`shard_clips`: frames, landmarks and, for video files with a sound track, the speech of
+``preprocess_videos`` shards or Prepare Training Footage with audio; clips with sound train both
+stages, silent ones the first).
 """
 from __future__ import annotations
 
@@ -116,11 +117,20 @@ def synthetic_dubbing_clips(
     return result
 
 
-def shard_clips(shards: VideoFaceShards, fps: float = 25.0) -> list[DubbingClip]:
-    """Each preprocessed video as a clip (frames read from the shards when drawn; no audio)."""
+def shard_clips(shards: VideoFaceShards, min_frames: int = 2) -> list[DubbingClip]:
+    """The preprocessed videos as clips at their own frame rate, frames read from the shards when drawn.
+
+    A video with speech becomes one clip per run of consecutive frames (frames left out without a
+    face would shift the audio against the frames), each with the speech under it; a silent video is
+    one clip without audio. Clips of fewer than ``min_frames`` frames are left out."""
     scale = shards.image_size / shards.crop_size
-    return [DubbingClip(RowView(shards.photos, rows), shards.landmarks[rows.start:rows.stop] * scale, fps)
-            for rows in map(shards.video_rows, range(shards.video_count)) if len(rows) > 1]
+    clips = []
+    for video in shards.video_indices:
+        runs = shards.frame_runs(video) if shards.has_audio(video) else [shards.video_rows(video)]
+        clips += [DubbingClip(RowView(shards.photos, rows), shards.landmarks[rows.start:rows.stop] * scale,
+                              shards.video_fps(video), shards.clip_audio(rows))
+                  for rows in runs if len(rows) >= max(min_frames, 2)]
+    return clips
 
 
 class RowView:
@@ -180,8 +190,16 @@ class DubbingWindows(Dataset):
         self.mels = None
         if landmark_config is not None:
             if any(clip.audio is None for clip in self.clips):
-                raise TalkingFaceError("joint training needs clips with audio (video shards carry none): train the "
-                                       "generator on ground-truth landmarks with them, then jointly on clips with sound")
+                raise TalkingFaceError(
+                    "joint training needs clips with audio, and these have none (frame folders, silent videos, footage "
+                    "prepared without audio, or shards written before speech was kept): preprocess video files with "
+                    "their sound track again (or connect the audio to Prepare Training Footage), or train the generator "
+                    "on ground-truth landmarks with these clips")
+            off_rate = sorted({f"{clip.fps:g}" for clip in self.clips if abs(clip.fps - config.fps) > 0.02 * config.fps})
+            if off_rate:
+                raise TalkingFaceError(
+                    f"clips at {', '.join(off_rate)} fps cannot train jointly a dubbing model made for {config.fps:g} fps "
+                    "(the landmark model learns motion per frame): use footage at that rate, or a model with that fps")
             log_mel = LogMel()
             self.mel_config = log_mel.config
             self.mels = [padded_log_mel(log_mel, clip.audio) for clip in self.clips]

@@ -90,7 +90,7 @@ def footage_clips(shards: VideoFaceShards, fps: float) -> tuple[list[DubbingClip
     """Each clip's frames and landmarks, split into its first frames (training) and last (validation)."""
     scale = shards.image_size / shards.crop_size
     train, validation = [], []
-    for video in range(shards.video_count):
+    for video in shards.video_indices:
         rows = shards.video_rows(video)
         held_out = max(2, round(len(rows) * HELD_OUT_FRACTION))
         if len(rows) - held_out < 2:
