@@ -12,7 +12,7 @@ from ..pipelines.generator.checkpoint import load_tgdm
 from ..pipelines.generator.dubbing import load_dubbing
 from ..pipelines.training.finetune import FinetuneSettings, finetune_generator
 from ..pipelines.training.finetune_dubbing import DubbingFinetuneSettings, finetune_dubbing
-from ..pipelines.training.footage import TrainingFootage, footage_in, prepare_footage
+from ..pipelines.training.footage import AUDIO_SHORTFALL_FRAMES, TrainingFootage, footage_in, prepare_footage
 from ..pipelines.training.video_shards import PreprocessSettings, VideoFaceShards
 from . import host
 from .base import ROOT_CATEGORY, TalkingFaceNode
@@ -55,7 +55,8 @@ class PrepareTrainingFootage(TalkingFaceNode):
         "Turns frames of one person, analysed by Analyze Faces, into training data for Train Generator: aligned "
         "crops, the 3DMM fit, renders and surface maps, written as shards into ComfyUI/output/talkingface_footage/"
         "<folder>/. Running again with the same frames finds them done; other clips of the person are added to the "
-        "same folder."
+        "same folder. Connect the frames' audio to keep the speech, which lets Train Dubbing Model train jointly with "
+        "an audio-to-motion model."
     )
     RETURN_TYPES = ("TALK_FOOTAGE", "IMAGE")
     RETURN_NAMES = ("footage", "preview")
@@ -77,14 +78,22 @@ class PrepareTrainingFootage(TalkingFaceNode):
                     "default": "my_person",
                     "tooltip": "Folder under ComfyUI/output/talkingface_footage/ that collects this person's footage."}),
             },
+            "optional": {
+                "audio": ("AUDIO", {
+                    "tooltip": "The speech of these frames (any rate, mono or stereo), kept as mono 16 kHz starting with "
+                               "the first frame, aligned by Analyze Faces' fps. Longer audio is cut at the last frame; "
+                               f"audio may be up to {AUDIO_SHORTFALL_FRAMES:g} frame short (padded with silence), "
+                               "shorter is refused. The same frames with other audio are another clip."}),
+            },
         }
 
-    def run(self, faces, face_model, folder: str):
+    def run(self, faces, face_model, folder: str, audio: dict | None = None):
         name = _plain_name(self, "folder", folder)
         target = host.output_directory() / FOOTAGE_FOLDER / name
         progress = host.Progress(3)
         settings = PreprocessSettings(crop_size=faces.crop_size)
-        prepare_footage(faces, face_model, target, settings, on_stage=lambda _: (host.throw_if_interrupted(), progress.advance()))
+        prepare_footage(faces, face_model, target, settings,
+                        on_stage=lambda _: (host.throw_if_interrupted(), progress.advance()), audio=audio)
         footage = footage_in(target, face_model)
         shards = VideoFaceShards(target)
         rows = torch.linspace(0, len(shards) - 1, min(PREVIEW_FRAMES, len(shards))).round().long().unique()

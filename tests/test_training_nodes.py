@@ -227,6 +227,51 @@ def test_out_of_memory_halves_the_batch_and_names_what_fits(tmp_path, footage, m
     assert caught.value.__cause__ is None and caught.value.__suppress_context__
 
 
+audio_io = pack_import("pipelines.audio.io")
+
+
+def speech_for(frames, fps=25.0, rate=22050, short_seconds=0.0, seed=0):
+    """A stereo AUDIO of noise as long as ``frames`` frames at ``fps``, less ``short_seconds``."""
+    generator = torch.Generator().manual_seed(seed)
+    samples = round((frames / fps - short_seconds) * rate)
+    return {"waveform": (0.2 * torch.randn(1, 2, samples, generator=generator)).clamp(-1, 1), "sample_rate": rate}
+
+
+def test_prepare_keeps_the_speech_and_other_audio_is_another_clip(host_dirs, faces, face_model):
+    node = training_nodes.PrepareTrainingFootage()
+    speech = speech_for(24)
+    node.execute(faces=faces, face_model=face_model, folder="speaking", audio=speech)
+    folder = host_dirs["output"] / "talkingface_footage" / "speaking"
+    shards = shards_module.VideoFaceShards(folder)
+    video = shards.video_indices[0]
+    assert shards.has_audio(video) and shards.video_fps(video) == 25.0
+    stored = shards.clip_audio(shards.video_rows(video))
+    expected = audio_io.prepare_speech(speech).samples  # mono 16 kHz, from the first frame
+    assert stored.shape == (24 * 640,)
+    assert (stored[:expected.shape[0]] - expected[:24 * 640]).abs().max() <= 1 / 32767 + 1e-6
+    files = sorted((folder / "shards").iterdir())
+    written = {path: path.stat().st_mtime_ns for path in files}
+    node.execute(faces=faces, face_model=face_model, folder="speaking", audio=speech)
+    assert len(shards_module.read_manifest(folder)["videos"]) == 1, "the same frames and sound are found done"
+    node.execute(faces=faces, face_model=face_model, folder="speaking", audio=speech_for(24, seed=1))
+    listed = shards_module.read_manifest(folder)["videos"]
+    assert len(listed) == 2 and listed[0]["name"] != listed[1]["name"], "other audio is another clip"
+    assert {path: path.stat().st_mtime_ns for path in files} == written, "nothing of the first clip is written over"
+    with pytest.raises(base_nodes.NodeInputError,
+                       match=r"Prepare Training Footage: audio: it lasts 0\.88 s but the 24 frames last 0\.96 s at 25 fps"):
+        node.execute(faces=faces, face_model=face_model, folder="speaking", audio=speech_for(24, short_seconds=0.08))
+    assert len(shards_module.read_manifest(folder)["videos"]) == 2
+
+
+def test_footage_audio_pads_up_to_one_frame_and_cuts_longer_audio():
+    half_frame_short = footage_module.footage_audio(speech_for(10, short_seconds=0.02), 10, 25.0)
+    assert half_frame_short.samples.shape == (6400,) and half_frame_short.samples[-300:].abs().max() == 0
+    longer = footage_module.footage_audio(speech_for(30), 10, 25.0)
+    assert longer.samples.shape == (6400,) and longer.frame_rate == 25.0
+    with pytest.raises(errors.TalkingFaceError, match="audio: it lasts 0.36 s but the 10 frames last 0.40 s"):
+        footage_module.footage_audio(speech_for(10, short_seconds=0.04 + 0.001), 10, 25.0)
+
+
 finetune_dubbing = pack_import("pipelines.training.finetune_dubbing")
 dubbing_model = pack_import("pipelines.generator.dubbing")
 TINY_DUBBING = dict(resolution=32, channels=8, learning_rate=1e-3)

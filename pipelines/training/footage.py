@@ -4,34 +4,43 @@ The frames of an IMAGE batch and their analysed faces (``TALK_FACES``) go throug
 ``scripts/preprocess_videos.py`` (aligned crops, 3DMM fit with one identity, renders and surface
 maps) and are written by the same :class:`~.video_shards.ShardWriter`, so a footage folder is a
 shard folder every trainer reads. Each clip is listed in the manifest under a name made from its
-content (frames, face tracks, crop size, face model): running again with the same frames finds the
-clip done and skips it, and other clips of the person are added beside it.
+content (frames, face tracks, crop size, face model, and the speech when given): running again with
+the same frames finds the clip done and skips it, and other clips of the person are added beside
+it, the same frames with other audio included.
+
+The speech of the frames (an AUDIO, optional) is kept like a video file's sound track
+(:class:`~.video_shards.FrameAudio`): mono 16 kHz, frame ``n`` starting at ``n / fps`` seconds.
 """
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from ..audio.io import SAMPLE_RATE, prepare_speech
 from ..errors import TalkingFaceError
 from ..face.faces import AnalyzedFaces
 from ..morphable.model import MorphableModel
 from ..video import frame_chunks
 from .video_shards import (
+    FrameAudio,
     PreprocessSettings,
     ShardWriter,
     VideoFaces,
     VideoSource,
     crops_for_fit,
     face_model_entry,
+    pcm16,
     read_manifest,
     shard_rows,
 )
 
 CLIP_PREFIX = "footage_"
+# Audio may fall short of the frames by this many frames (an encoder's rounding): padded with silence.
+AUDIO_SHORTFALL_FRAMES = 1.0
 
 
 @dataclass(frozen=True)
@@ -53,8 +62,27 @@ class PreparedClip:
     notes: list[str]
 
 
-def clip_name(faces: AnalyzedFaces, model: MorphableModel, settings: PreprocessSettings) -> str:
-    """A name that only the same frames, face tracks, crop size and face model give."""
+def footage_audio(audio: Mapping, frames: int, fps: float) -> FrameAudio:
+    """The speech of ``frames`` frames at ``fps`` from an AUDIO (any rate and channels): mono 16 kHz,
+    starting with the first frame. Longer audio is cut at the last frame's end; audio shorter by up to
+    ``AUDIO_SHORTFALL_FRAMES`` frames is padded with silence; shorter still is an error (it is not the
+    speech of these frames, or the frame rate is wrong)."""
+    if not fps > 0:
+        raise TalkingFaceError(f"the frames' fps is {fps}: set Analyze Faces' fps to the video's frame rate")
+    speech = prepare_speech(audio).samples
+    wanted = round(frames * SAMPLE_RATE / fps)
+    if wanted - speech.shape[0] > AUDIO_SHORTFALL_FRAMES * SAMPLE_RATE / fps:
+        raise TalkingFaceError(
+            f"audio: it lasts {speech.shape[0] / SAMPLE_RATE:.2f} s but the {frames} frames last {frames / fps:.2f} s "
+            f"at {fps:g} fps: connect the sound of these same frames (cut like them), check the fps of Analyze Faces, "
+            "or leave audio unconnected to prepare the footage without speech")
+    speech = torch.nn.functional.pad(speech[:wanted], (0, max(wanted - speech.shape[0], 0)))
+    return FrameAudio(pcm16(speech), fps)
+
+
+def clip_name(faces: AnalyzedFaces, model: MorphableModel, settings: PreprocessSettings,
+              audio: FrameAudio | None = None) -> str:
+    """A name that only the same frames, face tracks, crop size, face model and speech give."""
     digest = hashlib.sha256()
     digest.update(repr((tuple(faces.images.shape), settings.crop_size, settings.fit_mode, model.name,
                         asdict(model.dims))).encode())
@@ -63,6 +91,9 @@ def clip_name(faces: AnalyzedFaces, model: MorphableModel, settings: PreprocessS
         digest.update(frames.contiguous().numpy().tobytes())
     digest.update(faces.crop_transforms.float().mul(64).round().to(torch.int64).numpy().tobytes())
     digest.update(faces.detected.numpy().tobytes())
+    if audio is not None:  # footage prepared without audio keeps the name it had before audio was kept
+        digest.update(b"audio")
+        digest.update(audio.samples.numpy().tobytes())
     return CLIP_PREFIX + digest.hexdigest()[:16]
 
 
@@ -90,9 +121,10 @@ def usable_frames(faces: AnalyzedFaces) -> torch.Tensor:
 
 def prepare_footage(
     faces: AnalyzedFaces, model: MorphableModel, folder: str | Path, settings: PreprocessSettings,
-    on_stage: Callable[[str], None] | None = None,
+    on_stage: Callable[[str], None] | None = None, audio: Mapping | None = None,
 ) -> PreparedClip:
-    """Write one clip's shards into ``folder`` (created or added to), or find them there already."""
+    """Write one clip's shards into ``folder`` (created or added to), or find them there already;
+    ``audio`` (an AUDIO, optional) is the speech of the frames, aligned by ``faces.fps``."""
     folder = Path(folder)
     stage = on_stage or (lambda _: None)
     usable = usable_frames(faces)
@@ -104,8 +136,9 @@ def prepare_footage(
         raise TalkingFaceError(
             f"the faces were cropped at {faces.crop_size} px but {settings.crop_size} px crops were asked for: "
             "set Analyze Faces' crop_size to the same value")
+    speech = None if audio is None else footage_audio(audio, faces.frames, faces.fps)
     check_folder_fits(folder, settings.crop_size, model)
-    name = clip_name(faces, model, settings)
+    name = clip_name(faces, model, settings, speech)
     writer = ShardWriter(folder, settings.crop_size, face_model_entry(model, model.name))
     done = next((entry for entry in writer.manifest["videos"] if entry["name"] == name and entry["status"] == "done"), None)
     if done is not None:
@@ -118,7 +151,8 @@ def prepare_footage(
     stage("fit")
     rows, notes = shard_rows(model, video, settings, faces.fps)
     stage("write")
-    entry = writer.add(VideoSource(name, Path(name), False), faces.fps, rows, notes, settings.shard_frames, faces.frames)
+    entry = writer.add(VideoSource(name, Path(name), False), faces.fps, rows, notes, settings.shard_frames, faces.frames,
+                       speech)
     return PreparedClip(name, int(entry["frames"]), False, notes)
 
 
