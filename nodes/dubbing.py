@@ -106,8 +106,10 @@ class DubVideo(TalkingFaceNode):
                 "dubbing_model": ("TALK_DUBBING_MODEL", {"tooltip": "From Load Dubbing Model."}),
                 "motion_model": ("TALK_MOTION_MODEL", {"tooltip": "From Load Audio-to-Motion Model (the one trained "
                                                                   "jointly with the dubbing model, if there is one)."}),
-                "faces": ("TALK_FACES", {"tooltip": "Analyze Faces on the video frames; its selection and face_index "
-                                                    "choose who speaks. Interpolated frames (no face found) pass through."}),
+                "faces": ("TALK_FACES", {"tooltip": "Analyze Faces on the video frames chooses who speaks: its selection "
+                                                    "and face_index, or most_similar with a reference_image of the speaker "
+                                                    "(the person nearest that face, as for Face Swap). Interpolated frames "
+                                                    "(no face found) pass through."}),
                 "audio": ("AUDIO", {"tooltip": "The new speech (any rate, mono or stereo). Silence is valid: the mouth rests."}),
                 "fps": ("FLOAT", {"default": 25.0, "min": 0.0, "max": 240.0, "step": 0.01,
                                   "tooltip": "Frame rate of the video; must match the rate the model was trained at."}),

@@ -7,7 +7,9 @@ VIDEOS is searched recursively for video files (mp4, mov, avi, mkv, webm, ...) a
 frame images (one folder = one video, frames in name order). Every video goes through the pack's face
 pipeline (detect and track the main face, aligned crops, 3DMM fit with one identity per video,
 texture, lighting and gaze, I_3d renders and surface maps) and is written to SHARDS/shards/*.safetensors,
-listed in SHARDS/manifest.json. Run the same command again to continue: videos already in the
+listed in SHARDS/manifest.json. A video file's sound track is kept beside its frames as mono 16 kHz
+16-bit audio aligned with them (see pipelines/training/video_shards.py, FrameAudio), so that
+scripts.train_dubbing can train the dubbing model jointly with the audio-to-landmark model. Run the same command again to continue: videos already in the
 manifest are skipped. A video without a usable face (or that cannot be decoded) is listed as skipped
 with the reason; --retry-skipped tries those again.
 

@@ -107,3 +107,46 @@ def test_progress_shows_a_preview_of_the_frames_done(monkeypatch):
     progress.advance(0, preview=torch.rand(8, 6, 3))
     (value, (kind, image, size)), = calls
     assert value == 3 and kind == "JPEG" and image.size == (6, 8) and size == host.PREVIEW_SIZE
+
+
+def two_speakers(frames: int = 4):
+    """Two demo-face people side by side on a dark wall (left: seed 1, right: seed 2), ``[T, 160, 336, 3]``,
+    and a photo of the right one alone."""
+    from test_video_shards import talking_frames
+
+    # Facing the camera: the tiny recognition model of the tests tells people apart, not poses.
+    left, right = (torch.from_numpy(talking_frames(seed, frames, turn=0.0)).float() / 255 for seed in (1, 2))
+    wall = left[:, :, :16] * 0 + torch.tensor([0.06, 0.07, 0.1])
+    photo = torch.cat([wall[:1].expand(1, 160, 16, 3)] * 5 + [right[1:2]] + [wall[:1].expand(1, 160, 16, 3)] * 5, dim=2)
+    return torch.cat([left, wall, right], dim=2), photo
+
+
+def test_dub_video_speaker_nearest_to_a_reference_face(host_dirs, clip):
+    """Who speaks is Analyze Faces' choice, as for Face Swap: most_similar with a reference_image follows the
+    person nearest that face, and Dub Video regenerates that person's mouth only."""
+    face_nodes = pack_import("nodes.face")
+    from test_face_analysis import ensure_tiny_insightface
+
+    ensure_tiny_insightface(host_dirs["models"])
+    analyzer = face_nodes.LoadFaceAnalyzer().execute(pack="buffalo_l", provider="auto", detection_size=640,
+                                                     detection_threshold=0.5)[0]
+    frames, photo = two_speakers()
+
+    def analyze(selection, reference_image=None):
+        inputs = dict(analyzer=analyzer, images=frames, selection=selection, face_index=0, missing_faces="interpolate",
+                      crop_size=256, crop_margin=0.0, smoothing=0.0, fps=25.0)
+        if reference_image is not None:
+            inputs["reference_image"] = reference_image
+        return face_nodes.AnalyzeFaces().execute(**inputs)[0]
+
+    half = frames.shape[2] // 2
+    for selection, reference, speaker in (("most_similar", photo, "right"), ("left_to_right", None, "left")):
+        faces = analyze(selection, reference)
+        assert bool(faces.detected.all())
+        _, _, masks = dub(clip, faces, length_policy="cut_to_shorter")
+        left, right = masks[..., :half].sum(), masks[..., half:].sum()
+        assert (right > 0 and left == 0) if speaker == "right" else (left > 0 and right == 0), (selection, left, right)
+    with pytest.raises(nodes_base.NodeInputError, match="^Analyze Faces: .*most_similar.*connect a reference_image"):
+        analyze("most_similar")
+    with pytest.raises(nodes_base.NodeInputError, match="^Analyze Faces: no face found in reference_image 0"):
+        analyze("most_similar", torch.zeros(1, 160, 160, 3))

@@ -35,8 +35,8 @@ SETTINGS = shards.PreprocessSettings(crop_size=CROP, segment_frames=5, shard_fra
 BACKGROUND = torch.tensor([0.06, 0.07, 0.1])
 
 
-def talking_frames(seed: int, frames: int, size: int = 160) -> np.ndarray:
-    """A demo-face person on a dark wall opening the jaw and turning: ``uint8`` ``[T, size, size, 3]``."""
+def talking_frames(seed: int, frames: int, size: int = 160, turn: float = 0.2) -> np.ndarray:
+    """A demo-face person on a dark wall opening the jaw and turning (``turn`` rad at most): ``uint8`` ``[T, size, size, 3]``."""
     model = demo_model.demo_face_model(16)
     generator = torch.Generator().manual_seed(seed)
     coeffs = coefficients.FaceCoefficients.neutral(frames, model.dims)
@@ -44,7 +44,7 @@ def talking_frames(seed: int, frames: int, size: int = 160) -> np.ndarray:
     coeffs.texture[:] = torch.randn(model.dims.texture, generator=generator)
     phase = torch.linspace(0, 2 * math.pi, frames + 1)[:frames]
     coeffs.expression[:, model.expression_index("jaw_open")] = 0.5 * (1 - torch.cos(phase))
-    coeffs.rotation[:, 1] = 0.2 * torch.sin(phase)
+    coeffs.rotation[:, 1] = turn * torch.sin(phase)
     coeffs.translation[:] = torch.tensor([0.0, 0.1, -7.0])
     maps = renderer_module.FaceRenderer(model, camera_module.PerspectiveCamera.deep3d(size)).render(coeffs)
     images = maps.image + (1 - maps.mask.unsqueeze(-1)) * BACKGROUND
