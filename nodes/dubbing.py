@@ -144,6 +144,9 @@ class DubVideo(TalkingFaceNode):
     ) -> tuple[torch.Tensor, dict, torch.Tensor]:
         if not isinstance(faces, AnalyzedFaces):
             raise self.fail("faces must come from Analyze Faces (TALK_FACES)")
+        if not isinstance(motion_model, LandmarkCompletionTransformer):
+            raise self.fail("motion_model must come from Load Audio-to-Motion Model (or from Train Dubbing Model with "
+                            "its motion_model connected)")
         settings = DubbingSettings(scheduler=sampler, steps=steps, seed=seed, landmark_guidance=landmark_guidance,
                                    batch_size=batch_size)
         options = DubbingOptions(length_policy=length_policy, top_shift=mask_top_shift, feather=feather,

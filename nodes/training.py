@@ -8,10 +8,11 @@ from pathlib import Path
 
 import torch
 
+from ..pipelines.audio.landmark_model import LandmarkCompletionTransformer, load_landmark_model
 from ..pipelines.generator.checkpoint import load_tgdm
 from ..pipelines.generator.dubbing import load_dubbing
 from ..pipelines.training.finetune import FinetuneSettings, finetune_generator
-from ..pipelines.training.finetune_dubbing import DubbingFinetuneSettings, finetune_dubbing
+from ..pipelines.training.finetune_dubbing import DubbingFinetuneSettings, finetune_dubbing, landmark_output
 from ..pipelines.training.footage import AUDIO_SHORTFALL_FRAMES, TrainingFootage, footage_in, prepare_footage
 from ..pipelines.training.video_shards import PreprocessSettings, VideoFaceShards
 from . import host
@@ -216,21 +217,25 @@ class TrainDubbingModel(TrainingNode):
     DISPLAY_NAME = "Train Dubbing Model"
     BASE_HINT = f"a dubbing model there, or '{FROM_SCRATCH}'"
     DESCRIPTION = (
-        "Trains a lip-sync dubbing model (paper 2, on the footage's own lip and jaw landmarks) on prepared footage, "
-        "from a base dubbing model or from scratch, and saves it as ComfyUI/models/talkingface/<name>.safetensors "
-        "(never over an existing file) for Load Dubbing Model and Dub Video. The last frames of each clip are held "
-        "out for validation. Cancel keeps the run: queue again with the same name and settings to continue."
+        "Trains a lip-sync dubbing model (paper 2) on prepared footage, from a base dubbing model or from scratch, "
+        "and saves it as ComfyUI/models/talkingface/<name>.safetensors (never over an existing file) for Load Dubbing "
+        "Model and Dub Video. On the footage's own lip and jaw landmarks; with a motion_model connected and footage "
+        "prepared with its audio, jointly with that audio-to-motion model (paper 2's second stage, usually from a "
+        "base trained the first way), saved beside as <name>_landmarks.safetensors. The last frames of each clip are "
+        "held out for validation. Cancel keeps the run: queue again with the same name and settings to continue."
     )
-    RETURN_TYPES = ("TALK_DUBBING_MODEL", "STRING")
-    RETURN_NAMES = ("dubbing_model", "checkpoint")
+    RETURN_TYPES = ("TALK_DUBBING_MODEL", "STRING", "TALK_MOTION_MODEL")
+    RETURN_NAMES = ("dubbing_model", "checkpoint", "motion_model")
     OUTPUT_TOOLTIPS = (
         "The trained dubbing model, for Dub Video (Load Dubbing Model lists it from now on).",
         "The saved file's name in ComfyUI/models/talkingface/.",
+        "With motion_model connected: the audio-to-motion model trained jointly, for Dub Video with this dubbing "
+        "model (nothing otherwise).",
     )
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
-        return cls.training_inputs(
+        inputs = cls.training_inputs(
             DubbingFinetuneSettings(), "my_person_dubbing", FROM_SCRATCH,
             "A dubbing model to start from (its architecture and resolution are kept), or none.",
             {"footage": "From Prepare Training Footage: frames of the person speaking.",
@@ -239,19 +244,29 @@ class TrainDubbingModel(TrainingNode):
              "learning_rate": "AdamW learning rate (warm-up, then cosine decay over the steps).",
              "seed": "Seed of the initialisation and the draws."},
         )
+        inputs["optional"] = {"motion_model": ("TALK_MOTION_MODEL", {
+            "tooltip": "From Load Audio-to-Motion Model: train jointly with a copy of it on the footage's audio "
+                       "(connect the audio to Prepare Training Footage); the copy is saved as <name>_landmarks.safetensors."})}
+        return inputs
 
     def run(self, footage: TrainingFootage, name: str, base: str, resolution: int, steps: int, batch_size: int,
-            learning_rate: float, channels: int, time_limit_minutes: float, seed: int):
+            learning_rate: float, channels: int, time_limit_minutes: float, seed: int,
+            motion_model: LandmarkCompletionTransformer | None = None):
         settings = DubbingFinetuneSettings(
             steps=steps, batch_size=batch_size, learning_rate=learning_rate, resolution=resolution, channels=channels,
             time_limit_s=60.0 * time_limit_minutes, seed=seed)
 
         def fit(output: Path, run_folder: Path, on_step: Callable):
             base_model = None if base == FROM_SCRATCH else load_dubbing(host.model_path("talkingface", base, "base dubbing model"))
-            return finetune_dubbing(footage, output, run_folder, settings, base_model, base, on_step=on_step)
+            return finetune_dubbing(footage, output, run_folder, settings, base_model, base, on_step=on_step,
+                                    landmark_model=motion_model)
 
+        if motion_model is not None and not isinstance(motion_model, LandmarkCompletionTransformer):
+            raise self.fail("motion_model must come from Load Audio-to-Motion Model")
         path, file_name = self.train(name, steps, fit)
-        return (LoadedDubbingModel(load_dubbing(path, host.offload_device()), torch.float32, file_name), file_name)
+        trained_motion = None if motion_model is None else load_landmark_model(landmark_output(path)).to(host.offload_device())
+        return (LoadedDubbingModel(load_dubbing(path, host.offload_device()), torch.float32, file_name), file_name,
+                trained_motion)
 
 
 TRAINING_NODES = (PrepareTrainingFootage, TrainGenerator, TrainDubbingModel)

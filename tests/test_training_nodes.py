@@ -285,7 +285,8 @@ def train_dubbing(footage, name="person_dubbing", base=training_nodes.FROM_SCRAT
 
 def test_train_dubbing_model_saves_a_model_dub_video_takes(host_dirs, footage):
     with torch.inference_mode():
-        loaded, name = train_dubbing(footage)
+        loaded, name, motion = train_dubbing(footage)
+    assert motion is None, "no motion model trained without one connected"
     path = host_dirs["models"] / "talkingface" / name
     assert name == "person_dubbing.safetensors" and path.is_file()
     model = dubbing_model.load_dubbing(path)
@@ -339,3 +340,28 @@ def test_a_generator_time_limit_saves_what_was_trained(tmp_path, footage):
                                          log=lambda line: None)
     assert result.step == 1 and checkpoint.read_tgdm_metadata(result.path)["training_step"] == "1"
     assert "the time limit stopped the training at step 1 of 50" in result.notes
+
+
+def test_train_dubbing_model_jointly_with_the_motion_model_on_footage_with_audio(host_dirs, faces, face_model, footage):
+    audio_nodes = pack_import("nodes.audio")
+    folder = host_dirs["output"] / "speaking_footage"
+    footage_module.prepare_footage(faces, face_model, folder, shards_module.PreprocessSettings(crop_size=256),
+                                   audio=speech_for(24))
+    speaking = footage_module.footage_in(folder, face_model)
+    motion = audio_nodes.LoadAudioToMotionModel().execute(model_name="audio_landmarks.safetensors")[0]
+    before = {key: value.clone() for key, value in motion.state_dict().items()}
+    with torch.inference_mode():
+        loaded, name, trained = train_dubbing(speaking, name="joint", motion_model=motion, learning_rate=1e-2)
+    models = host_dirs["models"] / "talkingface"
+    assert name == "joint.safetensors" and (models / "joint.safetensors").is_file()
+    assert (models / "joint_landmarks.safetensors").is_file() and trained.config == motion.config
+    assert any(not torch.equal(value, trained.state_dict()[key]) for key, value in before.items()), "trained jointly"
+    assert all(torch.equal(value, motion.state_dict()[key]) for key, value in before.items()), "the input is not changed"
+    (models / "taken_landmarks.safetensors").write_bytes(b"a file of the user's")
+    with pytest.raises(base_nodes.NodeInputError, match=r"taken_landmarks\.safetensors exists already"):
+        train_dubbing(speaking, name="taken", motion_model=motion)
+    assert not (models / "taken.safetensors").exists()
+    assert (models / "taken_landmarks.safetensors").read_bytes() == b"a file of the user's"
+    with pytest.raises(base_nodes.NodeInputError,
+                       match="^Train Dubbing Model: joint training needs clips with audio.*connect the audio to Prepare Training Footage"):
+        train_dubbing(footage, name="silent", motion_model=motion)

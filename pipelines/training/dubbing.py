@@ -117,20 +117,25 @@ def synthetic_dubbing_clips(
     return result
 
 
-def shard_clips(shards: VideoFaceShards, min_frames: int = 2) -> list[DubbingClip]:
-    """The preprocessed videos as clips at their own frame rate, frames read from the shards when drawn.
+def video_clip_rows(shards: VideoFaceShards, video: int) -> list[range]:
+    """The rows of a preprocessed video that make clips: one per run of consecutive frames when the video
+    has speech (frames left out without a face would shift the audio against the frames), else all."""
+    return shards.frame_runs(video) if shards.has_audio(video) else [shards.video_rows(video)]
 
-    A video with speech becomes one clip per run of consecutive frames (frames left out without a
-    face would shift the audio against the frames), each with the speech under it; a silent video is
-    one clip without audio. Clips of fewer than ``min_frames`` frames are left out."""
-    scale = shards.image_size / shards.crop_size
-    clips = []
-    for video in shards.video_indices:
-        runs = shards.frame_runs(video) if shards.has_audio(video) else [shards.video_rows(video)]
-        clips += [DubbingClip(RowView(shards.photos, rows), shards.landmarks[rows.start:rows.stop] * scale,
-                              shards.video_fps(video), shards.clip_audio(rows))
-                  for rows in runs if len(rows) >= max(min_frames, 2)]
-    return clips
+
+def rows_clip(shards: VideoFaceShards, rows: range) -> DubbingClip:
+    """Rows of one video as a clip at the video's frame rate, with the speech under them when it has some;
+    frames are read from the shards when drawn."""
+    video = int(shards.videos[rows.start])
+    return DubbingClip(RowView(shards.photos, rows), shards.landmarks[rows.start:rows.stop] * (shards.image_size / shards.crop_size),
+                       shards.video_fps(video), shards.clip_audio(rows))
+
+
+def shard_clips(shards: VideoFaceShards, min_frames: int = 2) -> list[DubbingClip]:
+    """The preprocessed videos as clips (:func:`video_clip_rows`, :func:`rows_clip`); clips of fewer than
+    ``min_frames`` frames are left out."""
+    return [rows_clip(shards, rows) for video in shards.video_indices for rows in video_clip_rows(shards, video)
+            if len(rows) >= max(min_frames, 2)]
 
 
 class RowView:

@@ -1,5 +1,7 @@
-"""Training the dubbing model (paper 2, first stage: ground-truth lip and jaw landmarks) on one
-person's prepared footage, from a base dubbing model or from scratch.
+"""Training the dubbing model (paper 2) on one person's prepared footage, from a base dubbing model
+or from scratch: on the footage's ground-truth lip and jaw landmarks, or, given an audio → landmark
+model and footage prepared with its audio, jointly with that model (the second stage; the
+fine-tuned landmark model is saved beside the dubbing model as ``<name>_landmarks.safetensors``).
 
 The same guarantees as :mod:`.finetune` for TGDM: a run folder with the loop's pickle-free state
 (an exception from ``on_step``, such as ComfyUI's Cancel, saves it and the same name continues
@@ -18,16 +20,19 @@ from pathlib import Path
 
 import torch
 
+from ..audio.landmark_model import LandmarkCompletionTransformer, LandmarkModelConfig
 from ..errors import TalkingFaceError
 from ..generator.dubbing import DubbingConfig, DubbingDenoiser
 from .dubbing import (
+    LANDMARK_SUFFIX,
     STATE_FORMAT,
     DubbingClip,
-    RowView,
     TraineeConfig,
     dubbing_train_config,
+    rows_clip,
     save_trainee,
     train_dubbing,
+    video_clip_rows,
 )
 from .finetune import (
     FinetuneResult,
@@ -86,29 +91,48 @@ def check_dubbing_base(base: DubbingDenoiser, name: str, resolution: int) -> Non
     check_pixel_base(base.config, name, resolution, "dubbing model", describe_dubbing(base.config))
 
 
-def footage_clips(shards: VideoFaceShards, fps: float) -> tuple[list[DubbingClip], list[DubbingClip]]:
-    """Each clip's frames and landmarks, split into its first frames (training) and last (validation)."""
-    scale = shards.image_size / shards.crop_size
+def footage_clips(shards: VideoFaceShards, landmarks: LandmarkModelConfig | None = None
+                  ) -> tuple[list[DubbingClip], list[DubbingClip]]:
+    """Each clip's frames, landmarks and speech (:func:`~.dubbing.video_clip_rows`), split into its first
+    frames (training) and last (validation). Jointly with a landmark model (``landmarks``), each part needs
+    a window of ``target_frames`` + 1 frames, and clips without speech are left out when others have some."""
+    least = 2 if landmarks is None else landmarks.target_frames + 1
     train, validation = [], []
     for video in shards.video_indices:
-        rows = shards.video_rows(video)
-        held_out = max(2, round(len(rows) * HELD_OUT_FRACTION))
-        if len(rows) - held_out < 2:
-            continue
-        for part, split in ((range(rows.start, rows.stop - held_out), train), (range(rows.stop - held_out, rows.stop), validation)):
-            split.append(DubbingClip(RowView(shards.photos, part), shards.landmarks[part.start:part.stop] * scale, fps))
+        for rows in video_clip_rows(shards, video):
+            held_out = max(least, round(len(rows) * HELD_OUT_FRACTION))
+            if len(rows) - held_out < least:
+                continue
+            train.append(rows_clip(shards, range(rows.start, rows.stop - held_out)))
+            validation.append(rows_clip(shards, range(rows.stop - held_out, rows.stop)))
     if not train:
         raise TalkingFaceError(
-            "no clip of the footage has the 4 frames needed to train and validate a dubbing model: prepare more footage")
+            f"no clip of the footage has the {2 * least} consecutive frames with a face needed to train and validate a "
+            "dubbing model" + ("" if landmarks is None else " jointly with the audio-to-motion model") +
+            ": prepare more footage")
+    if landmarks is not None and any(clip.audio is not None for clip in train):
+        keep = [clip.audio is not None for clip in train]
+        train = [clip for clip, kept in zip(train, keep, strict=True) if kept]
+        validation = [clip for clip, kept in zip(validation, keep, strict=True) if kept]
     return train, validation
 
 
-def _check_resumable(run_folder: Path, config: DubbingConfig) -> int:
+def landmark_output(output: Path) -> Path:
+    """Where a joint run saves the fine-tuned landmark model: ``<name>_landmarks.safetensors`` beside the model."""
+    return output.with_name(output.stem + LANDMARK_SUFFIX + output.suffix)
+
+
+def _check_resumable(run_folder: Path, config: DubbingConfig, landmarks: LandmarkModelConfig | None) -> int:
     state = run_folder / STATE_FOLDER
     if not state.is_dir():
         return 0
     info = read_trainer_state(state, STATE_FORMAT, "dubbing model")
-    wanted = json.loads(TraineeConfig(config, None).to_json())
+    wanted = json.loads(TraineeConfig(config, landmarks).to_json())
+    if info["model_config"]["landmarks"] != wanted["landmarks"]:
+        joint = "jointly with an audio-to-motion model" if info["model_config"]["landmarks"] else "without an audio-to-motion model"
+        raise TalkingFaceError(
+            f"an interrupted run of this name in {run_folder} trained {joint}: connect the motion model it had (or "
+            "none) to continue it, use another name, or delete that folder to start afresh")
     if info["model_config"] != wanted:
         saved = DubbingConfig.from_json(json.dumps(info["model_config"]["dubbing"]))
         raise TalkingFaceError(
@@ -122,10 +146,14 @@ def finetune_dubbing(
     footage: TrainingFootage, output: Path, run_folder: Path, settings: DubbingFinetuneSettings,
     base: DubbingDenoiser | None = None, base_name: str = "",
     on_step: Callable[[int, float], None] | None = None, log: Callable[[str], None] = print,
+    landmark_model: LandmarkCompletionTransformer | None = None,
 ) -> FinetuneResult:
-    """Train a dubbing model on ``footage`` and save it as ``output`` (a new file); see the module."""
+    """Train a dubbing model on ``footage`` and save it as ``output`` (a new file), jointly with a copy of
+    ``landmark_model`` when given (saved as :func:`landmark_output`; the model passed in is not changed)."""
     output, run_folder = Path(output), Path(run_folder)
     check_new_file(output)
+    if landmark_model is not None:
+        check_new_file(landmark_output(output))
     if base is not None:
         check_dubbing_base(base, base_name, settings.resolution)
     shards = VideoFaceShards(footage.folder, image_size=settings.resolution)
@@ -135,10 +163,12 @@ def finetune_dubbing(
             f"batch_size to {max(1, len(shards))} or less, or prepare more footage of the person")
     fps = float(next(entry["fps"] for entry in shards.manifest["videos"] if entry["status"] == "done"))
     config = base.config if base is not None else scratch_dubbing_config(settings.resolution, settings.channels, fps)
-    train, validation = footage_clips(shards, config.fps)
-    resumed_at = _check_resumable(run_folder, config)
+    landmarks = None if landmark_model is None else landmark_model.config
+    train, validation = footage_clips(shards, landmarks)
+    resumed_at = _check_resumable(run_folder, config, landmarks)
     notes = [f"continued the interrupted run from step {resumed_at}"] if resumed_at else []
     base_weights = None if base is None else base.state_dict()
+    landmark_weights = None if landmark_model is None else {k: v.detach().clone() for k, v in landmark_model.state_dict().items()}
 
     def fresh_denoiser() -> DubbingDenoiser:
         torch.manual_seed(settings.seed)
@@ -146,6 +176,14 @@ def finetune_dubbing(
         if base_weights is not None:
             denoiser.load_state_dict(base_weights)
         return denoiser.train()
+
+    def fresh_landmark_model() -> LandmarkCompletionTransformer | None:
+        # A copy: the model on the node's input (cached by ComfyUI) stays as it was loaded.
+        if landmark_weights is None:
+            return None
+        model = LandmarkCompletionTransformer(landmarks)
+        model.load_state_dict(landmark_weights)
+        return model.train()
 
     train_config = dubbing_train_config(
         steps=settings.steps, batch_size=settings.batch_size, learning_rate=settings.learning_rate,
@@ -165,13 +203,13 @@ def finetune_dubbing(
 
     while True:
         try:
-            trainee, _ = train_dubbing(fresh_denoiser(), train, validation, train_config, run_folder, log=log,
-                                       on_step=step_done)
+            trainee, _ = train_dubbing(fresh_denoiser(), train, validation, train_config, run_folder,
+                                       landmark_model=fresh_landmark_model(), log=log, on_step=step_done)
             break
         except _TimeUp:
             notes.append(f"the time limit stopped the training at step {reached} of {settings.steps}")
-            trainee, _ = train_dubbing(fresh_denoiser(), train, validation, train_config, run_folder, log=log,
-                                       until_step=reached)
+            trainee, _ = train_dubbing(fresh_denoiser(), train, validation, train_config, run_folder,
+                                       landmark_model=fresh_landmark_model(), log=log, until_step=reached)
             break
         except BaseException as error:
             if not is_out_of_memory(error):
@@ -192,5 +230,8 @@ def finetune_dubbing(
     final = run_folder / FINAL_FILE
     save_trainee(trainee, final, {"training_step": str(reached)})
     publish_checkpoint(final, output)
+    if landmark_model is not None:
+        publish_checkpoint(landmark_output(final), landmark_output(output))
+        notes.append(f"the audio-to-motion model trained with it: {landmark_output(output).name}")
     shutil.rmtree(run_folder, ignore_errors=True)
     return FinetuneResult(output, reached, train_config.batch_size, last_loss, notes)
