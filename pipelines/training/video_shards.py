@@ -642,13 +642,8 @@ class VideoFaceShards:
         files = ShardFiles([path for path, _ in shards], [count for _, count in shards])
         self._files = files
         self._fps = {int(entry["index"]): float(entry["fps"]) for entry in entries}
-        # Videos with speech: their audio entry and their shard files (shards written before audio was kept have none).
-        self._audio: dict[int, tuple[dict, list[int]]] = {}
-        first_file = 0
-        for entry in entries:
-            if entry.get("audio"):
-                self._audio[int(entry["index"])] = (entry["audio"], list(range(first_file, first_file + len(entry["shards"]))))
-            first_file += len(entry["shards"])
+        # Videos with speech and their audio entries (shards written before audio was kept have none).
+        self._audio = {int(entry["index"]): entry["audio"] for entry in entries if entry.get("audio")}
         resize = None if self.image_size == self.crop_size else self.image_size
         self.photos = ShardRows(files, "photos", in_memory, resize)
         self.renders = ShardRows(files, "renders", in_memory, resize)
@@ -699,7 +694,7 @@ class VideoFaceShards:
         """The video's rows split where frames are missing (left out without a face, or interpolated), so
         each run's rows follow each other in time and line up with its audio."""
         rows = self.video_rows(video)
-        step = int(self._audio[video][0]["frame_step"]) if video in self._audio else 1
+        step = int(self._audio[video]["frame_step"]) if video in self._audio else 1
         numbers = self.frame_numbers[rows.start:rows.stop]
         gaps = torch.nonzero(numbers[1:] - numbers[:-1] != step).flatten()
         ends = [rows.start + 1 + int(gap) for gap in gaps] + [rows.stop]
@@ -714,10 +709,12 @@ class VideoFaceShards:
             return None
         if int(self.videos[rows.stop - 1]) != video:
             raise TalkingFaceError(f"rows {rows.start}..{rows.stop - 1} span more than one video")
-        info, files = self._audio[video]
-        samples = torch.cat([self._files.reader(file).get_tensor(AUDIO_KEY) for file in files])
+        info = self._audio[video]
+        # Each shard holds the speech from its first row's frame to the next shard's: read only the shards of the rows.
+        first_file, last_file = torch.searchsorted(self._files.ends, torch.tensor([rows.start, rows.stop - 1]), right=True).tolist()
+        samples = torch.cat([self._files.reader(file).get_tensor(AUDIO_KEY) for file in range(first_file, last_file + 1)])
         step = int(info["frame_step"])
-        audio = FrameAudio(samples, float(info["frame_rate"]), step, int(self.frame_numbers[self.video_rows(video).start]))
+        audio = FrameAudio(samples, float(info["frame_rate"]), step, int(self.frame_numbers[self._files.starts[first_file]]))
         span = audio.span(int(self.frame_numbers[rows.start]), int(self.frame_numbers[rows.stop - 1]) + step)
         return span.float() / PCM_SCALE
 
