@@ -27,7 +27,7 @@ class FaceSolver:
         rounds, iterations = self.config.schedule()
         slots = None
         for _ in range(rounds):
-            previous, slots = slots, self.projection.select_contour(params)
+            previous, slots = slots, self.projection.select_contour(params, problem.observed)
             # A face whose correspondences did not change has already converged on this problem.
             moved = torch.ones_like(slots[:, 0], dtype=torch.bool) if previous is None else (slots != previous).any(-1)
             if not moved.any():
@@ -39,7 +39,7 @@ class FaceSolver:
     def fit_pose(self, params: torch.Tensor, problem: FitProblem, pose_groups: set[str] | frozenset[str]) -> torch.Tensor:
         """``config.pose_iterations`` LM steps on the pose groups alone."""
         problem.free = self.layout.columns(pose_groups)
-        rows = self.projection.rows(self.projection.select_contour(params))
+        rows = self.projection.rows(self.projection.select_contour(params, problem.observed))
         return self.levenberg_marquardt(params, rows, problem, self.config.pose_iterations)
 
     def levenberg_marquardt(

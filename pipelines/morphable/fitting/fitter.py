@@ -96,7 +96,7 @@ class LandmarkFitter:
         landmarks, weights, optimize, init = self._checked(landmarks, weights, optimize, init)
         params = self._initial_params(landmarks, weights, init)
         params = self.video_solver.solve(params, landmarks, weights, optimize - {"identity"}, "identity" in optimize)
-        return self._result(params, landmarks, weights, init, self.projection.select_contour(params))
+        return self._result(params, landmarks, weights, init, self.projection.select_contour(params, landmarks))
 
     # input checks ---------------------------------------------------------------------------
     def _checked(

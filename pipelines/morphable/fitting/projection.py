@@ -46,11 +46,12 @@ class LandmarkProjection:
         contour = ContourCandidates.for_model(model)
         self.landmark_slots, self.candidate_slots, self.candidate_sides = (
             contour.landmark_slots, contour.candidate_slots, contour.sides)
+        self.middle_station = contour.middle_station
         # Only these vertices ever enter the fit: landmark vertices and jaw-contour candidates.
         self.mean_rows = model.mean_shape[contour.rows]  # [U, 3]
         bases = torch.cat([model.identity_basis, model.expression_basis], 0).view(-1, model.num_vertices, 3)
         self.basis_rows = bases[:, contour.rows].permute(1, 2, 0).contiguous()  # [U, 3, n_id + n_exp]
-        # Each distinct candidate is projected once; the padded [16, K] layout indexes into them.
+        # Each distinct candidate is projected once; the padded [16, S, K] layout indexes into them.
         distinct, self._candidate_layout = torch.unique(self.candidate_slots, return_inverse=True)
         self._candidate_rows = self.rows(distinct.unsqueeze(0))
 
@@ -147,9 +148,11 @@ class LandmarkProjection:
         origin = params.new_zeros(params.shape[0], rows.mean.shape[1], 2)
         return self.residuals(params, rows, origin, None, free)
 
-    def select_contour(self, params: torch.Tensor) -> torch.Tensor:
-        """Landmark slots ``[B, 68]`` with each jaw landmark moved to the candidate that projects
-        furthest outwards: the silhouette at that height for the current pose and shape."""
+    def select_contour(self, params: torch.Tensor, observed: torch.Tensor | None = None) -> torch.Tensor:
+        """Landmark slots ``[B, 68]`` with each jaw landmark moved onto the silhouette: per station,
+        the candidate that projects furthest outwards (the outline at that height for the current
+        pose and shape); of the stations, the one projecting nearest the ``observed`` landmark
+        ``[B, 68, 2]`` (without observations, the landmark's own height)."""
         batch = params.shape[0]
         slots = self.landmark_slots.expand(batch, -1).clone()
         if not self.follow_contour:
@@ -157,12 +160,19 @@ class LandmarkProjection:
         points = self.points(params, self._candidate_rows)
         rotation = rotation_matrices(params[:, :3])
         world = points @ rotation.transpose(1, 2) + params[:, None, 3:6]
-        projected = self.camera.project(world)[:, self._candidate_layout]  # [B, 16, K, 2]
+        projected = self.camera.project(world)[:, self._candidate_layout]  # [B, 16, S, K, 2]
         # The face's own x axis as seen in the image (v points down), so roll and pitch count too.
         axis = torch.stack([rotation[:, 0, 0], -rotation[:, 1, 0]], -1)
-        outward = self.candidate_sides[None, :, None, None] * axis[:, None, None, :]
-        best = (projected * outward).sum(-1).argmax(-1)  # [B, 16]
-        slots[:, self.contour_slots] = self.candidate_slots.gather(1, best.T).T
+        outward = self.candidate_sides[None, :, None, None, None] * axis[:, None, None, None, :]
+        best = (projected * outward).sum(-1).argmax(-1, keepdim=True)  # [B, 16, S, 1]
+        outline_slots = self.candidate_slots.expand(batch, -1, -1, -1).gather(-1, best).squeeze(-1)  # [B, 16, S]
+        if observed is None:
+            station = torch.full_like(best[:, :, 0], self.middle_station)
+        else:
+            outline = projected.gather(-2, best.unsqueeze(-1).expand(-1, -1, -1, 1, 2)).squeeze(-2)  # [B, 16, S, 2]
+            target = observed[:, self.contour_slots].unsqueeze(2)
+            station = (outline - target).square().sum(-1).argmin(-1, keepdim=True)  # [B, 16, 1]
+        slots[:, self.contour_slots] = outline_slots.gather(-1, station).squeeze(-1)
         return slots
 
     def pixels_per_unit(self) -> torch.Tensor:

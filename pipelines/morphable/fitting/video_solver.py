@@ -131,7 +131,7 @@ class VideoSolver:
         rounds, iterations = config.schedule()
         slots = None
         for _ in range(rounds):
-            previous, slots = slots, self.projection.select_contour(params)
+            previous, slots = slots, self.projection.select_contour(params, problem.observed)
             if previous is not None and torch.equal(slots, previous):
                 break
             rows = self.projection.rows(slots)
