@@ -5,7 +5,7 @@ import numpy as np
 
 from .geometry import EYE_OPENING_HALF_WIDTH_PHI, EYE_OPENING_PHI, MOUTH_HALF_WIDTH_PHI, seam_height
 from .mesh import Neutral
-from .texture import brow_centre, lip_outline
+from .texture import BROW_EDGE_BLUR, brow_centre, brow_half_thickness, lip_outline
 
 # The jaw contour (iBUG 0-16), subject's right ear to the left one, as points on the skin that
 # the nearest vertex takes: on the frontal outline of the cheeks and jaw, in front of the ears.
@@ -13,7 +13,14 @@ CONTOUR_RIGHT_HALF = (
     (-0.7, 0.0, 0.15), (-0.7, -0.17, 0.15), (-0.68, -0.34, 0.15), (-0.64, -0.51, 0.18), (-0.57, -0.67, 0.25),
     (-0.47, -0.82, 0.35), (-0.35, -0.95, 0.5), (-0.2, -1.04, 0.68), (0.0, -1.09, 0.78),
 )
-BROW_LANDMARK_X = (0.5, 0.41, 0.32, 0.23, 0.14)  # |x| from the outer end to the inner one
+# iBUG-300W puts the five eyebrow points along the brow's upper edge, from its outer tip (17, 26)
+# to its inner end (21, 22), both ends included: |x| from the outer end of the painted brow (where
+# it fades out, see ``texture``) to its inner one, just inside the edge's blur.
+BROW_LANDMARK_X = tuple(np.linspace(0.53, 0.1, 5).tolist())
+
+
+def _brow_top(abs_x: float) -> float:
+    return float(brow_centre(abs_x) + brow_half_thickness(abs_x) - BROW_EDGE_BLUR)
 
 
 def landmark_ids(face: Neutral) -> np.ndarray:
@@ -46,8 +53,8 @@ def landmark_ids(face: Neutral) -> np.ndarray:
         return int(layout.grid_index(band[np.argmin(np.abs(head[layout.grid_index(band, column), 1] - border))], column))
 
     contour = [nearest(p) for p in CONTOUR_RIGHT_HALF] + [nearest((-x, y, z)) for x, y, z in CONTOUR_RIGHT_HALF[-2::-1]]
-    brows = [nearest_front(-x, brow_centre(x)) for x in BROW_LANDMARK_X]
-    brows += [nearest_front(x, brow_centre(x)) for x in BROW_LANDMARK_X[::-1]]
+    brows = [nearest_front(-x, _brow_top(x)) for x in BROW_LANDMARK_X]
+    brows += [nearest_front(x, _brow_top(x)) for x in BROW_LANDMARK_X[::-1]]
     midline = head[layout.grid_index(np.arange(rows.surface_rows), 0)]
     tip_row = np.argmax(np.where(np.abs(midline[:, 1] + 0.4) < 0.1, midline[:, 2], -np.inf))
     bridge_rows = [np.argmin(np.abs(midline[:, 1] - y)) for y in (0.06, -0.08, -0.22)]

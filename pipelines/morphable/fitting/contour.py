@@ -29,7 +29,7 @@ JAW_CONTOUR = tuple(i for i in JAW_LINE if i != 8)
 MIDLINE = (8, 27, 28, 29, 30, 33, 51, 57, 62, 66)
 # Stations per jaw landmark, evenly spread from halfway to the previous landmark to halfway to the
 # next (an odd count, so the middle station is the landmark itself).
-STATIONS = 5
+STATIONS = 9
 
 
 @dataclass
