@@ -18,6 +18,13 @@ CONTOUR_RIGHT_HALF = (
 # it fades out, see ``texture``) to its inner one, just inside the edge's blur.
 BROW_LANDMARK_X = tuple(np.linspace(0.53, 0.1, 5).tolist())
 
+# Across the mouth (0 centre, ±1 corners): the peaks of the upper lip's bow (50, 52) and the lower
+# lip's points below them (56, 58). iBUG's inner-lip points 61/63 and 65/67 sit at these columns
+# too: the mean of the iBUG-300W training shapes (the initial shape in dlib's 68-point predictor)
+# has 50/52 at ±0.26, 61/63 at ±0.26, 56/58 at ±0.28 and 65/67 at ±0.27 of the half width.
+UPPER_LIP_PEAK_S = 0.22
+LOWER_LIP_INNER_S = 0.25
+
 
 def _brow_top(abs_x: float) -> float:
     return float(brow_centre(abs_x) + brow_half_thickness(abs_x) - BROW_EDGE_BLUR)
@@ -73,14 +80,16 @@ def landmark_ids(face: Neutral) -> np.ndarray:
     inner_corners = [(corners[0] + 1) % layout.columns, corners[1] - 1]
     outer_mouth = [
         int(layout.grid_index(seam_top, corners[0])),
-        *(outer_lip("upper_lip", s, upper_lip=True) for s in (-0.6, -0.22, 0.0, 0.22, 0.6)),
+        *(outer_lip("upper_lip", s, upper_lip=True) for s in (-0.6, -UPPER_LIP_PEAK_S, 0.0, UPPER_LIP_PEAK_S, 0.6)),
         int(layout.grid_index(seam_top, corners[1])),
-        *(outer_lip("lower_lip", s, upper_lip=False) for s in (0.6, 0.25, 0.0, -0.25, -0.6)),
+        *(outer_lip("lower_lip", s, upper_lip=False) for s in (0.6, LOWER_LIP_INNER_S, 0.0, -LOWER_LIP_INNER_S, -0.6)),
     ]
+    # The inner-lip points 61/63 under the upper lip's peaks, 65/67 over 56/58 (see above), not
+    # halfway to the inner corners.
     inner_mouth = [
         int(layout.grid_index(seam_top, inner_corners[0])),
-        *(on_row(seam_top, s * MOUTH_HALF_WIDTH_PHI) for s in (-0.45, 0.0, 0.45)),
+        *(on_row(seam_top, s * MOUTH_HALF_WIDTH_PHI) for s in (-UPPER_LIP_PEAK_S, 0.0, UPPER_LIP_PEAK_S)),
         int(layout.grid_index(seam_top, inner_corners[1])),
-        *(on_row(seam_bottom, s * MOUTH_HALF_WIDTH_PHI) for s in (0.45, 0.0, -0.45)),
+        *(on_row(seam_bottom, s * MOUTH_HALF_WIDTH_PHI) for s in (LOWER_LIP_INNER_S, 0.0, -LOWER_LIP_INNER_S)),
     ]
     return np.array(contour + brows + nose + nostrils + right_eye + left_eye + outer_mouth + inner_mouth)
