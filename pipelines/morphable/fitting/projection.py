@@ -192,18 +192,19 @@ class LandmarkProjection:
         points = self.points(params, self._candidate_rows)
         rotation = rotation_matrices(params[:, :3])
         world = points @ rotation.transpose(1, 2) + params[:, None, 3:6]
-        projected = self.camera.project(world)[:, self._candidate_layout]  # [B, 16, S, K, 2]
+        projected = self.camera.project(world)  # [B, D, 2] the distinct candidates
         # The face's own x axis as seen in the image (v points down), so roll and pitch count too.
         axis = torch.stack([rotation[:, 0, 0], -rotation[:, 1, 0]], -1)
-        outward = self.candidate_sides[None, :, None, None, None] * axis[:, None, None, None, :]
-        best = (projected * outward).sum(-1).argmax(-1, keepdim=True)  # [B, 16, S, 1]
+        along_axis = (projected * axis.unsqueeze(1)).sum(-1)[:, self._candidate_layout]  # [B, 16, S, K]
+        best = (along_axis * self.candidate_sides[:, None, None]).argmax(-1, keepdim=True)  # [B, 16, S, 1]
         outline_slots = self.candidate_slots.expand(batch, -1, -1, -1).gather(-1, best).squeeze(-1)  # [B, 16, S]
         second = slots.clone()
         blend = torch.zeros(slots.shape, device=slots.device)
         if observed is None:
             slots[:, self.contour_slots] = second[:, self.contour_slots] = outline_slots[..., self.middle_station]
             return Correspondence(slots, second, blend)
-        outline = projected.gather(-2, best.unsqueeze(-1).expand(-1, -1, -1, 1, 2)).squeeze(-2)  # [B, 16, S, 2]
+        chosen = self._candidate_layout.expand(batch, -1, -1, -1).gather(-1, best).flatten(1)
+        outline = projected.gather(1, chosen.unsqueeze(-1).expand(-1, -1, 2)).view(*outline_slots.shape, 2)  # [B, 16, S, 2]
         # The nearest point on each segment between neighbouring stations, then the nearest segment.
         start, step = outline[:, :, :-1], outline.diff(dim=2)
         target = observed[:, self.contour_slots].unsqueeze(2)
