@@ -7,9 +7,10 @@ surface. So each of them has a short stretch of the outline: a few heights (*sta
 jaw from halfway towards the previous landmark to halfway towards the next one, and at every
 station a horizontal band of candidate vertices between the outline and the face's midline (in
 front of the station). At every round the fitter takes, per station, the candidate that projects
-furthest outwards (the silhouette point at that height for the current pose), and then the station
-whose silhouette point lies nearest the observed landmark
-(:meth:`~.projection.LandmarkProjection.select_contour`), as eos does with its contour line.
+furthest outwards (the silhouette point at that height for the current pose), and then the point
+of the polyline through these silhouette points that lies nearest the observed landmark, a blend of
+two neighbouring vertices (:meth:`~.projection.LandmarkProjection.select_contour`), much as eos does
+with its contour line. Its residual is then the landmark's distance to the model's outline.
 Without observations, or at a frontal pose with the landmark exactly where the model puts it,
 this is the landmark vertex itself (up to perspective, which brings nearer points slightly further
 out).
