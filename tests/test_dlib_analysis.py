@@ -122,6 +122,20 @@ def test_a_video_is_tracked_by_descriptor_and_box(hog, astronaut):
     assert float(faces.embeddings[2] @ faces.embeddings[0]) > 0.95
 
 
+def test_the_demo_face_fits_the_astronauts_landmarks_within_the_issue_target(hog, astronaut):
+    """Issue 11's acceptance figure for the portrait (bench.real_faces measures all variants): fit RMS
+    within 3.5% of the inter-ocular distance, with coefficients of the size the priors expect."""
+    demo_model = pack_import("pipelines.morphable.demo_model")
+    fit_module = pack_import("pipelines.face.fit")
+    faces = analyze(hog, astronaut)
+    fit = fit_module.fit_faces(demo_model.demo_face_model(), faces, appearance=False, gaze=False)
+    observed = faces.fit_landmarks()[0]
+    eye_distance = float((observed[36:42].mean(0) - observed[42:48].mean(0)).norm())
+    assert float(fit.landmark_error[0]) < 0.035 * eye_distance  # 0.045 before the iBUG conventions
+    coefficients = fit.coefficients
+    assert float(coefficients.identity.abs().max()) < 5.0 and float(coefficients.expression.abs().max()) < 5.0
+
+
 def test_no_face_names_the_detector_minimum(hog):
     with pytest.raises(base.NodeInputError, match="no face found in the image.*HOG detector finds faces from about 80 px"):
         analyze(hog, torch.full((1, 200, 200, 3), 0.5))

@@ -62,10 +62,17 @@ def brow_centre(abs_x: np.ndarray) -> np.ndarray:
     return 0.19 + 0.05 * np.sin(math.pi * _brow_along(abs_x) ** 0.8)
 
 
+BROW_EDGE_BLUR = 0.012  # half the width of the soft edge round the eyebrows
+
+
+def brow_half_thickness(abs_x: np.ndarray) -> np.ndarray:
+    """Half the eyebrow's height: full at the inner end, tapering to the outer tip."""
+    return 0.036 - 0.02 * _brow_along(abs_x)
+
+
 def _brow_mask(face: Neutral) -> np.ndarray:
     ax = np.abs(face.x)
-    half_thickness = 0.036 - 0.02 * _brow_along(ax)
-    across = smoothstep(0.012, -0.012, np.abs(face.y - brow_centre(ax)) - half_thickness)
+    across = smoothstep(BROW_EDGE_BLUR, -BROW_EDGE_BLUR, np.abs(face.y - brow_centre(ax)) - brow_half_thickness(ax))
     return across * smoothstep(0.08, 0.11, ax) * smoothstep(0.56, 0.52, ax) * face.front
 
 

@@ -1,5 +1,5 @@
 """Fitting the 3DMM to 68 landmarks: :class:`LandmarkFitter` and its settings. The parts:
-``parameters`` (the parameter vector), ``contour`` (jaw landmarks sliding along the silhouette),
+``parameters`` (the parameter vector), ``contour`` (jaw landmarks sliding onto and along the silhouette),
 ``projection`` (landmarks and their Jacobian), ``initial_pose`` (closed-form start), ``priors``
 (the regularisers), ``face_solver`` (per-image Levenberg–Marquardt), ``video_solver`` and
 ``banded_solve`` (one identity per video, landmark tracks smoothed over time)."""

@@ -31,8 +31,9 @@ class FitConfig:
     # Weight of the jaw landmarks (all but the chin) relative to the others: detectors place them
     # less consistently, and their correspondence is only approximate.
     contour_weight: float = 0.5
-    # Move the jaw landmarks' vertices along the silhouette with the pose. Turn off for landmarks
-    # that come from fixed model vertices (synthetic data, landmarks predicted in model space).
+    # Move the jaw landmarks onto the silhouette with the pose, and along it to the observed points
+    # (a detector's jaw points are outline points, evenly spaced by convention). Turn off for
+    # landmarks that come from fixed model vertices (synthetic data, landmarks predicted in model space).
     contour: bool = True
     # Levenberg–Marquardt steps on the pose alone before all groups are freed; this keeps the
     # shape from bending to make up for a rough initial pose.

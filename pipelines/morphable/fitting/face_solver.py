@@ -7,7 +7,7 @@ import torch
 from .config import FitConfig
 from .parameters import POSE_GROUPS, ParameterLayout
 from .priors import FitProblem
-from .projection import LandmarkProjection, Rows
+from .projection import Correspondence, LandmarkProjection, Rows
 
 
 class FaceSolver:
@@ -16,30 +16,30 @@ class FaceSolver:
         self.layout = layout
         self.config = config
 
-    def solve(self, params: torch.Tensor, problem: FitProblem, optimize: frozenset[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def solve(self, params: torch.Tensor, problem: FitProblem, optimize: frozenset[str]) -> tuple[torch.Tensor, Correspondence]:
         """Fit the ``optimize`` groups of every face: the pose alone first (so the shape does not bend
         to make up for a rough initial pose), then rounds of contour re-selection and LM steps.
-        Returns the parameters and the landmark slots of the last round."""
+        Returns the parameters and the landmark correspondence of the last round."""
         pose_groups = optimize & set(POSE_GROUPS)
         if pose_groups and optimize != pose_groups and self.config.pose_iterations > 0:
             params = self.fit_pose(params, problem, pose_groups)
         problem.free = self.layout.columns(optimize)
         rounds, iterations = self.config.schedule()
-        slots = None
+        correspondence = None
         for _ in range(rounds):
-            previous, slots = slots, self.projection.select_contour(params)
+            previous, correspondence = correspondence, self.projection.select_contour(params, problem.observed)
             # A face whose correspondences did not change has already converged on this problem.
-            moved = torch.ones_like(slots[:, 0], dtype=torch.bool) if previous is None else (slots != previous).any(-1)
+            moved = correspondence.changed(previous)
             if not moved.any():
                 break
             faces = torch.nonzero(moved).flatten()
-            params = self.levenberg_marquardt(params, self.projection.rows(slots), problem, iterations, faces)
-        return params, slots
+            params = self.levenberg_marquardt(params, self.projection.rows(correspondence), problem, iterations, faces)
+        return params, correspondence
 
     def fit_pose(self, params: torch.Tensor, problem: FitProblem, pose_groups: set[str] | frozenset[str]) -> torch.Tensor:
         """``config.pose_iterations`` LM steps on the pose groups alone."""
         problem.free = self.layout.columns(pose_groups)
-        rows = self.projection.rows(self.projection.select_contour(params))
+        rows = self.projection.rows(self.projection.select_contour(params, problem.observed))
         return self.levenberg_marquardt(params, rows, problem, self.config.pose_iterations)
 
     def levenberg_marquardt(

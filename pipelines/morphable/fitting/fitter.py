@@ -21,7 +21,7 @@ from .face_solver import FaceSolver
 from .initial_pose import closed_form_pose
 from .parameters import ALL_GROUPS, POSE_GROUPS, ParameterLayout
 from .priors import fit_problem
-from .projection import LandmarkProjection
+from .projection import Correspondence, LandmarkProjection
 from .video_solver import VideoSolver
 
 
@@ -96,7 +96,7 @@ class LandmarkFitter:
         landmarks, weights, optimize, init = self._checked(landmarks, weights, optimize, init)
         params = self._initial_params(landmarks, weights, init)
         params = self.video_solver.solve(params, landmarks, weights, optimize - {"identity"}, "identity" in optimize)
-        return self._result(params, landmarks, weights, init, self.projection.select_contour(params))
+        return self._result(params, landmarks, weights, init, self.projection.select_contour(params, landmarks))
 
     # input checks ---------------------------------------------------------------------------
     def _checked(
@@ -173,8 +173,8 @@ class LandmarkFitter:
     ) -> FitResult:
         params = self._initial_params(landmarks, weights, init)
         problem = fit_problem(self.config, self.layout, self.pixels_per_unit, landmarks, weights, params)
-        params, slots = self.face_solver.solve(params, problem, optimize)
-        return self._result(params, landmarks, weights, init, slots)
+        params, correspondence = self.face_solver.solve(params, problem, optimize)
+        return self._result(params, landmarks, weights, init, correspondence)
 
     # output ---------------------------------------------------------------------------------------
     def _result(
@@ -183,10 +183,10 @@ class LandmarkFitter:
         landmarks: torch.Tensor,
         weights: torch.Tensor,
         init: FaceCoefficients | None,
-        slots: torch.Tensor,
+        correspondence: Correspondence,
     ) -> FitResult:
         batch = params.shape[0]
-        fitted = self.projection.project(params, self.projection.rows(slots))
+        fitted = self.projection.project(params, self.projection.rows(correspondence))
         distance = (fitted - landmarks).square().sum(-1)
         used = (weights > 0).float()
         error = ((distance * used).sum(-1) / used.sum(-1)).sqrt()

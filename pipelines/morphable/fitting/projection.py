@@ -32,6 +32,30 @@ class Rows:
         return self if self.shared else Rows(self.mean[index], self.basis[index])
 
 
+@dataclass
+class Correspondence:
+    """Where each landmark sits on the model, per face: at ``(1 − blend)·first + blend·second`` of
+    two rows (slots ``[B, 68]``, blend ``[B, 68]``; a blend of 0 is the ``first`` vertex itself)."""
+
+    first: torch.Tensor
+    second: torch.Tensor
+    blend: torch.Tensor
+
+    @classmethod
+    def at(cls, slots: torch.Tensor) -> Correspondence:
+        """Every landmark on one vertex."""
+        return cls(slots, slots, torch.zeros(slots.shape, device=slots.device))
+
+    def changed(self, previous: Correspondence | None) -> torch.Tensor:
+        """``[B]`` bool: faces whose correspondence moved since ``previous`` (all, without one)."""
+        if previous is None:
+            return torch.ones_like(self.first[:, 0], dtype=torch.bool)
+        return (
+            (self.first != previous.first).any(-1) | (self.second != previous.second).any(-1)
+            | ((self.blend - previous.blend).abs() > 1e-3).any(-1)
+        )
+
+
 class LandmarkProjection:
     """Landmark positions in the camera's image (pixels, origin top-left, y down) as a function of
     the parameter vector, and their Jacobian. With ``follow_contour`` the jaw landmarks slide along
@@ -46,19 +70,28 @@ class LandmarkProjection:
         contour = ContourCandidates.for_model(model)
         self.landmark_slots, self.candidate_slots, self.candidate_sides = (
             contour.landmark_slots, contour.candidate_slots, contour.sides)
+        self.middle_station = contour.middle_station
         # Only these vertices ever enter the fit: landmark vertices and jaw-contour candidates.
         self.mean_rows = model.mean_shape[contour.rows]  # [U, 3]
         bases = torch.cat([model.identity_basis, model.expression_basis], 0).view(-1, model.num_vertices, 3)
         self.basis_rows = bases[:, contour.rows].permute(1, 2, 0).contiguous()  # [U, 3, n_id + n_exp]
-        # Each distinct candidate is projected once; the padded [16, K] layout indexes into them.
+        # Each distinct candidate is projected once; the padded [16, S, K] layout indexes into them.
         distinct, self._candidate_layout = torch.unique(self.candidate_slots, return_inverse=True)
         self._candidate_rows = self.rows(distinct.unsqueeze(0))
 
-    def rows(self, slots: torch.Tensor) -> Rows:
-        """Mean and basis rows for per-face slots ``[B, L]``, shared when all faces agree."""
-        if bool((slots == slots[:1]).all()):
-            slots = slots[:1]
-        return Rows(self.mean_rows[slots], self.basis_rows[slots])
+    def rows(self, where: torch.Tensor | Correspondence) -> Rows:
+        """Mean and basis rows for per-face slots ``[B, L]`` (shared when all faces agree) or for the
+        points of a :class:`Correspondence`."""
+        if isinstance(where, Correspondence):
+            if not bool(where.blend.any()):
+                return self.rows(where.first)
+            first, second = self.rows(where.first), self.rows(where.second)
+            blend = where.blend.unsqueeze(-1)
+            return Rows(torch.lerp(first.mean, second.mean, blend),
+                        first.basis + blend.unsqueeze(-1) * (second.basis - first.basis))
+        if bool((where == where[:1]).all()):
+            where = where[:1]
+        return Rows(self.mean_rows[where], self.basis_rows[where])
 
     def landmark_rows(self) -> Rows:
         """The fixed landmark vertices, shared by all faces."""
@@ -147,23 +180,41 @@ class LandmarkProjection:
         origin = params.new_zeros(params.shape[0], rows.mean.shape[1], 2)
         return self.residuals(params, rows, origin, None, free)
 
-    def select_contour(self, params: torch.Tensor) -> torch.Tensor:
-        """Landmark slots ``[B, 68]`` with each jaw landmark moved to the candidate that projects
-        furthest outwards: the silhouette at that height for the current pose and shape."""
+    def select_contour(self, params: torch.Tensor, observed: torch.Tensor | None = None) -> Correspondence:
+        """The landmarks' places on the model with each jaw landmark moved onto the silhouette: per
+        station, the candidate that projects furthest outwards (the outline at that height for the
+        current pose and shape); along the outline through the stations, the point projecting nearest
+        the ``observed`` landmark ``[B, 68, 2]`` (without observations, the landmark's own height)."""
         batch = params.shape[0]
         slots = self.landmark_slots.expand(batch, -1).clone()
         if not self.follow_contour:
-            return slots
+            return Correspondence.at(slots)
         points = self.points(params, self._candidate_rows)
         rotation = rotation_matrices(params[:, :3])
         world = points @ rotation.transpose(1, 2) + params[:, None, 3:6]
-        projected = self.camera.project(world)[:, self._candidate_layout]  # [B, 16, K, 2]
+        projected = self.camera.project(world)  # [B, D, 2] the distinct candidates
         # The face's own x axis as seen in the image (v points down), so roll and pitch count too.
         axis = torch.stack([rotation[:, 0, 0], -rotation[:, 1, 0]], -1)
-        outward = self.candidate_sides[None, :, None, None] * axis[:, None, None, :]
-        best = (projected * outward).sum(-1).argmax(-1)  # [B, 16]
-        slots[:, self.contour_slots] = self.candidate_slots.gather(1, best.T).T
-        return slots
+        along_axis = (projected * axis.unsqueeze(1)).sum(-1)[:, self._candidate_layout]  # [B, 16, S, K]
+        best = (along_axis * self.candidate_sides[:, None, None]).argmax(-1, keepdim=True)  # [B, 16, S, 1]
+        outline_slots = self.candidate_slots.expand(batch, -1, -1, -1).gather(-1, best).squeeze(-1)  # [B, 16, S]
+        second = slots.clone()
+        blend = torch.zeros(slots.shape, device=slots.device)
+        if observed is None:
+            slots[:, self.contour_slots] = second[:, self.contour_slots] = outline_slots[..., self.middle_station]
+            return Correspondence(slots, second, blend)
+        chosen = self._candidate_layout.expand(batch, -1, -1, -1).gather(-1, best).flatten(1)
+        outline = projected.gather(1, chosen.unsqueeze(-1).expand(-1, -1, 2)).view(*outline_slots.shape, 2)  # [B, 16, S, 2]
+        # The nearest point on each segment between neighbouring stations, then the nearest segment.
+        start, step = outline[:, :, :-1], outline.diff(dim=2)
+        target = observed[:, self.contour_slots].unsqueeze(2)
+        along = (((target - start) * step).sum(-1) / step.square().sum(-1).clamp_min(1e-12)).clamp(0.0, 1.0)
+        distance = (start + along.unsqueeze(-1) * step - target).square().sum(-1)  # [B, 16, S - 1]
+        segment = distance.argmin(-1, keepdim=True)
+        slots[:, self.contour_slots] = outline_slots.gather(-1, segment).squeeze(-1)
+        second[:, self.contour_slots] = outline_slots.gather(-1, segment + 1).squeeze(-1)
+        blend[:, self.contour_slots] = along.gather(-1, segment).squeeze(-1)
+        return Correspondence(slots, second, blend)
 
     def pixels_per_unit(self) -> torch.Tensor:
         """RMS landmark motion in px per unit of each parameter, for the mean face seen frontally

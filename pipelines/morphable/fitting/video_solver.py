@@ -129,12 +129,12 @@ class VideoSolver:
             problem.prior_weight = problem.prior_weight.clone()
             problem.prior_weight[identity] = 0.0
         rounds, iterations = config.schedule()
-        slots = None
+        correspondence = None
         for _ in range(rounds):
-            previous, slots = slots, self.projection.select_contour(params)
-            if previous is not None and torch.equal(slots, previous):
+            previous, correspondence = correspondence, self.projection.select_contour(params, problem.observed)
+            if not correspondence.changed(previous).any():
                 break
-            rows = self.projection.rows(slots)
+            rows = self.projection.rows(correspondence)
             params = self.joint_levenberg_marquardt(params, rows, problem, chain, iterations)
         return params
 
