@@ -78,11 +78,14 @@ class CoveredPixels:
 
     pixels: torch.Tensor  # [P] int64 flat index frame * H * W + row * W + column, ascending
     triangle_ids: torch.Tensor  # [P]
-    barycentrics: torch.Tensor  # [3, P]
+    barycentrics: torch.Tensor  # [3, P] in triangles[id] corner order, or sorted_mesh's when it is set
     depth: torch.Tensor  # [P]
     batch: int
     height: int
     width: int
+    # The rasterizer leaves barycentrics in its own corner order (vertex ids ascending):
+    # interpolation reads the corners in that order too, and only Fragments reorder them.
+    sorted_mesh: _SortedMesh | None = None
     _corner_cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -121,7 +124,16 @@ class CoveredPixels:
         return dense.view(self.batch, self.height, self.width, values.shape[0])
 
     def to_fragments(self) -> Fragments:
-        return Fragments(self.scatter(self.triangle_ids, -1), self.scatter(self.barycentrics), self.scatter(self.depth))
+        barycentrics = self.barycentrics
+        if self.sorted_mesh is not None:
+            # To the given corner order through 1-D gathers (torch.gather on [3, P] is slow).
+            flat_sorted, count = barycentrics.reshape(-1), self.pixels.numel()
+            within = torch.arange(count, device=flat_sorted.device)
+            barycentrics = torch.stack([
+                flat_sorted.index_select(0, slot.index_select(0, self.triangle_ids).mul_(count).add_(within))
+                for slot in self.sorted_mesh.slots
+            ])  # fmt: skip
+        return Fragments(self.scatter(self.triangle_ids, -1), self.scatter(barycentrics), self.scatter(self.depth))
 
     def interpolate(self, vertex_attributes: torch.Tensor, triangles: torch.Tensor) -> torch.Tensor:
         """Per-vertex attributes ``[B, N, C]`` (or ``[1, N, C]``, shared by all frames) at the
@@ -150,7 +162,13 @@ class CoveredPixels:
         cached = self._corner_cache.get(frame_stride)
         if cached is not None and cached[0] is triangles:
             return cached[1]
-        corners = [column.index_select(0, self.triangle_ids) for column in triangles.t().contiguous()]
+        if self.sorted_mesh is None:
+            columns = triangles.t().contiguous()
+        elif self.sorted_mesh.parity.numel() == triangles.shape[0]:
+            columns = self.sorted_mesh.corner_ids
+        else:
+            raise ValueError(f"{triangles.shape[0]} triangles given, {self.sorted_mesh.parity.numel()} rasterized")
+        corners = [column.index_select(0, self.triangle_ids) for column in columns]
         if frame_stride:
             frame_starts = _frames_of(self.pixels, self.batch, self.height * self.width) * frame_stride
             corners = [corner.add_(frame_starts) for corner in corners]
@@ -210,7 +228,7 @@ def rasterize_covered(
     else:
         pixels = triangle_ids = torch.zeros(0, dtype=torch.long, device=device)
         barycentrics, depth = torch.zeros(3, 0, device=device), torch.zeros(0, device=device)
-    return CoveredPixels(pixels, triangle_ids, barycentrics, depth, batch, height, width)
+    return CoveredPixels(pixels, triangle_ids, barycentrics, depth, batch, height, width, mesh if passes else None)
 
 
 @dataclass
@@ -218,6 +236,17 @@ class _SortedMesh:
     corner_ids: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # vertex ids of P0, P1, P2, each [F]
     parity: torch.Tensor  # [F] ±1
     slots: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # position in P0..P2 of given corner k, each [F]
+    # Corner ids offset by frame * vertex count for the last (frames, vertex count) rasterized.
+    _batch_corner_ids: tuple[int, int, list[torch.Tensor]] | None = None
+
+    def batch_corner_ids(self, frames: int, num_vertices: int) -> list[torch.Tensor]:
+        """Indices of P0, P1, P2 into vertex planes of ``frames`` consecutive frames, each
+        ``[frames * F]``; a renderer asks for the same every batch."""
+        if self._batch_corner_ids is None or self._batch_corner_ids[:2] != (frames, num_vertices):
+            frame_starts = torch.arange(frames, device=self.parity.device).unsqueeze(1) * num_vertices
+            ids = [(corner.unsqueeze(0) + frame_starts).view(-1) for corner in self.corner_ids]
+            self._batch_corner_ids = (frames, num_vertices, ids)
+        return self._batch_corner_ids[2]
 
     @classmethod
     def of(cls, triangles: torch.Tensor) -> _SortedMesh:
@@ -325,15 +354,15 @@ class _EdgeBiases:
 def _rasterize_pass(
     screen_vertices: torch.Tensor, mesh: _SortedMesh, cull_backfaces: bool, height: int, width: int, first_frame: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Covered pixels (flat, offset by ``first_frame``), triangle ids, barycentrics, depth."""
+    """Covered pixels (flat, offset by ``first_frame``), triangle ids, barycentrics (in the
+    sorted mesh's corner order), depth."""
     frames, num_vertices = screen_vertices.shape[:2]
     num_triangles = mesh.parity.numel()
     device = screen_vertices.device
     # Everything per triangle is a contiguous [frames * F] vector, every gather is 1-D, and masks
     # are float margins (positive = yes) rather than booleans: that is what CPUs do fast.
     planes = screen_vertices.permute(2, 0, 1).reshape(3, -1)
-    frame_starts = torch.arange(frames, device=device).unsqueeze(1) * num_vertices
-    corner_ids = [(ids.unsqueeze(0) + frame_starts).view(-1) for ids in mesh.corner_ids]
+    corner_ids = mesh.batch_corner_ids(frames, num_vertices)
     x0, x1, x2 = (planes[0].index_select(0, ids) for ids in corner_ids)
     y0, y1, y2 = (planes[1].index_select(0, ids) for ids in corner_ids)
     z0, z1, z2 = (planes[2].index_select(0, ids) for ids in corner_ids)
@@ -393,13 +422,7 @@ def _rasterize_pass(
     sorted_barycentrics = torch.stack(
         [w * r for w, r in zip(weights, (constants.r0, constants.r1, constants.r2), strict=True)]
     ).div_(inverse_depth)
-    # Reorder to the given corner order through 1-D gathers (torch.gather on [3, P] is slow).
-    flat_sorted, count = sorted_barycentrics.view(-1), pixels.numel()
-    within = torch.arange(count, device=device)
-    barycentrics = torch.stack(
-        [flat_sorted.index_select(0, slot.index_select(0, triangle_ids).mul_(count).add_(within)) for slot in mesh.slots]
-    )
-    return pixels + first_frame * height * width, triangle_ids, barycentrics, inverse_depth.reciprocal_()
+    return pixels + first_frame * height * width, triangle_ids, sorted_barycentrics, inverse_depth.reciprocal_()
 
 
 def _frames_of(indices: torch.Tensor, frames: int, per_frame: int) -> torch.Tensor:
