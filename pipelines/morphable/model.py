@@ -58,6 +58,15 @@ def gaze_matrices(gaze: torch.Tensor) -> torch.Tensor:
     return rotation_matrices(torch.stack([-pitch, yaw, torch.zeros_like(yaw)], dim=-1))
 
 
+def _per_frame_product(coefficients: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """``coefficients [B, k] @ basis [k, 3N]``, computed once when every frame has the same
+    coefficients (one person's identity and albedo through a video). The product reads the whole
+    basis from memory, which is most of its time."""
+    if coefficients.shape[0] > 1 and bool((coefficients == coefficients[:1]).all()):
+        return (coefficients[:1] @ basis).expand(coefficients.shape[0], -1)
+    return coefficients @ basis
+
+
 # The last incidence matrix built, as (weak reference to its triangles, version, vertex count,
 # device, dtype, matrix): a model's triangles never change, and building it costs more than a frame.
 _last_incidence: tuple[weakref.ref, int | None, int, torch.device, torch.dtype, torch.Tensor] | None = None
@@ -175,7 +184,7 @@ class MorphableModel(nn.Module):
         gaze: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Object-space vertices ``[B, N, 3]`` (before pose)."""
-        offsets = identity @ self.identity_basis + expression @ self.expression_basis
+        offsets = _per_frame_product(identity, self.identity_basis) + expression @ self.expression_basis
         vertices = self.mean_shape.unsqueeze(0) + offsets.view(offsets.shape[0], self.num_vertices, 3)
         if gaze is not None and self.has_eyeballs:
             vertices = self._apply_gaze(vertices, gaze)
@@ -192,7 +201,9 @@ class MorphableModel(nn.Module):
 
     def albedo(self, texture: torch.Tensor) -> torch.Tensor:
         """Per-vertex albedo ``[B, N, 3]`` in 0..1 (not clamped: lighting may push it further)."""
-        return self.mean_albedo.unsqueeze(0) + (texture @ self.albedo_basis).view(texture.shape[0], self.num_vertices, 3)
+        return self.mean_albedo.unsqueeze(0) + _per_frame_product(texture, self.albedo_basis).view(
+            texture.shape[0], self.num_vertices, 3
+        )
 
     def vertex_normals(self, vertices: torch.Tensor) -> torch.Tensor:
         """Area-weighted unit vertex normals ``[B, N, 3]`` pointing out of the surface."""
