@@ -10,7 +10,7 @@ records the load average next to them.
 
 ``--reference REV`` (default :data:`REFERENCE_REVISION`, the renderer before issue 14's speed work;
 ``none`` skips it) also times the full pass and the rasterizer of that git revision on the same
-mesh and coefficients: its ``pipelines/`` is exported from git into a temporary package. The two
+mesh and coefficients (and the full pass on one person's frames, identity and albedo shared): its ``pipelines/`` is exported from git into a temporary package. The two
 alternate, repeat after repeat, and each keeps its fastest run, so load from other jobs hits both
 alike; ``speedup_*`` is reference ÷ current (wall clock), ``cpu_ms_*`` the process CPU time per
 frame (all threads), which load inflates less than the wall clock.
@@ -109,6 +109,14 @@ def random_coefficients(frames: int, device: torch.device | str) -> FaceCoeffici
     ).to(device)
 
 
+def one_person(coeffs: FaceCoefficients) -> FaceCoefficients:
+    """The frames of one person's video: every frame has the first frame's identity and albedo."""
+    frames = coeffs.frames
+    return coeffs.replace(
+        identity=coeffs.identity[:1].expand(frames, -1).clone(), texture=coeffs.texture[:1].expand(frames, -1).clone()
+    )
+
+
 def median_ms_per_frame(run: Callable[[], object], frames: int, device: torch.device, repeats: int) -> float:
     def timed() -> float:
         if device.type == "cuda":
@@ -203,8 +211,10 @@ def compare_with_reference(model: MorphableModel, revision: str) -> dict[str, ob
                 name: (getattr(ours, name).float() - getattr(theirs, name).float()).abs().max().item()
                 for name in ("image", "mask", "depth", "normals", "albedo", "surface", "triangle_ids")
             }
+            video = one_person(coeffs)
             cases = {
                 "full": (partial(render_reference, coeffs), partial(renderer.render, coeffs)),
+                "full_one_person": (partial(render_reference, video), partial(renderer.render, video)),
                 "raster": (partial(rasterize_reference, screen), partial(rasterize, screen, model.triangles, size, size)),
             }
             for kind, (reference_run, current_run) in cases.items():

@@ -229,8 +229,29 @@ def test_covered_pixels_are_the_compact_form_of_the_fragments():
     assert torch.equal(covered.pixels, fragments.mask.view(-1).nonzero().squeeze(1))
     assert covered.frame_sizes() == fragments.mask.sum((1, 2)).tolist()
     again = rasterizer.CoveredPixels.of(fragments)
-    for name in ("pixels", "triangle_ids", "barycentrics", "depth"):
+    for name in ("pixels", "triangle_ids", "depth"):
         assert torch.equal(getattr(again, name), getattr(covered, name)), name
     back = covered.to_fragments()
     for name in ("triangle_ids", "barycentrics", "depth"):
         assert torch.equal(getattr(back, name), getattr(fragments, name)), name
+
+
+def test_covered_pixels_interpolate_whatever_the_corner_order():
+    """The rasterizer keeps barycentrics in its own corner order (vertex ids ascending): with
+    corners given in any order, interpolating agrees with the Fragments, which are in the given
+    order and match the brute force."""
+    screen, triangles = triangle_soup(frames=2, count=40, height=16, width=20, seed=7)
+    rotations = torch.tensor([[0, 1, 2], [1, 2, 0], [2, 0, 1]])[torch.arange(triangles.shape[0]) % 3]
+    triangles = triangles.gather(1, rotations)  # the same windings, lowest id at any corner
+    covered = rasterizer.rasterize_covered(screen, triangles, 16, 20)
+    fragments = covered.to_fragments()
+    ids, barycentrics, depth = reference_rasterize(screen, triangles, 16, 20, cull=True)
+    assert torch.equal(fragments.triangle_ids, ids) and torch.equal(fragments.barycentrics, barycentrics)
+    attributes = torch.randn(2, screen.shape[1], 5)
+    expected = rasterizer.CoveredPixels.of(fragments).interpolate(attributes, triangles)
+    assert torch.allclose(covered.interpolate(attributes, triangles), expected, atol=1e-6)
+    shared = attributes[:1]
+    expected_shared = rasterizer.CoveredPixels.of(fragments).interpolate(shared, triangles)
+    assert torch.allclose(covered.interpolate(shared, triangles), expected_shared, atol=1e-6)
+    with pytest.raises(ValueError):
+        covered.interpolate(attributes, triangles[:-1])

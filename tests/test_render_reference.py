@@ -56,3 +56,18 @@ def test_render_pass_matches_the_reference(small_sphere, size):
     expected = torch.nn.functional.normalize(interpolated, dim=-1)
     assert torch.allclose(maps.normals[covered], expected, atol=1e-5)
     assert torch.all(maps.normals[~covered] == 0)
+
+
+def test_one_persons_frames_shape_and_albedo_like_separate_frames(small_sphere):
+    """Identity and albedo shared by every frame are multiplied out once; each frame still gets
+    what it would alone, and frames with their own identities still differ."""
+    coeffs = random_coefficients(4, seed=9)
+    shared = {name: getattr(coeffs, name)[:1].expand(4, -1).clone() for name in ("identity", "texture")}
+    video = coeffs.replace(**shared)
+    vertices, albedo = small_sphere.posed_vertices(video), small_sphere.albedo(video.texture)
+    for frame in range(4):
+        alone = video[frame : frame + 1]
+        assert torch.allclose(vertices[frame], small_sphere.posed_vertices(alone)[0], atol=1e-6)
+        assert torch.allclose(albedo[frame], small_sphere.albedo(alone.texture)[0], atol=1e-6)
+    own = small_sphere.albedo(coeffs.texture)
+    assert torch.allclose(own[0], albedo[0]) and not torch.allclose(own[1], albedo[1])
