@@ -39,8 +39,8 @@ CHECK_LANDMARK_MODEL = LandmarkModelConfig(reference_sets=4, target_frames=8, wi
 def check_dubbing_config(size: int) -> DubbingConfig:
     levels = {32: (1, 2, 2), 64: (1, 2, 2, 2)}[size]
     return DubbingConfig(image_size=size, base_channels=16, channel_multipliers=levels, attention_resolutions=(16, 8),
-                         attention_head_channels=16, reference_base_channels=16, reference_frames=2, norm_groups=8,
-                         token_width=32, coordinate_frequencies=4)
+                         attention_head_channels=16, reference_base_channels=16, reference_frames=4, norm_groups=8,
+                         token_width=32, coordinate_frequencies=4, reference_base=True)
 
 
 def main() -> None:
@@ -117,7 +117,8 @@ def main() -> None:
     for name, values in scores.items():
         print(f"{name:30s} {values}")
     model = scores["model_true_landmarks"]
-    baselines = [scores[name] for name in ("no_landmarks", "copy_template", "copy_reference")]
+    # every copy, and for a reference_base model the warped reference it corrects (the model with no weights)
+    baselines = [values for name, values in scores.items() if name == "no_landmarks" or name.startswith(("copy_", "warped_"))]
     print(json.dumps({
         "size": args.size, "mouth_weight": args.mouth_weight, "train_clips": args.clips, "held_out_pairs": args.held_out,
         "landmark_steps": args.landmark_steps, "stage1_steps": args.steps, "continuation_steps": args.joint_steps,
