@@ -147,10 +147,12 @@ def evaluate_dubbing(
     models: dict[str, tuple[DubbingDenoiser, LandmarkCompletionTransformer | None]],
     ablation: DubbingDenoiser,
     settings: DubbingSettings | None = None,
+    produced: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Scores of every method over every frame of the held-out ``pairs``. ``models`` maps a name to a
     denoiser and the landmark model that drives it (None: the true landmarks); ``ablation`` is scored
-    with its landmark tokens dropped (true landmarks given, unused)."""
+    with its landmark tokens dropped (true landmarks given, unused). ``produced``, if given, receives
+    every method's frames ``[F, S, S, 3]`` (the pairs' frames one after another), to look at."""
     settings = settings or DubbingSettings(steps=10)
     copies = ["copy_template", "copy_reference", "copy_nearest_reference"]
     if ablation.config.reference_base:
@@ -186,8 +188,10 @@ def evaluate_dubbing(
         openings.append(target.mouth[:, 0])
     truth, template_points, box, opening = map(torch.cat, (truths, templates, boxes, openings))
     results = {}
-    for name, produced in outputs.items():
-        images = torch.cat(produced)
+    for name, frames in outputs.items():
+        images = torch.cat(frames)
+        if produced is not None:
+            produced[name] = images
         psnrs, ssims = region_scores(images, truth, box)
         # PSNR of the squared error pooled over every frame: a frame identical to the truth (both mouths
         # closed) would otherwise count 100 dB and swamp the mean
