@@ -160,8 +160,11 @@ def main() -> None:
     # every copy, and for a reference_base model the warped reference it corrects (the model with no weights)
     baselines = [values for name, values in scores.items() if name == "no_landmarks" or name.startswith(("copy_", "warped_"))]
     print(json.dumps({
-        "size": args.size, "mouth_weight": args.mouth_weight, "train_clips": args.clips, "held_out_pairs": args.held_out,
-        "landmark_steps": args.landmark_steps, "stage1_steps": args.steps, "continuation_steps": args.joint_steps,
+        "size": args.size, "held_out_pairs": args.held_out, "sample_steps": args.sample_steps,
+        # the training settings, unless only the checkpoints of an earlier run were scored
+        **({} if args.evaluate_only else {
+            "mouth_weight": args.mouth_weight, "train_clips": args.clips, "landmark_steps": args.landmark_steps,
+            "stage1_steps": args.steps, "continuation_steps": args.joint_steps}),
         **history,
         "scores": scores,
         "model_beats_ablation_and_copies": all(
