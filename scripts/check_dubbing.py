@@ -10,7 +10,9 @@
    else, dubbed with the held-out speech; mouth-region PSNR/SSIM and the pixel lip-sync correlation
    for every method and for the copies and the no-landmark ablation.
 
-The last line is a JSON object with every figure.
+The last line is a JSON object with every figure. ``--evaluate-only`` scores the models a finished run
+left in ``--out`` again (e.g. with other sampling settings). Both write ``--out/panel.png``: held-out
+frames, one row per method (truth, template, the warped reference, the model, joint, ablation).
 """
 from __future__ import annotations
 
@@ -18,12 +20,14 @@ import argparse
 import copy
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from PIL import Image
 
-from pipelines.audio.landmark_model import LandmarkModelConfig
-from pipelines.generator.dubbing import DubbingConfig, DubbingDenoiser
+from pipelines.audio.landmark_model import LandmarkModelConfig, load_landmark_model
+from pipelines.generator.dubbing import DubbingConfig, DubbingDenoiser, load_dubbing
 from pipelines.generator.dubbing_sampler import DubbingSettings
 from pipelines.morphable.demo_model import demo_face_model
 from pipelines.training.audio_landmarks import train_landmark_model
@@ -39,37 +43,17 @@ CHECK_LANDMARK_MODEL = LandmarkModelConfig(reference_sets=4, target_frames=8, wi
 def check_dubbing_config(size: int) -> DubbingConfig:
     levels = {32: (1, 2, 2), 64: (1, 2, 2, 2)}[size]
     return DubbingConfig(image_size=size, base_channels=16, channel_multipliers=levels, attention_resolutions=(16, 8),
-                         attention_head_channels=16, reference_base_channels=16, reference_frames=2, norm_groups=8,
-                         token_width=32, coordinate_frequencies=4)
+                         attention_head_channels=16, reference_base_channels=16, reference_frames=4, norm_groups=8,
+                         token_width=32, coordinate_frequencies=4, reference_base=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--clips", type=int, default=24, help="synthetic training clips")
-    parser.add_argument("--seconds", type=float, default=4.0)
-    parser.add_argument("--held-out", type=int, default=4, help="held-out (target, template) clip pairs")
-    parser.add_argument("--size", type=int, default=64, choices=(32, 64))
-    parser.add_argument("--landmark-steps", type=int, default=600)
-    parser.add_argument("--steps", type=int, default=1200, help="stage 1 steps on ground-truth landmarks")
-    parser.add_argument("--joint-steps", type=int, default=300, help="steps of each continuation")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--sample-steps", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--mouth-weight", type=float, default=MOUTH_WEIGHT)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    timings = {}
-    started = time.time()
+def train_models(args: argparse.Namespace, log: Callable[[str], None], timings: dict[str, float]) -> tuple:
+    """Steps 1 and 2: (stage-1-continued denoiser, frozen landmark model, joint denoiser, its landmark model, figures)."""
+    started_stage = time.time()
     face = demo_face_model()
     train = synthetic_dubbing_clips(face, args.clips, args.seconds, args.size, seed=0)
     validation = synthetic_dubbing_clips(face, 2, args.seconds, args.size, seed=1)
-    held_out = synthetic_dubbing_clips(face, args.held_out, 2.0, args.size, seed=2, with_templates=True)
-    timings["data_s"] = round(time.time() - started, 1)
-
-    def log(line: str) -> None:
-        print(f"[{time.time() - started:7.1f}s] {line}", flush=True)
-
+    timings["data_s"] = round(time.time() - started_stage, 1)
     started_stage = time.time()
     talking = [TalkingClip(clip.audio, clip.landmarks, clip.fps) for clip in train]
     talking_validation = [TalkingClip(clip.audio, clip.landmarks, clip.fps) for clip in validation]
@@ -105,26 +89,83 @@ def main() -> None:
                                          landmark_model=copy.deepcopy(landmark_model), mouth_weight=args.mouth_weight, log=log)
     timings["joint_s"] = round(time.time() - started_stage, 1)
 
-    started_stage = time.time()
-    scores = evaluate_dubbing(
-        held_out,
-        {"model_true_landmarks": (ground_truth.denoiser, None),
-         "model_frozen_landmark_model": (ground_truth.denoiser, landmark_model),
-         "model_joint": (joint.denoiser, joint.landmark_model)},
-        ablation=ground_truth.denoiser, settings=DubbingSettings(steps=args.sample_steps, batch_size=16),
-    )
-    timings["evaluation_s"] = round(time.time() - started_stage, 1)
-    for name, values in scores.items():
-        print(f"{name:30s} {values}")
-    model = scores["model_true_landmarks"]
-    baselines = [scores[name] for name in ("no_landmarks", "copy_template", "copy_reference")]
-    print(json.dumps({
-        "size": args.size, "mouth_weight": args.mouth_weight, "train_clips": args.clips, "held_out_pairs": args.held_out,
-        "landmark_steps": args.landmark_steps, "stage1_steps": args.steps, "continuation_steps": args.joint_steps,
+    history = {
         "landmark_validation_l1": round(landmark_history[-1][1].model_l1, 4),
         "landmark_reference_mean_l1": round(landmark_history[-1][1].reference_mean_l1, 4),
         "validation_diffusion_loss": round(history_gt[-1][1].model_l1, 4),
         "validation_diffusion_loss_without_landmarks": round(history_gt[-1][1].no_landmarks, 4),
+    }
+    return ground_truth.denoiser, landmark_model, joint.denoiser, joint.landmark_model, history
+
+
+PANEL_ROWS = ("truth", "copy_template", "warped_nearest_reference", "model_true_landmarks", "model_joint", "no_landmarks")
+
+
+def save_panel(produced: dict[str, torch.Tensor], frames: int, path: Path, columns: int = 10, zoom: int = 3) -> None:
+    """The first held-out pair's frames (``columns`` spread over its ``frames``), one row per method of ``PANEL_ROWS``."""
+    picks = torch.linspace(0, frames - 1, columns).round().long()
+    rows = [torch.cat(list(produced[name][picks]), dim=1) for name in PANEL_ROWS if name in produced]
+    image = (torch.cat(rows, dim=0).clamp(0, 1) * 255).round().byte().numpy()
+    Image.fromarray(image).resize((image.shape[1] * zoom, image.shape[0] * zoom), Image.NEAREST).save(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--clips", type=int, default=24, help="synthetic training clips")
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--held-out", type=int, default=4, help="held-out (target, template) clip pairs")
+    parser.add_argument("--size", type=int, default=64, choices=(32, 64))
+    parser.add_argument("--landmark-steps", type=int, default=600)
+    parser.add_argument("--steps", type=int, default=1200, help="stage 1 steps on ground-truth landmarks")
+    parser.add_argument("--joint-steps", type=int, default=300, help="steps of each continuation")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--sample-steps", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--mouth-weight", type=float, default=MOUTH_WEIGHT)
+    parser.add_argument("--evaluate-only", action="store_true", help="score the checkpoints of a finished run in --out")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    timings = {}
+    started = time.time()
+    held_out = synthetic_dubbing_clips(demo_face_model(), args.held_out, 2.0, args.size, seed=2, with_templates=True)
+
+    def log(line: str) -> None:
+        print(f"[{time.time() - started:7.1f}s] {line}", flush=True)
+
+    if args.evaluate_only:
+        out = args.out
+        ground_truth = load_dubbing(out / "ground_truth" / "last.safetensors")
+        landmark_model = load_landmark_model(out / "landmarks" / "last.safetensors")
+        joint_denoiser = load_dubbing(out / "joint" / "last.safetensors")
+        joint_landmarks = load_landmark_model(out / "joint" / "last_landmarks.safetensors")
+        history = {}
+    else:
+        ground_truth, landmark_model, joint_denoiser, joint_landmarks, history = train_models(args, log, timings)
+
+    started_stage = time.time()
+    produced = {}
+    scores = evaluate_dubbing(
+        held_out,
+        {"model_true_landmarks": (ground_truth, None),
+         "model_frozen_landmark_model": (ground_truth, landmark_model),
+         "model_joint": (joint_denoiser, joint_landmarks)},
+        ablation=ground_truth, settings=DubbingSettings(steps=args.sample_steps, batch_size=16), produced=produced,
+    )
+    timings["evaluation_s"] = round(time.time() - started_stage, 1)
+    save_panel(produced, held_out[0][0].count, args.out / "panel.png")
+    for name, values in scores.items():
+        print(f"{name:30s} {values}")
+    model = scores["model_true_landmarks"]
+    # every copy, and for a reference_base model the warped reference it corrects (the model with no weights)
+    baselines = [values for name, values in scores.items() if name == "no_landmarks" or name.startswith(("copy_", "warped_"))]
+    print(json.dumps({
+        "size": args.size, "held_out_pairs": args.held_out, "sample_steps": args.sample_steps,
+        # the training settings, unless only the checkpoints of an earlier run were scored
+        **({} if args.evaluate_only else {
+            "mouth_weight": args.mouth_weight, "train_clips": args.clips, "landmark_steps": args.landmark_steps,
+            "stage1_steps": args.steps, "continuation_steps": args.joint_steps}),
+        **history,
         "scores": scores,
         "model_beats_ablation_and_copies": all(
             model["mouth_psnr"] > b["mouth_psnr"] and model["mouth_ssim"] > b["mouth_ssim"] and model["lip_sync_r"] > b["lip_sync_r"]

@@ -61,6 +61,9 @@ def main() -> None:
     data.add_argument("--held-out-shards", type=Path, help="preprocess_videos folder of validation videos")
     model_group = parser.add_argument_group("model")
     add_field_options(model_group, DubbingConfig(), MODEL_OPTIONS)
+    model_group.add_argument("--reference-base", action=argparse.BooleanOptionalAction, default=False,
+                             help="predict the frame as a correction of the nearest reference frame warped onto the "
+                                  "target landmarks (needs prediction type 'sample'; what the learning check trains)")
     model_group.add_argument("--init", type=Path, help="start from this dubbing checkpoint (its config wins)")
     model_group.add_argument("--landmark-model", type=Path, help="train jointly with this audio-to-landmark checkpoint")
     model_group.add_argument("--vae", type=Path, help="the SD1.5 VAE file (latent mode)")
@@ -80,7 +83,7 @@ def main() -> None:
     if args.init:
         denoiser = load_dubbing(args.init).train()
     else:
-        denoiser = DubbingDenoiser(DubbingConfig(**fields_from_options(args, MODEL_OPTIONS)))
+        denoiser = DubbingDenoiser(DubbingConfig(**fields_from_options(args, MODEL_OPTIONS), reference_base=args.reference_base))
     config = denoiser.config
     vae = None
     if config.latent:

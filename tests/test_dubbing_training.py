@@ -139,9 +139,18 @@ def test_held_out_evaluation_scores_every_method_against_the_truth():
     model = dubbing.DubbingDenoiser(dubbing.DubbingConfig(**{**CONFIG, "image_size": 32}))
     scores = evaluation.evaluate_dubbing(pairs, {"model": (model, None)}, ablation=model,
                                          settings=sampler.DubbingSettings(steps=1))
-    assert set(scores) == {"model", "no_landmarks", "copy_template", "copy_reference", "truth"}
+    assert set(scores) == {"model", "no_landmarks", "copy_template", "copy_reference", "copy_nearest_reference", "truth"}
     assert scores["truth"]["mouth_ssim"] == 1.0 and scores["truth"]["lip_sync_r"] > 0.7  # the measure sees the mouth
     assert scores["copy_template"]["mouth_psnr"] < 60 and scores["copy_template"]["lip_sync_r"] < 0.8
+    # a reference_base model is also scored against its base alone, which an untrained one reproduces exactly
+    torch.manual_seed(0)
+    based = dubbing.DubbingDenoiser(dubbing.DubbingConfig(**{**CONFIG, "image_size": 32, "prediction_type": "sample",
+                                                              "reference_base": True}))
+    scores = evaluation.evaluate_dubbing(pairs, {"model": (based, None)}, ablation=based,
+                                         settings=sampler.DubbingSettings(steps=1))
+    for measure in ("mouth_psnr", "mouth_ssim"):
+        assert scores["model"][measure] == scores["warped_nearest_reference"][measure]
+    assert scores["model"]["mouth_psnr"] > scores["copy_template"]["mouth_psnr"]
 
 
 def test_latent_mode_trains_on_the_frozen_vae_latents(tmp_path):

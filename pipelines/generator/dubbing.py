@@ -31,6 +31,7 @@ from ..checkpoints import (
 from ..errors import ModelFileError, TalkingFaceError
 from .blocks import Downsample, ResBlock, Upsample, timestep_features
 from .config import PREDICTION_TYPES, SPACES
+from .mouth_warp import reference_base
 from .talkformer import LandmarkTokenizer, TalkFormer
 from .tgdm import SourceEncoder
 
@@ -52,9 +53,14 @@ class DubbingConfig(CheckpointConfig):
     check: ε-MSE 0.36 at t = 50 after 1050 steps, noise over the whole output).
     ``landmark_points`` lip and jaw points (iBUG-68 jaw 0–16 and lips 48–67) condition the model;
     ``reference_frames`` is how many references the sampler and trainer give it (attention takes any
-    number); ``fps`` is the frame rate of the footage it was trained on."""
+    number); ``fps`` is the frame rate of the footage it was trained on.
+    ``reference_base`` (with ``"sample"``): the clean frame is predicted as a correction of a base, the
+    template outside the mask and inside it the reference nearest in mouth shape warped onto the target
+    landmarks (:mod:`.mouth_warp`), which also joins the input; an untrained model outputs exactly that
+    base. Off in files written before the switch existed (they predicted the frame from scratch)."""
 
     DESCRIPTION = "dubbing"
+    LEGACY_DEFAULTS = {"reference_base": False}
 
     image_size: int = 256
     image_channels: int = 3
@@ -78,6 +84,7 @@ class DubbingConfig(CheckpointConfig):
     vae_scale_factor: int = 8
     vae_scaling_factor: float = 0.18215
     fps: float = 25.0
+    reference_base: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -87,6 +94,8 @@ class DubbingConfig(CheckpointConfig):
             problems.append(f"prediction_type must be one of {DUBBING_PREDICTION_TYPES}, got '{self.prediction_type}'")
         if self.space not in SPACES:
             problems.append(f"space must be one of {SPACES}, got '{self.space}'")
+        if self.reference_base and self.prediction_type != "sample":
+            problems.append("reference_base predicts a correction of the warped reference: it needs prediction_type 'sample'")
         if self.latent and (self.vae_scale_factor < 2 or self.vae_scale_factor & (self.vae_scale_factor - 1)):
             problems.append(f"vae_scale_factor must be a power of two >= 2, got {self.vae_scale_factor}")
         if self.landmark_points != len(MOUTH_POINTS):
@@ -134,11 +143,13 @@ class DubbingConfig(CheckpointConfig):
 @dataclass
 class ReferenceFeatures:
     """The reference encoder's features of K reference frames, ``[R, K, C, h, w]`` per U-Net level
-    (R = 1 shared by every frame, or one set per frame), with the references' landmarks ``[R, K, P, 2]``.
+    (R = 1 shared by every frame, or one set per frame), with the references' landmarks ``[R, K, P, 2]``
+    and, for a ``reference_base`` model, the references themselves ``[R, K, c, S, S]`` (denoised space).
     Computed once per video and reused at every denoising step."""
 
     levels: list[torch.Tensor]
     landmarks: torch.Tensor
+    images: torch.Tensor | None = None
 
     @property
     def batch(self) -> int:
@@ -147,12 +158,20 @@ class ReferenceFeatures:
     def select(self, index: slice) -> ReferenceFeatures:
         if self.batch == 1:
             return self
-        return ReferenceFeatures([level[index] for level in self.levels], self.landmarks[index])
+        return ReferenceFeatures([level[index] for level in self.levels], self.landmarks[index],
+                                 None if self.images is None else self.images[index])
 
     def repeat(self, times: int) -> ReferenceFeatures:
         if self.batch == 1 or times == 1:
             return self
-        return ReferenceFeatures([level.repeat(times, 1, 1, 1, 1) for level in self.levels], self.landmarks.repeat(times, 1, 1, 1))
+        return ReferenceFeatures([level.repeat(times, 1, 1, 1, 1) for level in self.levels], self.landmarks.repeat(times, 1, 1, 1),
+                                 None if self.images is None else self.images.repeat(times, 1, 1, 1, 1))
+
+    def repeat_interleave(self, times: int) -> ReferenceFeatures:
+        """Each set ``times`` times in a row (one set per frame when each set serves ``times`` frames)."""
+        return ReferenceFeatures([level.repeat_interleave(times, 0) for level in self.levels],
+                                 self.landmarks.repeat_interleave(times, 0),
+                                 None if self.images is None else self.images.repeat_interleave(times, 0))
 
 
 class DubbingDenoiser(nn.Module):
@@ -179,8 +198,9 @@ class DubbingDenoiser(nn.Module):
             return TalkFormer(channels[level], reference_channels[level], config.token_width,
                               config.attention_head_channels, groups, config.coordinate_frequencies)
 
-        # noisy target ⊕ masked template ⊕ mask
-        self.input = nn.Conv2d(2 * config.denoised_channels + 1, channels[0], 3, padding=1)
+        # noisy target ⊕ masked template ⊕ mask (⊕ the warped-reference base)
+        inputs = (3 if config.reference_base else 2) * config.denoised_channels + 1
+        self.input = nn.Conv2d(inputs, channels[0], 3, padding=1)
         self.encoder = nn.ModuleList()
         self.encoder_attention = nn.ModuleDict()
         self.downsamples = nn.ModuleList()
@@ -226,7 +246,8 @@ class DubbingDenoiser(nn.Module):
         self._check_denoised("reference", references.flatten(0, 1))
         self._check_landmarks("reference landmarks", landmarks, (sets, count))
         levels = self.reference_encoder(references.flatten(0, 1))
-        return ReferenceFeatures([level.unflatten(0, (sets, count)) for level in levels], landmarks)
+        return ReferenceFeatures([level.unflatten(0, (sets, count)) for level in levels], landmarks,
+                                 references if self.config.reference_base else None)
 
     def forward(
         self,
@@ -262,7 +283,12 @@ class DubbingDenoiser(nn.Module):
         def attend(block: TalkFormer, h: torch.Tensor, level: int) -> torch.Tensor:
             return block(h, target_tokens, references.levels[level], reference_tokens)
 
-        h = self.input(torch.cat([noisy, masked, mask.to(noisy.dtype)], dim=1))
+        mask = mask.to(noisy.dtype)
+        conditions = [noisy, masked, mask]
+        if config.reference_base:
+            base = self.base(masked, mask, landmarks, references, landmark_keep)
+            conditions.append(base)
+        h = self.input(torch.cat(conditions, dim=1))
         skips = []
         for level, blocks in enumerate(self.encoder):
             for index, block in enumerate(blocks):
@@ -282,7 +308,19 @@ class DubbingDenoiser(nn.Module):
                     h = attend(self.decoder_attention[f"{level}_{index}"], h, level)
             if step < len(self.upsamples):
                 h = self.upsamples[step](h)
-        return self.output(F.silu(self.output_norm(h)))
+        output = self.output(F.silu(self.output_norm(h)))
+        return output + base if config.reference_base else output
+
+    def base(self, masked: torch.Tensor, mask: torch.Tensor, landmarks: torch.Tensor, references: ReferenceFeatures,
+             landmark_keep: torch.Tensor | None = None) -> torch.Tensor:
+        """What a ``reference_base`` model corrects (:func:`.mouth_warp.reference_base`); ``mask`` at ``image_size``."""
+        if references.images is None:
+            raise TalkingFaceError("this dubbing model starts from a warped reference frame: encode the references "
+                                   "with this model's encode_references, which keeps the reference images")
+        batch = masked.shape[0]
+        images = references.images.to(masked.dtype).expand(batch, *references.images.shape[1:])
+        reference_landmarks = references.landmarks.to(masked.dtype).expand(batch, *references.landmarks.shape[1:])
+        return reference_base(masked, mask, landmarks, images, reference_landmarks, landmark_keep)
 
     def _check_denoised(self, name: str, images: torch.Tensor) -> None:
         config = self.config

@@ -41,7 +41,7 @@ from ..audio.landmark_model import (
 from ..audio.landmarks import eye_frames, project_landmarks, to_normalised, to_pixels
 from ..errors import TalkingFaceError
 from ..face.mouth import lower_face_input_mask, mouth_paste_mask
-from ..generator.dubbing import DubbingConfig, DubbingDenoiser, ReferenceFeatures, crop_coordinates, save_dubbing
+from ..generator.dubbing import DubbingConfig, DubbingDenoiser, crop_coordinates, save_dubbing
 from ..generator.vae import LatentCodec
 from ..morphable.camera import PerspectiveCamera
 from ..morphable.model import MorphableModel
@@ -316,8 +316,7 @@ class DubbingObjective:
         landmarks, landmark_loss = self.target_landmarks(model, batch)
         references = denoiser.encode_references(self.to_model(batch["references"]).unflatten(0, batch["references"].shape[:2]),
                                                 batch["reference_landmarks"])
-        references = ReferenceFeatures([level.repeat_interleave(picks, 0) for level in references.levels],
-                                       references.landmarks.repeat_interleave(picks, 0))
+        references = references.repeat_interleave(picks)
         count = clean.shape[0]
         device = clean.device
         noise = torch.randn(clean.shape, generator=generator).to(device)
