@@ -11,8 +11,9 @@ import torch
 from ..pipelines.audio.landmark_model import LandmarkCompletionTransformer, load_landmark_model
 from ..pipelines.generator.checkpoint import load_tgdm
 from ..pipelines.generator.dubbing import load_dubbing
+from ..pipelines.training.dubbing import landmark_output
 from ..pipelines.training.finetune import FinetuneSettings, finetune_generator
-from ..pipelines.training.finetune_dubbing import DubbingFinetuneSettings, finetune_dubbing, landmark_output
+from ..pipelines.training.finetune_dubbing import DubbingFinetuneSettings, finetune_dubbing
 from ..pipelines.training.footage import AUDIO_SHORTFALL_FRAMES, TrainingFootage, footage_in, prepare_footage
 from ..pipelines.training.video_shards import PreprocessSettings, VideoFaceShards
 from . import host

@@ -31,10 +31,12 @@ from pipelines.generator.vae import DiffusersVAECodec, load_vae
 from pipelines.morphable.demo_model import demo_face_model
 from pipelines.training.dubbing import (
     MOUTH_WEIGHT,
+    clips_with_sound,
     dubbing_train_config,
     shard_clips,
     synthetic_dubbing_clips,
     train_dubbing,
+    window_frames,
 )
 from pipelines.training.loop import (
     TRAIN_OPTIONS,
@@ -98,8 +100,7 @@ def main() -> None:
         validation = synthetic_dubbing_clips(face, args.synthetic_validation, args.clip_seconds, config.pixel_size, seed=1,
                                              fps=config.fps)
     elif args.shards and args.held_out_shards:
-        # A joint window needs target_frames + 1 consecutive frames with their speech.
-        min_frames = 2 if landmark_model is None else landmark_model.config.target_frames + 1
+        min_frames = window_frames(None if landmark_model is None else landmark_model.config)
         train = shard_clips(VideoFaceShards(args.shards, config.pixel_size), min_frames)
         validation = shard_clips(VideoFaceShards(args.held_out_shards, config.pixel_size), min_frames)
         for folder, clips in ((args.shards, train), (args.held_out_shards, validation)):
@@ -107,9 +108,8 @@ def main() -> None:
                 parser.error(f"no video in {folder} has {min_frames} consecutive frames with a face (what a training "
                              "window needs): preprocess longer videos")
         if landmark_model is not None:
-            # Silent clips cannot train jointly; a split with no sound at all stays whole so the trainer says why.
             before = len(train) + len(validation)
-            train, validation = ([clip for clip in clips if clip.audio is not None] or clips for clips in (train, validation))
+            train, validation = clips_with_sound(train), clips_with_sound(validation)
             if len(train) + len(validation) < before:
                 print(f"{before - len(train) - len(validation)} clip(s) without sound left out of joint training", flush=True)
     else:

@@ -24,7 +24,6 @@ surface        N × 3         (optional, ours) surface coordinates in 0..1; defa
 from __future__ import annotations
 
 import warnings
-import weakref
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelFileError
+from ..mesh_cache import LastDerived, frame_offset_ids
 from .coefficients import CoefficientDims, FaceCoefficients
 
 BFM_FILE_NAME = "BFM_model_front.mat"
@@ -67,49 +67,33 @@ def _per_frame_product(coefficients: torch.Tensor, basis: torch.Tensor) -> torch
     return coefficients @ basis
 
 
-# The last incidence matrix built, as (weak reference to its triangles, version, vertex count,
-# device, dtype, matrix): a model's triangles never change, and building it costs more than a frame.
-_last_incidence: tuple[weakref.ref, int | None, int, torch.device, torch.dtype, torch.Tensor] | None = None
+_incidences: LastDerived[torch.Tensor] = LastDerived()
+_flat_corners: LastDerived[list[torch.Tensor]] = LastDerived()
 
 
 def _incidence(triangles: torch.Tensor, num_vertices: int, dtype: torch.dtype) -> torch.Tensor:
-    """The sparse ``[N, F]`` matrix with a 1 where vertex n is a corner of triangle f (CSR)."""
-    global _last_incidence
-    version = None if triangles.is_inference() else triangles._version
-    cached = _last_incidence
-    if cached is not None and cached[0]() is triangles and cached[1:5] == (version, num_vertices, triangles.device, dtype):
-        return cached[5]
-    vertex_ids = triangles.detach().reshape(-1)
-    order = torch.argsort(vertex_ids, stable=True)
-    row_starts = torch.zeros(num_vertices + 1, dtype=torch.long, device=triangles.device)
-    row_starts[1:] = torch.cumsum(torch.bincount(vertex_ids, minlength=num_vertices), 0)
-    with warnings.catch_warnings():  # "sparse CSR support is in beta": the product used here is long stable
-        warnings.simplefilter("ignore", UserWarning)
-        matrix = torch.sparse_csr_tensor(
-            row_starts, order.div(3, rounding_mode="floor"),
-            torch.ones(order.numel(), dtype=dtype, device=triangles.device), (num_vertices, triangles.shape[0]),
-            check_invariants=False,
-        )  # fmt: skip
-    _last_incidence = (weakref.ref(triangles), version, num_vertices, triangles.device, dtype, matrix)
-    return matrix
+    """The sparse ``[N, F]`` matrix with a 1 where vertex n is a corner of triangle f (CSR), built once per mesh."""
 
+    def build() -> torch.Tensor:
+        vertex_ids = triangles.detach().reshape(-1)
+        order = torch.argsort(vertex_ids, stable=True)
+        row_starts = torch.zeros(num_vertices + 1, dtype=torch.long, device=triangles.device)
+        row_starts[1:] = torch.cumsum(torch.bincount(vertex_ids, minlength=num_vertices), 0)
+        with warnings.catch_warnings():  # "sparse CSR support is in beta": the product used here is long stable
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.sparse_csr_tensor(
+                row_starts, order.div(3, rounding_mode="floor"),
+                torch.ones(order.numel(), dtype=dtype, device=triangles.device), (num_vertices, triangles.shape[0]),
+                check_invariants=False,
+            )  # fmt: skip
 
-_last_flat_corners: tuple[weakref.ref, int | None, int, int, list[torch.Tensor]] | None = None
+    return _incidences.get(triangles, (num_vertices, triangles.device, dtype), build)
 
 
 def _flat_corner_ids(triangles: torch.Tensor, frames: int, num_vertices: int) -> list[torch.Tensor]:
-    """Per corner k, ``triangles[:, k] + frame * num_vertices`` for every frame, flat ``[frames * F]``:
-    indices into vertex planes of ``frames`` consecutive frames (cached, as for the same batch
-    size they are the same every call)."""
-    global _last_flat_corners
-    version = None if triangles.is_inference() else triangles._version
-    cached = _last_flat_corners
-    if cached is not None and cached[0]() is triangles and cached[1:4] == (version, frames, num_vertices):
-        return cached[4]
-    offsets = torch.arange(frames, device=triangles.device).unsqueeze(1) * num_vertices
-    corners = [(triangles[:, k].unsqueeze(0) + offsets).view(-1) for k in range(3)]
-    _last_flat_corners = (weakref.ref(triangles), version, frames, num_vertices, corners)
-    return corners
+    """:func:`~..mesh_cache.frame_offset_ids` of the triangles' corners (the same for every batch of one size)."""
+    return _flat_corners.get(triangles, (frames, num_vertices),
+                             lambda: frame_offset_ids(tuple(triangles.t()), frames, num_vertices))
 
 
 class MorphableModel(nn.Module):

@@ -35,10 +35,11 @@ its corners ordered by vertex id (lowest first), with coordinates (x_k, y_k, z_k
 from __future__ import annotations
 
 import sys
-import weakref
 from dataclasses import dataclass, field
 
 import torch
+
+from ..mesh_cache import LastDerived, frame_offset_ids
 
 DEPTH_EPSILON = 1e-6
 # Pixel centres this close outside a triangle's bounding box are still tested, so rounding in
@@ -238,12 +239,9 @@ class _SortedMesh:
     _batch_corner_ids: tuple[int, int, list[torch.Tensor]] | None = None
 
     def batch_corner_ids(self, frames: int, num_vertices: int) -> list[torch.Tensor]:
-        """Indices of P0, P1, P2 into vertex planes of ``frames`` consecutive frames, each
-        ``[frames * F]``; a renderer asks for the same every batch."""
+        """:func:`~..mesh_cache.frame_offset_ids` of P0, P1, P2; a renderer asks for the same every batch."""
         if self._batch_corner_ids is None or self._batch_corner_ids[:2] != (frames, num_vertices):
-            frame_starts = torch.arange(frames, device=self.parity.device).unsqueeze(1) * num_vertices
-            ids = [(corner.unsqueeze(0) + frame_starts).view(-1) for corner in self.corner_ids]
-            self._batch_corner_ids = (frames, num_vertices, ids)
+            self._batch_corner_ids = (frames, num_vertices, frame_offset_ids(self.corner_ids, frames, num_vertices))
         return self._batch_corner_ids[2]
 
     @classmethod
@@ -254,22 +252,14 @@ class _SortedMesh:
         return cls(tuple(sorted_ids.t().contiguous()), parity, tuple(order.argsort(dim=1).t().contiguous()))
 
 
-# The last mesh sorted, as (weak reference to its triangles, version, device, sorted mesh): a
-# renderer rasterizes the same triangles batch after batch, and sorting them costs a millisecond
+# A renderer rasterizes the same triangles batch after batch, and sorting them costs a millisecond
 # per frame at batch 8.
-_last_sorted_mesh: tuple[weakref.ref, int | None, torch.device, _SortedMesh] | None = None
+_sorted_meshes: LastDerived[_SortedMesh] = LastDerived()
 
 
 def _sorted_mesh(triangles: torch.Tensor, device: torch.device) -> _SortedMesh:
-    global _last_sorted_mesh
-    # Inference tensors keep no version counter; a mesh's triangles are not edited in place.
-    version = None if triangles.is_inference() else triangles._version
-    cached = _last_sorted_mesh
-    if cached is not None and cached[0]() is triangles and cached[1] == version and cached[2] == device:
-        return cached[3]
-    mesh = _SortedMesh.of(triangles.detach().to(device=device, dtype=torch.long))
-    _last_sorted_mesh = (weakref.ref(triangles), version, device, mesh)
-    return mesh
+    return _sorted_meshes.get(triangles, device,
+                              lambda: _SortedMesh.of(triangles.detach().to(device=device, dtype=torch.long)))
 
 
 @dataclass

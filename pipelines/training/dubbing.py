@@ -138,6 +138,22 @@ def shard_clips(shards: VideoFaceShards, min_frames: int = 2) -> list[DubbingCli
             if len(rows) >= max(min_frames, 2)]
 
 
+def window_frames(landmarks: LandmarkModelConfig | None) -> int:
+    """Consecutive frames a training window needs: 2, or with a landmark model trained jointly its
+    ``target_frames`` + 1."""
+    return 2 if landmarks is None else landmarks.target_frames + 1
+
+
+def clips_with_sound(clips: Sequence[DubbingClip]) -> list[DubbingClip]:
+    """The clips with speech, for joint training; all of them when none has any (the trainer then says why)."""
+    return [clip for clip in clips if clip.audio is not None] or list(clips)
+
+
+def landmark_output(path: Path) -> Path:
+    """Where a joint run's fine-tuned landmark model goes: ``<name>_landmarks.safetensors`` beside ``path``."""
+    return path.with_name(path.stem + LANDMARK_SUFFIX + path.suffix)
+
+
 class RowView:
     """Rows ``start..stop`` of a row store, indexed from 0."""
 
@@ -368,7 +384,7 @@ def save_trainee(model: DubbingTrainee, path: Path, metadata: dict[str, str]) ->
     fps = {"fps": f"{model.denoiser.config.fps:g}"}
     save_dubbing(model.denoiser, path, {**metadata, **fps})
     if model.landmark_model is not None:
-        save_landmark_model(model.landmark_model, path.with_name(path.stem + LANDMARK_SUFFIX + path.suffix),
+        save_landmark_model(model.landmark_model, landmark_output(path),
                             {**metadata, **fps, "trained_jointly_with": path.name})
 
 

@@ -24,15 +24,17 @@ from ..audio.landmark_model import LandmarkCompletionTransformer, LandmarkModelC
 from ..errors import TalkingFaceError
 from ..generator.dubbing import DubbingConfig, DubbingDenoiser
 from .dubbing import (
-    LANDMARK_SUFFIX,
     STATE_FORMAT,
     DubbingClip,
     TraineeConfig,
+    clips_with_sound,
     dubbing_train_config,
+    landmark_output,
     rows_clip,
     save_trainee,
     train_dubbing,
     video_clip_rows,
+    window_frames,
 )
 from .finetune import (
     FinetuneResult,
@@ -96,7 +98,7 @@ def footage_clips(shards: VideoFaceShards, landmarks: LandmarkModelConfig | None
     """Each clip's frames, landmarks and speech (:func:`~.dubbing.video_clip_rows`), split into its first
     frames (training) and last (validation). Jointly with a landmark model (``landmarks``), each part needs
     a window of ``target_frames`` + 1 frames, and clips without speech are left out when others have some."""
-    least = 2 if landmarks is None else landmarks.target_frames + 1
+    least = window_frames(landmarks)
     train, validation = [], []
     for video in shards.video_indices:
         for rows in video_clip_rows(shards, video):
@@ -110,16 +112,9 @@ def footage_clips(shards: VideoFaceShards, landmarks: LandmarkModelConfig | None
             f"no clip of the footage has the {2 * least} consecutive frames with a face needed to train and validate a "
             "dubbing model" + ("" if landmarks is None else " jointly with the audio-to-motion model") +
             ": prepare more footage")
-    if landmarks is not None and any(clip.audio is not None for clip in train):
-        keep = [clip.audio is not None for clip in train]
-        train = [clip for clip, kept in zip(train, keep, strict=True) if kept]
-        validation = [clip for clip, kept in zip(validation, keep, strict=True) if kept]
+    if landmarks is not None:  # both parts of a clip come from one video: with sound or without
+        train, validation = clips_with_sound(train), clips_with_sound(validation)
     return train, validation
-
-
-def landmark_output(output: Path) -> Path:
-    """Where a joint run saves the fine-tuned landmark model: ``<name>_landmarks.safetensors`` beside the model."""
-    return output.with_name(output.stem + LANDMARK_SUFFIX + output.suffix)
 
 
 def _check_resumable(run_folder: Path, config: DubbingConfig, landmarks: LandmarkModelConfig | None) -> int:
