@@ -4,11 +4,13 @@
 
 1. the audio → landmark model, trained on the clips' audio and landmarks (the existing trainer);
 2. stage 1: the dubbing model on ground-truth landmarks for ``--steps`` steps; then two continuations
-   of ``--joint-steps`` each: (a) on ground-truth landmarks (the model used with the frozen landmark
-   model), (b) jointly with a copy of the landmark model through TalkFormer;
+   of ``--joint-steps`` each from the stage-1 weights, with the same schedule: (a) on ground-truth
+   landmarks (the model used with the frozen landmark model), (b) jointly with a copy of the landmark
+   model through TalkFormer;
 3. held-out evaluation (:mod:`pipelines.training.dubbing_evaluation`): templates saying something
    else, dubbed with the held-out speech; mouth-region PSNR/SSIM and the pixel lip-sync correlation
-   for every method and for the copies and the no-landmark ablation.
+   for every method and for the copies and the no-landmark ablation, per pair as well; and the two
+   landmark models' points themselves (error, opening correlation) before any image is made.
 
 The last line is a JSON object with every figure. ``--evaluate-only`` scores the models a finished run
 left in ``--out`` again (e.g. with other sampling settings). Both write ``--out/panel.png``: held-out
@@ -33,7 +35,7 @@ from pipelines.morphable.demo_model import demo_face_model
 from pipelines.training.audio_landmarks import train_landmark_model
 from pipelines.training.audio_synthetic import TalkingClip
 from pipelines.training.dubbing import MOUTH_WEIGHT, dubbing_train_config, synthetic_dubbing_clips, train_dubbing
-from pipelines.training.dubbing_evaluation import evaluate_dubbing
+from pipelines.training.dubbing_evaluation import evaluate_dubbing, evaluate_landmarks
 from pipelines.training.loop import TrainConfig
 
 CHECK_LANDMARK_MODEL = LandmarkModelConfig(reference_sets=4, target_frames=8, width=64, heads=4, layers=2, feedforward=128,
@@ -65,35 +67,38 @@ def train_models(args: argparse.Namespace, log: Callable[[str], None], timings: 
     timings["landmark_model_s"] = round(time.time() - started_stage, 1)
 
     config = check_dubbing_config(args.size)
-    total = args.steps + args.joint_steps
-    settings = dubbing_train_config(steps=total, batch_size=args.batch_size, warmup_steps=100,
-                                    validate_every=max(args.steps // 4, 1), train_windows=total * args.batch_size,
+    settings = dubbing_train_config(steps=args.steps, batch_size=args.batch_size, warmup_steps=100,
+                                    validate_every=max(args.steps // 4, 1), train_windows=args.steps * args.batch_size,
                                     validation_windows=32)
     started_stage = time.time()
     torch.manual_seed(0)
-    stage1, history1 = train_dubbing(DubbingDenoiser(config), train, validation, settings, args.out / "ground_truth",
-                                     mouth_weight=args.mouth_weight, log=log, until_step=args.steps)
-    stage1_weights = copy.deepcopy(stage1.denoiser.state_dict())
+    stage1, _ = train_dubbing(DubbingDenoiser(config), train, validation, settings, args.out / "stage1",
+                              mouth_weight=args.mouth_weight, log=log)
     timings["stage1_s"] = round(time.time() - started_stage, 1)
-    started_stage = time.time()
-    ground_truth, history_gt = train_dubbing(DubbingDenoiser(config), train, validation, settings, args.out / "ground_truth",
-                                             mouth_weight=args.mouth_weight, log=log)
-    timings["continue_ground_truth_s"] = round(time.time() - started_stage, 1)
-    started_stage = time.time()
-    joint_denoiser = DubbingDenoiser(config)
-    joint_denoiser.load_state_dict(stage1_weights)
-    joint_settings = dubbing_train_config(steps=args.joint_steps, batch_size=args.batch_size, learning_rate=1e-4,
-                                          warmup_steps=20, validate_every=max(args.joint_steps // 2, 1),
-                                          train_windows=args.joint_steps * args.batch_size, validation_windows=32)
-    joint, history_joint = train_dubbing(joint_denoiser, train, validation, joint_settings, args.out / "joint",
-                                         landmark_model=copy.deepcopy(landmark_model), mouth_weight=args.mouth_weight, log=log)
-    timings["joint_s"] = round(time.time() - started_stage, 1)
+    # Both continuations start from the stage-1 weights with the same schedule and the same windows:
+    # the only difference is where the target landmarks come from (the truth, or the landmark model
+    # trained through TalkFormer).
+    continuation = dubbing_train_config(steps=args.joint_steps, batch_size=args.batch_size, learning_rate=1e-4,
+                                        warmup_steps=20, validate_every=max(args.joint_steps // 2, 1),
+                                        train_windows=args.joint_steps * args.batch_size, validation_windows=32)
+    trained = {}
+    for name, landmarks in (("ground_truth", None), ("joint", copy.deepcopy(landmark_model))):
+        started_stage = time.time()
+        denoiser = DubbingDenoiser(config)
+        denoiser.load_state_dict(stage1.denoiser.state_dict())
+        trained[name] = train_dubbing(denoiser, train, validation, continuation, args.out / name, landmark_model=landmarks,
+                                      mouth_weight=args.mouth_weight, log=log)
+        timings[f"continue_{name}_s"] = round(time.time() - started_stage, 1)
+    ground_truth, history_gt = trained["ground_truth"]
+    joint, history_joint = trained["joint"]
 
     history = {
         "landmark_validation_l1": round(landmark_history[-1][1].model_l1, 4),
         "landmark_reference_mean_l1": round(landmark_history[-1][1].reference_mean_l1, 4),
         "validation_diffusion_loss": round(history_gt[-1][1].model_l1, 4),
         "validation_diffusion_loss_without_landmarks": round(history_gt[-1][1].no_landmarks, 4),
+        "validation_diffusion_loss_joint": round(history_joint[-1][1].model_l1, 4),
+        "joint_validation_landmark_l1": round(history_joint[-1][1].landmark_l1, 4),
     }
     return ground_truth.denoiser, landmark_model, joint.denoiser, joint.landmark_model, history
 
@@ -112,9 +117,9 @@ def save_panel(produced: dict[str, torch.Tensor], frames: int, path: Path, colum
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--clips", type=int, default=24, help="synthetic training clips")
+    parser.add_argument("--clips", type=int, default=48, help="synthetic training clips")
     parser.add_argument("--seconds", type=float, default=4.0)
-    parser.add_argument("--held-out", type=int, default=4, help="held-out (target, template) clip pairs")
+    parser.add_argument("--held-out", type=int, default=8, help="held-out (target, template) clip pairs")
     parser.add_argument("--size", type=int, default=64, choices=(32, 64))
     parser.add_argument("--landmark-steps", type=int, default=600)
     parser.add_argument("--steps", type=int, default=1200, help="stage 1 steps on ground-truth landmarks")
@@ -152,9 +157,11 @@ def main() -> None:
          "model_joint": (joint_denoiser, joint_landmarks)},
         ablation=ground_truth, settings=DubbingSettings(steps=args.sample_steps, batch_size=16), produced=produced,
     )
+    landmarks = evaluate_landmarks(held_out, {"frozen": landmark_model, "joint": joint_landmarks},
+                                   ground_truth.config.reference_frames)
     timings["evaluation_s"] = round(time.time() - started_stage, 1)
     save_panel(produced, held_out[0][0].count, args.out / "panel.png")
-    for name, values in scores.items():
+    for name, values in {**scores, **{f"landmarks_{name}": values for name, values in landmarks.items()}}.items():
         print(f"{name:30s} {values}")
     model = scores["model_true_landmarks"]
     # every copy, and for a reference_base model the warped reference it corrects (the model with no weights)
@@ -167,10 +174,13 @@ def main() -> None:
             "stage1_steps": args.steps, "continuation_steps": args.joint_steps}),
         **history,
         "scores": scores,
+        "landmarks": landmarks,
         "model_beats_ablation_and_copies": all(
             model["mouth_psnr"] > b["mouth_psnr"] and model["mouth_ssim"] > b["mouth_ssim"] and model["lip_sync_r"] > b["lip_sync_r"]
             for b in baselines),
         "joint_beats_frozen_lip_sync": scores["model_joint"]["lip_sync_r"] > scores["model_frozen_landmark_model"]["lip_sync_r"],
+        "joint_beats_frozen_pairs": sum(joint > frozen for joint, frozen in zip(
+            scores["model_joint"]["lip_sync_r_per_pair"], scores["model_frozen_landmark_model"]["lip_sync_r_per_pair"], strict=True)),
         **timings,
     }))
 

@@ -151,6 +151,22 @@ def test_held_out_evaluation_scores_every_method_against_the_truth():
     for measure in ("mouth_psnr", "mouth_ssim"):
         assert scores["model"][measure] == scores["warped_nearest_reference"][measure]
     assert scores["model"]["mouth_psnr"] > scores["copy_template"]["mouth_psnr"]
+    assert scores["truth"]["lip_sync_r_per_pair"] == [scores["truth"]["lip_sync_r"]]  # one pair: its r is the pooled r
+
+
+def test_landmark_evaluation_scores_points_before_any_image(monkeypatch):
+    evaluation = pack_import("pipelines.training.dubbing_evaluation")
+    pairs = training.synthetic_dubbing_clips(demo_model.demo_face_model(resolution=12), clips=2, seconds=1.2, size=32,
+                                             seed=3, with_templates=True)
+    torch.manual_seed(0)
+    untrained = landmark_model.LandmarkCompletionTransformer(LANDMARKS)
+    scores = evaluation.evaluate_landmarks(pairs, {"untrained": untrained}, reference_frames=2)
+    assert scores["untrained"]["point_error_px"] > 0.1
+    # a landmark model that gave the target's own points: no error, and the true opening's correlation
+    monkeypatch.setattr(evaluation, "predicted_mouth",
+                        lambda model, target, template, references: target.landmarks[:, list(landmark_model.MOUTH_POINTS)])
+    perfect = evaluation.evaluate_landmarks(pairs, {"truth": untrained}, reference_frames=2)["truth"]
+    assert perfect["point_error_px"] == 0.0 and perfect["opening_r"] > 0.9
 
 
 def test_latent_mode_trains_on_the_frozen_vae_latents(tmp_path):

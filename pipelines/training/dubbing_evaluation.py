@@ -54,9 +54,12 @@ class Scores:
     psnr: float
     ssim: float
     lip_sync: float
+    # the lip-sync correlation within each held-out pair, so two methods can be compared pair by pair
+    lip_sync_per_pair: list[float]
 
-    def as_dict(self) -> dict[str, float]:
-        return {"mouth_psnr": round(self.psnr, 3), "mouth_ssim": round(self.ssim, 4), "lip_sync_r": round(self.lip_sync, 3)}
+    def as_dict(self) -> dict[str, float | list[float]]:
+        return {"mouth_psnr": round(self.psnr, 3), "mouth_ssim": round(self.ssim, 4), "lip_sync_r": round(self.lip_sync, 3),
+                "lip_sync_r_per_pair": [round(value, 3) for value in self.lip_sync_per_pair]}
 
 
 def mouth_boxes(target: torch.Tensor, template: torch.Tensor, size: int) -> torch.Tensor:
@@ -130,6 +133,13 @@ def _warped_reference(template: DubbingClip, reference_index: torch.Tensor, mout
     return _paste(template, ((base + 1) * 0.5).clamp(0, 1).permute(0, 2, 3, 1), mouth)
 
 
+def template_references(template: DubbingClip, count: int) -> torch.Tensor:
+    """The ``count`` reference frames Dub Video would pick from the template: spread over its mouth openings."""
+    normalised = to_normalised(template.landmarks, eye_frames(template.landmarks))
+    opening = (normalised[:, INNER_LIPS[1], 1] - normalised[:, INNER_LIPS[0], 1]).abs()
+    return spread_references(opening, torch.ones(template.count, dtype=torch.bool), count)
+
+
 def predicted_mouth(landmark_model: LandmarkCompletionTransformer, target: DubbingClip, template: DubbingClip,
                     reference_index: torch.Tensor) -> torch.Tensor:
     """Lip and jaw points ``[F, 37, 2]`` in the template's crops, predicted from the target's audio."""
@@ -162,10 +172,7 @@ def evaluate_dubbing(
     for target, template in pairs:
         size = ablation.config.pixel_size
         frames = template.frames[torch.arange(template.count)].float()
-        normalised = to_normalised(template.landmarks, eye_frames(template.landmarks))
-        opening = (normalised[:, INNER_LIPS[1], 1] - normalised[:, INNER_LIPS[0], 1]).abs()
-        reference_index = spread_references(opening, torch.ones(template.count, dtype=torch.bool),
-                                            ablation.config.reference_frames)
+        reference_index = template_references(template, ablation.config.reference_frames)
         true_mouth = target.landmarks[:, list(MOUTH_POINTS)]
         for name, (model, landmark_model) in models.items():
             mouth = true_mouth if landmark_model is None else predicted_mouth(landmark_model, target, template, reference_index)
@@ -187,6 +194,7 @@ def evaluate_dubbing(
         boxes.append(mouth_boxes(target.landmarks, template.landmarks, size))
         openings.append(target.mouth[:, 0])
     truth, template_points, box, opening = map(torch.cat, (truths, templates, boxes, openings))
+    pair_lengths = [len(pair_opening) for pair_opening in openings]
     results = {}
     for name, frames in outputs.items():
         images = torch.cat(frames)
@@ -196,6 +204,31 @@ def evaluate_dubbing(
         # PSNR of the squared error pooled over every frame: a frame identical to the truth (both mouths
         # closed) would otherwise count 100 dB and swamp the mean
         pooled = -10 * torch.log10((10 ** (-psnrs / 10)).mean())
-        results[name] = Scores(float(pooled), float(ssims.mean()),
-                               correlation(mouth_interior(images, template_points), opening)).as_dict()
+        interior = mouth_interior(images, template_points)
+        per_pair = [correlation(measured, true) for measured, true in
+                    zip(interior.split(pair_lengths), opening.split(pair_lengths), strict=True)]
+        results[name] = Scores(float(pooled), float(ssims.mean()), correlation(interior, opening), per_pair).as_dict()
+    return results
+
+
+def evaluate_landmarks(
+    pairs: list[tuple[DubbingClip, DubbingClip]],
+    landmark_models: dict[str, LandmarkCompletionTransformer],
+    reference_frames: int,
+) -> dict[str, dict[str, float]]:
+    """Each landmark model's lip and jaw points for the held-out pairs, before any image is made:
+    ``point_error_px`` the mean distance to the target's true points (crop pixels), ``opening_r`` the
+    correlation of the predicted inner-lip opening with the true jaw opening (the lip-sync ceiling the
+    generator can reach from these points)."""
+    upper, lower = (list(MOUTH_POINTS).index(point) for point in INNER_LIPS)
+    results = {}
+    for name, landmark_model in landmark_models.items():
+        errors, openings, truths = [], [], []
+        for target, template in pairs:
+            mouth = predicted_mouth(landmark_model, target, template, template_references(template, reference_frames))
+            errors.append((mouth - target.landmarks[:, list(MOUTH_POINTS)]).norm(dim=-1).mean(dim=-1))
+            openings.append(mouth[:, lower, 1] - mouth[:, upper, 1])
+            truths.append(target.mouth[:, 0])
+        results[name] = {"point_error_px": round(float(torch.cat(errors).mean()), 4),
+                         "opening_r": round(correlation(torch.cat(openings), torch.cat(truths)), 3)}
     return results
