@@ -2,14 +2,16 @@
 
     python -m scripts.check_dubbing --out runs/dubbing_check --threads 1
 
-1. the audio → landmark model, trained on the clips' audio and landmarks (the existing trainer);
+1. the audio → landmark model, trained on the clips' audio and landmarks (the existing trainer); a
+   second one is trained alone for ``--joint-steps`` more steps (the two-stage pipeline
+   with joint training's extra steps, to tell the image loss's effect from more training);
 2. stage 1: the dubbing model on ground-truth landmarks for ``--steps`` steps; then two continuations
    of ``--joint-steps`` each from the stage-1 weights, with the same schedule: (a) on ground-truth
    landmarks (the model used with the frozen landmark model), (b) jointly with a copy of the landmark
    model through TalkFormer;
 3. held-out evaluation (:mod:`pipelines.training.dubbing_evaluation`): templates saying something
    else, dubbed with the held-out speech; mouth-region PSNR/SSIM and the pixel lip-sync correlation
-   for every method and for the copies and the no-landmark ablation, per pair as well; and the two
+   for every method and for the copies and the no-landmark ablation, per pair as well; and the
    landmark models' points themselves (error, opening correlation) before any image is made.
 
 The last line is a JSON object with every figure. ``--evaluate-only`` scores the models a finished run
@@ -50,7 +52,8 @@ def check_dubbing_config(size: int) -> DubbingConfig:
 
 
 def train_models(args: argparse.Namespace, log: Callable[[str], None], timings: dict[str, float]) -> tuple:
-    """Steps 1 and 2: (stage-1-continued denoiser, frozen landmark model, joint denoiser, its landmark model, figures)."""
+    """Steps 1 and 2: (the denoiser continued on true landmarks, the joint denoiser, the landmark models
+    (frozen, trained alone for as many more steps as joint training takes, joint), figures)."""
     started_stage = time.time()
     face = demo_face_model()
     train = synthetic_dubbing_clips(face, args.clips, args.seconds, args.size, seed=0)
@@ -59,12 +62,18 @@ def train_models(args: argparse.Namespace, log: Callable[[str], None], timings: 
     started_stage = time.time()
     talking = [TalkingClip(clip.audio, clip.landmarks, clip.fps) for clip in train]
     talking_validation = [TalkingClip(clip.audio, clip.landmarks, clip.fps) for clip in validation]
-    landmark_model, landmark_history = train_landmark_model(
-        CHECK_LANDMARK_MODEL, talking, talking_validation,
-        TrainConfig(steps=args.landmark_steps, batch_size=32, warmup_steps=50, validate_every=max(args.landmark_steps // 3, 1),
-                    train_windows=args.landmark_steps * 32, validation_windows=128, portrait_references=0.0),
-        args.out / "landmarks", log)
-    timings["landmark_model_s"] = round(time.time() - started_stage, 1)
+
+    def landmark_training(steps: int, folder: str) -> tuple:
+        return train_landmark_model(
+            CHECK_LANDMARK_MODEL, talking, talking_validation,
+            TrainConfig(steps=steps, batch_size=32, warmup_steps=50, validate_every=max(steps // 3, 1),
+                        train_windows=steps * 32, validation_windows=128, portrait_references=0.0),
+            args.out / folder, log)
+
+    landmark_model, landmark_history = landmark_training(args.landmark_steps, "landmarks")
+    # the two-stage pipeline given the steps joint training adds: is it the image loss, or just more steps?
+    landmark_longer, _ = landmark_training(args.landmark_steps + args.joint_steps, "landmarks_longer")
+    timings["landmark_models_s"] = round(time.time() - started_stage, 1)
 
     config = check_dubbing_config(args.size)
     settings = dubbing_train_config(steps=args.steps, batch_size=args.batch_size, warmup_steps=100,
@@ -92,15 +101,16 @@ def train_models(args: argparse.Namespace, log: Callable[[str], None], timings: 
     ground_truth, history_gt = trained["ground_truth"]
     joint, history_joint = trained["joint"]
 
-    history = {
-        "landmark_validation_l1": round(landmark_history[-1][1].model_l1, 4),
-        "landmark_reference_mean_l1": round(landmark_history[-1][1].reference_mean_l1, 4),
-        "validation_diffusion_loss": round(history_gt[-1][1].model_l1, 4),
-        "validation_diffusion_loss_without_landmarks": round(history_gt[-1][1].no_landmarks, 4),
-        "validation_diffusion_loss_joint": round(history_joint[-1][1].model_l1, 4),
-        "joint_validation_landmark_l1": round(history_joint[-1][1].landmark_l1, 4),
-    }
-    return ground_truth.denoiser, landmark_model, joint.denoiser, joint.landmark_model, history
+    # a resumed run that had nothing left to train logged no validation
+    history = {name: round(getattr(runs[-1][1], field), 4) for name, runs, field in (
+        ("landmark_validation_l1", landmark_history, "model_l1"),
+        ("landmark_reference_mean_l1", landmark_history, "reference_mean_l1"),
+        ("validation_diffusion_loss", history_gt, "model_l1"),
+        ("validation_diffusion_loss_without_landmarks", history_gt, "no_landmarks"),
+        ("validation_diffusion_loss_joint", history_joint, "model_l1"),
+        ("joint_validation_landmark_l1", history_joint, "landmark_l1")) if runs}
+    landmark_models = {"frozen": landmark_model, "trained_longer": landmark_longer, "joint": joint.landmark_model}
+    return ground_truth.denoiser, joint.denoiser, landmark_models, history
 
 
 PANEL_ROWS = ("truth", "copy_template", "warped_nearest_reference", "model_true_landmarks", "model_joint", "no_landmarks")
@@ -141,24 +151,25 @@ def main() -> None:
     if args.evaluate_only:
         out = args.out
         ground_truth = load_dubbing(out / "ground_truth" / "last.safetensors")
-        landmark_model = load_landmark_model(out / "landmarks" / "last.safetensors")
         joint_denoiser = load_dubbing(out / "joint" / "last.safetensors")
-        joint_landmarks = load_landmark_model(out / "joint" / "last_landmarks.safetensors")
+        landmark_models = {name: load_landmark_model(out / path) for name, path in (
+            ("frozen", "landmarks/last.safetensors"), ("trained_longer", "landmarks_longer/last.safetensors"),
+            ("joint", "joint/last_landmarks.safetensors"))}
         history = {}
     else:
-        ground_truth, landmark_model, joint_denoiser, joint_landmarks, history = train_models(args, log, timings)
+        ground_truth, joint_denoiser, landmark_models, history = train_models(args, log, timings)
 
     started_stage = time.time()
     produced = {}
     scores = evaluate_dubbing(
         held_out,
         {"model_true_landmarks": (ground_truth, None),
-         "model_frozen_landmark_model": (ground_truth, landmark_model),
-         "model_joint": (joint_denoiser, joint_landmarks)},
+         "model_frozen_landmark_model": (ground_truth, landmark_models["frozen"]),
+         "model_landmark_model_trained_longer": (ground_truth, landmark_models["trained_longer"]),
+         "model_joint": (joint_denoiser, landmark_models["joint"])},
         ablation=ground_truth, settings=DubbingSettings(steps=args.sample_steps, batch_size=16), produced=produced,
     )
-    landmarks = evaluate_landmarks(held_out, {"frozen": landmark_model, "joint": joint_landmarks},
-                                   ground_truth.config.reference_frames)
+    landmarks = evaluate_landmarks(held_out, landmark_models, ground_truth.config.reference_frames)
     timings["evaluation_s"] = round(time.time() - started_stage, 1)
     save_panel(produced, held_out[0][0].count, args.out / "panel.png")
     for name, values in {**scores, **{f"landmarks_{name}": values for name, values in landmarks.items()}}.items():
@@ -181,6 +192,8 @@ def main() -> None:
         "joint_beats_frozen_lip_sync": scores["model_joint"]["lip_sync_r"] > scores["model_frozen_landmark_model"]["lip_sync_r"],
         "joint_beats_frozen_pairs": sum(joint > frozen for joint, frozen in zip(
             scores["model_joint"]["lip_sync_r_per_pair"], scores["model_frozen_landmark_model"]["lip_sync_r_per_pair"], strict=True)),
+        "joint_beats_longer_two_stage_lip_sync": (scores["model_joint"]["lip_sync_r"]
+                                                  > scores["model_landmark_model_trained_longer"]["lip_sync_r"]),
         **timings,
     }))
 
