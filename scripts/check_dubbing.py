@@ -36,7 +36,13 @@ from pipelines.generator.dubbing_sampler import DubbingSettings
 from pipelines.morphable.demo_model import demo_face_model
 from pipelines.training.audio_landmarks import train_landmark_model
 from pipelines.training.audio_synthetic import TalkingClip
-from pipelines.training.dubbing import MOUTH_WEIGHT, dubbing_train_config, synthetic_dubbing_clips, train_dubbing
+from pipelines.training.dubbing import (
+    MOUTH_WEIGHT,
+    dubbing_train_config,
+    synthetic_dubbing_clips,
+    train_dubbing,
+    with_detector_jitter,
+)
 from pipelines.training.dubbing_evaluation import evaluate_dubbing, evaluate_landmarks
 from pipelines.training.loop import TrainConfig
 
@@ -58,6 +64,9 @@ def train_models(args: argparse.Namespace, log: Callable[[str], None], timings: 
     face = demo_face_model()
     train = synthetic_dubbing_clips(face, args.clips, args.seconds, args.size, seed=0)
     validation = synthetic_dubbing_clips(face, 2, args.seconds, args.size, seed=1)
+    if args.landmark_jitter:
+        train, validation = (with_detector_jitter(clips, args.landmark_jitter, seed)
+                             for seed, clips in enumerate((train, validation)))
     timings["data_s"] = round(time.time() - started_stage, 1)
     started_stage = time.time()
     talking = [TalkingClip(clip.audio, clip.landmarks, clip.fps) for clip in train]
@@ -134,6 +143,9 @@ def main() -> None:
     parser.add_argument("--landmark-steps", type=int, default=600)
     parser.add_argument("--steps", type=int, default=1200, help="stage 1 steps on ground-truth landmarks")
     parser.add_argument("--joint-steps", type=int, default=300, help="steps of each continuation")
+    parser.add_argument("--landmark-jitter", type=float, default=0.0,
+                        help="training landmarks as a detector gives them: Gaussian jitter of this many crop pixels "
+                             "per point and frame (the held-out truth stays exact)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--sample-steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
@@ -181,7 +193,8 @@ def main() -> None:
         "size": args.size, "held_out_pairs": args.held_out, "sample_steps": args.sample_steps,
         # the training settings, unless only the checkpoints of an earlier run were scored
         **({} if args.evaluate_only else {
-            "mouth_weight": args.mouth_weight, "train_clips": args.clips, "landmark_steps": args.landmark_steps,
+            "mouth_weight": args.mouth_weight, "train_clips": args.clips, "landmark_jitter_px": args.landmark_jitter,
+            "landmark_steps": args.landmark_steps,
             "stage1_steps": args.steps, "continuation_steps": args.joint_steps}),
         **history,
         "scores": scores,

@@ -38,6 +38,16 @@ def test_synthetic_clips_move_the_mouth_with_the_audio(clips):
     assert torch.corrcoef(torch.stack([opening, clip.mouth[:, 0]]))[0, 1] > 0.8
 
 
+def test_detector_jitter_moves_only_the_landmarks(clips):
+    jittered = training.with_detector_jitter(clips, pixels=0.5, seed=4)
+    offsets = torch.cat([(noisy.landmarks - clip.landmarks).flatten() for noisy, clip in zip(jittered, clips, strict=True)])
+    assert 0.45 < float(offsets.std()) < 0.55 and abs(float(offsets.mean())) < 0.05
+    assert all(noisy.frames is clip.frames and noisy.audio is clip.audio and noisy.mouth is clip.mouth
+               for noisy, clip in zip(jittered, clips, strict=True))
+    again = training.with_detector_jitter(clips, pixels=0.5, seed=4)
+    assert all(torch.equal(a.landmarks, b.landmarks) for a, b in zip(jittered, again, strict=True))
+
+
 def test_windows_give_the_denoiser_and_the_landmark_model_what_they_read(clips):
     config = dubbing.DubbingConfig(**CONFIG)
     sample = training.DubbingWindows(clips, config, 4, landmark_config=LANDMARKS)[1]

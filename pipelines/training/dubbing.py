@@ -117,6 +117,15 @@ def synthetic_dubbing_clips(
     return result
 
 
+def with_detector_jitter(clips: Sequence[DubbingClip], pixels: float, seed: int = 0) -> list[DubbingClip]:
+    """``clips`` whose landmarks carry what a landmark detector adds to real footage: independent
+    Gaussian jitter of ``pixels`` (crop pixels) per point and frame. Frames, audio and the true mouth
+    weights stay as they are, so a model trained on these landmarks is still scored on the truth."""
+    generator = torch.Generator().manual_seed(seed)
+    return [dataclasses.replace(clip, landmarks=clip.landmarks + pixels * torch.randn(clip.landmarks.shape, generator=generator))
+            for clip in clips]
+
+
 def video_clip_rows(shards: VideoFaceShards, video: int) -> list[range]:
     """The rows of a preprocessed video that make clips: one per run of consecutive frames when the video
     has speech (frames left out without a face would shift the audio against the frames), else all."""
