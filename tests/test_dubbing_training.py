@@ -65,7 +65,7 @@ def test_windows_give_the_denoiser_and_the_landmark_model_what_they_read(clips):
     assert torch.allclose(dubbing.crop_coordinates(from_normalised, 16), sample["landmarks"], atol=1e-4)
 
 
-def test_the_diffusion_loss_alone_trains_the_landmark_model(clips):
+def test_joint_training_teaches_the_landmark_model_through_the_held_denoiser(clips):
     config = dubbing.DubbingConfig(**CONFIG)
     model = training.DubbingTrainee(denoiser(), landmark_model.LandmarkCompletionTransformer(LANDMARKS))
     for name, parameter in model.denoiser.named_parameters():  # zero-initialised outputs block gradients at step 0
@@ -75,10 +75,19 @@ def test_the_diffusion_loss_alone_trains_the_landmark_model(clips):
         torch.nn.init.normal_(head.weight, std=0.1)
     batch = torch.utils.data.default_collate([training.DubbingWindows(clips, config, 2, landmark_config=LANDMARKS)[i] for i in range(2)])
     objective = training.DubbingObjective(config, landmark_drop=0.0)
-    diffusion, _ = objective(model, batch)
-    diffusion.backward()
+    losses = objective(model, batch)
+    # the diffusion loss from the predicted points reaches the landmark model and nothing else
+    losses.through_landmark_model.backward(retain_graph=True)
     assert model.landmark_model.lip_head.weight.grad.abs().sum() > 0
     assert model.landmark_model.audio_encoder.project.weight.grad.abs().sum() > 0
+    assert all(parameter.grad is None for parameter in model.denoiser.parameters())
+    assert all(parameter.requires_grad for parameter in model.denoiser.parameters())  # held only for that pass
+    # the denoiser learns from the training landmarks, which the landmark model does not touch
+    model.landmark_model.zero_grad()
+    losses.diffusion.backward()
+    assert model.denoiser.output.weight.grad.abs().sum() > 0
+    assert all(parameter.grad is None or not parameter.grad.any() for parameter in model.landmark_model.parameters())
+    assert losses.as_used is losses.through_landmark_model
 
 
 def test_ground_truth_stage_resumes_exactly(clips, tmp_path):

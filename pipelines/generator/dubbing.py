@@ -161,6 +161,10 @@ class ReferenceFeatures:
         return ReferenceFeatures([level[index] for level in self.levels], self.landmarks[index],
                                  None if self.images is None else self.images[index])
 
+    def detach(self) -> ReferenceFeatures:
+        return ReferenceFeatures([level.detach() for level in self.levels], self.landmarks.detach(),
+                                 None if self.images is None else self.images.detach())
+
     def repeat(self, times: int) -> ReferenceFeatures:
         if self.batch == 1 or times == 1:
             return self
