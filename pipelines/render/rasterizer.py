@@ -239,9 +239,11 @@ class _SortedMesh:
     _batch_corner_ids: tuple[int, int, list[torch.Tensor]] | None = None
 
     def batch_corner_ids(self, frames: int, num_vertices: int) -> list[torch.Tensor]:
-        """:func:`~..mesh_cache.frame_offset_ids` of P0, P1, P2; a renderer asks for the same every batch."""
+        """:func:`~..mesh_cache.frame_offset_ids` of P0, P1, P2 as int32 (gathers run faster on half
+        the index bytes); a renderer asks for the same every batch."""
         if self._batch_corner_ids is None or self._batch_corner_ids[:2] != (frames, num_vertices):
-            self._batch_corner_ids = (frames, num_vertices, frame_offset_ids(self.corner_ids, frames, num_vertices))
+            ids = [corner.int() for corner in frame_offset_ids(self.corner_ids, frames, num_vertices)]
+            self._batch_corner_ids = (frames, num_vertices, ids)
         return self._batch_corner_ids[2]
 
     @classmethod
@@ -262,28 +264,32 @@ def _sorted_mesh(triangles: torch.Tensor, device: torch.device) -> _SortedMesh:
                               lambda: _SortedMesh.of(triangles.detach().to(device=device, dtype=torch.long)))
 
 
-@dataclass
-class _Triangles:
-    """Coverage constants, one contiguous vector per quantity (the layout CPUs compute on fastest)."""
+class _Rows:
+    """Per-triangle quantities as the rows of one ``values [K, T]`` matrix: each a contiguous vector
+    over the triangles (the layout CPUs compute on fastest), and one 2-D gather selects them all
+    (about half the time of a gather per vector)."""
 
-    p0x: torch.Tensor
-    p0y: torch.Tensor
-    p1x: torch.Tensor
-    p1y: torch.Tensor
-    d0x: torch.Tensor
-    d0y: torch.Tensor
-    d1x: torch.Tensor
-    d1y: torch.Tensor
-    d2x: torch.Tensor
-    d2y: torch.Tensor
-    r0: torch.Tensor
-    r1: torch.Tensor
-    r2: torch.Tensor
+    NAMES: tuple[str, ...] = ()
 
-    def select(self, index: torch.Tensor | slice) -> _Triangles:
+    def __init__(self, values: torch.Tensor) -> None:
+        self.values = values
+        for name, row in zip(self.NAMES, values.unbind(0), strict=True):
+            setattr(self, name, row)
+
+    @classmethod
+    def empty(cls, count: int, like: torch.Tensor) -> _Rows:
+        return cls(like.new_empty(len(cls.NAMES), count))
+
+    def select(self, index: torch.Tensor | slice) -> _Rows:
         if isinstance(index, slice):
-            return _Triangles(*(value[index] for value in self.__dict__.values()))
-        return _Triangles(*(value.index_select(0, index) for value in self.__dict__.values()))
+            return type(self)(self.values[:, index])
+        return type(self)(self.values.index_select(1, index))
+
+
+class _Triangles(_Rows):
+    """Coverage constants (see :func:`_coverage_constants`)."""
+
+    NAMES = ("p0x", "p0y", "p1x", "p1y", "d0x", "d0y", "d1x", "d1y", "d2x", "d2y", "r0", "r1", "r2")
 
     def edge_functions_(
         self, px: torch.Tensor, py: torch.Tensor
@@ -316,24 +322,23 @@ class _Triangles:
         )
 
 
-@dataclass
-class _EdgeBiases:
+class _EdgeBiases(_Rows):
     """Per edge, ``tiny`` where the triangle owns it (so ``w == 0`` counts as inside), else 0."""
 
-    edge0: torch.Tensor
-    edge1: torch.Tensor
-    edge2: torch.Tensor
-
-    def select(self, index: torch.Tensor | slice) -> _EdgeBiases:
-        if isinstance(index, slice):
-            return _EdgeBiases(self.edge0[index], self.edge1[index], self.edge2[index])
-        return _EdgeBiases(*(value.index_select(0, index) for value in (self.edge0, self.edge1, self.edge2)))
+    NAMES = ("edge0", "edge1", "edge2")
 
     def inside_margin(self, w0: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
         """Positive where the pixel centre is inside."""
         margin, other = w0 + self.edge0, w1 + self.edge1
         torch.minimum(margin, other, out=margin)
         return torch.minimum(margin, torch.add(w2, self.edge2, out=other), out=margin)
+
+
+class _SetUp(_Rows):
+    """What the coverage constants and the boxes are built from: the corners (sorted mesh order)
+    and ``area2``, ``left``, ``top``; gathered together for the triangles that survive culling."""
+
+    NAMES = ("x0", "y0", "z0", "x1", "y1", "z1", "x2", "y2", "z2", "area2", "left", "top")
 
 
 def _rasterize_pass(
@@ -347,15 +352,18 @@ def _rasterize_pass(
     # Everything per triangle is a contiguous [frames * F] vector, every gather is 1-D, and masks
     # are float margins (positive = yes) rather than booleans: that is what CPUs do fast.
     planes = screen_vertices.permute(2, 0, 1).reshape(3, -1)
-    corner_ids = mesh.batch_corner_ids(frames, num_vertices)
-    x0, x1, x2 = (planes[0].index_select(0, ids) for ids in corner_ids)
-    y0, y1, y2 = (planes[1].index_select(0, ids) for ids in corner_ids)
-    z0, z1, z2 = (planes[2].index_select(0, ids) for ids in corner_ids)
-    area2 = (x1 - x0) * (y2 - y0) - (y1 - y0) * (x2 - x0)
+    setup = _SetUp.empty(frames * num_triangles, planes)
+    for corner, ids in enumerate(mesh.batch_corner_ids(frames, num_vertices)):
+        # One 1-D gather per plane: the ids ascend almost everywhere, which these read in order.
+        for axis, plane in enumerate(planes):
+            torch.index_select(plane, 0, ids, out=setup.values[3 * corner + axis])
+    x0, y0, z0, x1, y1, z1, x2, y2, z2 = setup.values[:9]
+    area2, left, top = setup.area2, setup.left, setup.top
+    torch.sub((x1 - x0) * (y2 - y0), (y1 - y0) * (x2 - x0), out=area2)
     facing = (area2.view(frames, -1) * -mesh.parity).view(-1) if cull_backfaces else area2.abs()
-    left = torch.ceil(torch.minimum(torch.minimum(x0, x1), x2) - (0.5 + _BOX_MARGIN)).clamp_(min=0)
+    torch.minimum(torch.minimum(x0, x1, out=left), x2, out=left).sub_(0.5 + _BOX_MARGIN).ceil_().clamp_(min=0)
     right = torch.floor(torch.maximum(torch.maximum(x0, x1), x2) - (0.5 - _BOX_MARGIN)).clamp_(max=width - 1)
-    top = torch.ceil(torch.minimum(torch.minimum(y0, y1), y2) - (0.5 + _BOX_MARGIN)).clamp_(min=0)
+    torch.minimum(torch.minimum(y0, y1, out=top), y2, out=top).sub_(0.5 + _BOX_MARGIN).ceil_().clamp_(min=0)
     bottom = torch.floor(torch.maximum(torch.maximum(y0, y1), y2) - (0.5 - _BOX_MARGIN)).clamp_(max=height - 1)
     box_width = right - left + 1
     box_height = bottom - top + 1
@@ -379,14 +387,14 @@ def _rasterize_pass(
     group.masked_fill_((box_width > _TILE) | (box_height > _TILE), _LARGE_GROUP)
     order = torch.argsort(group, stable=True)
     counts = torch.bincount(group, minlength=_LARGE_GROUP + 1).tolist()
-    grouped_rows = rows.index_select(0, order)
-    x0, y0, x1, y1, x2, y2, z0, z1, z2, area2, left, top = (
-        value.index_select(0, grouped_rows) for value in (x0, y0, x1, y1, x2, y2, z0, z1, z2, area2, left, top)
-    )
-    triangles, biases = _coverage_constants(x0, y0, x1, y1, x2, y2, area2, z0, z1, z2)
+    grouped = setup.select(rows.index_select(0, order).int())
+    triangles, biases = _coverage_constants(grouped)
     zbuffer = torch.full((frames * height * width,), -1, dtype=torch.long, device=device)
     # The z-buffer breaks depth ties by rank, the position in ``rows``, which orders like the id.
-    boxes = [left.long(), top.long(), box_width.index_select(0, order).long(), box_height.index_select(0, order).long()]
+    boxes = [
+        grouped.left.long(), grouped.top.long(), box_width.index_select(0, order).long(),
+        box_height.index_select(0, order).long(),
+    ]  # fmt: skip
     _splat_groups(
         triangles, biases, order.int(), row_frames.index_select(0, order) * (height * width), boxes, counts,
         zbuffer, width, height,
@@ -401,7 +409,7 @@ def _rasterize_pass(
     pixel_frames = _frames_of(pixels, frames, height * width)
     triangle_ids = rows.index_select(0, winners) - pixel_frames * num_triangles
     grouped_position = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=device))
-    constants = triangles.select(grouped_position.index_select(0, winners))
+    constants = triangles.select(grouped_position.index_select(0, winners).int())
     # Pixels within a pass fit int32, whose division is much faster than int64's.
     image_rows = pixels.int().div_(width, rounding_mode="floor").long()
     px = (pixels - image_rows * width).float().add_(0.5)
@@ -438,34 +446,28 @@ def _pack_keys(signed_inverse_depth: torch.Tensor, low_bits: torch.Tensor) -> to
     return torch.stack(words, dim=-1).view(torch.int64).squeeze(-1)
 
 
-def _coverage_constants(
-    x0: torch.Tensor,
-    y0: torch.Tensor,
-    x1: torch.Tensor,
-    y1: torch.Tensor,
-    x2: torch.Tensor,
-    y2: torch.Tensor,
-    area2: torch.Tensor,
-    z0: torch.Tensor,
-    z1: torch.Tensor,
-    z2: torch.Tensor,
-) -> tuple[_Triangles, _EdgeBiases]:
-    sign = torch.sign(area2)
+def _coverage_constants(setup: _SetUp) -> tuple[_Triangles, _EdgeBiases]:
+    x0, y0, z0, x1, y1, z1, x2, y2, z2 = setup.values[:9]
+    count = x0.numel()
+    triangles, biases = _Triangles.empty(count, x0), _EdgeBiases.empty(count, x0)
+    for source, target in ((x0, triangles.p0x), (y0, triangles.p0y), (x1, triangles.p1x), (y1, triangles.p1y)):
+        target.copy_(source)
+    sign = torch.sign(setup.area2)
     negative_sign = -sign
-    d0x, d0y = (x2 - x1) * sign, (y2 - y1) * sign
-    d1x, d1y = (x2 - x0) * negative_sign, (y2 - y0) * negative_sign
-    d2x, d2y = (x1 - x0) * sign, (y1 - y0) * sign
-
-    def bias(dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+    torch.mul(x2 - x1, sign, out=triangles.d0x)
+    torch.mul(y2 - y1, sign, out=triangles.d0y)
+    torch.mul(x2 - x0, negative_sign, out=triangles.d1x)
+    torch.mul(y2 - y0, negative_sign, out=triangles.d1y)
+    torch.mul(x1 - x0, sign, out=triangles.d2x)
+    torch.mul(y1 - y0, sign, out=triangles.d2y)
+    for dx, dy, bias in ((triangles.d0x, triangles.d0y, biases.edge0), (triangles.d1x, triangles.d1y, biases.edge1),
+                         (triangles.d2x, triangles.d2y, biases.edge2)):
         # Owned (dy > 0, or dy == 0 and dx > 0) exactly when 2 sign(dy) + sign(dx) >= 1.
-        return torch.sign(dy).mul_(2.0).add_(torch.sign(dx)).clamp_(0.0, 1.0).mul_(_TINY)
-
-    scale = area2.abs()
-    triangles = _Triangles(
-        x0, y0, x1, y1, d0x, d0y, d1x, d1y, d2x, d2y,
-        z0.reciprocal() / scale, z1.reciprocal() / scale, z2.reciprocal() / scale,
-    )  # fmt: skip
-    return triangles, _EdgeBiases(bias(d0x, d0y), bias(d1x, d1y), bias(d2x, d2y))
+        torch.sign(dy, out=bias).mul_(2.0).add_(torch.sign(dx)).clamp_(0.0, 1.0).mul_(_TINY)
+    scale = setup.area2.abs()
+    for z, r in ((z0, triangles.r0), (z1, triangles.r1), (z2, triangles.r2)):
+        torch.div(z.reciprocal(), scale, out=r)
+    return triangles, biases
 
 
 def _tiles(left: torch.Tensor, top: torch.Tensor, box_width: torch.Tensor, box_height: torch.Tensor) -> tuple[
