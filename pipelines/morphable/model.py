@@ -100,9 +100,10 @@ def _incidence(triangles: torch.Tensor, num_vertices: int, dtype: torch.dtype) -
 
 
 def _flat_corner_ids(triangles: torch.Tensor, frames: int, num_vertices: int) -> list[torch.Tensor]:
-    """:func:`~..mesh_cache.frame_offset_ids` of the triangles' corners (the same for every batch of one size)."""
+    """:func:`~..mesh_cache.frame_offset_ids` of the triangles' corners, triangle-major (the same for
+    every batch of one size)."""
     return _flat_corners.get(triangles, (frames, num_vertices),
-                             lambda: frame_offset_ids(tuple(triangles.t()), frames, num_vertices))
+                             lambda: frame_offset_ids(tuple(triangles.t()), frames, num_vertices, frames_inner=True))
 
 
 class MorphableModel(nn.Module):
@@ -205,11 +206,12 @@ class MorphableModel(nn.Module):
         planes = vertices.permute(2, 0, 1).reshape(3, -1)
         corners = _flat_corner_ids(self.triangles, frames, count)
         (ax, bx, cx), (ay, by, cy), (az, bz, cz) = ([plane.index_select(0, ids) for ids in corners] for plane in planes)
+        # Gathered triangle-major, [F, B], so the stack below writes the product's row layout
+        # [F, 3, B] in runs of B instead of transposing.
         ux, uy, uz, wx, wy, wz = (
-            value.view(frames, -1) for value in (bx.sub_(ax), by.sub_(ay), bz.sub_(az), cx.sub_(ax), cy.sub_(ay), cz.sub_(az))
+            value.view(-1, frames) for value in (bx.sub_(ax), by.sub_(ay), bz.sub_(az), cx.sub_(ax), cy.sub_(ay), cz.sub_(az))
         )
-        # Stacked straight into the product's row layout [F, 3, B].
-        face_normals = torch.stack([(uy * wz).sub_(uz * wy).t(), (uz * wx).sub_(ux * wz).t(), (ux * wy).sub_(uy * wx).t()], 1)
+        face_normals = torch.stack([(uy * wz).sub_(uz * wy), (uz * wx).sub_(ux * wz), (ux * wy).sub_(uy * wx)], 1)
         incidence = _incidence(self.triangles, count, vertices.dtype)
         sums = incidence @ face_normals.view(self.num_triangles, 3 * frames)
         normals = sums.t().reshape(3, frames * count)

@@ -167,9 +167,10 @@ class CoveredPixels:
             columns = self.sorted_mesh.corner_ids
         else:
             raise ValueError(f"{triangles.shape[0]} triangles given, {self.sorted_mesh.parity.numel()} rasterized")
-        corners = [column.index_select(0, self.triangle_ids) for column in columns]
+        # int32: the gathers of every channel read half the index bytes.
+        corners = [column.index_select(0, self.triangle_ids).int() for column in columns]
         if frame_stride:
-            frame_starts = _frames_of(self.pixels, self.batch, self.height * self.width) * frame_stride
+            frame_starts = _frames_of(self.pixels, self.batch, self.height * self.width).int().mul_(frame_stride)
             corners = [corner.add_(frame_starts) for corner in corners]
         self._corner_cache[frame_stride] = (triangles, corners)
         return corners
@@ -239,11 +240,9 @@ class _SortedMesh:
     _batch_corner_ids: tuple[int, int, list[torch.Tensor]] | None = None
 
     def batch_corner_ids(self, frames: int, num_vertices: int) -> list[torch.Tensor]:
-        """:func:`~..mesh_cache.frame_offset_ids` of P0, P1, P2 as int32 (gathers run faster on half
-        the index bytes); a renderer asks for the same every batch."""
+        """:func:`~..mesh_cache.frame_offset_ids` of P0, P1, P2; a renderer asks for the same every batch."""
         if self._batch_corner_ids is None or self._batch_corner_ids[:2] != (frames, num_vertices):
-            ids = [corner.int() for corner in frame_offset_ids(self.corner_ids, frames, num_vertices)]
-            self._batch_corner_ids = (frames, num_vertices, ids)
+            self._batch_corner_ids = (frames, num_vertices, frame_offset_ids(self.corner_ids, frames, num_vertices))
         return self._batch_corner_ids[2]
 
     @classmethod
