@@ -170,7 +170,7 @@ class CoveredPixels:
         # int32: the gathers of every channel read half the index bytes.
         corners = [column.index_select(0, self.triangle_ids).int() for column in columns]
         if frame_stride:
-            frame_starts = _frames_of(self.pixels, self.batch, self.height * self.width).int().mul_(frame_stride)
+            frame_starts = _frames_of(self.pixels, self.batch, self.height * self.width).mul_(frame_stride)
             corners = [corner.add_(frame_starts) for corner in corners]
         self._corner_cache[frame_stride] = (triangles, corners)
         return corners
@@ -390,12 +390,11 @@ def _rasterize_pass(
     triangles, biases = _coverage_constants(grouped)
     zbuffer = torch.full((frames * height * width,), -1, dtype=torch.long, device=device)
     # The z-buffer breaks depth ties by rank, the position in ``rows``, which orders like the id.
-    boxes = [
-        grouped.left.long(), grouped.top.long(), box_width.index_select(0, order).long(),
-        box_height.index_select(0, order).long(),
-    ]  # fmt: skip
+    # Pixel numbers within a pass fit int32, whose arithmetic is much faster than int64's.
+    boxes = [value.int() for value in (grouped.left, grouped.top, box_width.index_select(0, order),
+                                       box_height.index_select(0, order))]  # fmt: skip
     _splat_groups(
-        triangles, biases, order.int(), row_frames.index_select(0, order) * (height * width), boxes, counts,
+        triangles, biases, order.int(), row_frames.index_select(0, order).mul_(height * width), boxes, counts,
         zbuffer, width, height,
     )  # fmt: skip
 
@@ -409,10 +408,10 @@ def _rasterize_pass(
     triangle_ids = rows.index_select(0, winners) - pixel_frames * num_triangles
     grouped_position = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=device))
     constants = triangles.select(grouped_position.index_select(0, winners).int())
-    # Pixels within a pass fit int32, whose division is much faster than int64's.
-    image_rows = pixels.int().div_(width, rounding_mode="floor").long()
-    px = (pixels - image_rows * width).float().add_(0.5)
-    py = (image_rows - pixel_frames * height).float().add_(0.5)
+    flat_pixels = pixels.int()
+    image_rows = flat_pixels.div(width, rounding_mode="floor")
+    px = flat_pixels.sub_(image_rows * width).float().add_(0.5)
+    py = image_rows.sub_(pixel_frames.mul_(height)).float().add_(0.5)
     weights = constants.edge_functions_(px, py)
     inverse_depth = high_word.contiguous().view(torch.float32)
     sorted_barycentrics = torch.stack(
@@ -422,12 +421,13 @@ def _rasterize_pass(
 
 
 def _frames_of(indices: torch.Tensor, frames: int, per_frame: int) -> torch.Tensor:
-    """``indices // per_frame`` for ascending ``indices``, from the frame boundaries (int64
+    """``indices // per_frame`` for ascending ``indices``, int32, from the frame boundaries (int64
     division is slow on CPUs)."""
     boundaries = torch.arange(1, frames + 1, device=indices.device) * per_frame
     ends = torch.searchsorted(indices, boundaries)
     counts = torch.diff(ends, prepend=ends.new_zeros(1))
-    return torch.repeat_interleave(torch.arange(frames, device=indices.device), counts, output_size=indices.numel())
+    frame_numbers = torch.arange(frames, dtype=torch.int32, device=indices.device)
+    return torch.repeat_interleave(frame_numbers, counts, output_size=indices.numel())
 
 
 def _low_bits(ranks: torch.Tensor) -> torch.Tensor:
