@@ -152,24 +152,25 @@ class CoveredPixels:
         result.addcmul_(planes.index_select(1, corners[1]), barycentrics[1])
         return result.addcmul_(planes.index_select(1, corners[2]), barycentrics[2])
 
-    def _corner_vertices(self, triangles: torch.Tensor, frame_stride: int) -> list[torch.Tensor]:
+    def _corner_vertices(self, triangles: torch.Tensor, frame_stride: int) -> torch.Tensor:
         """Per corner, the vertex of each covered pixel's triangle plus ``frame * frame_stride``
         (the rows of per-frame attributes of ``frame_stride`` vertices; 0 for shared ones), kept
         for the next attribute."""
         cached = self._corner_cache.get(frame_stride)
         if cached is not None and cached[0] is triangles:
             return cached[1]
-        if self.sorted_mesh is None:
-            columns = triangles.t().contiguous()
-        elif self.sorted_mesh.parity.numel() == triangles.shape[0]:
-            columns = self.sorted_mesh.corner_ids
-        else:
-            raise ValueError(f"{triangles.shape[0]} triangles given, {self.sorted_mesh.parity.numel()} rasterized")
-        # int32: the gathers of every channel read half the index bytes.
-        corners = [column.index_select(0, self.triangle_ids).int() for column in columns]
         if frame_stride:
             frame_starts = _frames_of(self.pixels, self.batch, self.height * self.width).mul_(frame_stride)
-            corners = [corner.add_(frame_starts) for corner in corners]
+            corners = self._corner_vertices(triangles, 0) + frame_starts
+        else:
+            if self.sorted_mesh is None:
+                table = triangles.t().int()
+            elif self.sorted_mesh.parity.numel() == triangles.shape[0]:
+                table = self.sorted_mesh.corner_table
+            else:
+                raise ValueError(f"{triangles.shape[0]} triangles given, {self.sorted_mesh.parity.numel()} rasterized")
+            # int32 [3, P] by one 2-D gather: the gathers of every channel read half the index bytes.
+            corners = table.index_select(1, self.triangle_ids)
         self._corner_cache[frame_stride] = (triangles, corners)
         return corners
 
@@ -234,6 +235,7 @@ class _SortedMesh:
     corner_ids: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # vertex ids of P0, P1, P2, each [F]
     parity: torch.Tensor  # [F] ±1
     slots: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # position in P0..P2 of given corner k, each [F]
+    corner_table: torch.Tensor  # corner_ids as one int32 [3, F] table
     # Corner ids offset by frame * vertex count for the last (frames, vertex count) rasterized.
     _batch_corner_ids: tuple[int, int, list[torch.Tensor]] | None = None
 
@@ -248,7 +250,8 @@ class _SortedMesh:
         sorted_ids, order = triangles.sort(dim=1)
         a, b, c = order.unbind(1)
         parity = torch.sign((b - a) * (c - a) * (c - b)).float()
-        return cls(tuple(sorted_ids.t().contiguous()), parity, tuple(order.argsort(dim=1).t().contiguous()))
+        corner_ids = sorted_ids.t().contiguous()
+        return cls(tuple(corner_ids), parity, tuple(order.argsort(dim=1).t().contiguous()), corner_ids.int())
 
 
 # A renderer rasterizes the same triangles batch after batch, and sorting them costs a millisecond
