@@ -111,6 +111,7 @@ def test_mask_landmarks_and_ambient_image_follow_the_geometry(model):
     ambient = 0.8 * math.sqrt(math.pi) / 2  # AMBIENT_LIGHT · a0 · c0
     albedo = rasterizer.interpolate(model.albedo(coeffs.texture), fragments, model.triangles)
     assert torch.allclose(maps.image, (albedo * ambient).clamp(0, 1), atol=1e-6)
+    assert torch.allclose(maps.albedo, albedo.clamp(0, 1), atol=1e-6)
 
 
 def test_batched_rendering_equals_frame_by_frame(model):
