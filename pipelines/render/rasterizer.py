@@ -282,6 +282,8 @@ class _Rows:
 
     def select(self, index: torch.Tensor | slice) -> _Rows:
         if isinstance(index, slice):
+            if index.start in (0, None) and (index.stop is None or index.stop >= self.values.shape[1]):
+                return self  # the whole (a group in one chunk): no new views
             return type(self)(self.values[:, index])
         return type(self)(self.values.index_select(1, index))
 
