@@ -267,7 +267,7 @@ def _sorted_mesh(triangles: torch.Tensor, device: torch.device) -> _SortedMesh:
 class _Rows:
     """Per-triangle quantities as the rows of one ``values [K, T]`` matrix: each a contiguous vector
     over the triangles (the layout CPUs compute on fastest), and one 2-D gather selects them all
-    (about half the time of a gather per vector)."""
+    (for scattered indices faster than a gather per vector, and one call instead of 13)."""
 
     NAMES: tuple[str, ...] = ()
 
@@ -351,8 +351,8 @@ def _rasterize_pass(
     frames, num_vertices = screen_vertices.shape[:2]
     num_triangles = mesh.parity.numel()
     device = screen_vertices.device
-    # Everything per triangle is a contiguous [frames * F] vector, every gather is 1-D, and masks
-    # are float margins (positive = yes) rather than booleans: that is what CPUs do fast.
+    # Everything per triangle is a contiguous [frames * F] vector (a row of a _Rows matrix), and
+    # masks are float margins (positive = yes) rather than booleans: that is what CPUs do fast.
     planes = screen_vertices.permute(2, 0, 1).reshape(3, -1)
     setup = _SetUp.empty(frames * num_triangles, planes)
     for corner, ids in enumerate(mesh.batch_corner_ids(frames, num_vertices)):
@@ -411,7 +411,7 @@ def _rasterize_pass(
     triangle_ids = rows.index_select(0, winners) - pixel_frames * num_triangles
     grouped_position = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=device))
     constants = triangles.select(grouped_position.index_select(0, winners).int())
-    flat_pixels = pixels.int()
+    flat_pixels = pixels.int()  # within a pass, as above
     image_rows = flat_pixels.div(width, rounding_mode="floor")
     px = flat_pixels.sub_(image_rows * width).float().add_(0.5)
     py = image_rows.sub_(pixel_frames.mul_(height)).float().add_(0.5)
