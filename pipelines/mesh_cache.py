@@ -31,8 +31,11 @@ class LastDerived(Generic[Derived]):
 
 
 def frame_offset_ids(corner_ids: tuple[torch.Tensor, ...] | list[torch.Tensor], frames: int,
-                     num_vertices: int) -> list[torch.Tensor]:
-    """Per corner, its vertex ids ``[F]`` plus ``frame * num_vertices`` for every frame, flat
-    ``[frames * F]``: indices into vertex planes of ``frames`` consecutive frames."""
-    frame_starts = torch.arange(frames, device=corner_ids[0].device).unsqueeze(1) * num_vertices
-    return [(corner.unsqueeze(0) + frame_starts).view(-1) for corner in corner_ids]
+                     num_vertices: int, frames_inner: bool = False) -> list[torch.Tensor]:
+    """Per corner, its vertex ids ``[F]`` plus ``frame * num_vertices`` for every frame, flat int32
+    (gathers read half the index bytes): indices into vertex planes of ``frames`` consecutive frames,
+    frame-major ``[frames, F]``, or with ``frames_inner`` triangle-major ``[F, frames]``."""
+    frame_starts = torch.arange(frames, device=corner_ids[0].device) * num_vertices
+    if frames_inner:
+        return [(corner.unsqueeze(1) + frame_starts).view(-1).int() for corner in corner_ids]
+    return [(corner.unsqueeze(0) + frame_starts.unsqueeze(1)).view(-1).int() for corner in corner_ids]

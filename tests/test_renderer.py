@@ -111,6 +111,7 @@ def test_mask_landmarks_and_ambient_image_follow_the_geometry(model):
     ambient = 0.8 * math.sqrt(math.pi) / 2  # AMBIENT_LIGHT · a0 · c0
     albedo = rasterizer.interpolate(model.albedo(coeffs.texture), fragments, model.triangles)
     assert torch.allclose(maps.image, (albedo * ambient).clamp(0, 1), atol=1e-6)
+    assert torch.allclose(maps.albedo, albedo.clamp(0, 1), atol=1e-6)
 
 
 def test_batched_rendering_equals_frame_by_frame(model):
@@ -206,3 +207,27 @@ def test_shading_ambient_and_directional_light():
     assert torch.allclose(lit, expected, atol=1e-6)
     with pytest.raises(ValueError):
         shading.shade(albedo, normals, torch.zeros(1, 9))
+
+
+def test_subnormal_basis_values_are_zeroed_without_changing_the_shape():
+    """Subnormal basis values make every CPU product with the basis several times slower; the model
+    drops them, and the shapes it builds stay what the full basis gives."""
+    sphere = sphere_model(rings=6, segments=8, seed=2)
+    identity = sphere.identity_basis.view(DIMS.identity, -1, 3).clone()
+
+    def with_identity(basis):
+        return model_module.MorphableModel(
+            mean_shape=sphere.mean_shape, identity_basis=basis,
+            expression_basis=sphere.expression_basis.view(DIMS.expression, -1, 3),
+            mean_albedo=sphere.mean_albedo, albedo_basis=sphere.albedo_basis.view(DIMS.texture, -1, 3),
+            triangles=sphere.triangles, landmark_ids=sphere.landmark_ids,
+        )  # fmt: skip
+
+    identity[0, :5] = 0.0
+    zeroed = with_identity(identity.clone())
+    identity[0, :5] = 1e-39
+    model = with_identity(identity)
+    assert torch.count_nonzero(model.identity_basis[0, :15]) == 0
+    assert identity[0, 0, 0] == 1e-39, "the caller's tensor is left alone"
+    coeffs = random_coefficients(2, seed=1)
+    assert torch.equal(model.posed_vertices(coeffs), zeroed.posed_vertices(coeffs))

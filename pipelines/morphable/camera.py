@@ -42,8 +42,15 @@ class PerspectiveCamera:
         return torch.stack([u, v], dim=-1)
 
     def to_screen(self, world: torch.Tensor) -> torch.Tensor:
-        """``[..., 3]`` of (u, v, depth): what the rasterizer consumes."""
-        return torch.cat([self.project(world), self.depth(world).unsqueeze(-1)], dim=-1)
+        """``[..., 3]`` of (u, v, depth): what the rasterizer consumes. A view of coordinate planes
+        ``[3, ...]``, which the rasterizer and interpolation read without a copy; the same float32
+        operations as :meth:`project` and :meth:`depth`."""
+        planes = world.new_empty((3, *world.shape[:-1]))
+        u, v, depth = planes
+        torch.neg(world[..., 2], out=depth).add_(self.distance)
+        torch.mul(world[..., 0], self.focal, out=u).div_(depth).add_(self.center)
+        torch.mul(world[..., 1], self.focal, out=v).div_(depth).neg_().add_(self.center)
+        return planes.movedim(0, -1)
 
     def view_directions(self, world: torch.Tensor) -> torch.Tensor:
         """Unit vectors from points towards the camera centre, ``[..., 3]``."""
