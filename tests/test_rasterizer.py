@@ -115,6 +115,26 @@ def test_matches_brute_force_in_tiny_images_and_across_chunks(monkeypatch):
     assert_matches_reference(screen, triangles, 24, 20)
 
 
+def test_concurrent_passes_match_one_pass_and_brute_force():
+    """On a CPU with two threads the batch is rasterized as concurrent passes (here 2 + 1 frames)."""
+    screen, triangles = triangle_soup(frames=3, count=60, height=20, width=24, seed=4)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one_pass = rasterizer.rasterize_covered(screen, triangles, 20, 24)
+        torch.set_num_threads(2)
+        assert [frames for frames in rasterizer._pass_frames(3, triangles.shape[0], 20 * 24, screen.device)] == [
+            (0, 2), (2, 3)
+        ]
+        concurrent = rasterizer.rasterize_covered(screen, triangles, 20, 24)
+        assert_matches_reference(screen, triangles, 20, 24)
+    finally:
+        torch.set_num_threads(threads)
+    for name in ("pixels", "triangle_ids", "barycentrics", "depth"):
+        assert torch.equal(getattr(concurrent, name), getattr(one_pass, name)), name
+    assert torch.get_num_threads() == threads
+
+
 def grid_mesh(columns: int, rows: int, origin: float, step: float, jitter: float, seed: int):
     generator = torch.Generator().manual_seed(seed)
     ys, xs = torch.meshgrid(torch.arange(rows + 1.0), torch.arange(columns + 1.0), indexing="ij")

@@ -35,7 +35,10 @@ its corners ordered by vertex id (lowest first), with coordinates (x_k, y_k, z_k
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 
@@ -55,6 +58,8 @@ _MAX_CANDIDATES_PER_CHUNK = 1 << 19
 _MAX_TRIANGLES_PER_PASS = 1 << 20
 _MAX_PIXELS_PER_PASS = 1 << 23
 _TINY = torch.finfo(torch.float32).tiny
+# A pass's covered pixels, triangle ids, barycentrics, depth.
+_Pass = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 @dataclass
@@ -209,15 +214,16 @@ def rasterize_covered(
     batch = screen_vertices.shape[0]
     device = screen_vertices.device
     screen_vertices = screen_vertices.detach().float()
-    passes = []
+    passes: list[_Pass] = []
     if batch and triangles.shape[0] and height and width:
         mesh = _sorted_mesh(triangles, device)
-        frames_per_pass = max(
-            1, min(_MAX_TRIANGLES_PER_PASS // triangles.shape[0], _MAX_PIXELS_PER_PASS // (height * width))
-        )
-        for start in range(0, batch, frames_per_pass):
-            stop = min(start + frames_per_pass, batch)
-            passes.append(_rasterize_pass(screen_vertices[start:stop], mesh, cull_backfaces, height, width, start))
+        frame_ranges = _pass_frames(batch, triangles.shape[0], height * width, device)
+        mesh.batch_corner_ids(max(stop - start for start, stop in frame_ranges), screen_vertices.shape[1])
+        passes = _run_passes(
+            [partial(_rasterize_pass, screen_vertices[start:stop], mesh, cull_backfaces, height, width, start)
+             for start, stop in frame_ranges],
+            concurrent=device.type == "cpu",
+        )  # fmt: skip
     if len(passes) == 1:
         pixels, triangle_ids, barycentrics, depth = passes[0]
     elif passes:
@@ -230,20 +236,68 @@ def rasterize_covered(
     return CoveredPixels(pixels, triangle_ids, barycentrics, depth, batch, height, width, mesh if passes else None)
 
 
+def _pass_frames(batch: int, num_triangles: int, pixels_per_frame: int, device: torch.device) -> list[tuple[int, int]]:
+    """The (start, stop) frames of each pass: at most what keeps the pass's index arithmetic in int32,
+    and on a multi-core CPU split into as many passes as torch has threads, of equal size where the
+    batch allows (see :func:`_run_passes`)."""
+    most = max(1, min(_MAX_TRIANGLES_PER_PASS // num_triangles, _MAX_PIXELS_PER_PASS // pixels_per_frame))
+    count = -(-batch // most)
+    if device.type == "cpu":
+        count = max(count, min(batch, torch.get_num_threads()))
+    size = -(-batch // count)
+    return [(start, min(start + size, batch)) for start in range(0, batch, size)]
+
+
+def _run_passes(passes: list[Callable[[], _Pass]], concurrent: bool) -> list[_Pass]:
+    """Run the passes, if ``concurrent`` (on a CPU) in threads of one intra-op thread each. Most of a pass is
+    operations that torch runs on one thread: 1-D gathers, ``scatter_reduce_``, ``nonzero``, the sort,
+    and the many small per-group operations under torch's parallel grain, so a pass on two threads
+    takes about as long as on one; two passes side by side keep both cores busy. (Operations release
+    the GIL; what stays serial is the Python between them.)"""
+    workers = min(len(passes), torch.get_num_threads()) if concurrent else 1
+    if workers == 1:
+        return [run() for run in passes]
+    return list(_executor(workers).map(_single_threaded, passes))
+
+
+def _single_threaded(run: Callable[[], _Pass]) -> _Pass:
+    # set_num_threads sets the calling thread's OpenMP team size (the caller's is unchanged) and the
+    # default that new threads start with, which is put back.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run()
+    finally:
+        torch.set_num_threads(threads)
+
+
+_executors: dict[int, ThreadPoolExecutor] = {}
+
+
+def _executor(workers: int) -> ThreadPoolExecutor:
+    if workers not in _executors:
+        _executors[workers] = ThreadPoolExecutor(workers, thread_name_prefix="rasterize")
+    return _executors[workers]
+
+
 @dataclass
 class _SortedMesh:
     corner_ids: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # vertex ids of P0, P1, P2, each [F]
     parity: torch.Tensor  # [F] ±1
     slots: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # position in P0..P2 of given corner k, each [F]
     corner_table: torch.Tensor  # corner_ids as one int32 [3, F] table
-    # Corner ids offset by frame * vertex count for the last (frames, vertex count) rasterized.
+    # Corner ids offset by frame * vertex count for the most frames of one vertex count asked for.
     _batch_corner_ids: tuple[int, int, list[torch.Tensor]] | None = None
 
     def batch_corner_ids(self, frames: int, num_vertices: int) -> list[torch.Tensor]:
-        """:func:`~..mesh_cache.frame_offset_ids` of P0, P1, P2; a renderer asks for the same every batch."""
-        if self._batch_corner_ids is None or self._batch_corner_ids[:2] != (frames, num_vertices):
-            self._batch_corner_ids = (frames, num_vertices, frame_offset_ids(self.corner_ids, frames, num_vertices))
-        return self._batch_corner_ids[2]
+        """:func:`~..mesh_cache.frame_offset_ids` of P0, P1, P2; a renderer asks for the same every
+        batch. Fewer frames read a prefix, so the passes of one batch share them (and concurrent
+        passes only read them once the largest was built)."""
+        cached = self._batch_corner_ids
+        if cached is None or cached[1] != num_vertices or cached[0] < frames:
+            cached = (frames, num_vertices, frame_offset_ids(self.corner_ids, frames, num_vertices))
+            self._batch_corner_ids = cached
+        return [ids[: frames * self.parity.numel()] for ids in cached[2]]
 
     @classmethod
     def of(cls, triangles: torch.Tensor) -> _SortedMesh:
