@@ -115,24 +115,36 @@ def test_matches_brute_force_in_tiny_images_and_across_chunks(monkeypatch):
     assert_matches_reference(screen, triangles, 24, 20)
 
 
-def test_concurrent_passes_match_one_pass_and_brute_force():
-    """On a CPU with two threads the batch is rasterized as concurrent passes (here 2 + 1 frames)."""
+def test_concurrent_parts_match_one_thread_and_brute_force():
+    """On a CPU with two threads the batch is rasterized as concurrent passes (here 2 + 1 frames),
+    and interpolation and scattering split the pixels in two."""
     screen, triangles = triangle_soup(frames=3, count=60, height=20, width=24, seed=4)
+    attributes = torch.randn(3, screen.shape[1], 4)
+
+    def run():
+        covered = rasterizer.rasterize_covered(screen, triangles, 20, 24)
+        values = covered.interpolate(attributes, triangles)
+        return covered, values, covered.scatter(values), covered.scatter(covered.triangle_ids, -1)
+
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one_pass = rasterizer.rasterize_covered(screen, triangles, 20, 24)
+        one_thread = run()
         torch.set_num_threads(2)
-        assert [frames for frames in rasterizer._pass_frames(3, triangles.shape[0], 20 * 24, screen.device)] == [
-            (0, 2), (2, 3)
-        ]
-        concurrent = rasterizer.rasterize_covered(screen, triangles, 20, 24)
+        assert rasterizer._pass_frames(3, triangles.shape[0], 20 * 24, screen.device) == [(0, 2), (2, 3)]
+        concurrent = run()
+        with torch.inference_mode():  # per thread in torch: the parts must run in the caller's mode
+            in_inference_mode = run()
         assert_matches_reference(screen, triangles, 20, 24)
     finally:
         torch.set_num_threads(threads)
-    for name in ("pixels", "triangle_ids", "barycentrics", "depth"):
-        assert torch.equal(getattr(concurrent, name), getattr(one_pass, name)), name
     assert torch.get_num_threads() == threads
+    for result in (concurrent, in_inference_mode):
+        for name in ("pixels", "triangle_ids", "barycentrics", "depth"):
+            assert torch.equal(getattr(result[0], name), getattr(one_thread[0], name)), name
+        for ours, expected in zip(result[1:], one_thread[1:], strict=True):
+            assert torch.equal(ours, expected)
+    assert in_inference_mode[2].is_inference() and not concurrent[2].is_inference()
 
 
 def grid_mesh(columns: int, rows: int, origin: float, step: float, jitter: float, seed: int):

@@ -35,14 +35,13 @@ its corners ordered by vertex id (lowest first), with coordinates (x_k, y_k, z_k
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 
 import torch
 
 from ..mesh_cache import LastDerived, frame_offset_ids
+from .concurrent import even_slices, parts_for, run_concurrently
 
 DEPTH_EPSILON = 1e-6
 # Pixel centres this close outside a triangle's bounding box are still tested, so rounding in
@@ -58,8 +57,6 @@ _MAX_CANDIDATES_PER_CHUNK = 1 << 19
 _MAX_TRIANGLES_PER_PASS = 1 << 20
 _MAX_PIXELS_PER_PASS = 1 << 23
 _TINY = torch.finfo(torch.float32).tiny
-# A pass's covered pixels, triangle ids, barycentrics, depth.
-_Pass = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 @dataclass
@@ -119,13 +116,16 @@ class CoveredPixels:
         """Per-pixel ``values``, ``[P]`` or planar ``[C, P]``, to a ``[B, H, W]`` or channel-last
         ``[B, H, W, C]`` map filled with ``background``."""
         size = self.batch * self.height * self.width
-        if values.ndim == 1:
-            return values.new_full((size,), background).index_copy_(0, self.pixels, values).view(
-                self.batch, self.height, self.width
-            )
         # Whole rows from the transposed view: faster than one strided column per channel.
-        dense = values.new_full((size, values.shape[0]), background).index_copy_(0, self.pixels, values.t())
-        return dense.view(self.batch, self.height, self.width, values.shape[0])
+        rows = values if values.ndim == 1 else values.t()
+        dense = values.new_full((size, *rows.shape[1:]), background)
+        # index_copy_ runs on one thread: on a CPU the parts' disjoint pixels are copied concurrently.
+        workers = parts_for(self.pixels.device)
+        run_concurrently(
+            [partial(dense.index_copy_, 0, self.pixels[part], rows[part]) for part in even_slices(rows.shape[0], workers)],
+            workers,
+        )  # fmt: skip
+        return dense.view(self.batch, self.height, self.width, *rows.shape[1:])
 
     def to_fragments(self) -> Fragments:
         barycentrics = self.barycentrics
@@ -153,9 +153,20 @@ class CoveredPixels:
         # (fewer, longer passes than a 1-D gather per channel) and weighted in place.
         planes = vertex_attributes.permute(2, 0, 1).reshape(channels, -1).contiguous()
         barycentrics = self.barycentrics.to(planes.dtype)
-        result = torch.mul(planes.index_select(1, corners[0]), barycentrics[0])
-        result.addcmul_(planes.index_select(1, corners[1]), barycentrics[1])
-        return result.addcmul_(planes.index_select(1, corners[2]), barycentrics[2])
+        result = planes.new_empty(channels, self.pixels.numel())
+
+        def interpolate_columns(part: slice) -> None:
+            columns = result[:, part]
+            torch.mul(planes.index_select(1, corners[0][part]), barycentrics[0][part], out=columns)
+            columns.addcmul_(planes.index_select(1, corners[1][part]), barycentrics[1][part])
+            columns.addcmul_(planes.index_select(1, corners[2][part]), barycentrics[2][part])
+
+        # The gathers run on one thread: on a CPU, parts of the pixels are interpolated concurrently.
+        workers = parts_for(planes.device)
+        run_concurrently(
+            [partial(interpolate_columns, part) for part in even_slices(self.pixels.numel(), workers)], workers
+        )
+        return result
 
     def _corner_vertices(self, triangles: torch.Tensor, frame_stride: int) -> torch.Tensor:
         """Per corner, the vertex of each covered pixel's triangle plus ``frame * frame_stride``
@@ -214,15 +225,15 @@ def rasterize_covered(
     batch = screen_vertices.shape[0]
     device = screen_vertices.device
     screen_vertices = screen_vertices.detach().float()
-    passes: list[_Pass] = []
+    passes: list[tuple[torch.Tensor, ...]] = []
     if batch and triangles.shape[0] and height and width:
         mesh = _sorted_mesh(triangles, device)
         frame_ranges = _pass_frames(batch, triangles.shape[0], height * width, device)
         mesh.batch_corner_ids(max(stop - start for start, stop in frame_ranges), screen_vertices.shape[1])
-        passes = _run_passes(
+        passes = run_concurrently(
             [partial(_rasterize_pass, screen_vertices[start:stop], mesh, cull_backfaces, height, width, start)
              for start, stop in frame_ranges],
-            concurrent=device.type == "cpu",
+            parts_for(device),
         )  # fmt: skip
     if len(passes) == 1:
         pixels, triangle_ids, barycentrics, depth = passes[0]
@@ -238,46 +249,13 @@ def rasterize_covered(
 
 def _pass_frames(batch: int, num_triangles: int, pixels_per_frame: int, device: torch.device) -> list[tuple[int, int]]:
     """The (start, stop) frames of each pass: at most what keeps the pass's index arithmetic in int32,
-    and on a multi-core CPU split into as many passes as torch has threads, of equal size where the
-    batch allows (see :func:`_run_passes`)."""
+    and on a multi-core CPU at least one pass per thread, of equal size where the batch allows: the
+    passes run concurrently (most of a pass is operations torch runs on one thread, so one pass on
+    two threads takes about as long as on one)."""
     most = max(1, min(_MAX_TRIANGLES_PER_PASS // num_triangles, _MAX_PIXELS_PER_PASS // pixels_per_frame))
-    count = -(-batch // most)
-    if device.type == "cpu":
-        count = max(count, min(batch, torch.get_num_threads()))
+    count = max(-(-batch // most), min(batch, parts_for(device)))
     size = -(-batch // count)
     return [(start, min(start + size, batch)) for start in range(0, batch, size)]
-
-
-def _run_passes(passes: list[Callable[[], _Pass]], concurrent: bool) -> list[_Pass]:
-    """Run the passes, if ``concurrent`` (on a CPU) in threads of one intra-op thread each. Most of a pass is
-    operations that torch runs on one thread: 1-D gathers, ``scatter_reduce_``, ``nonzero``, the sort,
-    and the many small per-group operations under torch's parallel grain, so a pass on two threads
-    takes about as long as on one; two passes side by side keep both cores busy. (Operations release
-    the GIL; what stays serial is the Python between them.)"""
-    workers = min(len(passes), torch.get_num_threads()) if concurrent else 1
-    if workers == 1:
-        return [run() for run in passes]
-    return list(_executor(workers).map(_single_threaded, passes))
-
-
-def _single_threaded(run: Callable[[], _Pass]) -> _Pass:
-    # set_num_threads sets the calling thread's OpenMP team size (the caller's is unchanged) and the
-    # default that new threads start with, which is put back.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return run()
-    finally:
-        torch.set_num_threads(threads)
-
-
-_executors: dict[int, ThreadPoolExecutor] = {}
-
-
-def _executor(workers: int) -> ThreadPoolExecutor:
-    if workers not in _executors:
-        _executors[workers] = ThreadPoolExecutor(workers, thread_name_prefix="rasterize")
-    return _executors[workers]
 
 
 @dataclass

@@ -1,0 +1,56 @@
+"""Independent parts of one job run side by side on a CPU's cores.
+
+Much of the render pass is operations that torch runs on one thread however many it has: 1-D and
+column gathers (``index_select``), ``index_copy_``, ``scatter_reduce_``, ``nonzero``, sorts, and the
+many operations too small for torch's parallel grain. Split into parts that run in threads of one
+intra-op thread each, they keep every core busy (operations release the GIL; what stays serial is
+the Python between them)."""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import TypeVar
+
+import torch
+
+Result = TypeVar("Result")
+
+_executors: dict[int, ThreadPoolExecutor] = {}
+
+
+def parts_for(device: torch.device) -> int:
+    """How many parts to split work on ``device`` into: torch's thread count on a CPU, else 1
+    (a GPU runs each operation across the whole device)."""
+    return torch.get_num_threads() if device.type == "cpu" else 1
+
+
+def even_slices(count: int, parts: int) -> list[slice]:
+    """``range(count)`` as up to ``parts`` consecutive slices of (nearly) equal length."""
+    size = -(-count // max(1, min(parts, count))) if count else 1
+    return [slice(start, min(start + size, count)) for start in range(0, count, size)] or [slice(0, 0)]
+
+
+def run_concurrently(tasks: Sequence[Callable[[], Result]], workers: int) -> list[Result]:
+    """The tasks' results in order; with ``workers > 1`` run in that many threads, each with one
+    intra-op thread (more would oversubscribe the cores the other tasks use)."""
+    workers = min(workers, len(tasks))
+    if workers <= 1:
+        return [task() for task in tasks]
+    if workers not in _executors:
+        _executors[workers] = ThreadPoolExecutor(workers, thread_name_prefix="render")
+    # Grad and inference mode are per thread: the tasks run in the caller's.
+    modes = (torch.is_grad_enabled(), torch.is_inference_mode_enabled())
+    return list(_executors[workers].map(partial(_single_threaded, modes=modes), tasks))
+
+
+def _single_threaded(task: Callable[[], Result], modes: tuple[bool, bool]) -> Result:
+    # set_num_threads sets the calling thread's OpenMP team size (the caller's own stays as it was)
+    # and the default that new threads start with, which is put back.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.set_grad_enabled(modes[0]), torch.inference_mode(modes[1]):
+            return task()
+    finally:
+        torch.set_num_threads(threads)
