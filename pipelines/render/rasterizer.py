@@ -186,7 +186,14 @@ class CoveredPixels:
             else:
                 raise ValueError(f"{triangles.shape[0]} triangles given, {self.sorted_mesh.parity.numel()} rasterized")
             # int32 [3, P] by one 2-D gather: the gathers of every channel read half the index bytes.
-            corners = table.index_select(1, self.triangle_ids)
+            # The gather runs on one thread: on a CPU, parts of the pixels are gathered concurrently.
+            corners = table.new_empty(3, self.pixels.numel())
+            workers = parts_for(table.device)
+            run_concurrently(
+                [partial(torch.index_select, table, 1, self.triangle_ids[part], out=corners[:, part])
+                 for part in even_slices(self.pixels.numel(), workers)],
+                workers,
+            )  # fmt: skip
         self._corner_cache[frame_stride] = (triangles, corners)
         return corners
 
