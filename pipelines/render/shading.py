@@ -14,7 +14,7 @@ from functools import partial
 import torch
 
 from ..morphable.model import AMBIENT_LIGHT
-from .concurrent import even_slices, parts_for, run_concurrently
+from ..concurrent import even_slices, parts_for, run_concurrently
 
 NUM_SH_BANDS = 9
 # Lambertian attenuation per band (a) times the SH normalisation constants (c).
