@@ -19,10 +19,18 @@ Result = TypeVar("Result")
 _executors: dict[int, ThreadPoolExecutor] = {}
 
 
-def parts_for(device: torch.device) -> int:
-    """How many parts to split work on ``device`` into: torch's thread count on a CPU, else 1
-    (a GPU runs each operation across the whole device)."""
-    return torch.get_num_threads() if device.type == "cpu" else 1
+# Handing a part to a thread costs tens of microseconds: below this many items (pixels, triangles)
+# a part is not worth it, as for one frame at 256².
+MIN_ITEMS_PER_PART = 1 << 16
+
+
+def parts_for(device: torch.device, items: int) -> int:
+    """How many parts to split ``items`` independent items of work on ``device`` into: on a CPU one
+    per torch thread, each of at least :data:`MIN_ITEMS_PER_PART`; on a GPU 1 (it runs each
+    operation across the whole device)."""
+    if device.type != "cpu":
+        return 1
+    return max(1, min(torch.get_num_threads(), items // MIN_ITEMS_PER_PART))
 
 
 def even_slices(count: int, parts: int) -> list[slice]:

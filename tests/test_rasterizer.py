@@ -7,6 +7,7 @@ import torch
 from packloader import pack_import
 
 rasterizer = pack_import("pipelines.render.rasterizer")
+concurrent = pack_import("pipelines.concurrent")
 camera_module = pack_import("pipelines.morphable.camera")
 rasterize = rasterizer.rasterize
 
@@ -115,9 +116,10 @@ def test_matches_brute_force_in_tiny_images_and_across_chunks(monkeypatch):
     assert_matches_reference(screen, triangles, 24, 20)
 
 
-def test_concurrent_parts_match_one_thread_and_brute_force():
+def test_concurrent_parts_match_one_thread_and_brute_force(monkeypatch):
     """On a CPU with two threads the batch is rasterized as concurrent passes (here 2 + 1 frames),
     and interpolation and scattering split the pixels in two."""
+    monkeypatch.setattr(concurrent, "MIN_ITEMS_PER_PART", 1)
     screen, triangles = triangle_soup(frames=3, count=60, height=20, width=24, seed=4)
     attributes = torch.randn(3, screen.shape[1], 4)
 
@@ -132,19 +134,19 @@ def test_concurrent_parts_match_one_thread_and_brute_force():
         one_thread = run()
         torch.set_num_threads(2)
         assert rasterizer._pass_frames(3, triangles.shape[0], 20 * 24, screen.device) == [(0, 2), (2, 3)]
-        concurrent = run()
+        split = run()
         with torch.inference_mode():  # per thread in torch: the parts must run in the caller's mode
             in_inference_mode = run()
         assert_matches_reference(screen, triangles, 20, 24)
     finally:
         torch.set_num_threads(threads)
     assert torch.get_num_threads() == threads
-    for result in (concurrent, in_inference_mode):
+    for result in (split, in_inference_mode):
         for name in ("pixels", "triangle_ids", "barycentrics", "depth"):
             assert torch.equal(getattr(result[0], name), getattr(one_thread[0], name)), name
         for ours, expected in zip(result[1:], one_thread[1:], strict=True):
             assert torch.equal(ours, expected)
-    assert in_inference_mode[2].is_inference() and not concurrent[2].is_inference()
+    assert in_inference_mode[2].is_inference() and not split[2].is_inference()
 
 
 def grid_mesh(columns: int, rows: int, origin: float, step: float, jitter: float, seed: int):

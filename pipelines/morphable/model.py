@@ -209,7 +209,8 @@ class MorphableModel(nn.Module):
         corners = _flat_corner_ids(self.triangles, frames, count)
         # 1-D gathers run on one thread: on a CPU they run concurrently.
         gathered = run_concurrently(
-            [partial(plane.index_select, 0, ids) for plane in planes for ids in corners], parts_for(vertices.device)
+            [partial(plane.index_select, 0, ids) for plane in planes for ids in corners],
+            parts_for(vertices.device, corners[0].numel()),
         )
         (ax, bx, cx), (ay, by, cy), (az, bz, cz) = gathered[:3], gathered[3:6], gathered[6:]
         # Gathered triangle-major, [F, B], so the stack below writes the product's row layout

@@ -120,7 +120,7 @@ class CoveredPixels:
         rows = values if values.ndim == 1 else values.t()
         dense = values.new_full((size, *rows.shape[1:]), background)
         # index_copy_ runs on one thread: on a CPU the parts' disjoint pixels are copied concurrently.
-        workers = parts_for(self.pixels.device)
+        workers = parts_for(self.pixels.device, rows.shape[0])
         run_concurrently(
             [partial(dense.index_copy_, 0, self.pixels[part], rows[part]) for part in even_slices(rows.shape[0], workers)],
             workers,
@@ -162,7 +162,7 @@ class CoveredPixels:
             columns.addcmul_(planes.index_select(1, corners[2][part]), barycentrics[2][part])
 
         # The gathers run on one thread: on a CPU, parts of the pixels are interpolated concurrently.
-        workers = parts_for(planes.device)
+        workers = parts_for(planes.device, self.pixels.numel())
         run_concurrently(
             [partial(interpolate_columns, part) for part in even_slices(self.pixels.numel(), workers)], workers
         )
@@ -188,7 +188,7 @@ class CoveredPixels:
             # int32 [3, P] by one 2-D gather: the gathers of every channel read half the index bytes.
             # The gather runs on one thread: on a CPU, parts of the pixels are gathered concurrently.
             corners = table.new_empty(3, self.pixels.numel())
-            workers = parts_for(table.device)
+            workers = parts_for(table.device, self.pixels.numel())
             run_concurrently(
                 [partial(torch.index_select, table, 1, self.triangle_ids[part], out=corners[:, part])
                  for part in even_slices(self.pixels.numel(), workers)],
@@ -240,7 +240,7 @@ def rasterize_covered(
         passes = run_concurrently(
             [partial(_rasterize_pass, screen_vertices[start:stop], mesh, cull_backfaces, height, width, start)
              for start, stop in frame_ranges],
-            parts_for(device),
+            parts_for(device, batch * triangles.shape[0]),
         )  # fmt: skip
     if len(passes) == 1:
         pixels, triangle_ids, barycentrics, depth = passes[0]
@@ -260,7 +260,7 @@ def _pass_frames(batch: int, num_triangles: int, pixels_per_frame: int, device: 
     passes run concurrently (most of a pass is operations torch runs on one thread, so one pass on
     two threads takes about as long as on one)."""
     most = max(1, min(_MAX_TRIANGLES_PER_PASS // num_triangles, _MAX_PIXELS_PER_PASS // pixels_per_frame))
-    count = max(-(-batch // most), min(batch, parts_for(device)))
+    count = max(-(-batch // most), min(batch, parts_for(device, batch * num_triangles)))
     size = -(-batch // count)
     return [(start, min(start + size, batch)) for start in range(0, batch, size)]
 

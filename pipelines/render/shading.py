@@ -88,6 +88,6 @@ def shade_planar(
 
     # Each frame's operations are too small for torch to split across threads: on a CPU, groups of
     # frames are shaded concurrently instead.
-    workers = parts_for(albedo.device)
+    workers = parts_for(albedo.device, albedo.shape[1])
     run_concurrently([partial(shade_frames, frames) for frames in even_slices(len(frame_sizes), workers)], workers)
     return colour.mul_(albedo)
