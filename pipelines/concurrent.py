@@ -1,8 +1,8 @@
 """Independent parts of one job run side by side on a CPU's cores.
 
-Much of the render pass is operations that torch runs on one thread however many it has: 1-D and
-column gathers (``index_select``), ``index_copy_``, ``scatter_reduce_``, ``nonzero``, sorts, and the
-many operations too small for torch's parallel grain. Split into parts that run in threads of one
+Much of the render pass is operations that torch runs on one thread however many it has (1-D and
+column gathers by ``index_select``, ``index_copy_``, ``scatter_reduce_``) and operations too small for
+torch's parallel grain (the rasterizer's per-group work). Split into parts that run in threads of one
 intra-op thread each, they keep every core busy (operations release the GIL; what stays serial is
 the Python between them)."""
 from __future__ import annotations
@@ -16,9 +16,6 @@ import torch
 
 Result = TypeVar("Result")
 
-_executors: dict[int, ThreadPoolExecutor] = {}
-
-
 # Handing a part to a thread costs tens of microseconds: below this many items (pixels, triangles)
 # a part is not worth it, as for one frame at 256².
 MIN_ITEMS_PER_PART = 1 << 16
@@ -31,6 +28,9 @@ def parts_for(device: torch.device, items: int) -> int:
     if device.type != "cpu":
         return 1
     return max(1, min(torch.get_num_threads(), items // MIN_ITEMS_PER_PART))
+
+
+_executors: dict[int, ThreadPoolExecutor] = {}
 
 
 def even_slices(count: int, parts: int) -> list[slice]:
@@ -48,17 +48,17 @@ def run_concurrently(tasks: Sequence[Callable[[], Result]], workers: int) -> lis
     if workers not in _executors:
         _executors[workers] = ThreadPoolExecutor(workers, thread_name_prefix="render")
     # Grad and inference mode are per thread: the tasks run in the caller's.
-    modes = (torch.is_grad_enabled(), torch.is_inference_mode_enabled())
-    return list(_executors[workers].map(partial(_single_threaded, modes=modes), tasks))
+    single = partial(_single_threaded, grad=torch.is_grad_enabled(), inference=torch.is_inference_mode_enabled(),
+                     threads=torch.get_num_threads())  # fmt: skip
+    return list(_executors[workers].map(single, tasks))
 
 
-def _single_threaded(task: Callable[[], Result], modes: tuple[bool, bool]) -> Result:
+def _single_threaded(task: Callable[[], Result], grad: bool, inference: bool, threads: int) -> Result:
     # set_num_threads sets the calling thread's OpenMP team size (the caller's own stays as it was)
-    # and the default that new threads start with, which is put back.
-    threads = torch.get_num_threads()
+    # and the default that threads started later take, which is put back to the caller's count.
     torch.set_num_threads(1)
     try:
-        with torch.set_grad_enabled(modes[0]), torch.inference_mode(modes[1]):
+        with torch.set_grad_enabled(grad), torch.inference_mode(inference):
             return task()
     finally:
         torch.set_num_threads(threads)

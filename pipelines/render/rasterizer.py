@@ -40,8 +40,8 @@ from functools import partial
 
 import torch
 
-from ..mesh_cache import LastDerived, frame_offset_ids
 from ..concurrent import even_slices, parts_for, run_concurrently
+from ..mesh_cache import LastDerived, frame_offset_ids
 
 DEPTH_EPSILON = 1e-6
 # Pixel centres this close outside a triangle's bounding box are still tested, so rounding in

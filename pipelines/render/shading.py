@@ -13,8 +13,8 @@ from functools import partial
 
 import torch
 
-from ..morphable.model import AMBIENT_LIGHT
 from ..concurrent import even_slices, parts_for, run_concurrently
+from ..morphable.model import AMBIENT_LIGHT
 
 NUM_SH_BANDS = 9
 # Lambertian attenuation per band (a) times the SH normalisation constants (c).
