@@ -7,6 +7,7 @@ import torch
 from packloader import pack_import
 
 rasterizer = pack_import("pipelines.render.rasterizer")
+concurrent = pack_import("pipelines.concurrent")
 camera_module = pack_import("pipelines.morphable.camera")
 rasterize = rasterizer.rasterize
 
@@ -113,6 +114,39 @@ def test_matches_brute_force_in_tiny_images_and_across_chunks(monkeypatch):
     monkeypatch.setattr(rasterizer, "_MAX_CANDIDATES_PER_CHUNK", 50)
     monkeypatch.setattr(rasterizer, "_MAX_TRIANGLES_PER_PASS", 100)  # one frame per pass
     assert_matches_reference(screen, triangles, 24, 20)
+
+
+def test_concurrent_parts_match_one_thread_and_brute_force(monkeypatch):
+    """On a CPU with two threads the batch is rasterized as concurrent passes (here 2 + 1 frames),
+    and interpolation and scattering split the pixels in two."""
+    monkeypatch.setattr(concurrent, "MIN_ITEMS_PER_PART", 1)
+    screen, triangles = triangle_soup(frames=3, count=60, height=20, width=24, seed=4)
+    attributes = torch.randn(3, screen.shape[1], 4)
+
+    def run():
+        covered = rasterizer.rasterize_covered(screen, triangles, 20, 24)
+        values = covered.interpolate(attributes, triangles)
+        return covered, values, covered.scatter(values), covered.scatter(covered.triangle_ids, -1)
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one_thread = run()
+        torch.set_num_threads(2)
+        assert rasterizer._pass_frames(3, triangles.shape[0], 20 * 24, screen.device) == [(0, 2), (2, 3)]
+        split = run()
+        with torch.inference_mode():  # per thread in torch: the parts must run in the caller's mode
+            in_inference_mode = run()
+        assert_matches_reference(screen, triangles, 20, 24)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.get_num_threads() == threads
+    for result in (split, in_inference_mode):
+        for name in ("pixels", "triangle_ids", "barycentrics", "depth"):
+            assert torch.equal(getattr(result[0], name), getattr(one_thread[0], name)), name
+        for ours, expected in zip(result[1:], one_thread[1:], strict=True):
+            assert torch.equal(ours, expected)
+    assert in_inference_mode[2].is_inference() and not split[2].is_inference()
 
 
 def grid_mesh(columns: int, rows: int, origin: float, step: float, jitter: float, seed: int):

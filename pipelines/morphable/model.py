@@ -24,12 +24,14 @@ surface        N × 3         (optional, ours) surface coordinates in 0..1; defa
 from __future__ import annotations
 
 import warnings
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..concurrent import parts_for, run_concurrently
 from ..errors import ModelFileError
 from ..mesh_cache import LastDerived, frame_offset_ids
 from .coefficients import CoefficientDims, FaceCoefficients
@@ -205,7 +207,12 @@ class MorphableModel(nn.Module):
         frames, count, _ = vertices.shape
         planes = vertices.permute(2, 0, 1).reshape(3, -1)
         corners = _flat_corner_ids(self.triangles, frames, count)
-        (ax, bx, cx), (ay, by, cy), (az, bz, cz) = ([plane.index_select(0, ids) for ids in corners] for plane in planes)
+        # 1-D gathers run on one thread: on a CPU they run concurrently.
+        gathered = run_concurrently(
+            [partial(plane.index_select, 0, ids) for plane in planes for ids in corners],
+            parts_for(vertices.device, corners[0].numel()),
+        )
+        (ax, bx, cx), (ay, by, cy), (az, bz, cz) = gathered[:3], gathered[3:6], gathered[6:]
         # Gathered triangle-major, [F, B], so the stack below writes the product's row layout
         # [F, 3, B] in runs of B instead of transposing.
         ux, uy, uz, wx, wy, wz = (

@@ -36,9 +36,11 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 
+from ..concurrent import even_slices, parts_for, run_concurrently
 from ..mesh_cache import LastDerived, frame_offset_ids
 
 DEPTH_EPSILON = 1e-6
@@ -114,13 +116,16 @@ class CoveredPixels:
         """Per-pixel ``values``, ``[P]`` or planar ``[C, P]``, to a ``[B, H, W]`` or channel-last
         ``[B, H, W, C]`` map filled with ``background``."""
         size = self.batch * self.height * self.width
-        if values.ndim == 1:
-            return values.new_full((size,), background).index_copy_(0, self.pixels, values).view(
-                self.batch, self.height, self.width
-            )
         # Whole rows from the transposed view: faster than one strided column per channel.
-        dense = values.new_full((size, values.shape[0]), background).index_copy_(0, self.pixels, values.t())
-        return dense.view(self.batch, self.height, self.width, values.shape[0])
+        rows = values if values.ndim == 1 else values.t()
+        dense = values.new_full((size, *rows.shape[1:]), background)
+        # index_copy_ runs on one thread: on a CPU the parts' disjoint pixels are copied concurrently.
+        workers = parts_for(self.pixels.device, rows.shape[0])
+        run_concurrently(
+            [partial(dense.index_copy_, 0, self.pixels[part], rows[part]) for part in even_slices(rows.shape[0], workers)],
+            workers,
+        )  # fmt: skip
+        return dense.view(self.batch, self.height, self.width, *rows.shape[1:])
 
     def to_fragments(self) -> Fragments:
         barycentrics = self.barycentrics
@@ -148,9 +153,20 @@ class CoveredPixels:
         # (fewer, longer passes than a 1-D gather per channel) and weighted in place.
         planes = vertex_attributes.permute(2, 0, 1).reshape(channels, -1).contiguous()
         barycentrics = self.barycentrics.to(planes.dtype)
-        result = torch.mul(planes.index_select(1, corners[0]), barycentrics[0])
-        result.addcmul_(planes.index_select(1, corners[1]), barycentrics[1])
-        return result.addcmul_(planes.index_select(1, corners[2]), barycentrics[2])
+        result = planes.new_empty(channels, self.pixels.numel())
+
+        def interpolate_columns(part: slice) -> None:
+            columns = result[:, part]
+            torch.mul(planes.index_select(1, corners[0][part]), barycentrics[0][part], out=columns)
+            columns.addcmul_(planes.index_select(1, corners[1][part]), barycentrics[1][part])
+            columns.addcmul_(planes.index_select(1, corners[2][part]), barycentrics[2][part])
+
+        # The gathers run on one thread: on a CPU, parts of the pixels are interpolated concurrently.
+        workers = parts_for(planes.device, self.pixels.numel())
+        run_concurrently(
+            [partial(interpolate_columns, part) for part in even_slices(self.pixels.numel(), workers)], workers
+        )
+        return result
 
     def _corner_vertices(self, triangles: torch.Tensor, frame_stride: int) -> torch.Tensor:
         """Per corner, the vertex of each covered pixel's triangle plus ``frame * frame_stride``
@@ -170,7 +186,14 @@ class CoveredPixels:
             else:
                 raise ValueError(f"{triangles.shape[0]} triangles given, {self.sorted_mesh.parity.numel()} rasterized")
             # int32 [3, P] by one 2-D gather: the gathers of every channel read half the index bytes.
-            corners = table.index_select(1, self.triangle_ids)
+            # The gather runs on one thread: on a CPU, parts of the pixels are gathered concurrently.
+            corners = table.new_empty(3, self.pixels.numel())
+            workers = parts_for(table.device, self.pixels.numel())
+            run_concurrently(
+                [partial(torch.index_select, table, 1, self.triangle_ids[part], out=corners[:, part])
+                 for part in even_slices(self.pixels.numel(), workers)],
+                workers,
+            )  # fmt: skip
         self._corner_cache[frame_stride] = (triangles, corners)
         return corners
 
@@ -209,15 +232,16 @@ def rasterize_covered(
     batch = screen_vertices.shape[0]
     device = screen_vertices.device
     screen_vertices = screen_vertices.detach().float()
-    passes = []
+    passes: list[tuple[torch.Tensor, ...]] = []
     if batch and triangles.shape[0] and height and width:
         mesh = _sorted_mesh(triangles, device)
-        frames_per_pass = max(
-            1, min(_MAX_TRIANGLES_PER_PASS // triangles.shape[0], _MAX_PIXELS_PER_PASS // (height * width))
-        )
-        for start in range(0, batch, frames_per_pass):
-            stop = min(start + frames_per_pass, batch)
-            passes.append(_rasterize_pass(screen_vertices[start:stop], mesh, cull_backfaces, height, width, start))
+        frame_ranges = _pass_frames(batch, triangles.shape[0], height * width, device)
+        mesh.batch_corner_ids(max(stop - start for start, stop in frame_ranges), screen_vertices.shape[1])
+        passes = run_concurrently(
+            [partial(_rasterize_pass, screen_vertices[start:stop], mesh, cull_backfaces, height, width, start)
+             for start, stop in frame_ranges],
+            parts_for(device, batch * triangles.shape[0]),
+        )  # fmt: skip
     if len(passes) == 1:
         pixels, triangle_ids, barycentrics, depth = passes[0]
     elif passes:
@@ -230,20 +254,35 @@ def rasterize_covered(
     return CoveredPixels(pixels, triangle_ids, barycentrics, depth, batch, height, width, mesh if passes else None)
 
 
+def _pass_frames(batch: int, num_triangles: int, pixels_per_frame: int, device: torch.device) -> list[tuple[int, int]]:
+    """The (start, stop) frames of each pass: at most what keeps the pass's index arithmetic in int32,
+    and on a multi-core CPU at least one pass per thread, of equal size where the batch allows: the
+    passes run concurrently (most of a pass is operations torch runs on one thread, so one pass on
+    two threads takes about as long as on one)."""
+    most = max(1, min(_MAX_TRIANGLES_PER_PASS // num_triangles, _MAX_PIXELS_PER_PASS // pixels_per_frame))
+    count = max(-(-batch // most), min(batch, parts_for(device, batch * num_triangles)))
+    size = -(-batch // count)
+    return [(start, min(start + size, batch)) for start in range(0, batch, size)]
+
+
 @dataclass
 class _SortedMesh:
     corner_ids: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # vertex ids of P0, P1, P2, each [F]
     parity: torch.Tensor  # [F] ±1
     slots: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # position in P0..P2 of given corner k, each [F]
     corner_table: torch.Tensor  # corner_ids as one int32 [3, F] table
-    # Corner ids offset by frame * vertex count for the last (frames, vertex count) rasterized.
+    # Corner ids offset by frame * vertex count for the most frames of one vertex count asked for.
     _batch_corner_ids: tuple[int, int, list[torch.Tensor]] | None = None
 
     def batch_corner_ids(self, frames: int, num_vertices: int) -> list[torch.Tensor]:
-        """:func:`~..mesh_cache.frame_offset_ids` of P0, P1, P2; a renderer asks for the same every batch."""
-        if self._batch_corner_ids is None or self._batch_corner_ids[:2] != (frames, num_vertices):
-            self._batch_corner_ids = (frames, num_vertices, frame_offset_ids(self.corner_ids, frames, num_vertices))
-        return self._batch_corner_ids[2]
+        """:func:`~..mesh_cache.frame_offset_ids` of P0, P1, P2; a renderer asks for the same every
+        batch. Fewer frames read a prefix, so the passes of one batch share them (and concurrent
+        passes only read them once the largest was built)."""
+        cached = self._batch_corner_ids
+        if cached is None or cached[1] != num_vertices or cached[0] < frames:
+            cached = (frames, num_vertices, frame_offset_ids(self.corner_ids, frames, num_vertices))
+            self._batch_corner_ids = cached
+        return [ids[: frames * self.parity.numel()] for ids in cached[2]]
 
     @classmethod
     def of(cls, triangles: torch.Tensor) -> _SortedMesh:

@@ -7,10 +7,13 @@ normal ``n`` (world axes: x right, y up, z towards the camera).
 """
 from __future__ import annotations
 
+import itertools
 import math
+from functools import partial
 
 import torch
 
+from ..concurrent import even_slices, parts_for, run_concurrently
 from ..morphable.model import AMBIENT_LIGHT
 
 NUM_SH_BANDS = 9
@@ -76,9 +79,15 @@ def shade_planar(
         raise ValueError(f"{len(frame_sizes)} frame sizes for {lighting.shape[0]} frames of lighting")
     gammas = lighting_matrix(lighting).to(albedo.dtype)
     colour = torch.empty_like(albedo)
-    start = 0
-    for gamma, count in zip(gammas, frame_sizes, strict=True):
-        run = slice(start, start + count)
-        colour[:, run] = gamma @ torch.stack(sh_terms(*normals[:, run]))
-        start += count
+    starts = [0, *itertools.accumulate(frame_sizes)]
+
+    def shade_frames(frames: slice) -> None:
+        for frame in range(frames.start, frames.stop):
+            run = slice(starts[frame], starts[frame + 1])
+            colour[:, run] = gammas[frame] @ torch.stack(sh_terms(*normals[:, run]))
+
+    # Each frame's operations are too small for torch to split across threads: on a CPU, groups of
+    # frames are shaded concurrently instead.
+    workers = parts_for(albedo.device, albedo.shape[1])
+    run_concurrently([partial(shade_frames, frames) for frames in even_slices(len(frame_sizes), workers)], workers)
     return colour.mul_(albedo)
