@@ -98,7 +98,8 @@ def train_models(args: argparse.Namespace, log: Callable[[str], None], timings: 
     # trained through TalkFormer).
     continuation = dubbing_train_config(steps=args.joint_steps, batch_size=args.batch_size, learning_rate=1e-4,
                                         warmup_steps=20, validate_every=max(args.joint_steps // 2, 1),
-                                        train_windows=args.joint_steps * args.batch_size, validation_windows=32)
+                                        train_windows=args.joint_steps * args.batch_size, validation_windows=32,
+                                        seed=args.continuation_seed)
     trained = {}
     for name, landmarks in (("ground_truth", None), ("joint", copy.deepcopy(landmark_model))):
         started_stage = time.time()
@@ -146,6 +147,8 @@ def main() -> None:
     parser.add_argument("--landmark-jitter", type=float, default=0.0,
                         help="training landmarks as a detector gives them: Gaussian jitter of this many crop pixels "
                              "per point and frame (the held-out truth stays exact)")
+    parser.add_argument("--continuation-seed", type=int, default=0,
+                        help="the continuations' windows and noise draws: runs that differ only in it show the spread")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--sample-steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
@@ -194,7 +197,7 @@ def main() -> None:
         # the training settings, unless only the checkpoints of an earlier run were scored
         **({} if args.evaluate_only else {
             "mouth_weight": args.mouth_weight, "train_clips": args.clips, "landmark_jitter_px": args.landmark_jitter,
-            "landmark_steps": args.landmark_steps,
+            "landmark_steps": args.landmark_steps, "continuation_seed": args.continuation_seed,
             "stage1_steps": args.steps, "continuation_steps": args.joint_steps}),
         **history,
         "scores": scores,
