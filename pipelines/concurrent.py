@@ -53,6 +53,13 @@ def run_concurrently(tasks: Sequence[Callable[[], Result]], workers: int) -> lis
     return list(_executors[workers].map(single, tasks))
 
 
+def run_in_parts(task: Callable[[slice], Result], count: int, device: torch.device, items: int | None = None) -> list[Result]:
+    """``task`` over ``range(count)`` cut into :func:`even_slices`, as many as :func:`parts_for`
+    gives for ``items`` (``count`` unless the work per slice is counted otherwise), run concurrently."""
+    workers = parts_for(device, count if items is None else items)
+    return run_concurrently([partial(task, part) for part in even_slices(count, workers)], workers)
+
+
 def _single_threaded(task: Callable[[], Result], grad: bool, inference: bool, threads: int) -> Result:
     # set_num_threads sets the calling thread's OpenMP team size (the caller's own stays as it was)
     # and the default that threads started later take, which is put back to the caller's count.

@@ -40,7 +40,7 @@ from functools import partial
 
 import torch
 
-from ..concurrent import even_slices, parts_for, run_concurrently
+from ..concurrent import parts_for, run_concurrently, run_in_parts
 from ..mesh_cache import LastDerived, frame_offset_ids
 
 DEPTH_EPSILON = 1e-6
@@ -120,11 +120,7 @@ class CoveredPixels:
         rows = values if values.ndim == 1 else values.t()
         dense = values.new_full((size, *rows.shape[1:]), background)
         # index_copy_ runs on one thread: on a CPU the parts' disjoint pixels are copied concurrently.
-        workers = parts_for(self.pixels.device, rows.shape[0])
-        run_concurrently(
-            [partial(dense.index_copy_, 0, self.pixels[part], rows[part]) for part in even_slices(rows.shape[0], workers)],
-            workers,
-        )  # fmt: skip
+        run_in_parts(lambda part: dense.index_copy_(0, self.pixels[part], rows[part]), rows.shape[0], self.pixels.device)
         return dense.view(self.batch, self.height, self.width, *rows.shape[1:])
 
     def to_fragments(self) -> Fragments:
@@ -162,10 +158,7 @@ class CoveredPixels:
             columns.addcmul_(planes.index_select(1, corners[2][part]), barycentrics[2][part])
 
         # The gathers run on one thread: on a CPU, parts of the pixels are interpolated concurrently.
-        workers = parts_for(planes.device, self.pixels.numel())
-        run_concurrently(
-            [partial(interpolate_columns, part) for part in even_slices(self.pixels.numel(), workers)], workers
-        )
+        run_in_parts(interpolate_columns, self.pixels.numel(), planes.device)
         return result
 
     def _corner_vertices(self, triangles: torch.Tensor, frame_stride: int) -> torch.Tensor:
@@ -188,12 +181,8 @@ class CoveredPixels:
             # int32 [3, P] by one 2-D gather: the gathers of every channel read half the index bytes.
             # The gather runs on one thread: on a CPU, parts of the pixels are gathered concurrently.
             corners = table.new_empty(3, self.pixels.numel())
-            workers = parts_for(table.device, self.pixels.numel())
-            run_concurrently(
-                [partial(torch.index_select, table, 1, self.triangle_ids[part], out=corners[:, part])
-                 for part in even_slices(self.pixels.numel(), workers)],
-                workers,
-            )  # fmt: skip
+            run_in_parts(lambda part: torch.index_select(table, 1, self.triangle_ids[part], out=corners[:, part]),
+                         self.pixels.numel(), table.device)
         self._corner_cache[frame_stride] = (triangles, corners)
         return corners
 

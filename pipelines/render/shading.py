@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import itertools
 import math
-from functools import partial
 
 import torch
 
-from ..concurrent import even_slices, parts_for, run_concurrently
+from ..concurrent import run_in_parts
 from ..morphable.model import AMBIENT_LIGHT
 
 NUM_SH_BANDS = 9
@@ -88,6 +87,5 @@ def shade_planar(
 
     # Each frame's operations are too small for torch to split across threads: on a CPU, groups of
     # frames are shaded concurrently instead.
-    workers = parts_for(albedo.device, albedo.shape[1])
-    run_concurrently([partial(shade_frames, frames) for frames in even_slices(len(frame_sizes), workers)], workers)
+    run_in_parts(shade_frames, len(frame_sizes), albedo.device, items=albedo.shape[1])
     return colour.mul_(albedo)
