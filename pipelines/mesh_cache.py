@@ -3,6 +3,7 @@ once and reused: a renderer or model hands the same triangles tensor over batch 
 building these costs about as much as rendering a frame."""
 from __future__ import annotations
 
+import threading
 import weakref
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
@@ -19,15 +20,18 @@ class LastDerived(Generic[Derived]):
 
     def __init__(self) -> None:
         self._last: tuple[weakref.ref, Hashable, Derived] | None = None
+        # Parts of one render ask from several threads at once: one builds, the others wait for it.
+        self._lock = threading.Lock()
 
     def get(self, tensor: torch.Tensor, key: Hashable, build: Callable[[], Derived]) -> Derived:
         full_key = (None if tensor.is_inference() else tensor._version, key)
-        last = self._last
-        if last is not None and last[0]() is tensor and last[1] == full_key:
-            return last[2]
-        value = build()
-        self._last = (weakref.ref(tensor), full_key, value)
-        return value
+        with self._lock:
+            last = self._last
+            if last is not None and last[0]() is tensor and last[1] == full_key:
+                return last[2]
+            value = build()
+            self._last = (weakref.ref(tensor), full_key, value)
+            return value
 
 
 def frame_offset_ids(corner_ids: tuple[torch.Tensor, ...] | list[torch.Tensor], frames: int,

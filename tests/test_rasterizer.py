@@ -1,6 +1,8 @@
 """The batched rasterizer against a brute-force z-buffer that repeats its documented arithmetic
 triangle by triangle over every pixel, plus watertightness, culling and perspective checks."""
 import math
+import threading
+import time
 
 import pytest
 import torch
@@ -268,6 +270,45 @@ def test_covered_pixels_are_the_compact_form_of_the_fragments():
     back = covered.to_fragments()
     for name in ("triangle_ids", "barycentrics", "depth"):
         assert torch.equal(getattr(back, name), getattr(fragments, name)), name
+
+
+def test_covered_pixels_of_consecutive_batches_join_into_one():
+    screen, triangles = triangle_soup(frames=3, count=40, height=18, width=22, seed=8)
+    whole = rasterizer.rasterize_covered(screen, triangles, 18, 22)
+    parts = [rasterizer.rasterize_covered(screen[frames], triangles, 18, 22) for frames in (slice(0, 1), slice(1, 3))]
+    joined = rasterizer.CoveredPixels.concatenate(parts)
+    assert joined.batch == 3 and joined.frame_sizes() == whole.frame_sizes()
+    for name in ("pixels", "triangle_ids", "barycentrics", "depth"):
+        assert torch.equal(getattr(joined, name), getattr(whole, name)), name
+    assert rasterizer.CoveredPixels.concatenate(parts[:1]) is parts[0]
+    other_size = rasterizer.rasterize_covered(screen[:1], triangles, 18, 20)
+    with pytest.raises(ValueError, match="one frame size"):
+        rasterizer.CoveredPixels.concatenate([parts[0], other_size])
+
+
+def test_what_a_mesh_derives_is_built_once_for_concurrent_requests():
+    """The parts of one render ask for the sorted mesh from two threads at once."""
+    cache = pack_import("pipelines.mesh_cache").LastDerived()
+    triangles, builds = torch.arange(6).view(2, 3), []
+
+    def build() -> object:
+        builds.append(threading.get_ident())
+        time.sleep(0.05)  # both requests arrive while the first is building
+        return object()
+
+    first, second = concurrent.run_concurrently([lambda: cache.get(triangles, "key", build)] * 2, 2)
+    assert len(builds) == 1 and first is second
+
+
+def test_scatter_into_a_given_map_overwrites_all_of_it():
+    screen, triangles = triangle_soup(frames=2, count=30, height=12, width=14, seed=9)
+    covered = rasterizer.rasterize_covered(screen, triangles, 12, 14)
+    values = torch.randn(3, covered.pixels.numel())
+    out = torch.full((2, 12, 14, 3), float("nan"))
+    assert covered.scatter(values, -1.0, out=out) is out
+    assert torch.equal(out, covered.scatter(values, -1.0))
+    with pytest.raises(ValueError, match="contiguous"):
+        covered.scatter(values, out=torch.zeros(2, 12, 14, 4)[..., :3])
 
 
 def test_covered_pixels_interpolate_whatever_the_corner_order():

@@ -13,6 +13,7 @@ camera_module = pack_import("pipelines.morphable.camera")
 model_module = pack_import("pipelines.morphable.model")
 coefficients = pack_import("pipelines.morphable.coefficients")
 errors = pack_import("pipelines.errors")
+concurrent = pack_import("pipelines.concurrent")
 
 RADIUS = 0.9
 DIMS = coefficients.CoefficientDims(identity=4, expression=3, texture=2)
@@ -126,6 +127,29 @@ def test_batched_rendering_equals_frame_by_frame(model):
         for name in ("image", "normals", "depth", "surface", "albedo"):
             assert torch.allclose(getattr(single, name)[0][same], getattr(batched, name)[frame][same], atol=1e-4)
         assert torch.allclose(single.landmarks[0], batched.landmarks[frame], atol=1e-4)
+
+
+def test_frames_rendered_concurrently_match_one_thread(model, monkeypatch):
+    """On a CPU with two threads groups of frames are rendered concurrently, each into its slice of
+    the maps (here 2 + 1 frames): every map and the joined covered pixels are bit for bit the same."""
+    monkeypatch.setattr(concurrent, "MIN_ITEMS_PER_PART", 1)
+    renderer = renderer_module.FaceRenderer(model, camera_module.PerspectiveCamera.deep3d(36))
+    coeffs = random_coefficients(3, seed=5)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one_thread = renderer.render_with_coverage(coeffs)
+        torch.set_num_threads(2)
+        split = renderer.render_with_coverage(coeffs)
+    finally:
+        torch.set_num_threads(threads)
+    names = ("image", "mask", "normals", "surface", "landmarks", "depth", "albedo", "triangle_ids", "covered_albedo")
+    for name in names:
+        assert torch.equal(getattr(split[0], name), getattr(one_thread[0], name)), name
+    for name in ("pixels", "triangle_ids", "barycentrics", "depth"):
+        assert torch.equal(getattr(split[1], name), getattr(one_thread[1], name)), name
+    assert split[1].batch == 3 and torch.equal(split[2], one_thread[2])
+    assert split[0].mask.sum() > 0 and split[0].mask[2].sum() > 0
 
 
 def test_deterministic_and_dtype_device_handling(model):

@@ -34,7 +34,9 @@ its corners ordered by vertex id (lowest first), with coordinates (x_k, y_k, z_k
 """
 from __future__ import annotations
 
+import itertools
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -112,16 +114,43 @@ class CoveredPixels:
         ends = torch.searchsorted(self.pixels, frame_ends).tolist()
         return [end - start for start, end in zip([0, *ends][:-1], ends, strict=True)]
 
-    def scatter(self, values: torch.Tensor, background: float = 0.0) -> torch.Tensor:
+    def scatter(self, values: torch.Tensor, background: float = 0.0, out: torch.Tensor | None = None) -> torch.Tensor:
         """Per-pixel ``values``, ``[P]`` or planar ``[C, P]``, to a ``[B, H, W]`` or channel-last
-        ``[B, H, W, C]`` map filled with ``background``."""
-        size = self.batch * self.height * self.width
+        ``[B, H, W, C]`` map filled with ``background``: a new one, or ``out`` (contiguous, of
+        that shape and of ``values``' dtype) overwritten."""
         # Whole rows from the transposed view: faster than one strided column per channel.
         rows = values if values.ndim == 1 else values.t()
-        dense = values.new_full((size, *rows.shape[1:]), background)
+        shape = (self.batch, self.height, self.width, *rows.shape[1:])
+        if out is None:
+            out = values.new_empty(shape)
+        elif out.shape != shape or not out.is_contiguous() or out.dtype != values.dtype:
+            raise ValueError(f"out must be a contiguous {values.dtype} map of shape {shape}, got {out.dtype} {tuple(out.shape)}")
+        dense = out.view(-1, *rows.shape[1:]).fill_(background)
         # index_copy_ runs on one thread: on a CPU the parts' disjoint pixels are copied concurrently.
         run_in_parts(lambda part: dense.index_copy_(0, self.pixels[part], rows[part]), rows.shape[0], self.pixels.device)
-        return dense.view(self.batch, self.height, self.width, *rows.shape[1:])
+        return out
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[CoveredPixels]) -> CoveredPixels:
+        """The covered pixels of consecutive batches of frames (of one size and one mesh), as one batch."""
+        if len(parts) == 1:
+            return parts[0]
+        first = parts[0]
+        if any((part.height, part.width) != (first.height, first.width) or part.sorted_mesh is not first.sorted_mesh
+               for part in parts):  # fmt: skip
+            raise ValueError("only renders of one frame size and one rasterized mesh can be joined")
+        frame_pixels = first.height * first.width
+        frame_starts = itertools.accumulate((part.batch for part in parts[:-1]), initial=0)
+        return cls(
+            pixels=torch.cat([part.pixels + start * frame_pixels for part, start in zip(parts, frame_starts, strict=True)]),
+            triangle_ids=torch.cat([part.triangle_ids for part in parts]),
+            barycentrics=torch.cat([part.barycentrics for part in parts], dim=1),
+            depth=torch.cat([part.depth for part in parts]),
+            batch=sum(part.batch for part in parts),
+            height=first.height,
+            width=first.width,
+            sorted_mesh=first.sorted_mesh,
+        )
 
     def to_fragments(self) -> Fragments:
         barycentrics = self.barycentrics

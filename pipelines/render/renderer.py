@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 
 import torch
 from torch import nn
 
+from ..concurrent import run_in_parts
 from ..morphable.camera import PerspectiveCamera
 from ..morphable.coefficients import FaceCoefficients
 from ..morphable.model import MorphableModel
@@ -68,27 +69,43 @@ class FaceRenderer(nn.Module):
         reference = self.model.mean_shape
         coeffs = coeffs.to(device=reference.device, dtype=reference.dtype)
         size = self.camera.image_size
-        triangles = self.model.triangles
         with torch.no_grad():
             vertices = self.model.posed_vertices(coeffs)
-            covered = rasterize_covered(self.camera.to_screen(vertices), triangles, size, size)
-            # Stacked as planes [6, B, N] and passed as a [B, N, 6] view, which interpolation reads
-            # without a copy (the vertex normals already are planar).
-            planes = torch.cat([
-                self.model.vertex_normals(vertices).permute(2, 0, 1), self.model.albedo(coeffs.texture).permute(2, 0, 1)
-            ])  # fmt: skip
-            normals, albedo = covered.interpolate(planes.permute(1, 2, 0), triangles).split(3)
-            surface = covered.interpolate(self.model.surface_coords.unsqueeze(0), triangles)
-            # Interpolated unit normals are shorter than 1 inside a triangle.
-            normals = normals * (normals * normals).sum(0).clamp_min_(1e-24).rsqrt_()
-            image = shade_planar(albedo, normals, coeffs.lighting, covered.frame_sizes())
-            maps = RenderMaps(
-                image=covered.scatter(image.clamp_(0.0, 1.0)),
-                mask=covered.scatter(albedo.new_ones(covered.pixels.numel())),
-                normals=covered.scatter(normals),
-                surface=covered.scatter(surface),
+            albedo = self.model.albedo(coeffs.texture)
+            maps = {name: reference.new_empty(coeffs.frames, size, size, *channels)
+                    for name, channels in (("image", (3,)), ("mask", ()), ("normals", (3,)), ("surface", (3,)))}
+            # Most of a render is operations that run on one thread or are too small to split:
+            # on a CPU, groups of frames are rendered concurrently, each into its slice of the maps.
+            parts = run_in_parts(partial(self._render_frames, coeffs.lighting, vertices, albedo, maps),
+                                 coeffs.frames, reference.device, items=coeffs.frames * size * size)
+            covered = CoveredPixels.concatenate([part[0] for part in parts])
+            render_maps = RenderMaps(
+                **maps,
                 landmarks=self.camera.project(vertices[:, self.model.landmark_ids]),
                 covered=covered,
-                covered_albedo=albedo,
+                covered_albedo=torch.cat([part[1] for part in parts], dim=1),
             )
-            return maps, covered, vertices
+            return render_maps, covered, vertices
+
+    def _render_frames(self, lighting: torch.Tensor, vertices: torch.Tensor, vertex_albedo: torch.Tensor,
+                       maps: dict[str, torch.Tensor], frames: slice) -> tuple[CoveredPixels, torch.Tensor]:
+        """Rasterize and shade ``frames`` into their slice of ``maps``; their covered pixels and
+        unlit albedo there."""
+        size, triangles = self.camera.image_size, self.model.triangles
+        vertices = vertices[frames]
+        covered = rasterize_covered(self.camera.to_screen(vertices), triangles, size, size)
+        # Stacked as planes [6, B, N] and passed as a [B, N, 6] view, which interpolation reads
+        # without a copy (the vertex normals already are planar).
+        planes = torch.cat([
+            self.model.vertex_normals(vertices).permute(2, 0, 1), vertex_albedo[frames].permute(2, 0, 1)
+        ])  # fmt: skip
+        normals, albedo = covered.interpolate(planes.permute(1, 2, 0), triangles).split(3)
+        surface = covered.interpolate(self.model.surface_coords.unsqueeze(0), triangles)
+        # Interpolated unit normals are shorter than 1 inside a triangle.
+        normals = normals * (normals * normals).sum(0).clamp_min_(1e-24).rsqrt_()
+        image = shade_planar(albedo, normals, lighting[frames], covered.frame_sizes())
+        covered.scatter(image.clamp_(0.0, 1.0), out=maps["image"][frames])
+        covered.scatter(albedo.new_ones(covered.pixels.numel()), out=maps["mask"][frames])
+        covered.scatter(normals, out=maps["normals"][frames])
+        covered.scatter(surface, out=maps["surface"][frames])
+        return covered, albedo
