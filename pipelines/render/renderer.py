@@ -19,15 +19,25 @@ from .shading import shade_planar
 class RenderMaps:
     """Channel-last maps of one batch of frames; all but ``triangle_ids`` are zero on the background.
     ``depth``, ``albedo`` and ``triangle_ids`` become maps when first read: no node reads them, and
-    scattering them into maps cost 4% of a render at 256²."""
+    scattering them into maps cost 4% of a render at 256². So are the covered pixels joined from
+    the groups of frames rendered concurrently (3% of a render)."""
 
     image: torch.Tensor  # [B, H, W, 3] SH-lit albedo on black, clamped to 0..1 (TGDM's I_3d)
     mask: torch.Tensor  # [B, H, W] 1 on the face
     normals: torch.Tensor  # [B, H, W, 3] unit normals, world = camera axes (x right, y up, z to the camera)
     surface: torch.Tensor  # [B, H, W, 3] the model's surface coordinates (0..1) of the visible point
     landmarks: torch.Tensor  # [B, 68, 2] the model's landmark vertices projected to pixels
-    covered: CoveredPixels = field(repr=False)
-    covered_albedo: torch.Tensor = field(repr=False)  # [3, P] unlit albedo at the covered pixels
+    # Per group of consecutive frames: its covered pixels and the unlit albedo [3, P] there.
+    covered_parts: list[tuple[CoveredPixels, torch.Tensor]] = field(repr=False)
+
+    @cached_property
+    def covered(self) -> CoveredPixels:
+        return CoveredPixels.concatenate([part[0] for part in self.covered_parts])
+
+    @cached_property
+    def covered_albedo(self) -> torch.Tensor:
+        """[3, P] unlit albedo at the covered pixels."""
+        return torch.cat([part[1] for part in self.covered_parts], dim=1)
 
     @cached_property
     def depth(self) -> torch.Tensor:
@@ -60,11 +70,15 @@ class FaceRenderer(nn.Module):
 
     def render(self, coeffs: FaceCoefficients) -> RenderMaps:
         """Render every frame of ``coeffs``; they are moved to the model's device and dtype."""
-        return self.render_with_coverage(coeffs)[0]
+        return self._render(coeffs)[0]
 
     def render_with_coverage(self, coeffs: FaceCoefficients) -> tuple[RenderMaps, CoveredPixels, torch.Tensor]:
         """:meth:`render`, plus the covered pixels and the posed vertices it rasterized, for work
         that reuses them (the texture transfer onto the same targets)."""
+        maps, vertices = self._render(coeffs)
+        return maps, maps.covered, vertices
+
+    def _render(self, coeffs: FaceCoefficients) -> tuple[RenderMaps, torch.Tensor]:
         self.model.check_coefficients(coeffs)
         reference = self.model.mean_shape
         coeffs = coeffs.to(device=reference.device, dtype=reference.dtype)
@@ -78,14 +92,10 @@ class FaceRenderer(nn.Module):
             # on a CPU, groups of frames are rendered concurrently, each into its slice of the maps.
             parts = run_in_parts(partial(self._render_frames, coeffs.lighting, vertices, albedo, maps),
                                  coeffs.frames, reference.device, items=coeffs.frames * size * size)
-            covered = CoveredPixels.concatenate([part[0] for part in parts])
             render_maps = RenderMaps(
-                **maps,
-                landmarks=self.camera.project(vertices[:, self.model.landmark_ids]),
-                covered=covered,
-                covered_albedo=torch.cat([part[1] for part in parts], dim=1),
+                **maps, landmarks=self.camera.project(vertices[:, self.model.landmark_ids]), covered_parts=parts
             )
-            return render_maps, covered, vertices
+            return render_maps, vertices
 
     def _render_frames(self, lighting: torch.Tensor, vertices: torch.Tensor, vertex_albedo: torch.Tensor,
                        maps: dict[str, torch.Tensor], frames: slice) -> tuple[CoveredPixels, torch.Tensor]:
