@@ -179,19 +179,19 @@ class MorphableModel(nn.Module):
     ) -> torch.Tensor:
         """Object-space vertices ``[B, N, 3]`` (before pose)."""
         offsets = _per_frame_product(identity, self.identity_basis) + expression @ self.expression_basis
-        vertices = self.mean_shape.unsqueeze(0) + offsets.view(offsets.shape[0], self.num_vertices, 3)
+        # In place on the new sum (autograd keeps nothing of it): a BFM batch is megabytes, and every
+        # new one is memory the CPU must fault in.
+        vertices = offsets.view(offsets.shape[0], self.num_vertices, 3).add_(self.mean_shape)
         if gaze is not None and self.has_eyeballs:
-            vertices = self._apply_gaze(vertices, gaze)
+            self._apply_gaze_(vertices, gaze)
         return vertices
 
-    def _apply_gaze(self, vertices: torch.Tensor, gaze: torch.Tensor) -> torch.Tensor:
+    def _apply_gaze_(self, vertices: torch.Tensor, gaze: torch.Tensor) -> None:
         rotation = gaze_matrices(gaze)
-        vertices = vertices.clone()
         for ids in (self.eyeball_left, self.eyeball_right):
             eye = vertices[:, ids]
             center = eye.mean(dim=1, keepdim=True)
             vertices[:, ids] = (eye - center) @ rotation.transpose(1, 2) + center
-        return vertices
 
     def albedo(self, texture: torch.Tensor) -> torch.Tensor:
         """Per-vertex albedo ``[B, N, 3]`` in 0..1 (not clamped: lighting may push it further)."""
