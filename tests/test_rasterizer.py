@@ -281,6 +281,10 @@ def test_covered_pixels_of_consecutive_batches_join_into_one():
     for name in ("pixels", "triangle_ids", "barycentrics", "depth"):
         assert torch.equal(getattr(joined, name), getattr(whole, name)), name
     assert rasterizer.CoveredPixels.concatenate(parts[:1]) is parts[0]
+    last_two, pixel_range = whole.select_frames(slice(1, 3))
+    assert last_two.batch == 2 and pixel_range == slice(whole.frame_sizes()[0], whole.pixels.numel())
+    for name in ("pixels", "triangle_ids", "barycentrics", "depth"):
+        assert torch.equal(getattr(last_two, name), getattr(parts[1], name)), name
     other_size = rasterizer.rasterize_covered(screen[:1], triangles, 18, 20)
     with pytest.raises(ValueError, match="one frame size"):
         rasterizer.CoveredPixels.concatenate([parts[0], other_size])

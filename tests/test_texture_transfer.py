@@ -16,6 +16,7 @@ renderer_module = pack_import("pipelines.render.renderer")
 camera_module = pack_import("pipelines.morphable.camera")
 coefficients_module = pack_import("pipelines.morphable.coefficients")
 images = pack_import("pipelines.images")
+concurrent = pack_import("pipelines.concurrent")
 nodes = pack_import("nodes")
 base = pack_import("nodes.base")
 load_pack()
@@ -90,6 +91,33 @@ def test_per_frame_sources_match_one_source_at_a_time_and_any_photo_size(scene):
     from_small = transfer.warp(transfer.prepare_source(coeffs[0:1], photos[0:1]), coeffs[1:3])
     assert torch.equal(from_large.valid, from_small.valid)
     assert _error_on(from_large.image, from_small.image, from_small.valid) < 0.03
+
+
+def test_frames_warped_concurrently_match_one_thread(scene, monkeypatch):
+    """On a CPU with two threads groups of target frames are warped concurrently (here 3 + 2), with
+    the render's covered pixels given or rasterized anew, from one shared source or one per frame."""
+    model, coeffs, photos, maps, transfer = scene
+    monkeypatch.setattr(concurrent, "MIN_ITEMS_PER_PART", 1)
+    shared, per_frame = transfer.prepare_source(coeffs[0:1], photos[0:1]), transfer.prepare_source(coeffs[1:], photos[1:])
+
+    def warps():
+        render, covered, vertices = transfer.renderer.render_with_coverage(coeffs[1:])
+        normals = render.normals.view(-1, 3).index_select(0, covered.pixels).T
+        return [transfer.warp(shared, coeffs[1:]), transfer.warp(per_frame, coeffs[1:]),
+                transfer.warp(shared, coeffs[1:], True, covered, vertices, normals)]  # fmt: skip
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one_thread = warps()
+        torch.set_num_threads(2)
+        split = warps()
+    finally:
+        torch.set_num_threads(threads)
+    for ours, expected in zip(split, one_thread, strict=True):
+        for name in ("image", "valid", "coverage"):
+            assert torch.equal(getattr(ours, name), getattr(expected, name)), name
+    assert torch.equal(split[2].image, split[0].image) and split[0].valid[4].sum() > 0
 
 
 def test_source_and_target_counts_must_fit(scene):

@@ -130,6 +130,25 @@ class CoveredPixels:
         run_in_parts(lambda part: dense.index_copy_(0, self.pixels[part], rows[part]), rows.shape[0], self.pixels.device)
         return out
 
+    def select_frames(self, frames: slice) -> tuple[CoveredPixels, slice]:
+        """The covered pixels of consecutive ``frames`` as a batch of their own, and where they lie
+        in this batch's per-pixel arrays."""
+        first, stop, _ = frames.indices(self.batch)
+        frame_pixels = self.height * self.width
+        starts = torch.searchsorted(self.pixels, torch.tensor([first, stop], device=self.pixels.device) * frame_pixels)
+        pixel_range = slice(*starts.tolist())
+        part = CoveredPixels(
+            pixels=self.pixels[pixel_range] - first * frame_pixels,
+            triangle_ids=self.triangle_ids[pixel_range],
+            barycentrics=self.barycentrics[:, pixel_range],
+            depth=self.depth[pixel_range],
+            batch=max(0, stop - first),
+            height=self.height,
+            width=self.width,
+            sorted_mesh=self.sorted_mesh,
+        )
+        return part, pixel_range
+
     @classmethod
     def concatenate(cls, parts: Sequence[CoveredPixels]) -> CoveredPixels:
         """The covered pixels of consecutive batches of frames (of one size and one mesh), as one batch."""

@@ -14,10 +14,12 @@ photo is lit as the target coefficients say.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
+from ..concurrent import run_in_parts
 from ..errors import TalkingFaceError
 from ..images import dilate_masks, erode_masks
 from ..morphable.coefficients import FaceCoefficients
@@ -119,7 +121,7 @@ class TextureTransfer:
         """The source's texture on every frame of ``target`` (one source frame, or one per target
         frame). ``covered``, ``target_vertices`` and the planar unit ``target_normals [3, P]`` reuse
         a render of the same targets."""
-        model, camera = self.renderer.model, self.renderer.camera
+        model = self.renderer.model
         model.check_coefficients(target)
         frames = target.frames
         if source.frames not in (1, frames):
@@ -128,8 +130,23 @@ class TextureTransfer:
         target = target.to(device=reference.device, dtype=reference.dtype)
         if target_vertices is None:
             target_vertices = model.posed_vertices(target)
+        warped = WarpedSource(*(reference.new_empty(frames, self.size, self.size, *channels) for channels in ((3,), (), ())))
+        # As in a render: on a CPU, groups of frames are warped concurrently, each into its slice of the maps.
+        run_in_parts(partial(self._warp_frames, source, target, relight, covered, target_vertices, target_normals, warped),
+                     frames, reference.device, items=frames * self.size * self.size)
+        return warped
+
+    def _warp_frames(
+        self, source: SourceView, target: FaceCoefficients, relight: bool, covered: CoveredPixels | None,
+        target_vertices: torch.Tensor, target_normals: torch.Tensor | None, warped: WarpedSource, frames: slice,
+    ) -> None:
+        model, camera = self.renderer.model, self.renderer.camera
+        source, target, target_vertices = source.select(frames), target[frames], target_vertices[frames]
         if covered is None:
             covered = rasterize_covered(camera.to_screen(target_vertices), model.triangles, self.size, self.size)
+        else:
+            covered, pixel_range = covered.select_frames(frames)
+            target_normals = None if target_normals is None else target_normals[:, pixel_range]
         triangles = model.triangles
         u, v, depth = covered.interpolate(source.screen, triangles)
         frame_of_pixel = covered.pixels // (self.size * self.size)
@@ -145,16 +162,14 @@ class TextureTransfer:
             source_normals = covered.interpolate(source.normals, triangles)
             ones = torch.ones_like(target_normals)
             target_light = shade_planar(ones, target_normals, target.lighting, sizes)
-            source_lighting = source.lighting.expand(frames, -1) if source.frames == 1 else source.lighting
+            source_lighting = source.lighting.expand(target.frames, -1) if source.frames == 1 else source.lighting
             source_light = shade_planar(ones, _unit(source_normals), source_lighting, sizes)
             ratio = target_light / source_light.clamp_min(1e-3)
             colour = colour * ratio.clamp_(*RELIGHT_RANGE)
         valid = seen.to(colour.dtype)
-        return WarpedSource(
-            image=covered.scatter((colour * valid).clamp_(0.0, 1.0)),
-            valid=covered.scatter(valid),
-            coverage=covered.scatter(torch.ones_like(valid)),
-        )
+        covered.scatter((colour * valid).clamp_(0.0, 1.0), out=warped.image[frames])
+        covered.scatter(valid, out=warped.valid[frames])
+        covered.scatter(torch.ones_like(valid), out=warped.coverage[frames])
 
 
 def _unit(planar: torch.Tensor) -> torch.Tensor:
