@@ -150,6 +150,27 @@ def test_mouth_interior_appears_only_where_the_lips_part(scene):
         assert luminance.max() > 0.7 and luminance.min() < 0.15, "teeth and a dark cavity"
 
 
+def test_mouth_drawn_in_its_box_equals_every_pixel_evaluated(scene, monkeypatch):
+    """The mouth is computed only in the box around the batch's open mouths: evaluating the same
+    formulas at every pixel finds no coverage outside it. Inner lips collapsed onto one point draw nothing."""
+    model, coeffs, _, _, _ = scene
+    jaw = model.expression_index("jaw_open")
+    frames = coeffs[1:].replace(expression=coeffs[1:].expression.clone())
+    frames.expression[:, jaw] = torch.tensor([0.0, 0.4, 0.8, 1.0, 0.6])
+    renderer = renderer_module.FaceRenderer(model, camera_module.PerspectiveCamera.deep3d(128))
+    landmarks = renderer.render(frames).landmarks
+    landmarks = landmarks + torch.randn(landmarks.shape, generator=torch.Generator().manual_seed(0))
+    colour, coverage = mouth.draw_mouth_interior(landmarks, 128)
+    monkeypatch.setattr(mouth, "_mouth_box", lambda *args: (slice(0, 128), slice(0, 128)))
+    everywhere_colour, everywhere = mouth.draw_mouth_interior(landmarks, 128)
+    assert coverage.sum() > 100 and torch.equal(coverage, everywhere)
+    assert torch.equal(colour, everywhere_colour) and (colour[coverage == 0] == 0).all()
+    monkeypatch.undo()
+    collapsed = landmarks.clone()
+    collapsed[:, 60:68] = collapsed[:, 60:61]
+    assert not mouth.lips_apart(collapsed).any() and mouth.draw_mouth_interior(collapsed, 128)[1].sum() == 0
+
+
 def test_textured_target_composes_face_mouth_and_surroundings(scene):
     model, coeffs, photos, maps, transfer = scene
     source = transfer.prepare_source(coeffs[0:1], photos[0:1])

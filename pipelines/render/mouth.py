@@ -35,7 +35,9 @@ def mouth_opening(landmarks: torch.Tensor) -> torch.Tensor:
 def lips_apart(landmarks: torch.Tensor) -> torch.Tensor:
     """``[B]`` True where the inner lips of ``landmarks [B, 68, 2]`` part: where a mouth interior is drawn."""
     width = (landmarks[:, 64] - landmarks[:, 60]).norm(dim=-1)
-    return mouth_opening(landmarks) >= MIN_OPENING * width
+    opening = mouth_opening(landmarks)
+    # Inner lips collapsed onto one point (width and opening 0) are closed too.
+    return (opening >= MIN_OPENING * width) & (opening > 0)
 
 
 def _curve_height(knots_s: torch.Tensor, knots_t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -51,8 +53,9 @@ def _curve_height(knots_s: torch.Tensor, knots_t: torch.Tensor, s: torch.Tensor)
 
 
 def draw_mouth_interior(landmarks: torch.Tensor, size: int, look: MouthLook = MouthLook()) -> tuple[torch.Tensor, torch.Tensor]:
-    """Colour ``[B, size, size, 3]`` and coverage ``[B, size, size]`` (anti-aliased, 0 where the lips
-    are closed) of the mouth interior for 68-point ``landmarks [B, 68, 2]`` in output pixels."""
+    """Colour ``[B, size, size, 3]`` (where the coverage is above 0; 0 elsewhere) and coverage
+    ``[B, size, size]`` (anti-aliased, 0 where the lips are closed) of the mouth interior for
+    68-point ``landmarks [B, 68, 2]`` in output pixels."""
     frames = landmarks.shape[0]
     device, dtype = landmarks.device, landmarks.dtype
     left, right = landmarks[:, 60], landmarks[:, 64]
@@ -71,17 +74,26 @@ def draw_mouth_interior(landmarks: torch.Tensor, size: int, look: MouthLook = Mo
     upper_t = upper_t.gather(1, order)
     lower_s, order = lower_s.sort(dim=1)
     lower_t = lower_t.gather(1, order)
+    apart = lips_apart(landmarks)
 
-    centres = torch.arange(size, device=device, dtype=dtype) + 0.5
-    v, u = torch.meshgrid(centres, centres, indexing="ij")
+    colour = torch.zeros(frames, size, size, 3, device=device, dtype=dtype)
+    coverage = torch.zeros(frames, size, size, device=device, dtype=dtype)
+    # Only pixels near the mouth can be covered: the work is done in the box around every open mouth
+    # of the batch, a few hundred pixels of a frame's tens of thousands.
+    box = _mouth_box(left, along, down, width, upper_t, lower_t, apart, size)
+    if box is None:
+        return colour, coverage
+    rows, columns = box
+    v, u = torch.meshgrid(torch.arange(rows.start, rows.stop, device=device, dtype=dtype) + 0.5,
+                          torch.arange(columns.start, columns.stop, device=device, dtype=dtype) + 0.5, indexing="ij")  # fmt: skip
     pixels = torch.stack([u, v], dim=-1).view(1, -1, 2).expand(frames, -1, -1)
     s, t = mouth_frame(pixels)
     top = _curve_height(upper_s, upper_t, s)
     bottom = _curve_height(lower_s, lower_t, s)
     span = width.unsqueeze(1)
-    coverage = (torch.minimum(t - top, bottom - t) + 0.5).clamp(0, 1)
-    coverage = coverage * (torch.minimum(s, span - s) + 0.5).clamp(0, 1)
-    coverage = coverage * lips_apart(landmarks).to(dtype).unsqueeze(1)
+    box_coverage = (torch.minimum(t - top, bottom - t) + 0.5).clamp(0, 1)
+    box_coverage = box_coverage * (torch.minimum(s, span - s) + 0.5).clamp(0, 1)
+    box_coverage = box_coverage * apart.to(dtype).unsqueeze(1)
 
     depth = ((t - top) / (bottom - top).clamp_min(1e-3)).clamp(0, 1)
     centre_weight = 1 - (2 * s / span - 1).abs().clamp(0, 1) ** 2  # the throat is darkest mid-mouth
@@ -92,5 +104,31 @@ def draw_mouth_interior(landmarks: torch.Tensor, size: int, look: MouthLook = Mo
     upper_teeth = ((look.upper_teeth * teeth_reach - (t - top)) + 0.5).clamp(0, 1)
     lower_teeth = ((look.lower_teeth * teeth_reach - (bottom - t)) + 0.5).clamp(0, 1)
     teeth = torch.maximum(upper_teeth, lower_teeth).unsqueeze(-1)
-    colour = cavity * (1 - teeth) + palette[2] * teeth
-    return colour.view(frames, size, size, 3), coverage.view(frames, size, size)
+    box_shape = (frames, rows.stop - rows.start, columns.stop - columns.start)
+    box_colour = torch.where((box_coverage > 0).unsqueeze(-1), cavity * (1 - teeth) + palette[2] * teeth, 0.0)
+    colour[:, rows, columns] = box_colour.view(*box_shape, 3)
+    coverage[:, rows, columns] = box_coverage.view(box_shape)
+    return colour, coverage
+
+
+def _mouth_box(left: torch.Tensor, along: torch.Tensor, down: torch.Tensor, width: torch.Tensor,
+               upper_t: torch.Tensor, lower_t: torch.Tensor, apart: torch.Tensor, size: int) -> tuple[slice, slice] | None:
+    """The rows and columns of the pixels any open mouth of the batch may cover, or None when none is open.
+
+    Coverage is above 0 only for mouth coordinates ``-0.5 < s < width + 0.5`` and ``top - 0.5 < t <
+    bottom + 0.5``, and the lip curves lie between their knots' heights and 0 (outside the knots a
+    curve is 0): a rectangle in the mouth's frame, whose corners bound the box."""
+    if not bool(apart.any()):
+        return None
+    s_range = torch.stack([torch.full_like(width, -0.5), width + 0.5], dim=1)
+    t_range = torch.stack([upper_t.amin(1).clamp(max=0) - 0.5, lower_t.amax(1).clamp(min=0) + 0.5], dim=1)
+    corners = (left.unsqueeze(1).unsqueeze(1) + s_range.view(-1, 2, 1, 1) * along.view(-1, 1, 1, 2)
+               + t_range.view(-1, 1, 2, 1) * down.view(-1, 1, 1, 2))[apart].view(-1, 2)  # fmt: skip
+    if not bool(torch.isfinite(corners).all()):
+        return slice(0, size), slice(0, size)
+    # Pixel centres are at index + 0.5; a pixel's margin more on each side covers rounding.
+    low = (corners.amin(0) - 1.5).floor().clamp(0, size).int().tolist()
+    high = (corners.amax(0) + 1.5).ceil().clamp(0, size).int().tolist()
+    if high[0] <= low[0] or high[1] <= low[1]:
+        return None
+    return slice(low[1], high[1]), slice(low[0], high[0])
