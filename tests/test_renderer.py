@@ -255,3 +255,28 @@ def test_subnormal_basis_values_are_zeroed_without_changing_the_shape():
     assert identity[0, 0, 0] == 1e-39, "the caller's tensor is left alone"
     coeffs = random_coefficients(2, seed=1)
     assert torch.equal(model.posed_vertices(coeffs), zeroed.posed_vertices(coeffs))
+
+
+
+def test_one_persons_identity_and_albedo_products_carry_over_to_the_next_batch():
+    """Through a video every batch has the same identity and albedo row: its products with the
+    bases are kept for the next batch, and a new row, an edited basis or a row that needs gradients
+    computes them anew."""
+    model = sphere_model(rings=6, segments=8, seed=3)
+    person = random_coefficients(1, seed=7)
+
+    def expected_shape(identity_row, expression):
+        offsets = (identity_row @ model.identity_basis).expand(expression.shape[0], -1) + expression @ model.expression_basis
+        return offsets.view(expression.shape[0], -1, 3) + model.mean_shape
+
+    for frames, seed, identity_row in ((3, 8, person.identity), (2, 9, person.identity), (2, 9, 2 * person.identity)):
+        expression = random_coefficients(frames, seed=seed).expression
+        assert torch.equal(model.shape(identity_row.expand(frames, -1), expression), expected_shape(identity_row, expression))
+        albedo = model.albedo(person.texture.expand(frames, -1))
+        assert torch.equal(albedo[-1], model.mean_albedo + (person.texture @ model.albedo_basis).view(-1, 3))
+    with torch.no_grad():
+        model.identity_basis.mul_(2.0)
+    assert torch.equal(model.shape(2 * person.identity, expression), expected_shape(2 * person.identity, expression))
+    identity = person.identity.clone().requires_grad_()
+    model.shape(identity, expression[:1]).square().sum().backward()
+    assert identity.grad is not None and identity.grad.abs().sum() > 0

@@ -60,13 +60,19 @@ def gaze_matrices(gaze: torch.Tensor) -> torch.Tensor:
     return rotation_matrices(torch.stack([-pitch, yaw, torch.zeros_like(yaw)], dim=-1))
 
 
-def _per_frame_product(coefficients: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+def _per_frame_product(coefficients: torch.Tensor, basis: torch.Tensor, last_row: LastDerived[torch.Tensor]) -> torch.Tensor:
     """``coefficients [B, k] @ basis [k, 3N]``, computed once when every frame has the same
-    coefficients (one person's identity and albedo through a video). The product reads the whole
-    basis from memory, which is most of its time."""
-    if coefficients.shape[0] > 1 and bool((coefficients == coefficients[:1]).all()):
-        return (coefficients[:1] @ basis).expand(coefficients.shape[0], -1)
-    return coefficients @ basis
+    coefficients (one person's identity and albedo through a video), and that row's product kept
+    in ``last_row`` for the video's next batch. The product reads the whole basis from memory
+    (tens of megabytes for BFM), which is most of its time."""
+    if not (coefficients.shape[0] == 1 or bool((coefficients == coefficients[:1]).all())):
+        return coefficients @ basis
+    row = coefficients[:1]
+    if torch.is_grad_enabled() and (row.requires_grad or basis.requires_grad):
+        product = row @ basis
+    else:
+        product = last_row.get(basis, (row.dtype, tuple(row.flatten().tolist())), lambda: row @ basis)
+    return product.expand(coefficients.shape[0], -1)
 
 
 def _flat_basis(basis: torch.Tensor) -> torch.Tensor:
@@ -79,6 +85,8 @@ def _flat_basis(basis: torch.Tensor) -> torch.Tensor:
 
 
 _incidences: LastDerived[torch.Tensor] = LastDerived()
+_identity_rows: LastDerived[torch.Tensor] = LastDerived()
+_albedo_rows: LastDerived[torch.Tensor] = LastDerived()
 _flat_corners: LastDerived[list[torch.Tensor]] = LastDerived()
 
 
@@ -178,7 +186,7 @@ class MorphableModel(nn.Module):
         gaze: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Object-space vertices ``[B, N, 3]`` (before pose)."""
-        offsets = _per_frame_product(identity, self.identity_basis) + expression @ self.expression_basis
+        offsets = _per_frame_product(identity, self.identity_basis, _identity_rows) + expression @ self.expression_basis
         # In place on the new sum (autograd keeps nothing of it): a BFM batch is megabytes, and every
         # new one is memory the CPU must fault in.
         vertices = offsets.view(offsets.shape[0], self.num_vertices, 3).add_(self.mean_shape)
@@ -195,7 +203,7 @@ class MorphableModel(nn.Module):
 
     def albedo(self, texture: torch.Tensor) -> torch.Tensor:
         """Per-vertex albedo ``[B, N, 3]`` in 0..1 (not clamped: lighting may push it further)."""
-        return self.mean_albedo.unsqueeze(0) + _per_frame_product(texture, self.albedo_basis).view(
+        return self.mean_albedo.unsqueeze(0) + _per_frame_product(texture, self.albedo_basis, _albedo_rows).view(
             texture.shape[0], self.num_vertices, 3
         )
 
