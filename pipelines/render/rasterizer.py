@@ -134,11 +134,11 @@ class CoveredPixels:
         """The covered pixels of consecutive ``frames`` as a batch of their own, and where they lie
         in this batch's per-pixel arrays."""
         first, stop, _ = frames.indices(self.batch)
-        frame_pixels = self.height * self.width
-        starts = torch.searchsorted(self.pixels, torch.tensor([first, stop], device=self.pixels.device) * frame_pixels)
-        pixel_range = slice(*starts.tolist())
+        sizes = self.frame_sizes()
+        start = sum(sizes[:first])
+        pixel_range = slice(start, start + sum(sizes[first:stop]))
         part = CoveredPixels(
-            pixels=self.pixels[pixel_range] - first * frame_pixels,
+            pixels=self.pixels[pixel_range] - first * self.height * self.width,
             triangle_ids=self.triangle_ids[pixel_range],
             barycentrics=self.barycentrics[:, pixel_range],
             depth=self.depth[pixel_range],
